@@ -109,6 +109,7 @@ else
   TEST_TARGETS := $(TESTS_CLIENT)
 endif
 
+.SECONDARY:
 .PHONY: all test tests-build perf run deps models fuzz install clean check-clang
 all: $(ALL_TARGETS)
 tests-build: $(ALL_TARGETS) $(TEST_TARGETS)
