@@ -27,6 +27,7 @@ typedef struct fw_nets fw_nets;       /* immutable after load; thread-safe to sh
 typedef struct fw_nets_ws fw_nets_ws; /* per-thread scratch; never shared between threads */
 
 #define FW_DET_ANCHORS 5
+#define FW_DET_MAX_SIZE 1024 /* largest detector input size (a multiple of 32) */
 #define FW_LANDMARK_SIZE 112
 #define FW_RECOG_SIZE 150
 #define FW_DESCRIPTOR_LEN 128
@@ -54,7 +55,8 @@ typedef struct fw_det_box {
 } fw_det_box;
 
 /* Decode a grid: sigmoid/exp with the 5 anchors, keep score >= score_threshold, IoU NMS at
- * iou_threshold (0.4 in face-api), best first. Writes at most max_boxes, returns the count. */
+ * iou_threshold (0.4 in face-api), best first. Writes at most max_boxes, returns the count
+ * (0 also for a size that is not a multiple of 32 in 32..FW_DET_MAX_SIZE). */
 int fw_tinydet_decode(const float *grid, int size, float score_threshold, float iou_threshold,
                       fw_det_box *boxes, int max_boxes);
 

@@ -1,0 +1,78 @@
+/*
+ * nn.h — the handful of tensor operations the three face-api networks are made of.
+ *
+ * Tensors are plain HWC float32 arrays (no batch: we always run one image). Every operation
+ * writes into memory the caller gives it and allocates nothing, so a forward pass can run
+ * entirely inside a pre-sized workspace. Shapes are the caller's business: the networks work
+ * them out once, from the same formulas that size the workspace, and the operations trust them.
+ *
+ * Padding follows TensorFlow: nn_same_pad() gives the "same" split, which puts the odd extra
+ * row/column at the bottom/right; max pooling ignores padded cells, convolution reads them as 0.
+ *
+ * Convolutions are GEMMs on OpenBLAS (row-major: pixels x K times K x cout) with im2col done
+ * in blocks of output pixels so the column buffer stays a fixed, cache-sized scratch.
+ */
+#ifndef FW_NN_H
+#define FW_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct nn_tensor {
+    float *d; /* h*w*c floats, not owned */
+    int h, w, c;
+} nn_tensor;
+
+enum nn_act { NN_ACT_NONE, NN_ACT_RELU, NN_ACT_LEAKY };
+
+/* A convolution with its batch-norm/scale already folded in. w is (kh*kw*cin) x cout row-major,
+ * i.e. TF.js's HWIO order, so an im2col row (ky, kx, ci) multiplies it directly. */
+typedef struct nn_conv {
+    int kh, kw, cin, cout;
+    float *w; /* owned by the network that holds it */
+    float *b; /* cout floats, owned likewise */
+} nn_conv;
+
+/* Depthwise (3x3, multiplier 1) followed by pointwise (1x1) and a bias, as tf.separableConv2d
+ * plus tf.add. dw is 9*cin floats in (ky, kx, c) order; pw is cin x cout. */
+typedef struct nn_sepconv {
+    int cin, cout;
+    float *dw; /* owned by the network */
+    float *pw; /* owned by the network */
+    float *b;  /* owned by the network */
+} nn_sepconv;
+
+/* Floats of column scratch an nn_conv2d/nn_sepconv2d call needs at most. */
+#define NN_COL_FLOATS ((size_t)1 << 19)
+
+/* TensorFlow "same" padding: output size ceil(in/stride), total padding split with the larger
+ * half after. Writes the leading pad; returns the output size. */
+int nn_same_pad(int in, int k, int stride, int *pad_before);
+
+/* out = (rgb - mean) / 255, HWC. */
+void nn_normalize(const uint8_t *rgb, int h, int w, const float mean[3], float *out);
+
+/* out (already shaped: out->h, out->w, out->c == conv->cout) = act(conv(in) + b), with zero
+ * padding pad_t/pad_l before and whatever the output size implies after. col: NN_COL_FLOATS. */
+void nn_conv2d(const nn_tensor *in, const nn_conv *conv, int stride, int pad_t, int pad_l,
+               enum nn_act act, float *col, nn_tensor *out);
+
+/* The same for a separable convolution (3x3 depthwise). col: NN_COL_FLOATS. */
+void nn_sepconv2d(const nn_tensor *in, const nn_sepconv *sc, int stride, int pad_t, int pad_l,
+                  enum nn_act act, float *col, nn_tensor *out);
+
+/* Max pooling k x k; padded cells never win (TensorFlow semantics). out is pre-shaped. */
+void nn_maxpool(const nn_tensor *in, int k, int stride, int pad_t, int pad_l, nn_tensor *out);
+
+/* Average pooling k x k, "valid" (no padding). out is pre-shaped. */
+void nn_avgpool_valid(const nn_tensor *in, int k, int stride, nn_tensor *out);
+
+/* out[j] = sum_i in[i] * w[i*n + j] (+ b[j] when b). w is m x n row-major. */
+void nn_fc(const float *in, int m, int n, const float *w, const float *b, float *out);
+
+/* In-place elementwise helpers over n floats. */
+void nn_add(float *acc, const float *x, size_t n);
+void nn_relu(float *x, size_t n);
+void nn_relu_to(const float *x, float *out, size_t n);
+
+#endif

@@ -1,0 +1,209 @@
+/*
+ * tinydet.c — face-api's tiny face detector (a MobileNet-style Tiny YOLO v2) and its decoder.
+ *
+ *   input S x S x 3, (rgb - mean) / 255
+ *   conv0   3x3 "valid" 3->16 + leaky(0.1)           S-2
+ *   pool    2x2 stride 2                              (S-2)/2
+ *   conv1..conv5: pad 1, depthwise 3x3 + pointwise + bias + leaky, each followed by a 2x2 max
+ *   pool with TF "same" padding (stride 2, the last one stride 1)      ... S/32
+ *   conv8   1x1 512->25, no activation: 5 anchors x (tx, ty, tw, th, score logit)
+ *
+ * conv0's output is the largest tensor of the net (16 channels at nearly full resolution), so
+ * conv0 and the first pool run together a band of rows at a time and only the pooled result
+ * is ever stored whole.
+ */
+#include "engine/nets_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const float det_mean[3] = { 117.001f, 114.697f, 97.404f };
+
+static const float det_anchors[FW_DET_ANCHORS][2] = {
+    { 1.603231f, 2.094468f }, { 6.041143f, 7.080126f }, { 2.882459f, 3.518061f },
+    { 4.266906f, 5.178857f }, { 9.041765f, 10.66308f },
+};
+
+static const int det_channels[7] = { 3, 16, 32, 64, 128, 256, 512 };
+
+int tinydet_load(fw_model *m, tinydet_net *net, char *err, size_t errlen)
+{
+    char prefix[16];
+    if (nets_take_conv(m, "conv0", "filters", 3, 3, 3, 16, &net->conv0, err, errlen) != 0)
+        return -1;
+    for (int i = 0; i < 5; i++) {
+        snprintf(prefix, sizeof prefix, "conv%d", i + 1);
+        if (nets_take_sepconv(m, prefix, det_channels[i + 1], det_channels[i + 2], &net->conv[i],
+                              err, errlen) != 0)
+            goto err;
+    }
+    if (nets_take_conv(m, "conv8", "filters", 1, 1, 512, 5 * FW_DET_ANCHORS, &net->conv8, err,
+                       errlen) != 0)
+        goto err;
+    return 0;
+err:
+    tinydet_free(net);
+    return -1;
+}
+
+void tinydet_free(tinydet_net *net)
+{
+    nets_conv_free(&net->conv0);
+    for (int i = 0; i < 5; i++)
+        nets_sepconv_free(&net->conv[i]);
+    nets_conv_free(&net->conv8);
+}
+
+/* Rows pairs of conv0 output computed per band: as many as fit the column scratch. */
+static int conv0_band_pairs(int size)
+{
+    int per_pair = 2 * (size - 2) * 27;
+    int r = (int)(NN_COL_FLOATS / (size_t)per_pair);
+    return r < 1 ? 1 : r;
+}
+
+/* Largest activation of the ping-pong pair, from the same arithmetic as tinydet_forward(). */
+static size_t det_max_act(int size)
+{
+    size_t best = (size_t)size * (size_t)size * 3;
+    int h = (size - 2) / 2;
+    for (int i = 0; i < 5; i++) {
+        size_t conv = (size_t)h * (size_t)h * (size_t)det_channels[i + 2];
+        if (conv > best)
+            best = conv;
+        if (i < 4)
+            h = (h + 1) / 2;
+    }
+    return best;
+}
+
+size_t tinydet_ws_floats(int size)
+{
+    size_t band = (size_t)2 * (size_t)conv0_band_pairs(size) * (size_t)(size - 2) * 16;
+    return 2 * NETS_ROUND(det_max_act(size)) + NETS_ROUND(NN_COL_FLOATS) + NETS_ROUND(band);
+}
+
+double fw_tinydet_flops(int size)
+{
+    double h = size - 2, f = h * h * 27 * 16; /* conv0 */
+    h /= 2;
+    for (int i = 0; i < 5; i++) {
+        f += h * h * (9.0 * det_channels[i + 1] + (double)det_channels[i + 1] * det_channels[i + 2]);
+        if (i < 4)
+            h = ceil(h / 2);
+    }
+    f += h * h * 512 * 25;
+    return 2 * f;
+}
+
+int fw_tinydet_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, int size, float *grid)
+{
+    if (!nets || !ws || !rgb || !grid || size < 32 || size % 32 != 0 || size > ws->max_det_size)
+        return -1;
+    const tinydet_net *net = &nets->det;
+    size_t act = NETS_ROUND(det_max_act(size));
+    float *a = ws->buf, *b = a + act, *col = b + act, *band = col + NETS_ROUND(NN_COL_FLOATS);
+
+    nn_tensor in = { a, size, size, 3 };
+    nn_normalize(rgb, size, size, det_mean, in.d);
+
+    /* conv0 + leaky + 2x2/2 max pool, band by band. S-2 is even (S is a multiple of 32), so
+     * this pool needs no padding. */
+    int c0 = size - 2, p0 = c0 / 2, pairs = conv0_band_pairs(size);
+    nn_tensor pooled = { b, p0, p0, 16 };
+    for (int y = 0; y < p0; y += pairs) {
+        int n = p0 - y < pairs ? p0 - y : pairs;
+        nn_tensor src = { in.d + (size_t)(2 * y) * (size_t)size * 3, 2 * n + 2, size, 3 };
+        nn_tensor conv = { band, 2 * n, c0, 16 };
+        nn_conv2d(&src, &net->conv0, 1, 0, 0, NN_ACT_LEAKY, col, &conv);
+        nn_tensor dst = { pooled.d + (size_t)y * (size_t)p0 * 16, n, p0, 16 };
+        nn_maxpool(&conv, 2, 2, 0, 0, &dst);
+    }
+
+    nn_tensor cur = pooled;
+    float *other = a;
+    for (int i = 0; i < 5; i++) {
+        nn_tensor conv = { other, cur.h, cur.w, net->conv[i].cout };
+        nn_sepconv2d(&cur, &net->conv[i], 1, 1, 1, NN_ACT_LEAKY, col, &conv);
+        int stride = i < 4 ? 2 : 1, pad;
+        int oh = nn_same_pad(conv.h, 2, stride, &pad);
+        nn_tensor pool = { cur.d, oh, oh, conv.c };
+        nn_maxpool(&conv, 2, stride, pad, pad, &pool);
+        other = conv.d;
+        cur = pool;
+    }
+    nn_tensor out = { grid, cur.h, cur.w, 5 * FW_DET_ANCHORS };
+    nn_conv2d(&cur, &net->conv8, 1, 0, 0, NN_ACT_NONE, col, &out);
+    return 0;
+}
+
+static float sigmoidf(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+static float box_iou(const fw_det_box *p, const fw_det_box *q)
+{
+    float w = fminf(p->x + p->w, q->x + q->w) - fmaxf(p->x, q->x);
+    float h = fminf(p->y + p->h, q->y + q->h) - fmaxf(p->y, q->y);
+    if (w <= 0 || h <= 0)
+        return 0;
+    float inter = w * h;
+    return inter / (p->w * p->h + q->w * q->h - inter);
+}
+
+/* Candidates best first; ties keep grid order so the result never depends on qsort. */
+struct det_cand {
+    float score;
+    int idx;
+};
+
+static int cand_cmp(const void *pa, const void *pb)
+{
+    const struct det_cand *p = pa, *q = pb;
+    if (p->score != q->score)
+        return p->score > q->score ? -1 : 1;
+    return (p->idx > q->idx) - (p->idx < q->idx);
+}
+
+int fw_tinydet_decode(const float *grid, int size, float score_threshold, float iou_threshold,
+                      fw_det_box *boxes, int max_boxes)
+{
+    /* At most 32 x 32 cells x 5 anchors: the candidate list lives on the stack (40 KB). */
+    struct det_cand cand[(FW_DET_MAX_SIZE / 32) * (FW_DET_MAX_SIZE / 32) * FW_DET_ANCHORS];
+    if (!grid || !boxes || max_boxes <= 0 || size < 32 || size % 32 != 0 ||
+        size > FW_DET_MAX_SIZE)
+        return 0;
+    int cells = size / 32, n = 0, kept = 0;
+    float cell = (float)size / (float)cells;
+    for (int i = 0; i < cells * cells * FW_DET_ANCHORS; i++) {
+        float s = sigmoidf(grid[i * 5 + 4]);
+        if (s >= score_threshold) {
+            cand[n].score = s;
+            cand[n].idx = i;
+            n++;
+        }
+    }
+    qsort(cand, (size_t)n, sizeof cand[0], cand_cmp);
+    /* Greedy NMS as in face-api: a candidate survives unless it overlaps an already kept box
+     * by more than the threshold (suppressed boxes suppress nothing). */
+    for (int c = 0; c < n && kept < max_boxes; c++) {
+        const float *g = grid + (size_t)cand[c].idx * 5;
+        int a = cand[c].idx % FW_DET_ANCHORS, pos = cand[c].idx / FW_DET_ANCHORS;
+        int row = pos / cells, col = pos % cells;
+        fw_det_box bx;
+        bx.w = expf(g[2]) * det_anchors[a][0] * cell;
+        bx.h = expf(g[3]) * det_anchors[a][1] * cell;
+        bx.x = ((float)col + sigmoidf(g[0])) * cell - bx.w / 2;
+        bx.y = ((float)row + sigmoidf(g[1])) * cell - bx.h / 2;
+        bx.score = cand[c].score;
+        int keep = 1;
+        for (int k = 0; k < kept && keep; k++)
+            keep = box_iou(&boxes[k], &bx) <= iou_threshold;
+        if (keep)
+            boxes[kept++] = bx;
+    }
+    return kept;
+}

@@ -1,0 +1,554 @@
+/*
+ * test_engine_nets.c — the three networks against face-api's golden outputs, the detector
+ * decoder, and the weight loader's refusal of damaged model files.
+ *
+ * Golden data: $FW_SHARED/golden (default ../shared), described by its manifest.json; every
+ * case listed there is run. Models: $FW_MODELS (default models). The damaged-model tests copy
+ * the models into a fresh temporary directory, break one thing, and assert the exact error.
+ */
+#include "engine/nets.h"
+#include "tests/check.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *shared_dir(void)
+{
+    const char *s = getenv("FW_SHARED");
+    return s && *s ? s : "../shared";
+}
+
+static const char *models_dir(void)
+{
+    const char *s = getenv("FW_MODELS");
+    return s && *s ? s : "models";
+}
+
+/* Reads a whole file of exactly want bytes (want 0: any size up to 16 MB). */
+static void *slurp(const char *path, size_t want, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = want ? want : (size_t)16 << 20;
+    unsigned char *buf = malloc(cap + 1);
+    size_t n = buf ? fread(buf, 1, cap + 1, f) : 0;
+    fclose(f);
+    if (!buf || (want && n != want) || n > cap) {
+        free(buf);
+        return NULL;
+    }
+    buf[n < cap + 1 ? n : cap] = 0;
+    if (len)
+        *len = n;
+    return buf;
+}
+
+static void *golden_file(const char *rel, size_t want)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/golden/%s", shared_dir(), rel);
+    return slurp(path, want, NULL);
+}
+
+static cJSON *golden_manifest(void)
+{
+    size_t len;
+    char *txt = golden_file("manifest.json", 0);
+    if (!txt)
+        return NULL;
+    len = strlen(txt);
+    cJSON *root = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    return root;
+}
+
+static const char *case_str(const cJSON *c, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static double case_num(const cJSON *c, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static fw_nets *load_nets(void)
+{
+    char err[256] = "";
+    fw_nets *n = NULL;
+    if (fw_nets_load(models_dir(), &n, err, sizeof err) != 0)
+        fprintf(stderr, "  fw_nets_load: %s\n", err);
+    return n;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) /* NaN counts as a difference */
+            m = isnan(d) ? INFINITY : d;
+    }
+    return m;
+}
+
+/* ---- golden: recognition ------------------------------------------------------------------ */
+
+static void t_recognition_golden(void)
+{
+    cJSON *man = golden_manifest();
+    fw_nets *nets = load_nets();
+    fw_nets_ws *ws = nets ? fw_nets_ws_new(nets, 416) : NULL;
+    const cJSON *cases = man ? cJSON_GetObjectItemCaseSensitive(man, "recognition") : NULL;
+    int ok = man && nets && ws && cJSON_GetArraySize(cases) > 0, count = 0;
+    double worst = 0, worst_l2 = 0;
+    const cJSON *c;
+    const cJSON *list = ok ? cases : NULL;
+    int ncases = cJSON_GetArraySize(list);
+    cJSON_ArrayForEach(c, list) {
+        uint8_t *rgb = golden_file(case_str(c, "input"), 150 * 150 * 3);
+        float *want = golden_file(case_str(c, "output"), 128 * sizeof(float)), got[128];
+        int rc = rgb && want ? fw_recog_run(nets, ws, rgb, got) : -2;
+        double md = rc == 0 ? max_abs_diff(got, want, 128) : INFINITY, l2 = 0;
+        for (int i = 0; rc == 0 && i < 128; i++)
+            l2 += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+        l2 = sqrt(l2);
+        free(rgb);
+        free(want);
+        if (rc != 0 || !(md <= 1e-3) || !(l2 <= 1e-3)) {
+            fprintf(stderr, "  %s: rc %d max|diff| %g L2 %g\n", case_str(c, "input"), rc, md, l2);
+            ok = 0;
+            break;
+        }
+        worst = md > worst ? md : worst;
+        worst_l2 = l2 > worst_l2 ? l2 : worst_l2;
+        count++;
+    }
+    printf("  recognition: %d cases, max|diff| %.3g, max L2 %.3g\n", count, worst, worst_l2);
+    fw_nets_ws_free(ws);
+    fw_nets_free(nets);
+    cJSON_Delete(man);
+    CHECK(ok);
+    CHECK(count == ncases);
+}
+
+/* ---- golden: landmarks -------------------------------------------------------------------- */
+
+static void t_landmark_golden(void)
+{
+    cJSON *man = golden_manifest();
+    fw_nets *nets = load_nets();
+    fw_nets_ws *ws = nets ? fw_nets_ws_new(nets, 416) : NULL;
+    const cJSON *cases = man ? cJSON_GetObjectItemCaseSensitive(man, "landmark68") : NULL;
+    int ok = man && nets && ws && cJSON_GetArraySize(cases) > 0, count = 0;
+    double worst = 0;
+    const cJSON *c;
+    const cJSON *list = ok ? cases : NULL;
+    int ncases = cJSON_GetArraySize(list);
+    cJSON_ArrayForEach(c, list) {
+        uint8_t *rgb = golden_file(case_str(c, "input"), 112 * 112 * 3);
+        float *want = golden_file(case_str(c, "output"), 136 * sizeof(float)), got[136];
+        int rc = rgb && want ? fw_landmark68_run(nets, ws, rgb, got) : -2;
+        double md = rc == 0 ? max_abs_diff(got, want, 136) : INFINITY;
+        free(rgb);
+        free(want);
+        if (rc != 0 || !(md <= 1e-3)) {
+            fprintf(stderr, "  %s: rc %d max|diff| %g\n", case_str(c, "input"), rc, md);
+            ok = 0;
+            break;
+        }
+        worst = md > worst ? md : worst;
+        count++;
+    }
+    printf("  landmark68: %d cases, max|diff| %.3g\n", count, worst);
+    fw_nets_ws_free(ws);
+    fw_nets_free(nets);
+    cJSON_Delete(man);
+    CHECK(ok);
+    CHECK(count == ncases);
+}
+
+/* ---- golden: detector --------------------------------------------------------------------- */
+
+static double iou(const fw_det_box *a, double x, double y, double w, double h)
+{
+    double iw = fmin(a->x + a->w, x + w) - fmax(a->x, x);
+    double ih = fmin(a->y + a->h, y + h) - fmax(a->y, y);
+    if (iw <= 0 || ih <= 0)
+        return 0;
+    return iw * ih / ((double)a->w * a->h + w * h - iw * ih);
+}
+
+static void t_detector_golden(void)
+{
+    cJSON *man = golden_manifest();
+    fw_nets *nets = load_nets();
+    fw_nets_ws *ws = nets ? fw_nets_ws_new(nets, 416) : NULL;
+    const cJSON *cases = man ? cJSON_GetObjectItemCaseSensitive(man, "tiny_detector") : NULL;
+    int ok = man && nets && ws && cJSON_GetArraySize(cases) > 0, count = 0, nbox = 0;
+    double worst = 0, worst_iou = 1;
+    const size_t gn = 13 * 13 * 25;
+    const cJSON *c;
+    const cJSON *list = ok ? cases : NULL;
+    int ncases = cJSON_GetArraySize(list);
+    cJSON_ArrayForEach(c, list) {
+        uint8_t *rgb = golden_file(case_str(c, "input"), 416 * 416 * 3);
+        float *want = golden_file(case_str(c, "output"), gn * sizeof(float)), got[13 * 13 * 25];
+        int rc = rgb && want ? fw_tinydet_run(nets, ws, rgb, 416, got) : -2;
+        double md = rc == 0 ? max_abs_diff(got, want, gn) : INFINITY;
+        free(rgb);
+        free(want);
+        if (rc != 0 || !(md <= 2e-3)) {
+            fprintf(stderr, "  %s: rc %d grid max|diff| %g\n", case_str(c, "input"), rc, md);
+            ok = 0;
+            break;
+        }
+        worst = md > worst ? md : worst;
+
+        fw_det_box boxes[64];
+        int n = fw_tinydet_decode(got, 416, (float)case_num(c, "score_threshold"),
+                                  (float)case_num(c, "iou_threshold"), boxes, 64);
+        const cJSON *gb = cJSON_GetObjectItemCaseSensitive(c, "boxes");
+        if (n != cJSON_GetArraySize(gb)) {
+            fprintf(stderr, "  %s: %d boxes, golden %d\n", case_str(c, "input"), n,
+                    cJSON_GetArraySize(gb));
+            ok = 0;
+            break;
+        }
+        /* Same order too: both are sorted by score. */
+        int i = 0;
+        const cJSON *b;
+        cJSON_ArrayForEach(b, gb) {
+            double v = iou(&boxes[i], case_num(b, "x"), case_num(b, "y"), case_num(b, "w"),
+                           case_num(b, "h"));
+            if (!(v >= 0.98) || !(fabs(boxes[i].score - case_num(b, "score")) <= 1e-3)) {
+                fprintf(stderr, "  %s box %d: IoU %g score %g vs %g\n", case_str(c, "input"), i,
+                        v, boxes[i].score, case_num(b, "score"));
+                ok = 0;
+            }
+            worst_iou = v < worst_iou ? v : worst_iou;
+            i++;
+        }
+        nbox += n;
+        count++;
+    }
+    printf("  tiny_detector: %d cases, grid max|diff| %.3g, %d boxes, min IoU %.5f\n", count,
+           worst, nbox, worst_iou);
+    fw_nets_ws_free(ws);
+    fw_nets_free(nets);
+    cJSON_Delete(man);
+    CHECK(ok);
+    CHECK(count == ncases);
+}
+
+/* ---- API edges ---------------------------------------------------------------------------- */
+
+static void t_detector_sizes(void)
+{
+    fw_nets *nets = load_nets();
+    CHECK(nets);
+    CHECK(fw_nets_ws_new(nets, 0) == NULL);
+    CHECK(fw_nets_ws_new(nets, 100) == NULL);
+    CHECK(fw_nets_ws_new(nets, 1056) == NULL);
+    fw_nets_ws *ws = fw_nets_ws_new(nets, 64);
+    uint8_t *rgb = calloc(128 * 128 * 3, 1);
+    float grid[4 * 4 * 25];
+    int ok = ws && rgb;
+    /* not a multiple of 32; larger than the workspace; the smallest size works */
+    ok = ok && fw_tinydet_run(nets, ws, rgb, 48, grid) == -1;
+    ok = ok && fw_tinydet_run(nets, ws, rgb, 128, grid) == -1;
+    ok = ok && fw_tinydet_run(nets, ws, rgb, 32, grid) == 0;
+    ok = ok && fw_tinydet_run(nets, ws, rgb, 64, grid) == 0;
+    for (int i = 0; ok && i < 4 * 4 * 25; i++)
+        ok = isfinite(grid[i]);
+    free(rgb);
+    fw_nets_ws_free(ws);
+    fw_nets_free(nets);
+    CHECK(ok);
+}
+
+/* A hand-made 2x2 grid (size 64): two overlapping boxes and one apart. */
+static void t_decode_nms(void)
+{
+    float grid[2 * 2 * 25];
+    for (int i = 0; i < 2 * 2 * 5; i++) {
+        float *g = grid + i * 5;
+        g[0] = g[1] = g[2] = g[3] = 0.0f;
+        g[4] = -10.0f; /* score ~ 4.5e-5 */
+    }
+    /* cell (0,0) anchor 0 and anchor 2: centres both at (16,16); anchor 2 is bigger. */
+    grid[(0 * 5 + 0) * 5 + 4] = 2.0f;  /* 0.881 */
+    grid[(0 * 5 + 2) * 5 + 4] = 1.0f;  /* 0.731, IoU with the first = 0.248 ... */
+    grid[(0 * 5 + 2) * 5 + 2] = -0.5f; /* ... until shrunk: then it overlaps a lot */
+    grid[(0 * 5 + 2) * 5 + 3] = -0.5f;
+    grid[(3 * 5 + 1) * 5 + 4] = 0.5f;  /* cell (1,1): 0.622, far away */
+    fw_det_box b[8];
+    int n = fw_tinydet_decode(grid, 64, 0.5f, 0.4f, b, 8);
+    CHECK_EQ_INT(n, 2);
+    CHECK_NEAR(b[0].score, 1.0 / (1.0 + exp(-2.0)), 1e-6);
+    CHECK_NEAR(b[0].x + b[0].w / 2, 16.0, 1e-4);
+    CHECK_NEAR(b[0].w, 1.603231 * 32, 1e-3);
+    CHECK_NEAR(b[0].h, 2.094468 * 32, 1e-3);
+    CHECK_NEAR(b[1].score, 1.0 / (1.0 + exp(-0.5)), 1e-6);
+    CHECK_NEAR(b[1].x + b[1].w / 2, 48.0, 1e-4);
+    CHECK_NEAR(b[1].y + b[1].h / 2, 48.0, 1e-4);
+    /* max_boxes caps the output; a higher threshold drops the weaker box */
+    CHECK_EQ_INT(fw_tinydet_decode(grid, 64, 0.5f, 0.4f, b, 1), 1);
+    CHECK_EQ_INT(fw_tinydet_decode(grid, 64, 0.7f, 0.4f, b, 8), 1);
+    /* with NMS off (IoU threshold 1) the overlapping box comes back */
+    CHECK_EQ_INT(fw_tinydet_decode(grid, 64, 0.5f, 1.0f, b, 8), 3);
+    CHECK_EQ_INT(fw_tinydet_decode(grid, 48, 0.5f, 0.4f, b, 8), 0);
+    CHECK_EQ_INT(fw_tinydet_decode(grid, 2048, 0.5f, 0.4f, b, 8), 0);
+}
+
+/* ---- loader errors ------------------------------------------------------------------------ */
+
+static const char *const model_files[] = {
+    "tiny_face_detector_model-weights_manifest.json", "tiny_face_detector_model.bin",
+    "face_landmark_68_model-weights_manifest.json",   "face_landmark_68_model.bin",
+    "face_recognition_model-weights_manifest.json",   "face_recognition_model.bin",
+};
+#define N_MODEL_FILES ((int)(sizeof model_files / sizeof model_files[0]))
+
+static int write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    int rc = fwrite(data, 1, len, f) == len ? 0 : -1;
+    return fclose(f) == 0 ? rc : -1;
+}
+
+/* A temporary copy of the models directory; dir receives its path. */
+static int copy_models(char dir[64])
+{
+    snprintf(dir, 64, "/tmp/fw-nets-test-XXXXXX");
+    if (!mkdtemp(dir))
+        return -1;
+    for (int i = 0; i < N_MODEL_FILES; i++) {
+        char src[4096], dst[256];
+        size_t len;
+        snprintf(src, sizeof src, "%s/%s", models_dir(), model_files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, model_files[i]);
+        void *data = slurp(src, 0, &len);
+        int rc = data ? write_file(dst, data, len) : -1;
+        free(data);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void remove_models(const char *dir)
+{
+    for (int i = 0; i < N_MODEL_FILES; i++) {
+        char p[256];
+        snprintf(p, sizeof p, "%s/%s", dir, model_files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+/* Replaces the first occurrence of from with to in dir/file. */
+static int edit_file(const char *dir, const char *file, const char *from, const char *to)
+{
+    char p[256];
+    size_t len;
+    snprintf(p, sizeof p, "%s/%s", dir, file);
+    char *s = slurp(p, 0, &len);
+    char *at = s ? strstr(s, from) : NULL;
+    int rc = -1;
+    if (at) {
+        size_t head = (size_t)(at - s), fl = strlen(from), tl = strlen(to);
+        char *out = malloc(len - fl + tl);
+        if (out) {
+            memcpy(out, s, head);
+            memcpy(out + head, to, tl);
+            memcpy(out + head + tl, at + fl, len - head - fl);
+            rc = write_file(p, out, len - fl + tl);
+            free(out);
+        }
+    }
+    free(s);
+    return rc;
+}
+
+static int truncate_file(const char *dir, const char *file, long drop)
+{
+    char p[256];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, file);
+    if (stat(p, &st) != 0)
+        return -1;
+    return truncate(p, st.st_size - drop);
+}
+
+/* Loads dir and returns the error (empty on success, which the callers treat as a failure). */
+static void load_err(const char *dir, char *err, size_t errlen)
+{
+    fw_nets *n = NULL;
+    err[0] = 0;
+    if (fw_nets_load(dir, &n, err, errlen) == 0) {
+        snprintf(err, errlen, "(loaded)");
+        fw_nets_free(n);
+    } else if (n) {
+        snprintf(err, errlen, "(failed but returned a model)");
+    }
+}
+
+static void t_load_ok_copy(void)
+{
+    char dir[64], err[256];
+    CHECK(copy_models(dir) == 0);
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK_EQ_STR(err, "(loaded)");
+}
+
+static void t_load_missing_file(void)
+{
+    char dir[64], err[256], p[256];
+    CHECK(copy_models(dir) == 0);
+    snprintf(p, sizeof p, "%s/face_landmark_68_model.bin", dir);
+    unlink(p);
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    char want[256];
+    snprintf(want, sizeof want,
+             "face_landmark_68_model: cannot open %s/face_landmark_68_model.bin: "
+             "No such file or directory", dir);
+    CHECK_EQ_STR(err, want);
+}
+
+static void t_load_missing_dir(void)
+{
+    char err[256];
+    load_err("/nonexistent-fw-models", err, sizeof err);
+    CHECK_EQ_STR(err, "tiny_face_detector_model: cannot open /nonexistent-fw-models/"
+                      "tiny_face_detector_model-weights_manifest.json: No such file or directory");
+}
+
+static void t_load_truncated_bin(void)
+{
+    char dir[64], err[256];
+    CHECK(copy_models(dir) == 0);
+    int rc = truncate_file(dir, "face_recognition_model.bin", 100);
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK(rc == 0);
+    /* fc is the last tensor: 256 x 128 uint8 at offset 6444032 - 32768 */
+    CHECK_EQ_STR(err, "face_recognition_model: weights file truncated (tensor fc needs 32768 "
+                      "bytes at offset 6411264, file has 6443932)");
+}
+
+static void t_load_trailing_bytes(void)
+{
+    char dir[64], err[256], p[256];
+    CHECK(copy_models(dir) == 0);
+    snprintf(p, sizeof p, "%s/tiny_face_detector_model.bin", dir);
+    FILE *f = fopen(p, "ab");
+    int ok = f && fwrite("xyz", 1, 3, f) == 3;
+    if (f)
+        fclose(f);
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK(ok);
+    CHECK_EQ_STR(err, "tiny_face_detector_model: weights file has 3 trailing bytes");
+}
+
+static void t_load_wrong_shape(void)
+{
+    char dir[64], err[256];
+    CHECK(copy_models(dir) == 0);
+    /* conv1's pointwise filter claims 32 -> 16 instead of 16 -> 32: the same byte count, so
+     * only the architecture check can notice */
+    int rc = edit_file(dir, "tiny_face_detector_model-weights_manifest.json",
+                       "\"shape\":[1,1,16,32]", "\"shape\":[1,1,32,16]");
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK(rc == 0);
+    CHECK_EQ_STR(err, "tiny_face_detector_model: tensor conv1/pointwise_filter has shape "
+                      "[1,1,32,16], expected [1,1,16,32]");
+}
+
+static void t_load_shape_changes_size(void)
+{
+    char dir[64], err[256];
+    CHECK(copy_models(dir) == 0);
+    /* 16 -> 16 instead of 16 -> 32: the manifest now accounts for fewer bytes than the file */
+    int rc = edit_file(dir, "tiny_face_detector_model-weights_manifest.json",
+                       "\"shape\":[1,1,16,32]", "\"shape\":[1,1,16,16]");
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK(rc == 0);
+    CHECK_EQ_STR(err, "tiny_face_detector_model: weights file has 256 trailing bytes");
+}
+
+static void t_load_renamed_tensor(void)
+{
+    char dir[64], err[256];
+    CHECK(copy_models(dir) == 0);
+    int rc = edit_file(dir, "face_landmark_68_model-weights_manifest.json", "\"fc/bias\"",
+                       "\"fc/biaz\"");
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK(rc == 0);
+    CHECK_EQ_STR(err, "face_landmark_68_model: missing tensor fc/bias");
+}
+
+static void t_load_hostile_manifest(void)
+{
+    static const struct {
+        const char *from, *to, *want;
+    } cases[] = {
+        { "tiny_face_detector_model.bin", "../tiny_face_detector_model.bin",
+          "tiny_face_detector_model: bad manifest: shard path is not a plain file name" },
+        { "[", "{", "tiny_face_detector_model: bad manifest: not a JSON array of weight groups" },
+        { "\"uint8\"", "\"int4\"",
+          "tiny_face_detector_model: bad manifest: tensor conv0/filters has unsupported "
+          "quantization int4" },
+        { "[3,3,3,16]", "[3,3,3,-16]",
+          "tiny_face_detector_model: bad manifest: tensor conv0/filters has a bad dimension" },
+        { "[3,3,3,16]", "[3,3,3,1e9]",
+          "tiny_face_detector_model: bad manifest: tensor conv0/filters has a bad dimension" },
+        { "\"float32\"", "\"float16\"",
+          "tiny_face_detector_model: bad manifest: tensor conv0/filters is not float32" },
+        { "\"conv0/bias\"", "\"conv0/filters\"",
+          "tiny_face_detector_model: bad manifest: duplicate tensor conv0/filters" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[64], err[256];
+        CHECK(copy_models(dir) == 0);
+        int rc = edit_file(dir, "tiny_face_detector_model-weights_manifest.json", cases[i].from,
+                           cases[i].to);
+        load_err(dir, err, sizeof err);
+        remove_models(dir);
+        CHECK_MSG(rc == 0, "case %zu: could not edit the manifest", i);
+        CHECK_EQ_STR(err, cases[i].want);
+    }
+}
+
+static const struct check_test tests[] = {
+    CHECK_TEST(t_recognition_golden),  CHECK_TEST(t_landmark_golden),
+    CHECK_TEST(t_detector_golden),     CHECK_TEST(t_detector_sizes),
+    CHECK_TEST(t_decode_nms),          CHECK_TEST(t_load_ok_copy),
+    CHECK_TEST(t_load_missing_file),   CHECK_TEST(t_load_missing_dir),
+    CHECK_TEST(t_load_truncated_bin),  CHECK_TEST(t_load_trailing_bytes),
+    CHECK_TEST(t_load_wrong_shape),    CHECK_TEST(t_load_shape_changes_size),
+    CHECK_TEST(t_load_renamed_tensor),
+    CHECK_TEST(t_load_hostile_manifest),
+};
+
+int main(int argc, char **argv)
+{
+    return check_main(tests, CHECK_COUNT(tests), argc, argv);
+}
