@@ -1,0 +1,303 @@
+/*
+ * facewire.h — libfacewire, the C client library for the facewire face-matching server.
+ *
+ * Written for small devices (door terminals, cameras) as much as for servers: C99, plain
+ * blocking calls over one TCP connection, no event loop, no threads, and a fixed memory
+ * footprint chosen by the caller.
+ *
+ *   fw_client_config cfg;
+ *   fw_client_config_init(&cfg);
+ *   cfg.host = "10.0.0.5";                     // IPv4, IPv6 or a name (getaddrinfo)
+ *   fw_client *c;
+ *   if (fw_client_open(&cfg, &c) != FW_OK) ...
+ *   if (fw_client_connect(c) != FW_OK) fprintf(stderr, "%s\n", fw_client_errmsg(c));
+ *   fw_verify_result v;
+ *   int rc = fw_verify(c, &a, &b, NULL, &v);   // 0 OK, > 0 server status, < 0 library error
+ *   fw_client_close(c);
+ *
+ * MEMORY. fw_client_open() allocates exactly one block of fw_client_footprint(cfg) bytes
+ * (the connection state plus rx_buf_size plus tx_buf_size), or none at all when the caller
+ * passes that block in cfg.mem. Nothing else is allocated by the library, ever; the only
+ * allocation on the way is the C library's own inside getaddrinfo() during a connect.
+ *   - tx_buf_size bounds the fixed-size part of a request (header, lengths, descriptors,
+ *     strings). Large payloads (JPEG bytes, fw_send() bodies) are not copied: they are sent
+ *     from the caller's memory with sendmsg().
+ *   - rx_buf_size bounds a whole response frame (20-byte header + body). A larger response
+ *     fails with FW_ERR_TOO_LARGE. In pipelined use the buffer also holds responses that
+ *     arrived before the caller asked for them.
+ *
+ * RETURN VALUES. Every call that talks to the server returns an int:
+ *     0 (FW_OK)   the server answered OK and the result was decoded;
+ *   > 0           the server answered with that fw_status (BUSY, NO_FACE, ...): the
+ *                 connection is fine, fw_client_errmsg() has the server's message and
+ *                 fw_client_retry_after() its retry_after_ms for BUSY / UNAVAILABLE;
+ *   < 0           an fw_err below: fw_client_errmsg() says what happened.
+ * After FW_ERR_TIMEOUT, FW_ERR_IO, FW_ERR_CLOSED, FW_ERR_PROTOCOL, FW_ERR_MALFORMED,
+ * FW_ERR_TOO_LARGE and FW_ERR_RX_FULL the connection is closed (the byte stream can no longer
+ * be trusted to be in step, or a late answer would be mistaken for the next one); every later
+ * call fails with FW_ERR_NOT_CONNECTED until fw_client_connect() is called again.
+ *
+ * TIMEOUTS. Every call is bounded by cfg.timeout_ms, counted from its start and covering
+ * everything it does (connect, send, wait, retries and their back-off sleeps). The socket is
+ * non-blocking inside and every wait is a poll() with the time left.
+ *
+ * RESULT LIFETIME. Pointers a call returns (ping echo, info text, subject names, cursors,
+ * fw_response.body) point into the connection's receive buffer. They stay valid until the
+ * next call on the same connection, and may be passed as arguments to that next call (the
+ * library builds the request before it reuses the buffer: handing next_cursor back to
+ * fw_list() is fine). Strings from the wire are NOT NUL-terminated: use the lengths.
+ *
+ * THREADS. No global mutable state: different fw_client objects may be used from different
+ * threads at once. One fw_client is not thread-safe: one connection per thread (or your own
+ * lock around every call). SIGPIPE is never raised (MSG_NOSIGNAL); EINTR is retried.
+ *
+ * OWNERSHIP. The caller owns the config, every input buffer (only read during the call) and
+ * every output array. The library owns the fw_client until fw_client_close().
+ */
+#ifndef FACEWIRE_H
+#define FACEWIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fw_proto.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FW_LANDMARKS 68       /* (x, y) points per face */
+#define FW_DESCRIPTOR_DIM 128 /* floats per face descriptor */
+#define FW_SUBJECT_MAX 128    /* bytes in an ENROLL subject */
+#define FW_METADATA_MAX 1024  /* bytes of ENROLL metadata */
+#define FW_IDENTIFY_MAX_K 100
+#define FW_ANY_REQUEST 0u     /* fw_recv(): take the next response, whatever its id */
+
+/* Library errors (negative). Server statuses are the positive enum fw_status values. */
+typedef enum fw_err {
+    FW_OK = 0,
+    FW_ERR_INVALID = -1,       /* bad argument (NULL, oversized field, bad config) */
+    FW_ERR_NOMEM = -2,         /* fw_client_open: malloc failed / cfg.mem too small */
+    FW_ERR_RESOLVE = -3,       /* getaddrinfo failed */
+    FW_ERR_CONNECT = -4,       /* no address accepted the connection */
+    FW_ERR_TIMEOUT = -5,       /* cfg.timeout_ms ran out (connection closed) */
+    FW_ERR_IO = -6,            /* send/recv failed (connection closed) */
+    FW_ERR_CLOSED = -7,        /* the server closed the connection */
+    FW_ERR_PROTOCOL = -8,      /* bad response header: magic, version, flags (closed) */
+    FW_ERR_MALFORMED = -9,     /* response body does not match the op's layout (closed) */
+    FW_ERR_TOO_LARGE = -10,    /* request over tx_buf_size, or response over rx_buf_size */
+    FW_ERR_RX_FULL = -11,      /* rx buffer full of responses nobody asked for (closed) */
+    FW_ERR_NOT_CONNECTED = -12,/* no connection: call fw_client_connect() */
+    FW_ERR_UNSUPPORTED = -13   /* feature not built in (e.g. secure sessions) */
+} fw_err;
+
+/* "FW_ERR_TIMEOUT", ..., or fw_status_name() for rc > 0. Static strings. */
+const char *fw_strerror(int rc);
+
+/* Retry of BUSY and UNAVAILABLE answers in the synchronous calls. Off by default.
+ * Attempt n (n = 1 after the first failure) sleeps
+ *     max(retry_after_ms from the server, random in [0, min(max_ms, base_ms << (n-1))])
+ * ("full jitter"), and gives up, returning the last status, when max_attempts is reached or
+ * when the sleep plus a new attempt cannot finish before the call's own timeout_ms. */
+typedef struct fw_retry_policy {
+    int enabled;            /* 0 = never retry (default) */
+    uint32_t max_attempts;  /* total attempts including the first; default 5 */
+    uint32_t base_ms;       /* default 50 */
+    uint32_t max_ms;        /* cap of the exponential part; default 2000 */
+    uint32_t seed;          /* jitter PRNG seed; 0 = derived from time and address */
+} fw_retry_policy;
+
+/* Always start from fw_client_config_init(): fields only ever get added at the end, with a
+ * zero meaning "the old behaviour", so code written now keeps compiling and working.
+ * Several endpoints with failover (a later issue) will arrive as an `endpoints` array next to
+ * host/port; secure sessions as the `secure` pointer below. */
+typedef struct fw_client_config {
+    const char *host;          /* name or address; default "127.0.0.1". Copied at open. */
+    const char *port;          /* service or number; default "7420". Copied at open. */
+    uint32_t timeout_ms;       /* bound on every call, default 5000 */
+    uint32_t connect_timeout_ms; /* bound on fw_client_connect(); 0 = timeout_ms */
+    uint32_t deadline_ms;      /* sent in each request header; 0 = the server's default */
+    uint8_t priority;          /* FW_PRIO_NORMAL/HIGH/LOW, sent in each request header */
+    size_t rx_buf_size;        /* largest response frame; default 256 KiB, minimum 256 */
+    size_t tx_buf_size;        /* request fixed part; default 4 KiB, minimum 2048 */
+    void *mem;                 /* optional caller block of >= fw_client_footprint() bytes; */
+    size_t mem_size;           /*   NULL = one malloc in fw_client_open() */
+    fw_retry_policy retry;
+    const void *secure;        /* secure session parameters (later issue); must be NULL */
+} fw_client_config;
+
+typedef struct fw_client fw_client; /* opaque; owned by the library */
+
+void fw_client_config_init(fw_client_config *cfg);
+/* Bytes fw_client_open() needs for this config (0 if the config is invalid). */
+size_t fw_client_footprint(const fw_client_config *cfg);
+/* Set up a client (no network yet). FW_OK, FW_ERR_INVALID or FW_ERR_NOMEM. */
+int fw_client_open(const fw_client_config *cfg, fw_client **out);
+/* Connect (or reconnect: an existing connection is closed first, pending responses are
+ * dropped). Tries every address getaddrinfo returns, within connect_timeout_ms in total. */
+int fw_client_connect(fw_client *c);
+/* Close the connection and free what fw_client_open() allocated. NULL is fine. */
+void fw_client_close(fw_client *c);
+
+/* The message of the last failed call (server message for rc > 0). Owned by c; valid until
+ * the next call. "" after a success. */
+const char *fw_client_errmsg(const fw_client *c);
+/* retry_after_ms of the last BUSY / UNAVAILABLE answer (0 if none was given). */
+uint32_t fw_client_retry_after(const fw_client *c);
+int fw_client_is_connected(const fw_client *c);
+/* Change the per-call bound for the following calls. */
+void fw_client_set_timeout(fw_client *c, uint32_t timeout_ms);
+
+/* ---- pipelined API ---------------------------------------------------------------------- */
+
+/* A response as received. body points into the rx buffer (see RESULT LIFETIME). */
+typedef struct fw_response {
+    fw_header hdr;            /* opcode, status, request_id, flags, ... */
+    const uint8_t *frame;     /* the whole frame: header + body */
+    size_t frame_len;
+    const uint8_t *body;
+    uint32_t body_len;
+} fw_response;
+
+/* Send one request (header built from the config; a fresh request_id, never 0, returned in
+ * *request_id). The body is sent from the caller's memory, not copied. Does not wait for
+ * anything but the socket. Returns FW_OK or < 0. */
+int fw_send(fw_client *c, uint8_t opcode, const void *body, size_t len, uint32_t *request_id);
+/* Wait for the response to request_id (FW_ANY_REQUEST: the next one to arrive). Responses to
+ * other ids that arrive meanwhile are kept in the rx buffer for later fw_recv() calls; EVENT
+ * frames are skipped. Returns FW_OK when a response was received, whatever its status (look
+ * at resp->hdr.status; fw_response_error() decodes an error body), or < 0. */
+int fw_recv(fw_client *c, uint32_t request_id, fw_response *resp);
+/* Write bytes to the socket exactly as given, for protocol debugging (fwcat --raw). */
+int fw_send_raw(fw_client *c, const void *bytes, size_t len);
+
+/* The message and retry_after_ms of an error response (both optional on a hostile wire:
+ * a missing message gives "" and a missing retry_after 0). msg points into the response. */
+void fw_response_error(const fw_response *r, const char **msg, uint16_t *msg_len,
+                       uint32_t *retry_after_ms);
+
+/* ---- operations (synchronous: send, wait, decode) ------------------------------------- */
+
+/* PING: echo and echo_len get the echoed bytes (either may be NULL). */
+int fw_ping(fw_client *c, const void *data, size_t len, const uint8_t **echo, size_t *echo_len);
+/* INFO: "key: value\n" text, not NUL-terminated. */
+int fw_info(fw_client *c, const char **text, size_t *len);
+
+typedef struct fw_box { float x, y, w, h; } fw_box;
+
+typedef struct fw_face {
+    fw_box box;
+    float score;
+    float landmarks[FW_LANDMARKS][2];        /* (x, y) in picture pixels */
+    float descriptor[FW_DESCRIPTOR_DIM];     /* EMBED only; zeros after DETECT */
+} fw_face;
+
+typedef struct fw_image_result {
+    uint32_t width, height;
+    size_t nfaces;   /* faces in the response */
+    size_t nstored;  /* faces written to the caller's array: min(nfaces, max_faces) */
+} fw_image_result;
+
+/* DETECT / EMBED a JPEG. faces[max_faces] is the caller's array (max_faces may be 0). */
+int fw_detect(fw_client *c, const void *jpeg, size_t len, fw_face *faces, size_t max_faces,
+              fw_image_result *out);
+int fw_embed(fw_client *c, const void *jpeg, size_t len, fw_face *faces, size_t max_faces,
+             fw_image_result *out);
+
+enum fw_input_kind { FW_INPUT_JPEG = 0, FW_INPUT_DESCRIPTOR = 1 };
+
+/* A face to compare: a JPEG (the server picks its best face) or a descriptor. */
+typedef struct fw_input {
+    int kind;                 /* enum fw_input_kind */
+    const void *jpeg;         /* FW_INPUT_JPEG: the caller's bytes */
+    size_t jpeg_len;
+    const float *descriptor;  /* FW_INPUT_DESCRIPTOR: FW_DESCRIPTOR_DIM floats */
+} fw_input;
+
+fw_input fw_input_jpeg(const void *jpeg, size_t len);
+fw_input fw_input_descriptor(const float *descriptor);
+
+typedef struct fw_verify_result {
+    float distance;
+    int same;
+    float threshold;  /* the threshold the server used */
+} fw_verify_result;
+
+/* threshold NULL = the server's. */
+int fw_verify(fw_client *c, const fw_input *a, const fw_input *b, const float *threshold,
+              fw_verify_result *out);
+
+/* subject: 1..FW_SUBJECT_MAX bytes (NUL-terminated); meta may be NULL/0. */
+int fw_enroll(fw_client *c, const char *subject, const void *meta, size_t meta_len,
+              const fw_input *in, uint64_t *face_id);
+
+typedef struct fw_match {
+    const char *subject;      /* into the rx buffer, not NUL-terminated */
+    uint16_t subject_len;
+    uint64_t face_id;
+    float distance;
+} fw_match;
+
+typedef struct fw_identify_face {
+    fw_box box;               /* zeros for a descriptor input */
+    size_t nmatches;          /* matches in the response for this face */
+    size_t nstored;           /* of which stored at matches[] */
+    fw_match *matches;        /* into the caller's match array */
+} fw_identify_face;
+
+typedef struct fw_identify_result {
+    size_t nfaces, nstored;   /* as fw_image_result */
+    int truncated;            /* 1 if faces or matches did not fit the caller's arrays */
+} fw_identify_result;
+
+/* k: 1..FW_IDENTIFY_MAX_K; threshold NULL = the server's. Matches of all faces are laid out
+ * one face after the other in matches[max_matches]. */
+int fw_identify(fw_client *c, const fw_input *in, unsigned k, const float *threshold,
+                fw_identify_face *faces, size_t max_faces, fw_match *matches,
+                size_t max_matches, fw_identify_result *out);
+
+int fw_delete_face(fw_client *c, uint64_t face_id, uint32_t *deleted);
+int fw_delete_subject(fw_client *c, const char *subject, uint32_t *deleted);
+
+typedef struct fw_subject {
+    const char *subject;      /* into the rx buffer, not NUL-terminated */
+    uint16_t subject_len;
+    uint32_t faces;
+} fw_subject;
+
+typedef struct fw_list_result {
+    size_t n, nstored;
+    const char *next_cursor;  /* into the rx buffer; length 0 = the end */
+    uint16_t next_cursor_len;
+} fw_list_result;
+
+/* One page from cursor (NULL/0 = from the start), at most limit subjects. */
+int fw_list(fw_client *c, const char *cursor, size_t cursor_len, uint16_t limit,
+            fw_subject *subjects, size_t max_subjects, fw_list_result *out);
+
+typedef struct fw_gallery_info {
+    uint64_t faces, subjects, bytes, last_seq;
+} fw_gallery_info;
+
+int fw_gallery(fw_client *c, fw_gallery_info *out);
+
+/* Test ops (server started with --enable-test-ops). */
+int fw_test_sleep(fw_client *c, uint32_t ms);
+int fw_test_fail(fw_client *c);
+
+/* ---- decoders, for responses received with fw_recv() -------------------------------------
+ * They return FW_OK, FW_ERR_MALFORMED (body does not match the layout) or, for a response
+ * whose status is not OK, that status. They never touch the connection. */
+int fw_decode_image(const fw_response *r, int with_descriptors, fw_face *faces,
+                    size_t max_faces, fw_image_result *out);
+int fw_decode_verify(const fw_response *r, fw_verify_result *out);
+int fw_decode_identify(const fw_response *r, fw_identify_face *faces, size_t max_faces,
+                       fw_match *matches, size_t max_matches, fw_identify_result *out);
+int fw_decode_list(const fw_response *r, fw_subject *subjects, size_t max_subjects,
+                   fw_list_result *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
