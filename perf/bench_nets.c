@@ -1,7 +1,8 @@
 /*
  * bench_nets.c — forward-pass time of each network, one thread, on the golden inputs.
  *
- *   bin/bench_nets [runs]        (runs >= 20, default 30; FW_SHARED, FW_MODELS as in the tests)
+ *   bin/bench_nets [runs [only]]  (runs >= 20, default 30; only: run just the networks whose
+ *                                 name contains it; FW_SHARED, FW_MODELS as in the tests)
  *
  * For each network: 3 warm-up passes, then `runs` timed passes; prints one JSON line
  *   {"what":"recognition_150","median_ms":..,"min_ms":..,"gflops":..,"runs":..}
@@ -61,9 +62,11 @@ enum which { RECOG, LANDMARK, DETECTOR };
 
 /* Times runs passes of one network; returns 0 and prints its JSON line, or -1. */
 static int bench(const fw_nets *nets, fw_nets_ws *ws, enum which w, const uint8_t *rgb, int size,
-                 int runs, const char *what, double flops)
+                 int runs, const char *only, const char *what, double flops)
 {
     float out[32 * 32 * 25];
+    if (only && !strstr(what, only))
+        return 0;
     double *t = malloc((size_t)runs * sizeof *t);
     if (!t)
         return -1;
@@ -93,9 +96,10 @@ int main(int argc, char **argv)
 {
     int runs = argc > 1 ? atoi(argv[1]) : 30;
     if (runs < 20 || runs > 100000) {
-        fprintf(stderr, "usage: bench_nets [runs >= 20]\n");
+        fprintf(stderr, "usage: bench_nets [runs >= 20 [only]]\n");
         return 2;
     }
+    const char *only = argc > 2 ? argv[2] : NULL;
     char err[256];
     fw_nets *nets = NULL;
     fw_nets_ws *ws = NULL;
@@ -111,9 +115,9 @@ int main(int argc, char **argv)
     det = read_rgb("tiny_detector/sample1.rgb", 416 * 416 * 3);
     if (!ws || !rec || !lm || !det)
         goto done;
-    if (bench(nets, ws, RECOG, rec, 150, runs, "recognition_150", fw_recog_flops()) != 0 ||
-        bench(nets, ws, LANDMARK, lm, 112, runs, "landmark68_112", fw_landmark68_flops()) != 0 ||
-        bench(nets, ws, DETECTOR, det, 416, runs, "tinydet_416", fw_tinydet_flops(416)) != 0)
+    if (bench(nets, ws, RECOG, rec, 150, runs, only, "recognition_150", fw_recog_flops()) != 0 ||
+        bench(nets, ws, LANDMARK, lm, 112, runs, only, "landmark68_112", fw_landmark68_flops()) != 0 ||
+        bench(nets, ws, DETECTOR, det, 416, runs, only, "tinydet_416", fw_tinydet_flops(416)) != 0)
         goto done;
     rc = 0;
 done:
