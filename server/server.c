@@ -1,0 +1,668 @@
+/*
+ * server.c — the facewired server context (see server.h): command line, listeners, the
+ * per-loop timing, the check-phase flush, INFO, and the shutdown sequence.
+ *
+ * Timing without a timer per connection: one repeating uv_timer (the "sweep") walks two
+ * intrusive lists that are kept in time order for free — by_activity (a touch moves the
+ * connection to the tail) and by_frame_start (appended when a frame is left incomplete) — and
+ * stops at the first entry that has not expired. A tick costs O(expired + 1), and 10,000 idle
+ * connections cost no timer memory at all.
+ *
+ * Shutdown (SIGINT/SIGTERM):
+ *   1. close the listeners; new requests are answered SHUTTING_DOWN (compute does it for its
+ *      ops, conn.c for PING);
+ *   2. fw_compute_drain(grace): jobs in flight may finish until grace_ms, then compute answers
+ *      the rest SHUTTING_DOWN and calls on_drained;
+ *   3. every connection stops reading, flushes, and closes; a connection whose client does not
+ *      read is closed anyway at force_close_at;
+ *   4. when the last connection is gone, our handles close, compute stops, uv_run returns.
+ */
+#include "server/server.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/conn.h"
+
+#define FW_DEFAULT_LISTEN "127.0.0.1:7420"
+#define FW_DEFAULT_MAX_CONNECTIONS 10000u
+#define FW_DEFAULT_MAX_OUTPUT (4u * 1024u * 1024u)
+#define FW_DEFAULT_IDLE_TIMEOUT_MS 300000u
+#define FW_DEFAULT_FRAME_TIMEOUT_MS 30000u
+#define FW_DEFAULT_GRACE_MS 10000u
+/* After the grace period, how long flushing the last answers may take. */
+#define FW_FLUSH_GRACE_MS 2000u
+#define FW_LISTEN_BACKLOG 4096
+#define FW_MAX_BODY_LIMIT (1024u * 1024u * 1024u)
+
+#ifndef FW_VERSION_STRING
+#define FW_VERSION_STRING "0.0.0"
+#endif
+
+/* ---- command line -------------------------------------------------------------------------- */
+
+void fw_server_config_default(fw_server_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->data_dir = "./data";
+    cfg->models_dir = "./models";
+    cfg->max_body = FW_DEFAULT_MAX_BODY;
+    cfg->max_connections = FW_DEFAULT_MAX_CONNECTIONS;
+    cfg->max_output = FW_DEFAULT_MAX_OUTPUT;
+    cfg->idle_timeout_ms = FW_DEFAULT_IDLE_TIMEOUT_MS;
+    cfg->frame_timeout_ms = FW_DEFAULT_FRAME_TIMEOUT_MS;
+    cfg->grace_ms = FW_DEFAULT_GRACE_MS;
+    cfg->log_level = FW_LOG_INFO;
+    fw_compute_options_default(&cfg->compute);
+}
+
+void fw_server_usage(FILE *out, const char *prog)
+{
+    fprintf(out,
+"Usage: %s [OPTIONS]\n"
+"\n"
+"facewired serves the facewire protocol: length-prefixed binary frames over TCP, many\n"
+"requests in flight per connection, answered in any order. PING and INFO are answered on\n"
+"the event loop; face and gallery operations run on a worker pool.\n"
+"\n"
+"Connection options:\n"
+"  --listen HOST:PORT       Listen on this address. Repeatable. IPv6 addresses go in\n"
+"                           brackets: [::1]:7420. Port 0 picks a free port; every bound\n"
+"                           address is logged as msg=\"listening\" addr=HOST:PORT.\n"
+"                           Default: " FW_DEFAULT_LISTEN ".\n"
+"  --max-connections N      Connections beyond N are accepted and closed at once (and\n"
+"                           counted in INFO's rejected_connections). Default: %u.\n"
+"  --max-body BYTES         Largest request body. A larger one is answered TOO_LARGE and\n"
+"                           the connection closed. Suffixes k, m, g (binary). Default: 16m.\n"
+"  --max-output BYTES       Unsent response bytes per connection before the server stops\n"
+"                           reading from it until the client catches up. Default: 4m.\n"
+"  --idle-timeout-ms MS     Close a connection with nothing sent, received or computing\n"
+"                           for MS milliseconds. 0 disables. Default: %u.\n"
+"  --frame-timeout-ms MS    Close a connection that leaves a frame incomplete for MS\n"
+"                           milliseconds (slow senders). 0 disables. Default: %u.\n"
+"  --grace-ms MS            On SIGINT/SIGTERM, how long requests in flight may still\n"
+"                           finish; the rest are answered SHUTTING_DOWN. Default: %u.\n"
+"\n"
+"Data options:\n"
+"  --data DIR               Gallery directory. Default: ./data.\n"
+"  --models DIR             Face model weights. Default: ./models.\n"
+"\n"
+"Other options:\n"
+"  --log-level LEVEL        debug, info, warn, error or off. Logs are logfmt lines on\n"
+"                           stderr. Default: info.\n"
+"  --help                   Print this text and exit.\n"
+"  --version                Print the version and exit.\n"
+"\n",
+            prog, FW_DEFAULT_MAX_CONNECTIONS, FW_DEFAULT_IDLE_TIMEOUT_MS,
+            FW_DEFAULT_FRAME_TIMEOUT_MS, FW_DEFAULT_GRACE_MS);
+    fprintf(out, "Compute options:\n");
+    fw_compute_usage(out);
+    fprintf(out,
+"\n"
+"Options take their value as the next argument or after '=' (--grace-ms=500).\n"
+"\n"
+"Signals: SIGINT and SIGTERM start a graceful shutdown; a second one is ignored.\n"
+"Exit status: 0 after a clean shutdown, 1 if the server cannot start, 2 on a usage error.\n");
+}
+
+/* Decimal u32 in [min, max]; with `sizes`, a k/m/g suffix multiplies by 1024^n. */
+static int parse_u32(const char *s, uint32_t min, uint32_t max, int sizes, uint32_t *out)
+{
+    char *end;
+    unsigned long long v;
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    if (sizes && *end) {
+        unsigned shift = 0;
+        switch (*end) {
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        default: return -1;
+        }
+        end++;
+        if (*end == 'i' && end[1] == 'B')
+            end += 2;
+        else if (*end == 'B' || *end == 'b')
+            end++;
+        if (v > (ULLONG_MAX >> shift))
+            return -1;
+        v <<= shift;
+    }
+    if (*end != '\0' || v < min || v > max)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+enum flag_id {
+    F_LISTEN, F_DATA, F_MODELS, F_MAX_BODY, F_MAX_CONNECTIONS, F_MAX_OUTPUT, F_IDLE_TIMEOUT,
+    F_FRAME_TIMEOUT, F_GRACE, F_LOG_LEVEL, F_HELP, F_VERSION
+};
+
+static const struct {
+    const char *name;
+    enum flag_id id;
+    int takes_value;
+} server_flags[] = {
+    {"--listen", F_LISTEN, 1},
+    {"--data", F_DATA, 1},
+    {"--models", F_MODELS, 1},
+    {"--max-body", F_MAX_BODY, 1},
+    {"--max-connections", F_MAX_CONNECTIONS, 1},
+    {"--max-output", F_MAX_OUTPUT, 1},
+    {"--idle-timeout-ms", F_IDLE_TIMEOUT, 1},
+    {"--frame-timeout-ms", F_FRAME_TIMEOUT, 1},
+    {"--grace-ms", F_GRACE, 1},
+    {"--log-level", F_LOG_LEVEL, 1},
+    {"--help", F_HELP, 0},
+    {"--version", F_VERSION, 0},
+};
+
+/* Apply one of our flags. Returns 0, 1 for "print and exit 0", or -1 with a message. */
+static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FILE *out,
+                      const char *prog, char *err, size_t errlen)
+{
+    const uint32_t ms_max = 24u * 3600u * 1000u;
+    int lvl;
+    switch (id) {
+    case F_LISTEN:
+        if (cfg->n_listen >= FW_MAX_LISTEN) {
+            snprintf(err, errlen, "at most %d --listen addresses", FW_MAX_LISTEN);
+            return -1;
+        }
+        cfg->listen[cfg->n_listen++] = v;
+        return 0;
+    case F_DATA:
+        cfg->data_dir = v;
+        return 0;
+    case F_MODELS:
+        cfg->models_dir = v;
+        return 0;
+    case F_MAX_BODY:
+        if (parse_u32(v, 1, FW_MAX_BODY_LIMIT, 1, &cfg->max_body) == 0)
+            return 0;
+        snprintf(err, errlen, "--max-body: expected bytes from 1 to 1g, got '%s'", v);
+        return -1;
+    case F_MAX_CONNECTIONS:
+        if (parse_u32(v, 1, 1000000, 0, &cfg->max_connections) == 0)
+            return 0;
+        snprintf(err, errlen, "--max-connections: expected 1 to 1000000, got '%s'", v);
+        return -1;
+    case F_MAX_OUTPUT:
+        if (parse_u32(v, 1024, FW_MAX_BODY_LIMIT, 1, &cfg->max_output) == 0)
+            return 0;
+        snprintf(err, errlen, "--max-output: expected bytes from 1k to 1g, got '%s'", v);
+        return -1;
+    case F_IDLE_TIMEOUT:
+    case F_FRAME_TIMEOUT:
+    case F_GRACE: {
+        uint32_t *dst = id == F_IDLE_TIMEOUT ? &cfg->idle_timeout_ms
+                      : id == F_FRAME_TIMEOUT ? &cfg->frame_timeout_ms : &cfg->grace_ms;
+        if (parse_u32(v, 0, ms_max, 0, dst) == 0)
+            return 0;
+        snprintf(err, errlen, "expected milliseconds from 0 to %u, got '%s'", ms_max, v);
+        return -1;
+    }
+    case F_LOG_LEVEL:
+        lvl = fw_log_level_parse(v);
+        if (lvl >= 0) {
+            cfg->log_level = (fw_log_level)lvl;
+            return 0;
+        }
+        snprintf(err, errlen, "--log-level: expected debug, info, warn, error or off, got '%s'", v);
+        return -1;
+    case F_HELP:
+        fw_server_usage(out, prog);
+        return 1;
+    case F_VERSION:
+        fprintf(out, "facewired %s\n", FW_VERSION_STRING);
+        return 1;
+    }
+    return -1;
+}
+
+int fw_server_parse_args(fw_server_config *cfg, int argc, char **argv, FILE *out, FILE *errf)
+{
+    const char *prog = argc > 0 && argv[0] ? argv[0] : "facewired";
+    char err[256];
+    char name[64];
+
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *eq = strchr(arg, '=');
+        const char *value = NULL;
+        int inline_value = 0;
+
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
+            fprintf(errf, "%s: unexpected argument '%s' (see --help)\n", prog, arg);
+            return -1;
+        }
+        /* Split "--flag=value". */
+        size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
+        if (nlen >= sizeof name) {
+            fprintf(errf, "%s: unknown option '%.*s' (see --help)\n", prog, (int)nlen, arg);
+            return -1;
+        }
+        memcpy(name, arg, nlen);
+        name[nlen] = '\0';
+        if (eq) {
+            value = eq + 1;
+            inline_value = 1;
+        } else if (i + 1 < argc) {
+            value = argv[i + 1];
+        }
+
+        int found = 0, r = 0, takes = 0;
+        err[0] = '\0';
+        for (size_t k = 0; k < sizeof server_flags / sizeof server_flags[0]; k++) {
+            if (strcmp(name, server_flags[k].name) != 0)
+                continue;
+            found = 1;
+            takes = server_flags[k].takes_value;
+            if (takes && !value) {
+                fprintf(errf, "%s: %s needs a value (see --help)\n", prog, name);
+                return -1;
+            }
+            if (!takes && inline_value) {
+                fprintf(errf, "%s: %s takes no value\n", prog, name);
+                return -1;
+            }
+            r = apply_flag(cfg, server_flags[k].id, value, out, prog, err, sizeof err);
+            break;
+        }
+        if (!found) {
+            r = fw_compute_parse_flag(&cfg->compute, name, value, &takes, err, sizeof err);
+            if (r == 0) {
+                fprintf(errf, "%s: unknown option '%s' (see --help)\n", prog, name);
+                return -1;
+            }
+            if (r > 0 && takes && !value) {
+                fprintf(errf, "%s: %s needs a value (see --help)\n", prog, name);
+                return -1;
+            }
+            if (r > 0 && !takes && inline_value) {
+                fprintf(errf, "%s: %s takes no value\n", prog, name);
+                return -1;
+            }
+            if (r > 0)
+                r = 0;
+        }
+        if (r < 0) {
+            fprintf(errf, "%s: %s: %s\n", prog, name, err[0] ? err : "invalid value");
+            return -1;
+        }
+        if (r == 1)
+            return 1;
+        if (takes && !inline_value)
+            i++;
+    }
+    cfg->compute.data_dir = cfg->data_dir;
+    cfg->compute.models_dir = cfg->models_dir;
+    return 0;
+}
+
+/* ---- listeners ----------------------------------------------------------------------------- */
+
+/* "1.2.3.4:80", "[::1]:80", ":80" (all IPv4 interfaces). Numeric hosts only: a name would
+ * need a resolver at startup and could silently pick one of several addresses. */
+static int parse_listen(const char *spec, struct sockaddr_storage *ss, char *err, size_t errlen)
+{
+    char host[64];
+    const char *port_s;
+    uint32_t port;
+    int r;
+
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close || close[1] != ':' || (size_t)(close - spec - 1) >= sizeof host)
+            goto bad;
+        memcpy(host, spec + 1, (size_t)(close - spec - 1));
+        host[close - spec - 1] = '\0';
+        port_s = close + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof host)
+            goto bad;
+        if (memchr(spec, ':', (size_t)(colon - spec))) {
+            snprintf(err, errlen, "'%s': IPv6 addresses go in brackets, e.g. [::1]:7420", spec);
+            return -1;
+        }
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        if (host[0] == '\0')
+            snprintf(host, sizeof host, "0.0.0.0");
+        port_s = colon + 1;
+    }
+    if (parse_u32(port_s, 0, 65535, 0, &port) != 0)
+        goto bad;
+    memset(ss, 0, sizeof *ss);
+    if (spec[0] == '[')
+        r = uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
+    else
+        r = uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss);
+    if (r != 0)
+        goto bad;
+    return 0;
+bad:
+    snprintf(err, errlen, "'%s': expected IPv4:PORT or [IPv6]:PORT with a numeric address", spec);
+    return -1;
+}
+
+static void format_sockname(const uv_tcp_t *tcp, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    int len = (int)sizeof ss;
+    char host[64] = "?";
+    snprintf(buf, cap, "?");
+    if (uv_tcp_getsockname(tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)&ss, host, sizeof host);
+        snprintf(buf, cap, "[%s]:%d", host, ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port));
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)&ss, host, sizeof host);
+        snprintf(buf, cap, "%s:%d", host, ntohs(((const struct sockaddr_in *)&ss)->sin_port));
+    }
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    fw_listener *l = listener->data;
+    if (status < 0) {
+        /* EMFILE and friends: libuv keeps a spare fd to shed such connections; log and go on. */
+        fw_log_warn(&l->srv->log, "accept error", "listener=%s err=%s", l->addr, uv_err_name(status));
+        return;
+    }
+    fw_conn_accept(l->srv, listener);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    fw_listener *l = h->data;
+    l->srv->listeners_open--;
+}
+
+static int listener_open(fw_server *s, fw_listener *l, const char *spec)
+{
+    struct sockaddr_storage ss;
+    char err[160];
+    int r;
+
+    l->srv = s;
+    snprintf(l->addr, sizeof l->addr, "%s", spec);
+    if (parse_listen(spec, &ss, err, sizeof err) != 0) {
+        fw_log_error(&s->log, "bad listen address", "error=\"%s\"", err);
+        return -1;
+    }
+    uv_tcp_init(s->loop, &l->tcp);
+    l->tcp.data = l;
+    s->listeners_open++;
+    /* IPV6ONLY so that [::]:P and 0.0.0.0:P can both be given. */
+    r = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&l->tcp, FW_LISTEN_BACKLOG, on_connection);
+    if (r != 0) {
+        fw_log_error(&s->log, "cannot listen", "addr=%s err=%s", spec, uv_err_name(r));
+        return -1;
+    }
+    format_sockname(&l->tcp, l->addr, sizeof l->addr);
+    fw_log_info(&s->log, "listening", "addr=%s", l->addr);
+    return 0;
+}
+
+static void close_listeners(fw_server *s)
+{
+    for (int i = 0; i < s->n_listeners; i++)
+        if (s->listeners[i].srv && !uv_is_closing((uv_handle_t *)&s->listeners[i].tcp))
+            uv_close((uv_handle_t *)&s->listeners[i].tcp, on_listener_closed);
+}
+
+/* ---- loop handles -------------------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    fw_server *s = h->data;
+    s->handles_open--;
+}
+
+static void close_handles(fw_server *s)
+{
+    uv_handle_t *hs[] = {(uv_handle_t *)&s->sweep, (uv_handle_t *)&s->flush, (uv_handle_t *)&s->nudge,
+                         (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (hs[i]->data == s && !uv_is_closing(hs[i]))
+            uv_close(hs[i], on_handle_closed);
+}
+
+/* Everything is answered and every connection gone: close the rest so uv_run returns. */
+static void server_finish(fw_server *s)
+{
+    if (s->finished)
+        return;
+    s->finished = 1;
+    close_listeners(s);
+    close_handles(s);
+    if (s->compute) {
+        fw_compute_stop(s->compute);
+        s->compute = NULL;
+    }
+    fw_log_info(&s->log, "stopped", "connections_total=%llu requests_total=%llu",
+                (unsigned long long)s->connections_total, (unsigned long long)s->requests_total);
+}
+
+static void maybe_finish(fw_server *s)
+{
+    if (s->drained && s->n_conns == 0)
+        server_finish(s);
+}
+
+void fw_server_conn_gone(fw_server *s) { maybe_finish(s); }
+
+/* The idle handle does nothing; while it is active libuv polls without blocking, so
+ * responses queued outside the poll phase (in a timer callback) still go out this turn. */
+static void on_nudge(uv_idle_t *h) { (void)h; }
+
+void fw_server_wake(fw_server *s)
+{
+    if (!s->finished && !uv_is_active((uv_handle_t *)&s->nudge))
+        uv_idle_start(&s->nudge, on_nudge);
+}
+
+static void on_flush(uv_check_t *h)
+{
+    fw_server *s = h->data;
+    fw_link batch;
+
+    uv_idle_stop(&s->nudge);
+    /* Take the current queue: connections queued while serving it wait for the next turn,
+     * so a connection that keeps requeueing itself cannot keep us here. */
+    fw_link_init(&batch);
+    if (fw_link_empty(&s->pending))
+        return;
+    batch.next = s->pending.next;
+    batch.prev = s->pending.prev;
+    batch.next->prev = &batch;
+    batch.prev->next = &batch;
+    fw_link_init(&s->pending);
+    while (!fw_link_empty(&batch)) {
+        fw_conn *c = fw_container_of(batch.next, fw_conn, pending);
+        fw_link_unlink(&c->pending);
+        fw_conn_service(c);
+    }
+}
+
+static void on_sweep(uv_timer_t *h)
+{
+    fw_server *s = h->data;
+    uint64_t now = uv_now(s->loop);
+    fw_conn_sweep(s, now);
+    if (s->draining && now >= s->force_close_at && !fw_link_empty(&s->by_activity)) {
+        fw_log_warn(&s->log, "closing connections that did not flush in time", "connections=%u", s->n_conns);
+        while (!fw_link_empty(&s->by_activity))
+            fw_conn_close(fw_container_of(s->by_activity.next, fw_conn, by_activity), "shutdown timeout");
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    fw_server *s = h->data;
+    fw_server_shutdown(s, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void on_drained(void *arg)
+{
+    fw_server *s = arg;
+    s->drained = 1;
+    fw_log_info(&s->log, "drained", "connections=%u", s->n_conns);
+    /* Each connection stops reading, flushes and closes in the check phase. */
+    for (fw_link *l = s->by_activity.next; l != &s->by_activity; l = l->next)
+        fw_conn_queue(fw_container_of(l, fw_conn, by_activity));
+    maybe_finish(s);
+}
+
+void fw_server_shutdown(fw_server *s, const char *why)
+{
+    if (s->draining) {
+        fw_log_info(&s->log, "shutdown already in progress", "reason=%s", why);
+        return;
+    }
+    s->draining = 1;
+    s->force_close_at = uv_now(s->loop) + s->cfg.grace_ms + FW_FLUSH_GRACE_MS;
+    fw_log_info(&s->log, "shutting down", "reason=%s grace_ms=%u connections=%u", why,
+                s->cfg.grace_ms, s->n_conns);
+    close_listeners(s);
+    fw_compute_drain(s->compute, s->cfg.grace_ms, on_drained, s);
+}
+
+/* ---- start / info / free ------------------------------------------------------------------- */
+
+static uint64_t sweep_interval(const fw_server_config *cfg)
+{
+    uint64_t iv = 250;
+    if (cfg->idle_timeout_ms && cfg->idle_timeout_ms / 4 < iv)
+        iv = cfg->idle_timeout_ms / 4;
+    if (cfg->frame_timeout_ms && cfg->frame_timeout_ms / 4 < iv)
+        iv = cfg->frame_timeout_ms / 4;
+    return iv < 10 ? 10 : iv;
+}
+
+int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
+{
+    char err[256];
+    int r;
+
+    memset(s, 0, sizeof *s);
+    s->loop = loop;
+    s->cfg = *cfg;
+    s->cfg.compute.data_dir = s->cfg.data_dir;
+    s->cfg.compute.models_dir = s->cfg.models_dir;
+    fw_log_init(&s->log, cfg->log_level);
+    fw_link_init(&s->by_activity);
+    fw_link_init(&s->by_frame_start);
+    fw_link_init(&s->pending);
+    s->started_ms = uv_now(loop);
+
+    /* Handles first, so the error path can close exactly what exists (data != NULL). */
+    uv_timer_init(loop, &s->sweep);
+    uv_check_init(loop, &s->flush);
+    uv_idle_init(loop, &s->nudge);
+    s->sweep.data = s->flush.data = s->nudge.data = s;
+    s->handles_open = 3;
+    if ((r = uv_signal_init(loop, &s->sigint)) != 0) {
+        fw_log_error(&s->log, "cannot watch signals", "err=%s", uv_err_name(r));
+        goto err;
+    }
+    s->sigint.data = s;
+    s->handles_open++;
+    if ((r = uv_signal_init(loop, &s->sigterm)) != 0) {
+        fw_log_error(&s->log, "cannot watch signals", "err=%s", uv_err_name(r));
+        goto err;
+    }
+    s->sigterm.data = s;
+    s->handles_open++;
+
+    s->read_buf = malloc(FW_READ_BUF_SIZE);
+    if (!s->read_buf) {
+        fw_log_error(&s->log, "out of memory", NULL);
+        goto err;
+    }
+
+    /* Before anything queues work on the loop: it sets the thread pool size. */
+    if (fw_compute_start(loop, &s->cfg.compute, &s->compute, err, sizeof err) != 0) {
+        s->compute = NULL;
+        fw_log_error(&s->log, "cannot start compute", "error=\"%s\"", err);
+        goto err;
+    }
+
+    int n = s->cfg.n_listen ? s->cfg.n_listen : 1;
+    s->listeners = calloc((size_t)n, sizeof *s->listeners);
+    if (!s->listeners) {
+        fw_log_error(&s->log, "out of memory", NULL);
+        goto err;
+    }
+    s->n_listeners = n;
+    for (int i = 0; i < n; i++)
+        if (listener_open(s, &s->listeners[i], s->cfg.n_listen ? s->cfg.listen[i] : FW_DEFAULT_LISTEN) != 0)
+            goto err;
+
+    uint64_t iv = sweep_interval(&s->cfg);
+    uv_timer_start(&s->sweep, on_sweep, iv, iv);
+    uv_check_start(&s->flush, on_flush);
+    /* The check handle must not keep the loop alive on its own. */
+    uv_unref((uv_handle_t *)&s->flush);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    fw_log_info(&s->log, "started", "version=%s max_connections=%u max_body=%u idle_timeout_ms=%u "
+                "frame_timeout_ms=%u", FW_VERSION_STRING, s->cfg.max_connections, s->cfg.max_body,
+                s->cfg.idle_timeout_ms, s->cfg.frame_timeout_ms);
+    return 0;
+
+err:
+    s->finished = 1;
+    close_listeners(s);
+    close_handles(s);
+    if (s->compute) {
+        fw_compute_stop(s->compute);
+        s->compute = NULL;
+    }
+    return -1;
+}
+
+size_t fw_server_info(fw_server *s, char *buf, size_t cap)
+{
+    int r = snprintf(buf, cap,
+                     "version: %s\n"
+                     "uptime_s: %llu\n"
+                     "connections: %u\n"
+                     "connections_total: %llu\n"
+                     "requests_total: %llu\n"
+                     "bytes_in: %llu\n"
+                     "bytes_out: %llu\n"
+                     "rejected_connections: %llu\n",
+                     FW_VERSION_STRING, (unsigned long long)((uv_now(s->loop) - s->started_ms) / 1000),
+                     s->n_conns, (unsigned long long)s->connections_total,
+                     (unsigned long long)s->requests_total, (unsigned long long)s->bytes_in,
+                     (unsigned long long)s->bytes_out, (unsigned long long)s->rejected_connections);
+    size_t n = r < 0 ? 0 : (size_t)r;
+    if (n >= cap)
+        return cap ? cap - 1 : 0;
+    if (s->compute)
+        n += fw_compute_info(s->compute, buf + n, cap - n);
+    return n > cap ? cap : n;
+}
+
+void fw_server_free(fw_server *s)
+{
+    free(s->listeners);
+    s->listeners = NULL;
+    free(s->read_buf);
+    s->read_buf = NULL;
+}
