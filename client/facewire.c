@@ -262,9 +262,8 @@ void fw_client_close(fw_client *c)
  * The ARM build has no libsodium, and nothing is implemented yet on the host either. */
 static int session_start(fw_client *c)
 {
-    if (!c->cfg.secure)
-        return FW_OK;
-    return fail(c, FW_ERR_UNSUPPORTED, "secure sessions are not implemented in this build");
+    (void)c; /* plaintext: nothing to negotiate */
+    return FW_OK;
 }
 
 static void addr_text(const struct sockaddr *sa, socklen_t len, char *buf, size_t cap)
@@ -336,6 +335,8 @@ int fw_client_connect(fw_client *c)
     drop_conn(c);
     c->errmsg[0] = '\0';
     c->retry_after = 0;
+    if (c->cfg.secure) /* refused up front rather than silently talking plaintext */
+        return fail(c, FW_ERR_UNSUPPORTED, "secure sessions are not implemented in this build");
     uint32_t budget = c->cfg.connect_timeout_ms ? c->cfg.connect_timeout_ms : c->timeout_ms;
     uint64_t deadline = now_ms() + budget;
 
