@@ -45,6 +45,8 @@ typedef struct fw_engine_options {
     int max_dimension;     /* per side; default 20000 */
     int max_faces;         /* at most this many faces per picture; default 32 */
     fw_align_mode align;   /* default FW_ALIGN_SIMILARITY */
+    int detect_mirror;     /* also run the detector on the mirror image and merge: finds
+                              borderline faces, costs a second detector pass; default 1 */
 } fw_engine_options;
 
 void fw_engine_options_default(fw_engine_options *o);

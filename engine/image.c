@@ -349,6 +349,62 @@ void fw_resize_bilinear(const fw_image *src, fw_image *dst)
     resample(src, 0, 0, src->w, src->h, 0, 0, src->w, src->h, dst->px, dst->w, dst->h);
 }
 
+void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size)
+{
+    if (side <= size || size > FW_AREA_MAX_SIZE) {
+        fw_sample_square(src, 0, 0, side, 0, 0, src->w, src->h, dst, size);
+        return;
+    }
+    /* Output column j covers source [j f, (j + 1) f): whole pixels x0+1 .. x1-1 with weight 1,
+     * the partial ends x0 and x1 with their overlap. Same table for rows (the area is square). */
+    int lo[FW_AREA_MAX_SIZE], hi[FW_AREA_MAX_SIZE];
+    float wlo[FW_AREA_MAX_SIZE], whi[FW_AREA_MAX_SIZE];
+    float row[FW_AREA_MAX_SIZE * 3], acc[FW_AREA_MAX_SIZE * 3];
+    const double f = (double)side / size;
+    for (int j = 0; j < size; j++) {
+        const double a = j * f, b = (j + 1) * f;
+        lo[j] = (int)floor(a);
+        hi[j] = (int)ceil(b) - 1; /* inclusive */
+        if (hi[j] >= side)
+            hi[j] = side - 1;
+        wlo[j] = (float)(lo[j] + 1 - a);
+        whi[j] = (float)(b - hi[j]);
+        if (lo[j] == hi[j])
+            wlo[j] = whi[j] = (float)(b - a);
+        if (whi[j] > 1.f)
+            whi[j] = 1.f;
+    }
+    const float norm = (float)(1.0 / (f * f));
+    for (int i = 0; i < size; i++) {
+        memset(acc, 0, sizeof(float) * 3 * (size_t)size);
+        for (int sy = lo[i]; sy <= hi[i]; sy++) {
+            if (sy >= src->h) /* the bottom padding adds nothing */
+                break;
+            const float wy = sy == lo[i] ? wlo[i] : sy == hi[i] ? whi[i] : 1.f;
+            const uint8_t *s = src->px + (size_t)sy * src->w * 3;
+            for (int j = 0; j < size; j++) {
+                float r = 0, g = 0, b = 0;
+                for (int x = lo[j]; x <= hi[j] && x < src->w; x++) {
+                    const float wx = x == lo[j] ? wlo[j] : x == hi[j] ? whi[j] : 1.f;
+                    r += wx * s[3 * x];
+                    g += wx * s[3 * x + 1];
+                    b += wx * s[3 * x + 2];
+                }
+                row[3 * j] = r;
+                row[3 * j + 1] = g;
+                row[3 * j + 2] = b;
+            }
+            for (int k = 0; k < 3 * size; k++)
+                acc[k] += wy * row[k];
+        }
+        uint8_t *d = dst + (size_t)i * size * 3;
+        for (int k = 0; k < 3 * size; k++) {
+            const float v = acc[k] * norm;
+            d[k] = (uint8_t)(v >= 255.f ? 255 : lrintf(v));
+        }
+    }
+}
+
 void fw_crop(const fw_image *src, int x, int y, int w, int h, uint8_t *dst)
 {
     if (w <= 0 || h <= 0)

@@ -11,6 +11,8 @@
  *                        of the picture (zeros outside a "valid" rectangle) resized bilinearly
  *                        the way TensorFlow.js's resizeBilinear does it (no half-pixel centres)
  *   fw_resize_bilinear   the same resampling for a whole picture to any size
+ *   fw_area_square       the detector's input when it is a reduction: the picture padded to a
+ *                        square (right/bottom, black) and area-averaged, so nothing aliases
  *   fw_crop              a rectangle that may reach outside the picture (outside = black)
  *   fw_warp_affine       bilinear affine warp with optional supersampling (anti-aliasing)
  *   fw_draw_*            boxes and dots, for `facewire draw`
@@ -78,6 +80,14 @@ void fw_sample_square(const fw_image *src, int ox, int oy, int side,
 
 /* Bilinear resize of the whole picture (same sampling as above). dst->w/h set by the caller. */
 void fw_resize_bilinear(const fw_image *src, fw_image *dst);
+
+/* The square [0, side) x [0, side) of src (black beyond the picture, i.e. padded on the right
+ * and bottom) reduced to size x size by area averaging: each output pixel is the mean of the
+ * side/size x side/size source area it covers. For side <= size, or size above
+ * FW_AREA_MAX_SIZE, it falls back to fw_sample_square (enlarging needs no low-pass).
+ * No allocation: the scratch lives on the stack (about 40 KB). */
+#define FW_AREA_MAX_SIZE 1024
+void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size);
 
 /* Copy the w x h rectangle at (x, y) — which may reach outside src — into dst (w * h * 3 bytes);
  * what lies outside the picture is black. */

@@ -585,6 +585,33 @@ static void t_sample_square_pads(void)
     CHECK_EQ_INT(dpx[3], 200);
 }
 
+/* Area reduction: every output pixel is the mean of what it covers, padding counted as black. */
+static void t_area_square(void)
+{
+    /* 8 x 4 checkerboard of 0/200, padded to 8 x 8, reduced to 4 x 4: each 2 x 2 cell holds
+     * two of each, so the top half is 100 and the bottom half (padding) 0 */
+    uint8_t s[8 * 4 * 3], d[4 * 4 * 3];
+    for (int y = 0; y < 4; y++)
+        for (int x = 0; x < 8; x++)
+            memset(s + (y * 8 + x) * 3, (x + y) % 2 ? 200 : 0, 3);
+    fw_image src = {s, 8, 4};
+    fw_area_square(&src, 8, d, 4);
+    for (int y = 0; y < 4; y++)
+        for (int x = 0; x < 4; x++)
+            CHECK_EQ_INT(d[(y * 4 + x) * 3 + 1], y < 2 ? 100 : 0);
+    /* a non-integer factor (7 -> 3) keeps a constant picture constant */
+    uint8_t c[7 * 7 * 3], o[3 * 3 * 3];
+    memset(c, 90, sizeof(c));
+    fw_image cs = {c, 7, 7};
+    fw_area_square(&cs, 7, o, 3);
+    for (size_t i = 0; i < sizeof(o); i++)
+        CHECK_EQ_INT(o[i], 90);
+    /* enlarging falls back to bilinear sampling */
+    uint8_t big[16 * 16 * 3];
+    fw_area_square(&cs, 7, big, 16);
+    CHECK_EQ_INT(big[0], 90);
+}
+
 static void t_crop_outside(void)
 {
     uint8_t s[2 * 2 * 3], d[3 * 3 * 3];
@@ -773,6 +800,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_decode_scaled),
     CHECK_TEST(t_resize_tf_semantics),
     CHECK_TEST(t_sample_square_pads),
+    CHECK_TEST(t_area_square),
     CHECK_TEST(t_crop_outside),
     CHECK_TEST(t_warp_affine),
     CHECK_TEST(t_square_chip),
