@@ -1,51 +1,417 @@
 /*
- * compute.c — the compute side of facewired (see compute.h). FIRST CUT: options parsing and
- * an op table that answers UNKNOWN_OP for everything, so the connection layer can link and
- * be tested while the scheduler, the face ops and the metrics listener are being built.
+ * compute.c — the compute side of facewired (see compute.h): options, the op table, the
+ * path of a request from the connection layer to the scheduler, the engines and their
+ * per-worker workspaces, degraded mode (SIGUSR1), INFO lines and the /metrics exposition.
+ *
+ * A request goes through, in this order (each step answers at once when it refuses):
+ *   unknown opcode (or a test op without --enable-test-ops)  -> UNKNOWN_OP
+ *   shutting down                                            -> SHUTTING_DOWN
+ *   queue full / shedding low / byte budget / degraded low   -> BUSY + retry_after_ms
+ *   breaker open                                             -> UNAVAILABLE + retry_after_ms
+ *   body copied and parsed                                   -> BAD_REQUEST
+ *   needs the models and they did not load                   -> UNAVAILABLE
+ *   then the scheduler queues it (fw_sched_submit).
+ * The cheap refusals come before the body is copied, so a BUSY answer costs the same for a
+ * 16 MiB JPEG as for a PING-sized body.
+ *
+ * Adding an op (the gallery ops, for example) is one row in `ops` below, a class name if it
+ * needs its own breaker, and parse/work functions in their own file.
  */
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
+#include "engine/engine.h"
 #include "server/compute.h"
+#include "server/faceops.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/sched.h"
+
+#define FW_MAX_WORKERS 256          /* libuv's pool holds at most 1024 threads */
+#define FW_THREADPOOL_RESERVE 4     /* pool threads kept free for libuv's own fs/dns work */
+#define FW_TEST_SLEEP_MAX_MS 60000
+#define FW_MODELS_RETRY_MS 60000    /* retry_after_ms when the models are missing */
+
+/* ---- test ops ------------------------------------------------------------------------------ */
+
+static int parse_test_sleep(fw_job *j, char *err, size_t errlen)
+{
+    fw_reader r;
+    fw_reader_init(&r, j->body, j->body_len);
+    uint32_t ms = fw_get_u32(&r);
+    if (r.err) {
+        snprintf(err, errlen, "TEST_SLEEP: truncated body (u32 milliseconds expected)");
+        return -1;
+    }
+    if (fw_reader_left(&r)) {
+        snprintf(err, errlen, "TEST_SLEEP: %zu trailing bytes", fw_reader_left(&r));
+        return -1;
+    }
+    if (ms > FW_TEST_SLEEP_MAX_MS) {
+        snprintf(err, errlen, "TEST_SLEEP: %u ms is above the limit of %d", ms, FW_TEST_SLEEP_MAX_MS);
+        return -1;
+    }
+    j->args.sleep_ms = ms;
+    return 0;
+}
+
+static void test_sleep_work(fw_job *j)
+{
+    struct timespec ts = { (time_t)(j->args.sleep_ms / 1000), (long)(j->args.sleep_ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    j->out.status = FW_STATUS_OK;
+}
+
+static int parse_test_fail(fw_job *j, char *err, size_t errlen)
+{
+    (void)j; (void)err; (void)errlen;
+    return 0; /* the body is ignored */
+}
+
+static void test_fail_work(fw_job *j)
+{
+    j->out.status = FW_STATUS_INTERNAL;
+    snprintf(j->out.msg, sizeof j->out.msg, "test failure");
+}
+
+/* ---- the op table -------------------------------------------------------------------------- */
+
+enum { CLS_FACE = 0, CLS_TEST, NCLASSES };
+static const char *const class_names[NCLASSES] = { "face", "test" };
+
+static const fw_op ops[] = {
+    { FW_OP_DETECT, "DETECT", CLS_FACE, 1, 0, fw_faceops_parse_image, fw_faceops_detect_work },
+    { FW_OP_EMBED, "EMBED", CLS_FACE, 1, 0, fw_faceops_parse_image, fw_faceops_embed_work },
+    { FW_OP_VERIFY, "VERIFY", CLS_FACE, 1, 0, fw_faceops_parse_verify, fw_faceops_verify_work },
+    { FW_OP_TEST_SLEEP, "TEST_SLEEP", CLS_TEST, 0, 1, parse_test_sleep, test_sleep_work },
+    { FW_OP_TEST_FAIL, "TEST_FAIL", CLS_TEST, 0, 1, parse_test_fail, test_fail_work },
+};
+#define NOPS ((int)(sizeof ops / sizeof ops[0]))
 
 struct fw_compute {
     uv_loop_t *loop;
     fw_compute_options opt;
+    const fw_log *log;
+    fw_sched *sched;
+    int16_t op_index[256];       /* opcode -> index in ops, -1: unknown (or test op disabled) */
+    uint64_t unknown_ops;
+
+    fw_engine *engine, *engine_small;  /* owned; NULL when not loaded */
+    char engine_err[200];        /* why the models did not load */
+    fw_face_env face_env;
+    void **slot_ctx;             /* [workers] fw_face_slot *, owned */
+    int workers;
+
+    uv_signal_t sigusr1;
+    int degraded;
+    uint64_t degraded_toggles;
+
+    fw_metrics *metrics;         /* owned; NULL without --metrics-listen */
     int draining;
+    int pending_closes;          /* stop: scheduler, signal, metrics still closing */
 };
+
+/* ---- options ------------------------------------------------------------------------------- */
 
 void fw_compute_options_default(fw_compute_options *o)
 {
     memset(o, 0, sizeof *o);
-    o->workers = (int)uv_available_parallelism();
+    unsigned cores = uv_available_parallelism();
+    o->workers = cores < 1 ? 1 : cores > FW_MAX_WORKERS ? FW_MAX_WORKERS : (int)cores;
     o->queue_cap[FW_PRIO_HIGH] = 64;
     o->queue_cap[FW_PRIO_NORMAL] = 256;
     o->queue_cap[FW_PRIO_LOW] = 64;
+    o->queue_max_bytes = 256ull << 20;
     o->conn_max_jobs = 32;
+    o->starvation_limit = 8;
+    o->default_deadline_ms[FW_OP_DETECT] = 5000;
+    o->default_deadline_ms[FW_OP_EMBED] = 5000;
+    o->default_deadline_ms[FW_OP_VERIFY] = 10000;
+    o->breaker_window_ms = 10000;
     o->breaker_min_requests = 20;
     o->breaker_failure_pct = 50;
-    o->breaker_window_ms = 10000;
     o->breaker_cooldown_ms = 5000;
     o->breaker_probes = 3;
+    o->models_dir = "models";
+    o->verify_threshold = FW_VERIFY_DEFAULT_THRESHOLD;
+    o->detector_size = 416;
+    o->degraded_detector_size = 320;
+}
+
+static int parse_long(const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0' || x < lo || x > hi)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+/* Table-driven integer flags: name, where, range. */
+typedef struct int_flag {
+    const char *name;
+    size_t off;
+    int is_u32;
+    long lo, hi;
+} int_flag;
+
+static const int_flag int_flags[] = {
+    { "--workers", offsetof(fw_compute_options, workers), 0, 1, FW_MAX_WORKERS },
+    { "--queue-high", offsetof(fw_compute_options, queue_cap[FW_PRIO_HIGH]), 0, 0, 1000000 },
+    { "--queue-normal", offsetof(fw_compute_options, queue_cap[FW_PRIO_NORMAL]), 0, 0, 1000000 },
+    { "--queue-low", offsetof(fw_compute_options, queue_cap[FW_PRIO_LOW]), 0, 0, 1000000 },
+    { "--conn-max-jobs", offsetof(fw_compute_options, conn_max_jobs), 0, 1, 100000 },
+    { "--starvation-limit", offsetof(fw_compute_options, starvation_limit), 0, 1, 1000000 },
+    { "--breaker-min-requests", offsetof(fw_compute_options, breaker_min_requests), 0, 1, 1000000 },
+    { "--breaker-failure-pct", offsetof(fw_compute_options, breaker_failure_pct), 0, 1, 100 },
+    { "--breaker-probes", offsetof(fw_compute_options, breaker_probes), 0, 1, 1000 },
+    { "--breaker-window-ms", offsetof(fw_compute_options, breaker_window_ms), 1, 10, 86400000 },
+    { "--breaker-cooldown-ms", offsetof(fw_compute_options, breaker_cooldown_ms), 1, 1, 86400000 },
+    { "--detector-size", offsetof(fw_compute_options, detector_size), 0, 32, 4096 },
+    { "--degraded-detector-size", offsetof(fw_compute_options, degraded_detector_size), 0, 0, 4096 },
+};
+
+static int parse_deadline_pair(fw_compute_options *o, const char *v, char *err, size_t errlen)
+{
+    const char *eq = strchr(v, '=');
+    char name[32];
+    long ms;
+    if (!eq || eq == v || (size_t)(eq - v) >= sizeof name)
+        goto bad;
+    memcpy(name, v, (size_t)(eq - v));
+    name[eq - v] = '\0';
+    int op = fw_op_from_name(name);
+    if (op < 0) {
+        char *end;
+        long x = strtol(name, &end, 0);
+        if (*end != '\0' || x < 0 || x > 255)
+            goto bad;
+        op = (int)x;
+    }
+    if (parse_long(eq + 1, 0, 86400000, &ms) != 0)
+        goto bad;
+    o->default_deadline_ms[op] = (uint32_t)ms;
+    o->deadline_set[op] = 1;
+    return 1;
+bad:
+    snprintf(err, errlen, "--deadline-ms: \"%s\" is not OP=MS (e.g. EMBED=3000; 0 = no deadline)", v);
+    return -1;
 }
 
 int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *value,
                           int *takes_value, char *err, size_t errlen)
 {
-    (void)o; (void)flag; (void)value; (void)err; (void)errlen;
+    long x;
+    *takes_value = 1;
+    for (size_t i = 0; i < sizeof int_flags / sizeof int_flags[0]; i++) {
+        const int_flag *f = &int_flags[i];
+        if (strcmp(flag, f->name) != 0)
+            continue;
+        if (!value || parse_long(value, f->lo, f->hi, &x) != 0) {
+            snprintf(err, errlen, "%s: expected an integer in %ld..%ld", flag, f->lo, f->hi);
+            return -1;
+        }
+        if (f->is_u32)
+            *(uint32_t *)(void *)((char *)o + f->off) = (uint32_t)x;
+        else
+            *(int *)(void *)((char *)o + f->off) = (int)x;
+        return 1;
+    }
+    if (strcmp(flag, "--enable-test-ops") == 0 || strcmp(flag, "--degraded") == 0) {
+        *takes_value = 0;
+        if (flag[2] == 'e')
+            o->enable_test_ops = 1;
+        else
+            o->start_degraded = 1;
+        return 1;
+    }
+    if (!value) {
+        /* every remaining flag of ours takes a value; say so if it is one of them */
+        static const char *const with_value[] = { "--deadline-ms", "--default-deadline-ms",
+            "--queue-max-bytes", "--verify-threshold", "--metrics-listen", "--models", "--data" };
+        for (size_t i = 0; i < sizeof with_value / sizeof with_value[0]; i++)
+            if (strcmp(flag, with_value[i]) == 0) {
+                snprintf(err, errlen, "%s needs a value", flag);
+                return -1;
+            }
+        *takes_value = 0;
+        return 0;
+    }
+    if (strcmp(flag, "--deadline-ms") == 0)
+        return parse_deadline_pair(o, value, err, errlen);
+    if (strcmp(flag, "--default-deadline-ms") == 0) {
+        if (parse_long(value, 0, 86400000, &x) != 0) {
+            snprintf(err, errlen, "%s: expected milliseconds in 0..86400000", flag);
+            return -1;
+        }
+        /* every op without its own --deadline-ms, whatever the order of the flags */
+        for (int op = 0; op < 256; op++)
+            if (!o->deadline_set[op])
+                o->default_deadline_ms[op] = (uint32_t)x;
+        return 1;
+    }
+    if (strcmp(flag, "--queue-max-bytes") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long long b = strtoull(value, &end, 10);
+        if (errno || end == value || *end != '\0' || b < 1024 || value[0] == '-') {
+            snprintf(err, errlen, "%s: expected a byte count >= 1024", flag);
+            return -1;
+        }
+        o->queue_max_bytes = b;
+        return 1;
+    }
+    if (strcmp(flag, "--verify-threshold") == 0) {
+        char *end;
+        float t = strtof(value, &end);
+        if (end == value || *end != '\0' || !isfinite(t) || t <= 0) {
+            snprintf(err, errlen, "%s: expected a positive number", flag);
+            return -1;
+        }
+        o->verify_threshold = t;
+        return 1;
+    }
+    if (strcmp(flag, "--metrics-listen") == 0) {
+        o->metrics_listen = value;
+        return 1;
+    }
+    if (strcmp(flag, "--models") == 0) {
+        o->models_dir = value;
+        return 1;
+    }
+    if (strcmp(flag, "--data") == 0) {
+        o->data_dir = value;
+        return 1;
+    }
     *takes_value = 0;
     return 0;
 }
 
 void fw_compute_usage(FILE *out)
 {
-    (void)out;
+    fputs(
+        "Compute:\n"
+        "  --workers N               jobs running at once (default: number of cores)\n"
+        "  --queue-high N            waiting high-priority jobs (default 64)\n"
+        "  --queue-normal N          waiting normal-priority jobs (default 256)\n"
+        "  --queue-low N             waiting low-priority jobs (default 64)\n"
+        "  --queue-max-bytes B       request bytes held by waiting jobs (default 268435456)\n"
+        "  --conn-max-jobs N         unanswered jobs per connection before it stops reading (32)\n"
+        "  --starvation-limit K      a waiting lower priority goes next after K dispatches passed\n"
+        "                            it over (default 8)\n"
+        "  --deadline-ms OP=MS       an op's default deadline (repeatable; 0 = none)\n"
+        "  --default-deadline-ms MS  default deadline of every op without its own\n"
+        "                            (built in: DETECT 5000, EMBED 5000, VERIFY 10000, others none)\n"
+        "  --breaker-window-ms MS    breaker sliding window (default 10000)\n"
+        "  --breaker-min-requests N  outcomes in the window before it may open (default 20)\n"
+        "  --breaker-failure-pct P   failure percentage that opens it (default 50)\n"
+        "  --breaker-cooldown-ms MS  open -> half-open after (default 5000)\n"
+        "  --breaker-probes N        successful probes that close it again (default 3)\n"
+        "  --models DIR              face-api weights (default ./models)\n"
+        "  --detector-size N         detector input, multiple of 32 (default 416)\n"
+        "  --degraded-detector-size N  detector input in degraded mode (default 320, 0 = same)\n"
+        "  --degraded                start in degraded mode (SIGUSR1 toggles it)\n"
+        "  --verify-threshold T      VERIFY's default distance threshold (default 0.6)\n"
+        "  --metrics-listen HOST:PORT  Prometheus text on GET /metrics\n"
+        "  --enable-test-ops         accept TEST_SLEEP and TEST_FAIL\n",
+        out);
+}
+
+/* ---- start --------------------------------------------------------------------------------- */
+
+static void sigusr1_cb(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    fw_compute *cp = h->data;
+    cp->degraded = !cp->degraded;
+    cp->degraded_toggles++;
+    fw_sched_set_degraded(cp->sched, cp->degraded);
+    fw_log_warn(cp->log, cp->degraded ? "degraded mode on" : "degraded mode off",
+                "detector_size=%d low_priority=%s",
+                cp->degraded && cp->engine_small ? cp->opt.degraded_detector_size : cp->opt.detector_size,
+                cp->degraded ? "refused" : "accepted");
+}
+
+static void metrics_render(void *arg, fw_sb *out);
+
+/* Load the engines and make one fw_face_slot per worker. On failure the reason stays in
+ * cp->engine_err and face ops answer UNAVAILABLE; PING and the test ops still work. */
+static void load_engines(fw_compute *cp)
+{
+    fw_engine_options eo;
+    char err[200];
+    fw_engine_options_default(&eo);
+    eo.detector_size = cp->opt.detector_size;
+    if (!cp->opt.models_dir) {
+        snprintf(cp->engine_err, sizeof cp->engine_err, "no --models directory");
+        goto fail;
+    }
+    if (fw_engine_open(cp->opt.models_dir, &eo, &cp->engine, err, sizeof err) != FWE_OK) {
+        snprintf(cp->engine_err, sizeof cp->engine_err, "%s", err);
+        goto fail;
+    }
+    int small = cp->opt.degraded_detector_size;
+    if (small > 0 && small != cp->opt.detector_size) {
+        eo.detector_size = small;
+        if (fw_engine_open(cp->opt.models_dir, &eo, &cp->engine_small, err, sizeof err) != FWE_OK) {
+            /* degraded mode then only refuses low priority */
+            char q[240];
+            fw_log_warn(cp->log, "degraded detector not available", "reason=%s",
+                        fw_log_quote(q, sizeof q, err));
+            cp->engine_small = NULL;
+        }
+    }
+    cp->face_env.engine = cp->engine;
+    cp->face_env.engine_small = cp->engine_small;
+    for (int i = 0; i < cp->workers; i++) {
+        cp->slot_ctx[i] = fw_face_slot_new(&cp->face_env);
+        if (!cp->slot_ctx[i]) {
+            snprintf(cp->engine_err, sizeof cp->engine_err, "out of memory for engine workspaces");
+            goto fail;
+        }
+    }
+    fw_log_info(cp->log, "models loaded", "dir=%s detector_size=%d degraded_detector_size=%d workers=%d",
+                cp->opt.models_dir, cp->opt.detector_size, cp->engine_small ? small : cp->opt.detector_size,
+                cp->workers);
+    return;
+fail:
+    for (int i = 0; i < cp->workers; i++) {
+        fw_face_slot_free(cp->slot_ctx[i]);
+        cp->slot_ctx[i] = NULL;
+    }
+    fw_engine_close(cp->engine_small);
+    fw_engine_close(cp->engine);
+    cp->engine = cp->engine_small = NULL;
+    cp->face_env.engine = cp->face_env.engine_small = NULL;
+    char q[240];
+    fw_log_error(cp->log, "models not loaded: face operations will answer UNAVAILABLE", "reason=%s",
+                 fw_log_quote(q, sizeof q, cp->engine_err));
+}
+
+static void free_compute(fw_compute *cp)
+{
+    if (cp->slot_ctx)
+        for (int i = 0; i < cp->workers; i++)
+            fw_face_slot_free(cp->slot_ctx[i]);
+    free(cp->slot_ctx);
+    fw_engine_close(cp->engine_small);
+    fw_engine_close(cp->engine);
+    free(cp);
 }
 
 int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **out,
                      char *err, size_t errlen)
 {
+    *out = NULL;
     fw_compute *cp = calloc(1, sizeof *cp);
     if (!cp) {
         snprintf(err, errlen, "out of memory");
@@ -53,42 +419,324 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     }
     cp->loop = loop;
     cp->opt = *o;
+    cp->log = o->log;
+    cp->workers = o->workers < 1 ? 1 : o->workers > FW_MAX_WORKERS ? FW_MAX_WORKERS : o->workers;
+    cp->face_env.verify_threshold = o->verify_threshold > 0 ? o->verify_threshold : FW_VERIFY_DEFAULT_THRESHOLD;
+
+    /* libuv sizes its pool once, at the first uv_queue_work of the process: compute's
+     * `workers` threads plus a reserve, so libuv's own fs/dns work never waits behind a face */
+    char n[16];
+    snprintf(n, sizeof n, "%d", cp->workers + FW_THREADPOOL_RESERVE);
+    if (setenv("UV_THREADPOOL_SIZE", n, 1) != 0) {
+        snprintf(err, errlen, "setenv UV_THREADPOOL_SIZE: %s", strerror(errno));
+        free(cp);
+        return -1;
+    }
+
+    for (int i = 0; i < 256; i++)
+        cp->op_index[i] = -1;
+    for (int i = 0; i < NOPS; i++)
+        if (!ops[i].test_only || o->enable_test_ops)
+            cp->op_index[ops[i].opcode] = (int16_t)i;
+
+    cp->slot_ctx = calloc((size_t)cp->workers, sizeof *cp->slot_ctx);
+    if (!cp->slot_ctx) {
+        snprintf(err, errlen, "out of memory");
+        free(cp);
+        return -1;
+    }
+    load_engines(cp);
+
+    fw_sched_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.workers = cp->workers;
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        sc.queue_cap[p] = o->queue_cap[p];
+    sc.queue_max_bytes = o->queue_max_bytes ? o->queue_max_bytes : UINT64_MAX;
+    sc.starvation_limit = o->starvation_limit;
+    sc.breaker.window_ms = o->breaker_window_ms;
+    sc.breaker.min_requests = o->breaker_min_requests;
+    sc.breaker.failure_pct = o->breaker_failure_pct;
+    sc.breaker.cooldown_ms = o->breaker_cooldown_ms;
+    sc.breaker.probes = o->breaker_probes;
+    sc.log = cp->log;
+    if (fw_sched_init(&cp->sched, loop, &sc, ops, NOPS, class_names, NCLASSES,
+                      cp->engine ? cp->slot_ctx : NULL, err, errlen) != 0) {
+        free_compute(cp);
+        return -1;
+    }
+    cp->degraded = o->start_degraded ? 1 : 0;
+    fw_sched_set_degraded(cp->sched, cp->degraded);
+
+    uv_signal_init(loop, &cp->sigusr1);
+    cp->sigusr1.data = cp;
+    uv_signal_start(&cp->sigusr1, sigusr1_cb, SIGUSR1);
+    uv_unref((uv_handle_t *)&cp->sigusr1); /* never keeps the loop alive on its own */
+
+    if (o->metrics_listen &&
+        fw_metrics_start(loop, o->metrics_listen, metrics_render, cp, cp->log, &cp->metrics,
+                         err, errlen) != 0) {
+        fw_compute_stop(cp);
+        return -1;
+    }
     *out = cp;
     return 0;
 }
 
+/* ---- requests ------------------------------------------------------------------------------ */
+
 void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const uint8_t *body)
 {
-    char msg[64];
-    (void)body;
-    if (cp->draining) {
-        fw_conn_reply_error(c, h, FW_STATUS_SHUTTING_DOWN, "shutting down", NULL, 0);
+    int idx = cp->op_index[h->opcode];
+    char msg[240];
+
+    if (idx < 0) {
+        cp->unknown_ops++;
+        if (cp->draining) {
+            fw_conn_reply_error(c, h, FW_STATUS_SHUTTING_DOWN, "shutting down", NULL, 0);
+            return;
+        }
+        snprintf(msg, sizeof msg, "unknown opcode 0x%02X", h->opcode);
+        fw_conn_reply_error(c, h, FW_STATUS_UNKNOWN_OP, msg, NULL, 0);
         return;
     }
-    snprintf(msg, sizeof msg, "unknown opcode 0x%02X", h->opcode);
-    fw_conn_reply_error(c, h, FW_STATUS_UNKNOWN_OP, msg, NULL, 0);
+    const fw_op *op = &ops[idx];
+    fw_sched_op_stats_mut(cp->sched, idx)->requests++;
+    if (fw_sched_precheck(cp->sched, c, h, idx) != 0)
+        return;
+
+    fw_job *j = fw_job_new(h->body_len);
+    if (!j) {
+        fw_sched_answer_now(cp->sched, c, h, idx, FW_STATUS_INTERNAL, "out of memory", 0, 0);
+        return;
+    }
+    if (h->body_len)
+        memcpy(j->body, body, h->body_len);
+    j->hdr = *h;
+    j->op = op;
+    j->op_index = idx;
+    j->env = op->cls == CLS_FACE ? &cp->face_env : NULL;
+    j->degraded = cp->degraded;
+    j->budget_ms = h->deadline_ms ? h->deadline_ms : cp->opt.default_deadline_ms[h->opcode];
+
+    if (op->parse(j, msg, sizeof msg) != 0) {
+        fw_sched_answer_now(cp->sched, c, h, idx, FW_STATUS_BAD_REQUEST, msg, 0, 0);
+        fw_job_free(j);
+        return;
+    }
+    if (op->needs_engine && !cp->engine && fw_faceops_needs_engine(j)) {
+        snprintf(msg, sizeof msg, "models not loaded: %s", cp->engine_err);
+        fw_sched_answer_now(cp->sched, c, h, idx, FW_STATUS_UNAVAILABLE, msg, 1, FW_MODELS_RETRY_MS);
+        fw_job_free(j);
+        return;
+    }
+    fw_sched_submit(cp->sched, c, j);
 }
 
 void fw_compute_conn_closed(fw_compute *cp, fw_conn *c)
 {
-    (void)cp; (void)c;
+    fw_sched_conn_closed(cp->sched, c);
+}
+
+/* ---- INFO and /metrics --------------------------------------------------------------------- */
+
+static const char *const prio_names[FW_PRIO_COUNT] = { "normal", "high", "low" };
+
+static void lower(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    for (; src[i] && i + 1 < cap; i++)
+        dst[i] = (char)(src[i] >= 'A' && src[i] <= 'Z' ? src[i] - 'A' + 'a' : src[i]);
+    dst[i] = '\0';
+}
+
+static double ms_of(uint64_t us)
+{
+    return (double)us / 1000.0;
+}
+
+static void render_info(fw_compute *cp, fw_sb *b)
+{
+    fw_sched *s = cp->sched;
+    uint64_t now = uv_now(cp->loop);
+    fw_sb_printf(b, "compute_workers: %d\n", fw_sched_workers(s));
+    fw_sb_printf(b, "compute_running: %d\n", fw_sched_running(s));
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        fw_sb_printf(b, "compute_queue_%s: %u/%d\n", prio_names[p], fw_sched_queue_len(s, p),
+                     fw_sched_get_config(s)->queue_cap[p]);
+    fw_sb_printf(b, "compute_queued_bytes: %llu\n", (unsigned long long)fw_sched_queued_bytes(s));
+    fw_sb_printf(b, "compute_degraded: %d\n", cp->degraded);
+    fw_sb_printf(b, "compute_models_loaded: %d\n", cp->engine != NULL);
+    fw_sb_printf(b, "compute_unknown_ops: %llu\n", (unsigned long long)cp->unknown_ops);
+    for (int c = 0; c < fw_sched_nclasses(s); c++) {
+        const fw_class_info *ci = fw_sched_class(s, c);
+        uint32_t r, f;
+        fw_breaker_window(&ci->breaker, now, &r, &f);
+        fw_sb_printf(b, "breaker_%s_state: %s\n", ci->name, fw_breaker_state_name(ci->breaker.state));
+        fw_sb_printf(b, "breaker_%s_window: %u requests, %u failures\n", ci->name, r, f);
+        fw_sb_printf(b, "breaker_%s_opens: %llu\n", ci->name, (unsigned long long)ci->breaker.opens);
+        fw_sb_printf(b, "breaker_%s_rejected: %llu\n", ci->name, (unsigned long long)ci->breaker.rejected);
+    }
+    for (int i = 0; i < NOPS; i++) {
+        if (cp->op_index[ops[i].opcode] != i)
+            continue;
+        const fw_op_stats *st = fw_sched_op_stats(s, i);
+        char n[32];
+        lower(n, sizeof n, ops[i].name);
+        fw_sb_printf(b, "op_%s_requests: %llu\n", n, (unsigned long long)st->requests);
+        for (int k = 0; k < FW_STATUS_COUNT; k++) {
+            if (!st->responses[k])
+                continue;
+            char sn[32];
+            lower(sn, sizeof sn, fw_status_name((uint16_t)k));
+            fw_sb_printf(b, "op_%s_responses_%s: %llu\n", n, sn, (unsigned long long)st->responses[k]);
+        }
+        for (int p = 0; p < FW_PRIO_COUNT; p++)
+            fw_sb_printf(b, "op_%s_queued_%s: %u\n", n, prio_names[p], st->waiting[p]);
+        fw_sb_printf(b, "op_%s_in_flight: %u\n", n, st->running);
+        fw_sb_printf(b, "op_%s_expired_in_queue: %llu\n", n, (unsigned long long)st->expired_in_queue);
+        fw_sb_printf(b, "op_%s_timed_out: %llu\n", n, (unsigned long long)st->timed_out);
+        fw_sb_printf(b, "op_%s_dropped: %llu\n", n, (unsigned long long)st->dropped);
+        fw_sb_printf(b, "op_%s_orphaned: %llu\n", n, (unsigned long long)st->orphaned);
+        fw_sb_printf(b, "op_%s_queue_wait_ms: p50=%.3f p99=%.3f\n", n,
+                     ms_of(fw_hist_quantile(&st->wait_us, 0.5)), ms_of(fw_hist_quantile(&st->wait_us, 0.99)));
+        fw_sb_printf(b, "op_%s_run_ms: p50=%.3f p99=%.3f\n", n,
+                     ms_of(fw_hist_quantile(&st->run_us, 0.5)), ms_of(fw_hist_quantile(&st->run_us, 0.99)));
+        fw_sb_printf(b, "op_%s_breaker: %s\n", n,
+                     fw_breaker_state_name(fw_sched_class(s, ops[i].cls)->breaker.state));
+    }
 }
 
 size_t fw_compute_info(fw_compute *cp, char *buf, size_t cap)
 {
-    (void)cp; (void)buf; (void)cap;
-    return 0;
+    fw_sb b;
+    if (cap == 0)
+        return 0;
+    fw_sb_init_fixed(&b, buf, cap);
+    render_info(cp, &b);
+    return b.len;
 }
+
+static void prom_summary(fw_sb *b, const char *metric, const char *op, const fw_hist *h)
+{
+    fw_sb_printf(b, "%s{op=\"%s\",quantile=\"0.5\"} %.6f\n", metric, op,
+                 (double)fw_hist_quantile(h, 0.5) / 1e6);
+    fw_sb_printf(b, "%s{op=\"%s\",quantile=\"0.99\"} %.6f\n", metric, op,
+                 (double)fw_hist_quantile(h, 0.99) / 1e6);
+    fw_sb_printf(b, "%s_sum{op=\"%s\"} %.6f\n", metric, op, (double)h->sum / 1e6);
+    fw_sb_printf(b, "%s_count{op=\"%s\"} %llu\n", metric, op, (unsigned long long)h->count);
+}
+
+#define PROM_HEAD(b, name, type, help) \
+    fw_sb_printf((b), "# HELP %s %s\n# TYPE %s %s\n", (name), (help), (name), (type))
+
+/* Per-op counter family: one line per enabled op. */
+static void prom_op_counter(fw_compute *cp, fw_sb *b, const char *name, const char *help,
+                            size_t field_off)
+{
+    PROM_HEAD(b, name, "counter", help);
+    for (int i = 0; i < NOPS; i++) {
+        if (cp->op_index[ops[i].opcode] != i)
+            continue;
+        const fw_op_stats *st = fw_sched_op_stats(cp->sched, i);
+        uint64_t v = *(const uint64_t *)(const void *)((const char *)st + field_off);
+        fw_sb_printf(b, "%s{op=\"%s\"} %llu\n", name, ops[i].name, (unsigned long long)v);
+    }
+}
+
+static void metrics_render(void *arg, fw_sb *b)
+{
+    fw_compute *cp = arg;
+    fw_sched *s = cp->sched;
+
+    PROM_HEAD(b, "facewire_compute_workers", "gauge", "Worker slots (jobs that may run at once).");
+    fw_sb_printf(b, "facewire_compute_workers %d\n", fw_sched_workers(s));
+    PROM_HEAD(b, "facewire_compute_running", "gauge", "Worker slots busy.");
+    fw_sb_printf(b, "facewire_compute_running %d\n", fw_sched_running(s));
+    PROM_HEAD(b, "facewire_queue_depth", "gauge", "Jobs waiting, by priority.");
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        fw_sb_printf(b, "facewire_queue_depth{priority=\"%s\"} %u\n", prio_names[p], fw_sched_queue_len(s, p));
+    PROM_HEAD(b, "facewire_queue_capacity", "gauge", "Queue bounds, by priority.");
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        fw_sb_printf(b, "facewire_queue_capacity{priority=\"%s\"} %d\n", prio_names[p],
+                     fw_sched_get_config(s)->queue_cap[p]);
+    PROM_HEAD(b, "facewire_degraded", "gauge", "1 while degraded mode is on.");
+    fw_sb_printf(b, "facewire_degraded %d\n", cp->degraded);
+    PROM_HEAD(b, "facewire_models_loaded", "gauge", "1 when the face models are loaded.");
+    fw_sb_printf(b, "facewire_models_loaded %d\n", cp->engine != NULL);
+    PROM_HEAD(b, "facewire_breaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
+    for (int c = 0; c < fw_sched_nclasses(s); c++)
+        fw_sb_printf(b, "facewire_breaker_state{class=\"%s\"} %d\n", fw_sched_class(s, c)->name,
+                     (int)fw_sched_class(s, c)->breaker.state);
+    PROM_HEAD(b, "facewire_breaker_opens_total", "counter", "Times the breaker opened.");
+    for (int c = 0; c < fw_sched_nclasses(s); c++)
+        fw_sb_printf(b, "facewire_breaker_opens_total{class=\"%s\"} %llu\n", fw_sched_class(s, c)->name,
+                     (unsigned long long)fw_sched_class(s, c)->breaker.opens);
+
+    prom_op_counter(cp, b, "facewire_requests_total", "Compute requests received, by op.",
+                    offsetof(fw_op_stats, requests));
+    prom_op_counter(cp, b, "facewire_expired_in_queue_total",
+                    "Jobs whose deadline passed while waiting (never ran).", offsetof(fw_op_stats, expired_in_queue));
+    prom_op_counter(cp, b, "facewire_timed_out_total", "Jobs answered at their deadline while running.",
+                    offsetof(fw_op_stats, timed_out));
+    prom_op_counter(cp, b, "facewire_dropped_total", "Waiting jobs dropped when their connection closed.",
+                    offsetof(fw_op_stats, dropped));
+    prom_op_counter(cp, b, "facewire_orphaned_total", "Running jobs whose connection closed.",
+                    offsetof(fw_op_stats, orphaned));
+
+    PROM_HEAD(b, "facewire_responses_total", "counter", "Compute responses sent, by op and status.");
+    for (int i = 0; i < NOPS; i++) {
+        if (cp->op_index[ops[i].opcode] != i)
+            continue;
+        const fw_op_stats *st = fw_sched_op_stats(s, i);
+        for (int k = 0; k < FW_STATUS_COUNT; k++)
+            if (st->responses[k])
+                fw_sb_printf(b, "facewire_responses_total{op=\"%s\",status=\"%s\"} %llu\n", ops[i].name,
+                             fw_status_name((uint16_t)k), (unsigned long long)st->responses[k]);
+    }
+    PROM_HEAD(b, "facewire_jobs_in_flight", "gauge", "Jobs running, by op.");
+    for (int i = 0; i < NOPS; i++)
+        if (cp->op_index[ops[i].opcode] == i)
+            fw_sb_printf(b, "facewire_jobs_in_flight{op=\"%s\"} %u\n", ops[i].name,
+                         fw_sched_op_stats(s, i)->running);
+    PROM_HEAD(b, "facewire_queue_wait_seconds", "summary", "Time jobs waited before a worker took them.");
+    for (int i = 0; i < NOPS; i++)
+        if (cp->op_index[ops[i].opcode] == i)
+            prom_summary(b, "facewire_queue_wait_seconds", ops[i].name, &fw_sched_op_stats(s, i)->wait_us);
+    PROM_HEAD(b, "facewire_run_seconds", "summary", "Worker time per job.");
+    for (int i = 0; i < NOPS; i++)
+        if (cp->op_index[ops[i].opcode] == i)
+            prom_summary(b, "facewire_run_seconds", ops[i].name, &fw_sched_op_stats(s, i)->run_us);
+}
+
+/* ---- drain and stop ------------------------------------------------------------------------ */
 
 void fw_compute_drain(fw_compute *cp, uint32_t grace_ms, void (*on_drained)(void *arg), void *arg)
 {
-    (void)grace_ms;
     cp->draining = 1;
-    if (on_drained)
-        on_drained(arg);
+    fw_sched_drain(cp->sched, grace_ms, on_drained, arg);
 }
+
+static void one_closed(fw_compute *cp)
+{
+    if (--cp->pending_closes == 0)
+        free_compute(cp);
+}
+
+static void sched_stopped_cb(void *arg) { one_closed(arg); }
+static void metrics_closed_cb(void *arg) { one_closed(arg); }
+static void signal_closed_cb(uv_handle_t *h) { one_closed(h->data); }
 
 void fw_compute_stop(fw_compute *cp)
 {
-    free(cp);
+    if (!cp || cp->pending_closes)
+        return;
+    /* The engines and workspaces are freed only after the scheduler reports that the last
+     * worker returned: a job still running past its deadline is using them. */
+    cp->pending_closes = 2 + (cp->metrics != NULL);
+    if (cp->metrics)
+        fw_metrics_stop(cp->metrics, metrics_closed_cb, cp);
+    cp->metrics = NULL;
+    uv_close((uv_handle_t *)&cp->sigusr1, signal_closed_cb);
+    fw_sched_stop(cp->sched, sched_stopped_cb, cp);
 }

@@ -54,6 +54,16 @@ typedef struct fw_compute_options {
     const char *metrics_listen;  /* --metrics-listen HOST:PORT, NULL = off */
     const char *models_dir;      /* --models */
     const char *data_dir;        /* --data */
+    /* added by the compute side (defaults in fw_compute_options_default) */
+    uint64_t queue_max_bytes;    /* --queue-max-bytes: request bytes held by waiting jobs */
+    int starvation_limit;        /* --starvation-limit: see server/sched.c */
+    uint8_t deadline_set[256];   /* 1 where --deadline-ms OP=MS gave the op its own default */
+    float verify_threshold;      /* --verify-threshold */
+    int detector_size;           /* --detector-size */
+    int degraded_detector_size;  /* --degraded-detector-size, 0 = same detector when degraded */
+    int start_degraded;          /* --degraded: start in degraded mode */
+    const struct fw_log *log;    /* where compute logs; NULL = stderr at info level. Not owned;
+                                    must outlive the fw_compute. */
 } fw_compute_options;
 
 void fw_compute_options_default(fw_compute_options *o);

@@ -1,0 +1,289 @@
+/*
+ * faceops.c — DETECT / EMBED / VERIFY (see faceops.h and docs/protocol.md).
+ *
+ * Parsing is strict: every length is checked against what is left of the body before use,
+ * trailing bytes are an error (a client that sends more than it means to has a bug worth
+ * hearing about), and each message names the op and the field so the client can fix it.
+ */
+#include "server/faceops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- parsing (loop thread) ----------------------------------------------------------------- */
+
+int fw_faceops_parse_image(fw_job *j, char *err, size_t errlen)
+{
+    const char *name = j->op->name;
+    fw_reader r;
+    fw_reader_init(&r, j->body, j->body_len);
+    uint32_t n = 0;
+    const uint8_t *jpeg = fw_get_bytes(&r, UINT32_MAX, &n);
+    if (!jpeg) {
+        snprintf(err, errlen, "%s: truncated body", name);
+        return -1;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "%s: empty JPEG", name);
+        return -1;
+    }
+    if (fw_reader_left(&r)) {
+        snprintf(err, errlen, "%s: %zu trailing bytes after the JPEG", name, fw_reader_left(&r));
+        return -1;
+    }
+    j->args.image.jpeg = jpeg;
+    j->args.image.len = n;
+    return 0;
+}
+
+static int parse_input(fw_reader *r, fw_input *in, char which, char *err, size_t errlen)
+{
+    if (fw_reader_left(r) < 1) {
+        snprintf(err, errlen, "VERIFY: input %c: truncated", which);
+        return -1;
+    }
+    in->kind = fw_get_u8(r);
+    if (in->kind == FW_INPUT_JPEG) {
+        uint32_t n = 0;
+        in->jpeg = fw_get_bytes(r, UINT32_MAX, &n);
+        if (!in->jpeg) {
+            snprintf(err, errlen, "VERIFY: input %c: truncated JPEG", which);
+            return -1;
+        }
+        if (n == 0) {
+            snprintf(err, errlen, "VERIFY: input %c: empty JPEG", which);
+            return -1;
+        }
+        in->len = n;
+        return 0;
+    }
+    if (in->kind == FW_INPUT_DESCRIPTOR) {
+        if (fw_reader_left(r) < 128 * 4) {
+            snprintf(err, errlen, "VERIFY: input %c: truncated descriptor", which);
+            return -1;
+        }
+        for (int i = 0; i < 128; i++) {
+            in->desc[i] = fw_get_f32(r);
+            if (!isfinite(in->desc[i])) {
+                snprintf(err, errlen, "VERIFY: input %c: descriptor value %d is not finite", which, i);
+                return -1;
+            }
+        }
+        return 0;
+    }
+    snprintf(err, errlen, "VERIFY: input %c: kind %u unknown", which, (unsigned)in->kind);
+    return -1;
+}
+
+int fw_faceops_parse_verify(fw_job *j, char *err, size_t errlen)
+{
+    const fw_face_env *env = j->env;
+    fw_reader r;
+    fw_reader_init(&r, j->body, j->body_len);
+    if (parse_input(&r, &j->args.verify.in[0], 'a', err, errlen) != 0 ||
+        parse_input(&r, &j->args.verify.in[1], 'b', err, errlen) != 0)
+        return -1;
+    if (fw_reader_left(&r) < 5) {
+        snprintf(err, errlen, "VERIFY: truncated body (has_threshold and threshold missing)");
+        return -1;
+    }
+    uint8_t has = fw_get_u8(&r);
+    float thr = fw_get_f32(&r);
+    if (has > 1) {
+        snprintf(err, errlen, "VERIFY: has_threshold must be 0 or 1, not %u", (unsigned)has);
+        return -1;
+    }
+    if (has && !(isfinite(thr) && thr > 0)) {
+        snprintf(err, errlen, "VERIFY: threshold must be a positive finite number");
+        return -1;
+    }
+    if (fw_reader_left(&r)) {
+        snprintf(err, errlen, "VERIFY: %zu trailing bytes", fw_reader_left(&r));
+        return -1;
+    }
+    j->args.verify.threshold = has ? thr : env->verify_threshold;
+    return 0;
+}
+
+int fw_faceops_needs_engine(const fw_job *j)
+{
+    if (j->op->opcode != FW_OP_VERIFY)
+        return 1;
+    return j->args.verify.in[0].kind == FW_INPUT_JPEG || j->args.verify.in[1].kind == FW_INPUT_JPEG;
+}
+
+/* ---- work (pool thread) -------------------------------------------------------------------- */
+
+static void job_fail(fw_job *j, uint16_t status, const char *prefix, const char *msg)
+{
+    j->out.status = status;
+    snprintf(j->out.msg, sizeof j->out.msg, "%s%s", prefix, msg);
+}
+
+static uint16_t status_of(fw_engine_err e)
+{
+    switch (e) {
+    case FWE_OK: return FW_STATUS_OK;
+    case FWE_BAD_IMAGE:
+    case FWE_TOO_LARGE: return FW_STATUS_BAD_IMAGE;
+    case FWE_NO_FACE: return FW_STATUS_NO_FACE;
+    default: return FW_STATUS_INTERNAL;
+    }
+}
+
+/* The engine and workspace this job uses: the small detector in degraded mode. */
+static void pick_engine(const fw_job *j, const fw_engine **e, fw_engine_ws **ws)
+{
+    const fw_face_env *env = j->env;
+    fw_face_slot *fs = j->slot->ctx;
+    if (j->degraded && env->engine_small && fs->ws_small) {
+        *e = env->engine_small;
+        *ws = fs->ws_small;
+    } else {
+        *e = env->engine;
+        *ws = fs->ws;
+    }
+}
+
+static void analyze_work(fw_job *j, int want)
+{
+    fw_face_slot *fs = j->slot->ctx;
+    const fw_engine *e;
+    fw_engine_ws *ws;
+    char err[160];
+    int n = 0, w = 0, h = 0;
+
+    pick_engine(j, &e, &ws);
+    fw_engine_err rc = fw_engine_analyze(e, ws, j->args.image.jpeg, j->args.image.len, want,
+                                         fs->faces, fs->max_faces, &n, &w, &h, NULL, err, sizeof err);
+    if (rc != FWE_OK) {
+        job_fail(j, status_of(rc), "", err);
+        return;
+    }
+    int desc = (want & FW_WANT_DESCRIPTORS) != 0;
+    size_t per = (4 + 1 + 136 + (desc ? 128 : 0)) * 4;
+    size_t cap = 10 + (size_t)n * per;
+    uint8_t *body = malloc(cap);
+    if (!body) {
+        job_fail(j, FW_STATUS_INTERNAL, "", "out of memory");
+        return;
+    }
+    fw_writer wr;
+    fw_writer_init(&wr, body, cap);
+    fw_put_u32(&wr, (uint32_t)w);
+    fw_put_u32(&wr, (uint32_t)h);
+    fw_put_u16(&wr, (uint16_t)n);
+    for (int i = 0; i < n; i++) {
+        const fw_face *f = &fs->faces[i];
+        for (int k = 0; k < 4; k++)
+            fw_put_f32(&wr, f->box[k]);
+        fw_put_f32(&wr, f->score);
+        for (int k = 0; k < 136; k++)
+            fw_put_f32(&wr, f->landmarks[k]);
+        if (desc)
+            for (int k = 0; k < 128; k++)
+                fw_put_f32(&wr, f->descriptor[k]);
+    }
+    j->out.status = FW_STATUS_OK;
+    j->out.body = body;
+    j->out.len = wr.len;
+}
+
+void fw_faceops_detect_work(fw_job *j)
+{
+    analyze_work(j, FW_WANT_LANDMARKS);
+}
+
+void fw_faceops_embed_work(fw_job *j)
+{
+    analyze_work(j, FW_WANT_DESCRIPTORS);
+}
+
+/* The descriptor of one VERIFY input into out[128]; 0, or -1 with j->out set. */
+static int input_descriptor(fw_job *j, const fw_input *in, char which, float *out)
+{
+    if (in->kind == FW_INPUT_DESCRIPTOR) {
+        memcpy(out, in->desc, sizeof in->desc);
+        return 0;
+    }
+    fw_face_slot *fs = j->slot->ctx;
+    const fw_engine *e;
+    fw_engine_ws *ws;
+    char err[160], prefix[24];
+    int n = 0;
+    snprintf(prefix, sizeof prefix, "input %c: ", which);
+    pick_engine(j, &e, &ws);
+    /* max_faces = 1: faces come best score first, and only the best one is described */
+    fw_engine_err rc = fw_engine_analyze(e, ws, in->jpeg, in->len, FW_WANT_DESCRIPTORS,
+                                         fs->faces, 1, &n, NULL, NULL, NULL, err, sizeof err);
+    if (rc != FWE_OK) {
+        job_fail(j, status_of(rc), prefix, err);
+        return -1;
+    }
+    if (n == 0) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "no face in input %c", which);
+        job_fail(j, FW_STATUS_NO_FACE, "", msg);
+        return -1;
+    }
+    memcpy(out, fs->faces[0].descriptor, sizeof fs->faces[0].descriptor);
+    return 0;
+}
+
+void fw_faceops_verify_work(fw_job *j)
+{
+    float a[128], b[128];
+    if (input_descriptor(j, &j->args.verify.in[0], 'a', a) != 0 ||
+        input_descriptor(j, &j->args.verify.in[1], 'b', b) != 0)
+        return;
+    float d = fw_descriptor_distance(a, b);
+    float thr = j->args.verify.threshold;
+    uint8_t *body = malloc(9);
+    if (!body) {
+        job_fail(j, FW_STATUS_INTERNAL, "", "out of memory");
+        return;
+    }
+    fw_writer wr;
+    fw_writer_init(&wr, body, 9);
+    fw_put_f32(&wr, d);
+    fw_put_u8(&wr, d < thr ? 1 : 0);
+    fw_put_f32(&wr, thr);
+    j->out.status = FW_STATUS_OK;
+    j->out.body = body;
+    j->out.len = wr.len;
+}
+
+/* ---- slots --------------------------------------------------------------------------------- */
+
+fw_face_slot *fw_face_slot_new(const fw_face_env *env)
+{
+    fw_face_slot *fs = calloc(1, sizeof *fs);
+    if (!fs)
+        return NULL;
+    fs->max_faces = fw_engine_get_options(env->engine)->max_faces;
+    fs->faces = calloc((size_t)fs->max_faces, sizeof *fs->faces);
+    fs->ws = fw_engine_ws_new(env->engine);
+    if (!fs->faces || !fs->ws)
+        goto err;
+    if (env->engine_small) {
+        fs->ws_small = fw_engine_ws_new(env->engine_small);
+        if (!fs->ws_small)
+            goto err;
+    }
+    return fs;
+err:
+    fw_face_slot_free(fs);
+    return NULL;
+}
+
+void fw_face_slot_free(fw_face_slot *fs)
+{
+    if (!fs)
+        return;
+    fw_engine_ws_free(fs->ws);
+    fw_engine_ws_free(fs->ws_small);
+    free(fs->faces);
+    free(fs);
+}

@@ -1,0 +1,52 @@
+/*
+ * faceops.h — DETECT, EMBED and VERIFY on the wire: body parsing (loop thread), the work
+ * functions that call the engine (worker threads) and response encoding. Body layouts are in
+ * docs/protocol.md.
+ *
+ * Threading: the parse functions run on the loop thread and only read the job's body copy.
+ * The work functions run on a pool thread and use exactly what the job carries: its args,
+ * the shared read-only fw_face_env (engines are immutable once open) and the worker slot's
+ * fw_face_slot (a workspace belongs to one slot, and a slot to one running job at a time).
+ */
+#ifndef FW_FACEOPS_H
+#define FW_FACEOPS_H
+
+#include <stddef.h>
+
+#include "engine/engine.h"
+#include "server/sched.h"
+
+#define FW_VERIFY_DEFAULT_THRESHOLD 0.6f
+
+/* Shared by every face job; owned by compute. engine is NULL when the models did not load;
+ * engine_small (degraded mode's smaller detector input) may be NULL too. */
+typedef struct fw_face_env {
+    const fw_engine *engine;
+    const fw_engine *engine_small;
+    float verify_threshold;
+} fw_face_env;
+
+/* Per worker slot: workspaces for both engines and the faces buffer. Owned by compute. */
+typedef struct fw_face_slot {
+    fw_engine_ws *ws;
+    fw_engine_ws *ws_small;
+    fw_face *faces;  /* max_faces entries */
+    int max_faces;
+} fw_face_slot;
+
+/* NULL on out of memory; env->engine must be set. */
+fw_face_slot *fw_face_slot_new(const fw_face_env *env);
+void fw_face_slot_free(fw_face_slot *fs);
+
+/* Loop thread: 0, or -1 with a BAD_REQUEST message. DETECT and EMBED share a layout. */
+int fw_faceops_parse_image(fw_job *j, char *err, size_t errlen);
+int fw_faceops_parse_verify(fw_job *j, char *err, size_t errlen);
+/* 1 if the parsed job needs the engine (VERIFY of two descriptors does not). */
+int fw_faceops_needs_engine(const fw_job *j);
+
+/* Pool thread. */
+void fw_faceops_detect_work(fw_job *j);
+void fw_faceops_embed_work(fw_job *j);
+void fw_faceops_verify_work(fw_job *j);
+
+#endif

@@ -1,0 +1,787 @@
+/*
+ * sched.c — the compute scheduler (see sched.h for the guarantees).
+ *
+ * Data structures, all owned by the loop thread:
+ *   - one FIFO (doubly linked) per priority for waiting jobs, each with a hard cap;
+ *   - a list of running jobs (needed to orphan them when their connection closes);
+ *   - a binary min-heap of every waiting or running job that has a deadline, and ONE uv_timer
+ *     armed for the earliest of them: with thousands of jobs a timer per job would be
+ *     thousands of timer-heap operations per second for nothing;
+ *   - a stack of free worker slots: a job takes a slot at dispatch and gives it back when its
+ *     worker returns, even if the job was answered long before (a timed-out job's worker is
+ *     still busy, and starting another job on top would break the `workers` cap).
+ *
+ * Dispatch order: high, then normal, then low, with an anti-starvation rule: every time a
+ * dispatch passes over a priority that has waiting jobs, that priority's skip count goes up;
+ * when it reaches `starvation_limit` (default 8), the oldest job of that priority goes next.
+ * Under a sustained backlog of high work, low work therefore still gets at least one dispatch
+ * in starvation_limit + 1.
+ *
+ * Shedding: each queue is bounded; a job that finds its queue full is answered BUSY. Low
+ * priority is shed first: a low job is refused as soon as the normal or the high queue is
+ * half full (the box is falling behind, and low work would only lengthen everybody's wait),
+ * and always in degraded mode. A queued job is never evicted to make room: it was promised a
+ * place, and answering it BUSY after it waited would waste the client's time twice.
+ * A byte budget over all waiting bodies bounds memory (a 16 MiB JPEG per slot adds up).
+ */
+#include "server/sched.h"
+
+#include "server/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HEAP_NONE SIZE_MAX
+
+typedef struct fw_queue {
+    fw_job *head, *tail;
+    uint32_t len;
+} fw_queue;
+
+struct fw_sched {
+    uv_loop_t *loop;
+    fw_sched_config cfg;
+    const fw_op *ops;
+    int nops;
+    fw_op_stats *stats;       /* [nops] */
+    fw_class_info *classes;   /* [nclasses] */
+    int nclasses;
+
+    fw_queue queue[FW_PRIO_COUNT];
+    int skips[FW_PRIO_COUNT]; /* anti-starvation: dispatches that passed over this priority */
+    fw_queue running_list;
+    int running;
+    uint64_t queued_bytes;
+    int degraded;
+
+    fw_slot *slots;           /* [workers] */
+    int *free_slots;          /* stack of indices into slots */
+    int nfree;
+
+    fw_job **heap;            /* deadline min-heap */
+    size_t heap_len, heap_cap;
+    uv_timer_t deadline_timer;
+    uint64_t armed_for;       /* deadline the timer is armed for, 0 = stopped */
+
+    /* drain / stop */
+    int draining;
+    int grace_over;
+    uv_timer_t drain_timer;
+    void (*on_drained)(void *);
+    void *drained_arg;
+    int stopping;
+    int handles_open;
+    void (*on_stopped)(void *);
+    void *stopped_arg;
+};
+
+/* ---- jobs ---------------------------------------------------------------------------------- */
+
+fw_job *fw_job_new(size_t body_len)
+{
+    if (body_len > SIZE_MAX - sizeof(fw_job))
+        return NULL;
+    fw_job *j = malloc(sizeof *j + body_len);
+    if (!j)
+        return NULL;
+    memset(j, 0, sizeof *j);
+    j->body = (uint8_t *)(j + 1);
+    j->body_len = body_len;
+    j->heap_i = HEAP_NONE;
+    return j;
+}
+
+void fw_job_free(fw_job *j)
+{
+    if (!j)
+        return;
+    free(j->out.body);
+    free(j);
+}
+
+/* ---- queues -------------------------------------------------------------------------------- */
+
+static void q_push(fw_queue *q, fw_job *j)
+{
+    j->next = NULL;
+    j->prev = q->tail;
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+    q->len++;
+}
+
+static void q_remove(fw_queue *q, fw_job *j)
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        q->head = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        q->tail = j->prev;
+    j->prev = j->next = NULL;
+    q->len--;
+}
+
+/* ---- deadline heap ------------------------------------------------------------------------- */
+
+static void heap_swap(fw_sched *s, size_t a, size_t b)
+{
+    fw_job *t = s->heap[a];
+    s->heap[a] = s->heap[b];
+    s->heap[b] = t;
+    s->heap[a]->heap_i = a;
+    s->heap[b]->heap_i = b;
+}
+
+static void heap_up(fw_sched *s, size_t i)
+{
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (s->heap[p]->deadline <= s->heap[i]->deadline)
+            break;
+        heap_swap(s, p, i);
+        i = p;
+    }
+}
+
+static void heap_down(fw_sched *s, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < s->heap_len && s->heap[l]->deadline < s->heap[m]->deadline)
+            m = l;
+        if (r < s->heap_len && s->heap[r]->deadline < s->heap[m]->deadline)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(s, i, m);
+        i = m;
+    }
+}
+
+static int heap_push(fw_sched *s, fw_job *j)
+{
+    if (s->heap_len == s->heap_cap) {
+        size_t ncap = s->heap_cap ? s->heap_cap * 2 : 64;
+        fw_job **n = realloc(s->heap, ncap * sizeof *n);
+        if (!n)
+            return -1;
+        s->heap = n;
+        s->heap_cap = ncap;
+    }
+    j->heap_i = s->heap_len;
+    s->heap[s->heap_len++] = j;
+    heap_up(s, j->heap_i);
+    return 0;
+}
+
+static void heap_remove(fw_sched *s, fw_job *j)
+{
+    size_t i = j->heap_i;
+    if (i == HEAP_NONE)
+        return;
+    j->heap_i = HEAP_NONE;
+    s->heap_len--;
+    if (i == s->heap_len)
+        return;
+    s->heap[i] = s->heap[s->heap_len];
+    s->heap[i]->heap_i = i;
+    heap_down(s, i);
+    heap_up(s, i);
+}
+
+static void deadline_timer_cb(uv_timer_t *t);
+
+/* Keep the one timer armed for the earliest deadline. */
+static void deadline_rearm(fw_sched *s)
+{
+    if (s->stopping)
+        return;
+    if (s->heap_len == 0) {
+        if (s->armed_for) {
+            uv_timer_stop(&s->deadline_timer);
+            s->armed_for = 0;
+        }
+        return;
+    }
+    uint64_t d = s->heap[0]->deadline;
+    if (d == s->armed_for)
+        return;
+    uint64_t now = uv_now(s->loop);
+    uv_timer_start(&s->deadline_timer, deadline_timer_cb, d > now ? d - now : 0, 0);
+    s->armed_for = d;
+}
+
+/* ---- answering ----------------------------------------------------------------------------- */
+
+static void put_retry(uint8_t extra[4], uint32_t retry_after_ms)
+{
+    fw_be32(extra, retry_after_ms);
+}
+
+/* Send the one response of a job (if its connection is still there) and count it. */
+static void job_answer(fw_sched *s, fw_job *j, uint16_t status, const void *body, size_t len,
+                       const char *msg, int has_retry, uint32_t retry_after_ms)
+{
+    j->answered = 1;
+    if (!j->conn)
+        return;
+    if (status == FW_STATUS_OK) {
+        fw_conn_reply(j->conn, &j->hdr, status, body, len);
+    } else {
+        uint8_t extra[4];
+        put_retry(extra, retry_after_ms);
+        fw_conn_reply_error(j->conn, &j->hdr, status, msg, has_retry ? extra : NULL,
+                            has_retry ? sizeof extra : 0);
+    }
+    if (status < FW_STATUS_COUNT)
+        s->stats[j->op_index].responses[status]++;
+    fw_conn_job_finished(j->conn);
+    j->conn = NULL;
+}
+
+void fw_sched_answer_now(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
+                         uint16_t status, const char *msg, int has_retry, uint32_t retry_after_ms)
+{
+    uint8_t extra[4];
+    put_retry(extra, retry_after_ms);
+    fw_conn_reply_error(c, h, status, msg, has_retry ? extra : NULL, has_retry ? sizeof extra : 0);
+    if (op_index >= 0 && op_index < s->nops && status < FW_STATUS_COUNT)
+        s->stats[op_index].responses[status]++;
+}
+
+static void log_transition(fw_sched *s, int cls, fw_breaker_state from)
+{
+    fw_breaker *b = &s->classes[cls].breaker;
+    fw_log_emit(s->cfg.log, b->state == FW_BREAKER_OPEN ? FW_LOG_WARN : FW_LOG_INFO,
+                "circuit breaker transition", "class=%s from=%s to=%s opens=%llu",
+                s->classes[cls].name, fw_breaker_state_name(from), fw_breaker_state_name(b->state),
+                (unsigned long long)b->opens);
+}
+
+static void breaker_record(fw_sched *s, fw_job *j, int failure)
+{
+    fw_breaker *b = &s->classes[j->op->cls].breaker;
+    fw_breaker_state from = b->state;
+    if (fw_breaker_record(b, uv_now(s->loop), failure, j->probe))
+        log_transition(s, j->op->cls, from);
+    j->probe = 0;
+}
+
+static void breaker_forget(fw_sched *s, fw_job *j)
+{
+    if (j->probe)
+        fw_breaker_cancel_probe(&s->classes[j->op->cls].breaker);
+    j->probe = 0;
+}
+
+/* A waiting job leaves its queue for good (dispatch, expiry, drop). */
+static void unqueue(fw_sched *s, fw_job *j)
+{
+    int prio = j->hdr.priority;
+    q_remove(&s->queue[prio], j);
+    s->stats[j->op_index].waiting[prio]--;
+    s->queued_bytes -= j->body_len;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+static void work_cb(uv_work_t *w)
+{
+    fw_job *j = (fw_job *)((char *)w - offsetof(fw_job, work));
+    j->op->work(j);
+}
+
+static void maybe_drained(fw_sched *s);
+static void maybe_stopped(fw_sched *s);
+static void dispatch(fw_sched *s);
+
+static void after_work_cb(uv_work_t *w, int status)
+{
+    fw_job *j = (fw_job *)((char *)w - offsetof(fw_job, work));
+    fw_sched *s = j->sched;
+    fw_op_stats *st = &s->stats[j->op_index];
+
+    q_remove(&s->running_list, j);
+    s->running--;
+    st->running--;
+    s->free_slots[s->nfree++] = j->slot->index;
+    j->slot = NULL;
+    fw_hist_record(&st->run_us, uv_hrtime() / 1000 - j->t_started_us);
+    heap_remove(s, j);
+
+    if (!j->answered && !s->stopping) {
+        if (status != 0) {
+            /* uv_cancel is never called on compute work; treat it as an internal error */
+            j->out.status = FW_STATUS_INTERNAL;
+            snprintf(j->out.msg, sizeof j->out.msg, "worker cancelled");
+        }
+        breaker_record(s, j, j->out.status == FW_STATUS_INTERNAL);
+        job_answer(s, j, j->out.status, j->out.body, j->out.len, j->out.msg, 0, 0);
+    }
+    fw_job_free(j);
+
+    if (s->stopping) {
+        maybe_stopped(s);
+        return;
+    }
+    deadline_rearm(s);
+    dispatch(s);
+    maybe_drained(s);
+}
+
+/* Next priority to dispatch from, per the anti-starvation rule in the header comment. */
+static int pick_priority(fw_sched *s)
+{
+    static const int order[FW_PRIO_COUNT] = { FW_PRIO_HIGH, FW_PRIO_NORMAL, FW_PRIO_LOW };
+    int pick = -1;
+    /* a starved priority first, lowest first (it has been passed over the longest) */
+    for (int k = FW_PRIO_COUNT - 1; k >= 1; k--) {
+        int p = order[k];
+        if (s->queue[p].len && s->skips[p] >= s->cfg.starvation_limit) {
+            pick = p;
+            break;
+        }
+    }
+    if (pick < 0) {
+        for (int k = 0; k < FW_PRIO_COUNT; k++) {
+            if (s->queue[order[k]].len) {
+                pick = order[k];
+                break;
+            }
+        }
+    }
+    if (pick < 0)
+        return -1;
+    for (int k = 0; k < FW_PRIO_COUNT; k++) {
+        int p = order[k];
+        if (p == pick)
+            s->skips[p] = 0;
+        else if (s->queue[p].len)
+            s->skips[p]++;
+    }
+    return pick;
+}
+
+static void expire_waiting(fw_sched *s, fw_job *j)
+{
+    unqueue(s, j);
+    heap_remove(s, j);
+    breaker_forget(s, j);
+    s->stats[j->op_index].expired_in_queue++;
+    job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, "deadline exceeded while queued", 0, 0);
+    fw_job_free(j);
+}
+
+static void start_job(fw_sched *s, fw_job *j)
+{
+    fw_op_stats *st = &s->stats[j->op_index];
+    int idx = s->free_slots[--s->nfree];
+    j->slot = &s->slots[idx];
+    j->state = FW_JOB_RUNNING;
+    j->t_started_us = uv_hrtime() / 1000;
+    fw_hist_record(&st->wait_us, j->t_started_us - j->t_queued_us);
+    q_push(&s->running_list, j);
+    s->running++;
+    st->running++;
+    int rc = uv_queue_work(s->loop, &j->work, work_cb, after_work_cb);
+    if (rc != 0) {
+        /* Only fails on bad arguments; never leave the request unanswered. */
+        q_remove(&s->running_list, j);
+        s->running--;
+        st->running--;
+        s->free_slots[s->nfree++] = idx;
+        heap_remove(s, j);
+        breaker_forget(s, j);
+        job_answer(s, j, FW_STATUS_INTERNAL, NULL, 0, "cannot queue work", 0, 0);
+        fw_job_free(j);
+    }
+}
+
+static void dispatch(fw_sched *s)
+{
+    if (s->stopping || s->grace_over)
+        return;
+    uint64_t now = uv_now(s->loop);
+    while (s->nfree > 0) {
+        int p = pick_priority(s);
+        if (p < 0)
+            break;
+        fw_job *j = s->queue[p].head;
+        if (j->deadline && j->deadline <= now) {
+            expire_waiting(s, j); /* never start what nobody waits for any more */
+            continue;
+        }
+        unqueue(s, j);
+        start_job(s, j);
+    }
+    deadline_rearm(s);
+}
+
+static void deadline_timer_cb(uv_timer_t *t)
+{
+    fw_sched *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    s->armed_for = 0;
+    while (s->heap_len && s->heap[0]->deadline <= now) {
+        fw_job *j = s->heap[0];
+        if (j->state == FW_JOB_WAITING) {
+            expire_waiting(s, j);
+        } else {
+            heap_remove(s, j);
+            s->stats[j->op_index].timed_out++;
+            breaker_record(s, j, 1);
+            char msg[96];
+            snprintf(msg, sizeof msg, "deadline exceeded while running (budget %u ms)", j->budget_ms);
+            job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, msg, 0, 0);
+            /* the worker still owns its slot; after_work_cb frees the job */
+        }
+    }
+    deadline_rearm(s);
+    maybe_drained(s);
+}
+
+/* ---- admission ----------------------------------------------------------------------------- */
+
+/* How long until a refused client should try again: the work queued ahead of it divided
+ * among the workers, times the op's median run time (100 ms before anything ran). */
+static uint32_t retry_estimate(fw_sched *s, const fw_job *j)
+{
+    uint64_t ahead = s->queue[FW_PRIO_HIGH].len;
+    if (j->hdr.priority != FW_PRIO_HIGH)
+        ahead += s->queue[FW_PRIO_NORMAL].len;
+    if (j->hdr.priority == FW_PRIO_LOW)
+        ahead += s->queue[FW_PRIO_LOW].len;
+    const fw_hist *h = &s->stats[j->op_index].run_us;
+    uint64_t per_job_ms = h->count ? fw_hist_quantile(h, 0.5) / 1000 : 100;
+    if (per_job_ms == 0)
+        per_job_ms = 1;
+    uint64_t est = (ahead / (uint64_t)s->cfg.workers + 1) * per_job_ms;
+    return est > 60000 ? 60000 : (uint32_t)est;
+}
+
+/* Why a job of this priority and size cannot be queued now (NULL: it can). Pure: no state
+ * changes, so fw_sched_precheck() and fw_sched_submit() agree within one loop iteration. */
+static const char *refusal(const fw_sched *s, int prio, size_t body_len)
+{
+    const fw_queue *q = &s->queue[prio];
+    if (s->degraded && prio == FW_PRIO_LOW)
+        return "degraded mode: low priority refused";
+    if (q->len >= (uint32_t)s->cfg.queue_cap[prio])
+        return prio == FW_PRIO_HIGH ? "high priority queue full"
+             : prio == FW_PRIO_LOW ? "low priority queue full" : "normal priority queue full";
+    if (prio == FW_PRIO_LOW &&
+        (s->queue[FW_PRIO_NORMAL].len * 2 >= (uint32_t)s->cfg.queue_cap[FW_PRIO_NORMAL] ||
+         s->queue[FW_PRIO_HIGH].len * 2 >= (uint32_t)s->cfg.queue_cap[FW_PRIO_HIGH]) &&
+        (s->queue[FW_PRIO_NORMAL].len || s->queue[FW_PRIO_HIGH].len))
+        return "overloaded: shedding low priority";
+    /* the byte budget bounds memory held by waiting bodies; a job that starts at once
+     * (a worker is free) never waits, so it does not count against it */
+    if (s->queued_bytes + body_len > s->cfg.queue_max_bytes && s->nfree == 0)
+        return "queued request bytes at limit";
+    return NULL;
+}
+
+static int clamp_prio(uint8_t p)
+{
+    return p < FW_PRIO_COUNT ? p : FW_PRIO_NORMAL;
+}
+
+int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index)
+{
+    const fw_op *op = &s->ops[op_index];
+    if (s->draining || s->stopping) {
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
+        return -1;
+    }
+    fw_job probe_job; /* only what retry_estimate reads */
+    probe_job.hdr = *h;
+    probe_job.op_index = op_index;
+    const char *why = refusal(s, clamp_prio(h->priority), h->body_len);
+    if (why) {
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_BUSY, why, 1, retry_estimate(s, &probe_job));
+        return -1;
+    }
+    /* an open breaker refuses before the body is even copied */
+    const fw_breaker *b = &s->classes[op->cls].breaker;
+    uint64_t now = uv_now(s->loop);
+    if (b->state == FW_BREAKER_OPEN && now < b->opened_at + b->cfg.cooldown_ms) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "circuit breaker open for %s operations", s->classes[op->cls].name);
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_UNAVAILABLE, msg, 1,
+                            (uint32_t)(b->opened_at + b->cfg.cooldown_ms - now));
+        return -1;
+    }
+    return 0;
+}
+
+void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
+{
+    int prio = clamp_prio(j->hdr.priority);
+    fw_queue *q = &s->queue[prio];
+    fw_op_stats *st = &s->stats[j->op_index];
+    char msg[128];
+    const char *why;
+
+    j->hdr.priority = (uint8_t)prio;
+    j->sched = s;
+
+    if (s->draining || s->stopping) {
+        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
+        fw_job_free(j);
+        return;
+    }
+    why = refusal(s, prio, j->body_len);
+    if (why) {
+        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_BUSY, why, 1, retry_estimate(s, j));
+        fw_job_free(j);
+        return;
+    }
+
+    uint32_t retry = 0;
+    int changed = 0;
+    fw_breaker *b = &s->classes[j->op->cls].breaker;
+    fw_breaker_state from = b->state;
+    fw_breaker_verdict v = fw_breaker_admit(b, uv_now(s->loop), &retry, &changed);
+    if (changed)
+        log_transition(s, j->op->cls, from);
+    if (v == FW_BREAKER_REJECT) {
+        snprintf(msg, sizeof msg, "circuit breaker %s for %s operations",
+                 fw_breaker_state_name(b->state), s->classes[j->op->cls].name);
+        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_UNAVAILABLE, msg, 1, retry);
+        fw_job_free(j);
+        return;
+    }
+    j->probe = v == FW_BREAKER_PROBE;
+
+    uint64_t now = uv_now(s->loop);
+    j->deadline = j->budget_ms ? now + j->budget_ms : 0;
+    if (j->deadline && heap_push(s, j) != 0) {
+        breaker_forget(s, j);
+        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_INTERNAL, "out of memory", 0, 0);
+        fw_job_free(j);
+        return;
+    }
+    j->conn = c;
+    j->state = FW_JOB_WAITING;
+    j->t_queued_us = uv_hrtime() / 1000;
+    q_push(q, j);
+    st->waiting[prio]++;
+    s->queued_bytes += j->body_len;
+    fw_conn_job_started(c);
+    dispatch(s);
+}
+
+/* ---- connections, modes -------------------------------------------------------------------- */
+
+void fw_sched_conn_closed(fw_sched *s, fw_conn *c)
+{
+    for (int p = 0; p < FW_PRIO_COUNT; p++) {
+        fw_job *j = s->queue[p].head;
+        while (j) {
+            fw_job *next = j->next;
+            if (j->conn == c) {
+                unqueue(s, j);
+                heap_remove(s, j);
+                breaker_forget(s, j);
+                s->stats[j->op_index].dropped++;
+                fw_job_free(j);
+            }
+            j = next;
+        }
+    }
+    for (fw_job *j = s->running_list.head; j; j = j->next) {
+        if (j->conn == c) {
+            j->conn = NULL; /* the worker's result will be discarded */
+            s->stats[j->op_index].orphaned++;
+        }
+    }
+    deadline_rearm(s);
+    maybe_drained(s);
+}
+
+void fw_sched_set_degraded(fw_sched *s, int on)
+{
+    s->degraded = on ? 1 : 0;
+}
+
+/* ---- drain and stop ------------------------------------------------------------------------ */
+
+static void maybe_drained(fw_sched *s)
+{
+    if (!s->draining || !s->on_drained || s->running > 0)
+        return;
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        if (s->queue[p].len)
+            return;
+    void (*cb)(void *) = s->on_drained;
+    s->on_drained = NULL; /* once */
+    uv_timer_stop(&s->drain_timer);
+    cb(s->drained_arg);
+}
+
+static void drain_timer_cb(uv_timer_t *t)
+{
+    fw_sched *s = t->data;
+    int idle = s->running == 0;
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        idle = idle && s->queue[p].len == 0;
+    if (!idle) {
+        /* grace is over: answer everything still pending; workers finish in the background */
+        s->grace_over = 1;
+        for (int p = 0; p < FW_PRIO_COUNT; p++) {
+            while (s->queue[p].head) {
+                fw_job *j = s->queue[p].head;
+                unqueue(s, j);
+                heap_remove(s, j);
+                breaker_forget(s, j);
+                job_answer(s, j, FW_STATUS_SHUTTING_DOWN, NULL, 0, "shutting down", 0, 0);
+                fw_job_free(j);
+            }
+        }
+        for (fw_job *j = s->running_list.head; j; j = j->next) {
+            if (!j->answered) {
+                heap_remove(s, j);
+                breaker_forget(s, j);
+                job_answer(s, j, FW_STATUS_SHUTTING_DOWN, NULL, 0, "shutting down", 0, 0);
+            }
+        }
+        deadline_rearm(s);
+    }
+    maybe_drained(s);
+}
+
+void fw_sched_drain(fw_sched *s, uint32_t grace_ms, void (*on_drained)(void *arg), void *arg)
+{
+    if (s->draining || s->stopping)
+        return;
+    s->draining = 1;
+    s->on_drained = on_drained;
+    s->drained_arg = arg;
+    int idle = s->running == 0;
+    for (int p = 0; p < FW_PRIO_COUNT; p++)
+        idle = idle && s->queue[p].len == 0;
+    /* even when idle, report from the loop rather than from inside this call */
+    uv_timer_start(&s->drain_timer, drain_timer_cb, idle ? 0 : grace_ms, 0);
+}
+
+static void free_sched(fw_sched *s)
+{
+    free(s->heap);
+    free(s->slots);
+    free(s->free_slots);
+    free(s->stats);
+    free(s->classes);
+    free(s);
+}
+
+static void maybe_stopped(fw_sched *s)
+{
+    if (s->handles_open > 0 || s->running > 0)
+        return;
+    void (*cb)(void *) = s->on_stopped;
+    void *arg = s->stopped_arg;
+    free_sched(s);
+    if (cb)
+        cb(arg);
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+    fw_sched *s = h->data;
+    s->handles_open--;
+    maybe_stopped(s);
+}
+
+void fw_sched_stop(fw_sched *s, void (*on_stopped)(void *arg), void *arg)
+{
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    s->on_stopped = on_stopped;
+    s->stopped_arg = arg;
+    for (int p = 0; p < FW_PRIO_COUNT; p++) {
+        while (s->queue[p].head) {
+            fw_job *j = s->queue[p].head;
+            unqueue(s, j);
+            fw_job_free(j); /* no answer: the connections are going away too */
+        }
+    }
+    for (fw_job *j = s->running_list.head; j; j = j->next) {
+        j->conn = NULL;
+        j->answered = 1;
+    }
+    for (size_t i = 0; i < s->heap_len; i++)
+        s->heap[i]->heap_i = HEAP_NONE;
+    s->heap_len = 0;
+    uv_close((uv_handle_t *)&s->deadline_timer, handle_closed_cb);
+    uv_close((uv_handle_t *)&s->drain_timer, handle_closed_cb);
+}
+
+/* ---- init and views ------------------------------------------------------------------------ */
+
+int fw_sched_init(fw_sched **out, uv_loop_t *loop, const fw_sched_config *cfg,
+                  const fw_op *ops, int nops, const char *const *class_names, int nclasses,
+                  void *const *slot_ctx, char *err, size_t errlen)
+{
+    *out = NULL;
+    fw_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        goto nomem;
+    s->loop = loop;
+    s->cfg = *cfg;
+    if (s->cfg.workers < 1)
+        s->cfg.workers = 1;
+    if (s->cfg.starvation_limit < 1)
+        s->cfg.starvation_limit = 1;
+    s->ops = ops;
+    s->nops = nops;
+    s->nclasses = nclasses;
+    s->stats = calloc((size_t)(nops > 0 ? nops : 1), sizeof *s->stats);
+    s->classes = calloc((size_t)(nclasses > 0 ? nclasses : 1), sizeof *s->classes);
+    s->slots = calloc((size_t)s->cfg.workers, sizeof *s->slots);
+    s->free_slots = calloc((size_t)s->cfg.workers, sizeof *s->free_slots);
+    if (!s->stats || !s->classes || !s->slots || !s->free_slots)
+        goto nomem;
+    for (int i = 0; i < nclasses; i++) {
+        s->classes[i].name = class_names[i];
+        fw_breaker_init(&s->classes[i].breaker, &cfg->breaker);
+    }
+    /* slot 0 on top of the stack: with one worker the same slot is reused every time */
+    for (int i = 0; i < s->cfg.workers; i++) {
+        s->slots[i].index = i;
+        s->slots[i].ctx = slot_ctx ? slot_ctx[i] : NULL;
+        s->free_slots[i] = s->cfg.workers - 1 - i;
+    }
+    s->nfree = s->cfg.workers;
+    uv_timer_init(loop, &s->deadline_timer);
+    uv_timer_init(loop, &s->drain_timer);
+    s->deadline_timer.data = s;
+    s->drain_timer.data = s;
+    s->handles_open = 2;
+    *out = s;
+    return 0;
+nomem:
+    snprintf(err, errlen, "out of memory");
+    if (s)
+        free_sched(s);
+    return -1;
+}
+
+const fw_op_stats *fw_sched_op_stats(const fw_sched *s, int op_index) { return &s->stats[op_index]; }
+fw_op_stats *fw_sched_op_stats_mut(fw_sched *s, int op_index) { return &s->stats[op_index]; }
+const fw_class_info *fw_sched_class(const fw_sched *s, int cls) { return &s->classes[cls]; }
+int fw_sched_nclasses(const fw_sched *s) { return s->nclasses; }
+uint32_t fw_sched_queue_len(const fw_sched *s, int prio) { return s->queue[prio].len; }
+int fw_sched_running(const fw_sched *s) { return s->running; }
+int fw_sched_workers(const fw_sched *s) { return s->cfg.workers; }
+uint64_t fw_sched_queued_bytes(const fw_sched *s) { return s->queued_bytes; }
+int fw_sched_degraded(const fw_sched *s) { return s->degraded; }
+const fw_sched_config *fw_sched_get_config(const fw_sched *s) { return &s->cfg; }

@@ -1,0 +1,187 @@
+/*
+ * sched.h — facewired's compute scheduler: every compute request becomes a job that waits in
+ * a bounded queue per priority, then runs on one of `workers` slots of the libuv thread pool.
+ *
+ * What it guarantees (the reasons are in sched.c):
+ *   - at most `workers` jobs run at once; each running job holds one worker slot (and the
+ *     slot's context, e.g. an engine workspace) from dispatch until its worker returns;
+ *   - a job that cannot be queued is answered at once (BUSY / UNAVAILABLE), in the same loop
+ *     iteration; nothing ever waits for compute to learn that it was refused;
+ *   - a job never starts after its deadline; a running job is answered DEADLINE_EXCEEDED by a
+ *     timer at its deadline, and whatever its worker produces later is discarded;
+ *   - one circuit breaker per op class;
+ *   - a closed connection's waiting jobs are freed at once, its running jobs' results are
+ *     discarded when their workers return. The scheduler never touches a fw_conn after
+ *     fw_sched_conn_closed() for it.
+ *
+ * Everything here runs on the loop thread except an op's work function, which runs on a pool
+ * thread and touches only its job: the request fields (read-only), the slot context, the
+ * shared read-only env, and the job's `out` block (which the loop reads only after the
+ * worker has returned).
+ */
+#ifndef FW_SCHED_H
+#define FW_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "fw_proto.h"
+#include "server/breaker.h"
+#include "server/compute.h"
+#include "server/hist.h"
+
+typedef struct fw_sched fw_sched;
+typedef struct fw_job fw_job;
+
+/* A face-op input: a JPEG (kind 0) or a 128-float descriptor (kind 1, already decoded). */
+enum { FW_INPUT_JPEG = 0, FW_INPUT_DESCRIPTOR = 1 };
+typedef struct fw_input {
+    uint8_t kind;
+    const uint8_t *jpeg; /* kind 0: points into the job's body copy */
+    uint32_t len;
+    float desc[128];     /* kind 1 */
+} fw_input;
+
+/* The parsed request, filled on the loop thread by the op's parse function. Pointers point
+ * into the job's own body copy, so they live exactly as long as the job. */
+typedef union fw_job_args {
+    uint32_t sleep_ms;                     /* TEST_SLEEP */
+    struct { const uint8_t *jpeg; uint32_t len; } image;   /* DETECT, EMBED */
+    struct { fw_input in[2]; float threshold; } verify;    /* VERIFY */
+} fw_job_args;
+
+/* What the worker hands back. Written only by the worker; read by the loop after it returned. */
+typedef struct fw_job_out {
+    uint16_t status;
+    uint8_t *body;     /* OK: malloc'd response body (the job owns it), may be NULL */
+    size_t len;
+    char msg[192];     /* status != OK: the error message */
+} fw_job_out;
+
+/* One worker slot. ctx is the caller's per-slot context (see fw_sched_init). */
+typedef struct fw_slot {
+    int index;
+    void *ctx;
+} fw_slot;
+
+typedef struct fw_op {
+    uint8_t opcode;
+    const char *name;     /* "DETECT"; also the metrics label */
+    int cls;              /* breaker class index */
+    int needs_engine;     /* refused UNAVAILABLE when the models are not loaded */
+    int test_only;        /* only with --enable-test-ops */
+    /* Loop thread: check j->body and fill j->args. 0, or -1 with a BAD_REQUEST message. */
+    int (*parse)(fw_job *j, char *err, size_t errlen);
+    /* Pool thread: do the work, fill j->out. */
+    void (*work)(fw_job *j);
+} fw_op;
+
+enum fw_job_state { FW_JOB_NEW = 0, FW_JOB_WAITING, FW_JOB_RUNNING };
+
+struct fw_job {
+    /* ---- set on the loop thread before queueing, read-only afterwards ------------------- */
+    fw_header hdr;
+    const fw_op *op;
+    int op_index;
+    const void *env;        /* shared read-only environment of the ops (the engines) */
+    int degraded;           /* degraded mode was on when it was admitted */
+    uint32_t budget_ms;     /* deadline budget from admission, 0 = none */
+    fw_job_args args;
+    uint8_t *body;          /* the request body, copied (trailing storage of this struct) */
+    size_t body_len;
+    fw_slot *slot;          /* set at dispatch, before the worker starts */
+
+    /* ---- written by the worker -------------------------------------------------------- */
+    fw_job_out out;
+
+    /* ---- scheduler private, loop thread only ------------------------------------------- */
+    fw_sched *sched;
+    fw_conn *conn;          /* NULL once its connection closed (results discarded) */
+    uv_work_t work;
+    fw_job *prev, *next;    /* in one of: a priority queue, the running list */
+    size_t heap_i;          /* index in the deadline heap, SIZE_MAX when not in it */
+    uint64_t deadline;      /* uv_now() ms; 0 = none */
+    uint64_t t_queued_us, t_started_us;
+    int state;              /* enum fw_job_state */
+    int answered;           /* a response went out (or it was dropped): the result is late */
+    int probe;              /* admitted as a half-open breaker probe */
+};
+
+/* A job with room for a body of body_len bytes (copied by the caller into j->body). NULL on
+ * out of memory. Freed by the scheduler once submitted, by fw_job_free() otherwise. */
+fw_job *fw_job_new(size_t body_len);
+void fw_job_free(fw_job *j);
+
+typedef struct fw_sched_config {
+    int workers;
+    int queue_cap[FW_PRIO_COUNT];  /* index = priority */
+    uint64_t queue_max_bytes;      /* request bytes held by waiting jobs, all queues */
+    int starvation_limit;          /* anti-starvation: see sched.c */
+    fw_breaker_config breaker;
+    const struct fw_log *log;      /* breaker transitions; NULL = stderr */
+} fw_sched_config;
+
+typedef struct fw_op_stats {
+    uint64_t requests;                     /* every request for the op, answered at once or not */
+    uint64_t responses[FW_STATUS_COUNT];   /* responses sent, by status */
+    uint64_t expired_in_queue;             /* deadline passed while waiting: never ran */
+    uint64_t timed_out;                    /* answered at the deadline while running */
+    uint64_t dropped;                      /* waiting when the connection closed */
+    uint64_t orphaned;                     /* running when the connection closed */
+    uint32_t waiting[FW_PRIO_COUNT];
+    uint32_t running;
+    fw_hist wait_us;                       /* queue wait of the jobs that started */
+    fw_hist run_us;                        /* worker time of the jobs that finished */
+} fw_op_stats;
+
+typedef struct fw_class_info {
+    const char *name;
+    fw_breaker breaker;
+} fw_class_info;
+
+/* ops[0..nops) and class_names[0..nclasses) must outlive the scheduler. slot_ctx has one
+ * entry per worker (may be NULL); the scheduler does not own them. */
+int fw_sched_init(fw_sched **out, uv_loop_t *loop, const fw_sched_config *cfg,
+                  const fw_op *ops, int nops, const char *const *class_names, int nclasses,
+                  void *const *slot_ctx, char *err, size_t errlen);
+
+/* The checks of fw_sched_submit that need no job (shutting down, queue full, shedding, byte
+ * budget, breaker open), so that a request about to be refused is refused before its body is
+ * copied. Returns 0 if the request may go on, -1 after answering it. Counts nothing but the
+ * response. */
+int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index);
+
+/* Admit or refuse a job (ownership passes to the scheduler either way). j->hdr, op, op_index,
+ * env, degraded, budget_ms and args must be set. The caller counts the request in
+ * fw_sched_op_stats_mut()->requests. */
+void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j);
+
+/* Answer a request at once without a job (BAD_REQUEST, UNAVAILABLE, ...), counted for op.
+ * retry_after_ms is appended (u32) when has_retry is set. */
+void fw_sched_answer_now(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
+                         uint16_t status, const char *msg, int has_retry, uint32_t retry_after_ms);
+
+void fw_sched_conn_closed(fw_sched *s, fw_conn *c);
+void fw_sched_set_degraded(fw_sched *s, int on);
+
+/* Stop dispatching new work after grace_ms: see fw_compute_drain(). */
+void fw_sched_drain(fw_sched *s, uint32_t grace_ms, void (*on_drained)(void *arg), void *arg);
+
+/* Drop everything and close handles. on_stopped(arg) runs once the last handle closed and the
+ * last worker returned: only then may the caller free the ops' env and slot contexts. */
+void fw_sched_stop(fw_sched *s, void (*on_stopped)(void *arg), void *arg);
+
+/* Read-only views for INFO and /metrics. */
+const fw_op_stats *fw_sched_op_stats(const fw_sched *s, int op_index);
+fw_op_stats *fw_sched_op_stats_mut(fw_sched *s, int op_index);
+const fw_class_info *fw_sched_class(const fw_sched *s, int cls);
+int fw_sched_nclasses(const fw_sched *s);
+uint32_t fw_sched_queue_len(const fw_sched *s, int prio);
+int fw_sched_running(const fw_sched *s);
+int fw_sched_workers(const fw_sched *s);
+uint64_t fw_sched_queued_bytes(const fw_sched *s);
+int fw_sched_degraded(const fw_sched *s);
+const fw_sched_config *fw_sched_get_config(const fw_sched *s);
+
+#endif
