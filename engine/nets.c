@@ -33,7 +33,8 @@ void nets_conv_free(nn_conv *c)
 {
     free(c->w);
     free(c->b);
-    c->w = c->b = NULL;
+    free(c->wu);
+    c->w = c->b = c->wu = NULL;
 }
 
 void nets_sepconv_free(nn_sepconv *s)
@@ -49,6 +50,7 @@ int nets_take_conv(fw_model *m, const char *prefix, const char *wname, int kh, i
 {
     char name[300];
     int wshape[4] = { kh, kw, cin, cout };
+    memset(out, 0, sizeof *out);
     out->kh = kh;
     out->kw = kw;
     out->cin = cin;

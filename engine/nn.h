@@ -31,6 +31,8 @@ typedef struct nn_conv {
     int kh, kw, cin, cout;
     float *w; /* owned by the network that holds it */
     float *b; /* cout floats, owned likewise */
+    float *wu; /* NULL, or the Winograd F(2x2,3x3) transform of w (16 x cin x cout, owned
+                * likewise): 3x3 stride-1 pad-1 convolutions then take that path */
 } nn_conv;
 
 /* Depthwise (3x3, multiplier 1) followed by pointwise (1x1) and a bias, as tf.separableConv2d
@@ -56,6 +58,13 @@ void nn_normalize(const uint8_t *rgb, int h, int w, const float mean[3], float *
  * padding pad_t/pad_l before and whatever the output size implies after. col: NN_COL_FLOATS. */
 void nn_conv2d(const nn_tensor *in, const nn_conv *conv, int stride, int pad_t, int pad_l,
                enum nn_act act, float *col, nn_tensor *out);
+
+/* Prepares conv (3x3) for the Winograd path: fills conv->wu. 0, or -1 on out of memory. */
+int nn_conv_winograd_prepare(nn_conv *conv);
+
+/* Floats of scratch the Winograd path needs for an h x w map. It uses the col buffer, so
+ * nn_conv2d falls back to im2col when this exceeds NN_COL_FLOATS. */
+size_t nn_winograd_floats(int h, int w, int cin, int cout);
 
 /* The same for a separable convolution (3x3 depthwise). col: NN_COL_FLOATS. */
 void nn_sepconv2d(const nn_tensor *in, const nn_sepconv *sc, int stride, int pad_t, int pad_l,
