@@ -275,6 +275,44 @@ static void t_decode_huge_header(void)
     CHECK_EQ_INT(e3, FWE_TOO_LARGE);
 }
 
+/* Random byte damage anywhere in a valid (progressive, to exercise more decoder paths) JPEG:
+ * the decoder says OK or BAD_IMAGE and never crashes or reads out of bounds (ASan). */
+static void t_decode_mutations(void)
+{
+    uint8_t *px = quadrants(48, 32);
+    CHECK(px);
+    size_t len = 0;
+    uint8_t *jpg = make_jpeg(px, 48, 32, TJPF_RGB, TJSAMP_420, TJFLAG_PROGRESSIVE, 85, &len);
+    free(px);
+    CHECK(jpg);
+    uint8_t *m = malloc(len);
+    fw_decoder *d = fw_decoder_new();
+    int unexpected = 0, refused = 0;
+    uint32_t seed = 777;
+    for (int round = 0; m && d && round < 1500; round++) {
+        memcpy(m, jpg, len);
+        const int flips = 1 + round % 4;
+        for (int k = 0; k < flips; k++) {
+            seed = seed * 1103515245u + 12345u;
+            const size_t at = 2 + (seed >> 8) % (len - 2);
+            seed = seed * 1103515245u + 12345u;
+            m[at] = (uint8_t)(seed >> 16);
+        }
+        fw_image im;
+        char err[128];
+        fw_engine_err rc = fw_decode_jpeg(d, m, len, &LIM, &im, NULL, err, sizeof(err));
+        if (rc == FWE_BAD_IMAGE)
+            refused++;
+        else if (rc != FWE_OK && rc != FWE_TOO_LARGE)
+            unexpected++;
+    }
+    fw_decoder_free(d);
+    free(m);
+    free(jpg);
+    CHECK_EQ_INT(unexpected, 0);
+    CHECK(refused > 0);
+}
+
 /* Inverted (Adobe) CMYK, the way libjpeg-turbo's own tools write it. */
 static void rgb_to_cmyk(const uint8_t *rgb, uint8_t *cmyk)
 {
@@ -792,6 +830,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_decode_truncated),
     CHECK_TEST(t_decode_corrupt),
     CHECK_TEST(t_decode_huge_header),
+    CHECK_TEST(t_decode_mutations),
     CHECK_TEST(t_decode_cmyk),
     CHECK_TEST(t_decode_grayscale),
     CHECK_TEST(t_decode_progressive),
