@@ -351,6 +351,16 @@ void nn_conv2d(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t, in
         winograd_conv(in, cv, act, col, out);
         return;
     }
+    if (in->h == 1 && in->w == 1 && out->h == 1 && out->w == 1 && stride == 1 &&
+        pad_t < cv->kh && pad_l < cv->kw) {
+        /* A 1x1 map only ever meets the kernel's tap (pad_t, pad_l): a matrix-vector product
+         * with that tap's cin x cout slice instead of all kh*kw of them. */
+        const float *w = cv->w + (size_t)(pad_t * cv->kw + pad_l) * (size_t)cv->cin * (size_t)cv->cout;
+        cblas_sgemv(CblasRowMajor, CblasTrans, cv->cin, cv->cout, 1.0f, w, cv->cout, in->d, 1,
+                    0.0f, out->d, 1);
+        bias_act(out->d, 1, cv->cout, cv->b, act);
+        return;
+    }
     if (cv->kh == 3 && cv->kw == 3 && cv->cin == 3 && cv->cout == 16) {
         conv3x3_c3_c16(in, cv, stride, pad_t, pad_l, act, out);
         return;

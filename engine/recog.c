@@ -21,17 +21,28 @@
 
 static const float rec_mean[3] = { 122.782f, 117.001f, 104.298f };
 
+/* map: the size of the block's conv outputs (before a down block's padding to the shortcut). */
 static const struct {
     const char *name;
-    int cin, cout, down;
+    int cin, cout, down, map;
 } rec_blocks[RECOG_RES_BLOCKS] = {
-    { "conv32_1", 32, 32, 0 },    { "conv32_2", 32, 32, 0 },    { "conv32_3", 32, 32, 0 },
-    { "conv64_down", 32, 64, 1 }, { "conv64_1", 64, 64, 0 },    { "conv64_2", 64, 64, 0 },
-    { "conv64_3", 64, 64, 0 },    { "conv128_down", 64, 128, 1 },
-    { "conv128_1", 128, 128, 0 }, { "conv128_2", 128, 128, 0 },
-    { "conv256_down", 128, 256, 1 }, { "conv256_1", 256, 256, 0 }, { "conv256_2", 256, 256, 0 },
-    { "conv256_down_out", 256, 256, 1 },
+    { "conv32_1", 32, 32, 0, 35 },      { "conv32_2", 32, 32, 0, 35 },
+    { "conv32_3", 32, 32, 0, 35 },      { "conv64_down", 32, 64, 1, 17 },
+    { "conv64_1", 64, 64, 0, 17 },      { "conv64_2", 64, 64, 0, 17 },
+    { "conv64_3", 64, 64, 0, 17 },      { "conv128_down", 64, 128, 1, 8 },
+    { "conv128_1", 128, 128, 0, 8 },    { "conv128_2", 128, 128, 0, 8 },
+    { "conv256_down", 128, 256, 1, 3 }, { "conv256_1", 256, 256, 0, 4 },
+    { "conv256_2", 256, 256, 0, 4 },    { "conv256_down_out", 256, 256, 1, 1 },
 };
+
+/* Winograd trades 9 weights per (cin, cout) pair for 16: worth it while the maps have enough
+ * tiles to reuse them. On the 4x4 maps it wins with the weights in cache (0.09 vs 0.26 ms per
+ * conv) but loses in the whole net, whose ~25 MB of float weights only just fit the L3: the
+ * extra 16/9 of weight traffic costs more than the multiplies saved (measured: 7.3 ms with
+ * this at 8, 7.7 ms at 4). */
+#ifndef REC_WINO_MIN_MAP
+#define REC_WINO_MIN_MAP 8
+#endif
 
 #define REC_ACT ((size_t)72 * 72 * 32) /* the largest activation: conv32_down's output */
 
@@ -57,8 +68,7 @@ static int take_scaled_conv(fw_model *m, const char *prefix, int k, int cin, int
             out->w[r * (size_t)cout + (size_t)o] *= s[o];
     for (int o = 0; o < cout; o++)
         out->b[o] = out->b[o] * s[o] + t[o];
-    /* The stride-1 3x3 convs run as Winograd (nn.c): measured on this net's shapes it takes
-     * 30% (35x35x32) to 65% (4x4x256) off each of them. */
+    /* The stride-1 3x3 convs on the larger maps run as Winograd (nn.c). */
     if (k == 3 && winograd && nn_conv_winograd_prepare(out) != 0) {
         snprintf(err, errlen, "%s: out of memory", m->label);
         goto err;
@@ -80,11 +90,12 @@ int recog_load(fw_model *m, recog_net *net, char *err, size_t errlen)
         b->down = rec_blocks[i].down;
         snprintf(prefix, sizeof prefix, "%s/conv1", rec_blocks[i].name);
         if (take_scaled_conv(m, prefix, 3, rec_blocks[i].cin, rec_blocks[i].cout,
-                             !b->down, &b->conv1, err, errlen) != 0)
+                             !b->down && rec_blocks[i].map >= REC_WINO_MIN_MAP, &b->conv1, err,
+                             errlen) != 0)
             goto err;
         snprintf(prefix, sizeof prefix, "%s/conv2", rec_blocks[i].name);
         if (take_scaled_conv(m, prefix, 3, rec_blocks[i].cout, rec_blocks[i].cout,
-                             1, &b->conv2, err, errlen) != 0)
+                             rec_blocks[i].map >= REC_WINO_MIN_MAP, &b->conv2, err, errlen) != 0)
             goto err;
     }
     if (!(net->fc = nets_take_copy(m, "fc", 2, fc, err, errlen)))
