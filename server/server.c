@@ -142,6 +142,8 @@ static int parse_u32(const char *s, uint32_t min, uint32_t max, int sizes, uint3
     return 0;
 }
 
+static int parse_listen(const char *spec, struct sockaddr_storage *ss, char *err, size_t errlen);
+
 enum flag_id {
     F_LISTEN, F_DATA, F_MODELS, F_MAX_BODY, F_MAX_CONNECTIONS, F_MAX_OUTPUT, F_IDLE_TIMEOUT,
     F_FRAME_TIMEOUT, F_GRACE, F_LOG_LEVEL, F_HELP, F_VERSION
@@ -177,6 +179,11 @@ static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FIL
         if (cfg->n_listen >= FW_MAX_LISTEN) {
             snprintf(err, errlen, "at most %d --listen addresses", FW_MAX_LISTEN);
             return -1;
+        }
+        {
+            struct sockaddr_storage ss;
+            if (parse_listen(v, &ss, err, errlen) != 0)
+                return -1; /* caught here so that a typo is a usage error, not a failed start */
         }
         cfg->listen[cfg->n_listen++] = v;
         return 0;
@@ -565,6 +572,7 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
     s->cfg.compute.data_dir = s->cfg.data_dir;
     s->cfg.compute.models_dir = s->cfg.models_dir;
     fw_log_init(&s->log, cfg->log_level);
+    s->cfg.compute.log = &s->log; /* outlives compute: stopped in server_finish */
     fw_link_init(&s->by_activity);
     fw_link_init(&s->by_frame_start);
     fw_link_init(&s->pending);
