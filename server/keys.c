@@ -1,0 +1,351 @@
+/*
+ * keys.c — key files of the server (see keys.h): generation, authorized-keys parsing, the
+ * gallery's symmetric key. The server always builds with libsodium, so there is no
+ * FW_WITH_SODIUM switch here.
+ */
+#include "server/keys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+static void set_err(char *err, size_t errcap, const char *fmt_path, const char *msg)
+{
+    if (err && errcap)
+        snprintf(err, errcap, "%s: %s", fmt_path, msg);
+}
+
+/* Create path (must not exist) with `mode` and write data; on any failure the file is
+ * removed again. fchmod makes a secret file 0600 whatever the umask was. */
+static int write_new_file(const char *path, mode_t mode, int exact_mode, const char *data,
+                          size_t len, char *err, size_t errcap)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0) {
+        set_err(err, errcap, path, errno == EEXIST ? "exists; refusing to overwrite a key"
+                                                   : strerror(errno));
+        return -1;
+    }
+    if (exact_mode && fchmod(fd, mode) != 0)
+        goto err;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            goto err;
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0)
+        goto err;
+    if (close(fd) != 0) {
+        fd = -1;
+        goto err;
+    }
+    return 0;
+err:
+    set_err(err, errcap, path, strerror(errno ? errno : EIO));
+    if (fd >= 0)
+        close(fd);
+    unlink(path);
+    return -1;
+}
+
+int fw_keys_keygen(const char *prefix, const char *comment, fw_secure_identity *id, char *err,
+                   size_t errcap)
+{
+    if (!prefix || !*prefix) {
+        if (err && errcap)
+            snprintf(err, errcap, "keygen: empty prefix");
+        return -1;
+    }
+    char key_path[PATH_MAX], pub_path[PATH_MAX];
+    char key_line[128], pub_line[FW_SECURE_LINE_MAX];
+    uint8_t seed[FW_SECURE_SEED_LEN];
+    fw_secure_identity me;
+    int rc = -1;
+
+    if ((size_t)snprintf(key_path, sizeof key_path, "%s.key", prefix) >= sizeof key_path ||
+        (size_t)snprintf(pub_path, sizeof pub_path, "%s.pub", prefix) >= sizeof pub_path) {
+        set_err(err, errcap, prefix, "path too long");
+        return -1;
+    }
+    if (!comment) {
+        const char *slash = strrchr(prefix, '/');
+        comment = slash ? slash + 1 : prefix;
+    }
+    if (fw_secure_identity_generate(&me, seed) != FW_SEC_OK) {
+        set_err(err, errcap, prefix, "libsodium failed to initialise");
+        goto out;
+    }
+    int kl = fw_secure_format_key_line(FW_SECURE_SECRET_TAG, seed, NULL, key_line,
+                                       sizeof key_line);
+    int pl = fw_secure_format_key_line(FW_SECURE_PUB_TAG, me.pk, comment, pub_line,
+                                       sizeof pub_line);
+    if (kl < 0 || pl < 0) {
+        set_err(err, errcap, prefix, "comment too long or holds a newline");
+        goto out;
+    }
+    if (write_new_file(key_path, 0600, 1, key_line, (size_t)kl, err, errcap) != 0)
+        goto out;
+    if (write_new_file(pub_path, 0644, 0, pub_line, (size_t)pl, err, errcap) != 0) {
+        unlink(key_path);
+        goto out;
+    }
+    if (id)
+        *id = me;
+    rc = 0;
+out:
+    sodium_memzero(seed, sizeof seed);
+    sodium_memzero(&me, sizeof me);
+    sodium_memzero(key_line, sizeof key_line);
+    return rc;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    return memcmp(a, b, FW_SECURE_PK_LEN);
+}
+
+int fw_keys_parse_authorized(const char *text, size_t len, const char *label,
+                             fw_authorized_keys *out, size_t *n_bad, char *err, size_t errcap)
+{
+    size_t bad = 0, n = 0, cap = 0, lineno = 0;
+    uint8_t (*pk)[FW_SECURE_PK_LEN] = NULL;
+    if (!label)
+        label = "authorized keys";
+    if (out) {
+        out->pk = NULL;
+        out->n = 0;
+    }
+    if (n_bad)
+        *n_bad = 0;
+    if (err && errcap)
+        err[0] = '\0';
+    if (!out || (!text && len)) {
+        if (err && errcap)
+            snprintf(err, errcap, "%s: invalid argument", label);
+        return -1;
+    }
+
+    size_t i = 0;
+    while (i < len) {
+        size_t e = i;
+        while (e < len && text[e] != '\n')
+            e++;
+        lineno++;
+        size_t j = i;
+        while (j < e && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r'))
+            j++;
+        if (j < e && text[j] != '#') {
+            uint8_t key[FW_SECURE_PK_LEN];
+            const char *why = NULL;
+            if (e - i > FW_SECURE_LINE_MAX)
+                why = "line too long";
+            else if (fw_secure_parse_key_line(text + i, e - i, FW_SECURE_PUB_TAG, key, &why) == 0)
+                why = NULL;
+            if (why) {
+                if (bad++ == 0 && err && errcap)
+                    snprintf(err, errcap, "%s:%zu: %s", label, lineno, why);
+            } else {
+                if (n == cap) {
+                    size_t ncap = cap ? cap * 2 : 16;
+                    void *p = realloc(pk, ncap * sizeof *pk);
+                    if (!p) {
+                        if (err && errcap)
+                            snprintf(err, errcap, "%s: out of memory", label);
+                        free(pk);
+                        return -1;
+                    }
+                    pk = p;
+                    cap = ncap;
+                }
+                memcpy(pk[n++], key, FW_SECURE_PK_LEN);
+            }
+        }
+        i = e + 1;
+    }
+    if (n > 1) {
+        qsort(pk, n, sizeof *pk, cmp_key);
+        size_t w = 1;
+        for (size_t r = 1; r < n; r++)
+            if (memcmp(pk[r], pk[w - 1], FW_SECURE_PK_LEN) != 0)
+                memmove(pk[w++], pk[r], FW_SECURE_PK_LEN);
+        n = w;
+    }
+    out->pk = pk;
+    out->n = n;
+    if (n_bad)
+        *n_bad = bad;
+    return 0;
+}
+
+/* Whole file into a malloc'ed buffer (NUL-terminated), refusing more than max bytes. */
+static int read_all(const char *path, size_t max, char **buf, size_t *len, char *err,
+                    size_t errcap)
+{
+    char *p = NULL;
+    size_t have = 0, cap = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        set_err(err, errcap, path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        set_err(err, errcap, path, strerror(errno));
+        goto err;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        set_err(err, errcap, path, "not a regular file");
+        goto err;
+    }
+    for (;;) {
+        if (have == cap) {
+            if (cap > max) {
+                set_err(err, errcap, path, "file too large");
+                goto err;
+            }
+            size_t ncap = cap ? cap * 2 : 4096;
+            if (ncap > max + 1)
+                ncap = max + 1; /* room for one byte past max: that is how "too large" shows */
+            if (ncap <= cap) {
+                set_err(err, errcap, path, "file too large");
+                goto err;
+            }
+            char *np = realloc(p, ncap + 1);
+            if (!np) {
+                set_err(err, errcap, path, "out of memory");
+                goto err;
+            }
+            p = np;
+            cap = ncap;
+        }
+        ssize_t r = read(fd, p + have, cap - have);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            set_err(err, errcap, path, strerror(errno));
+            goto err;
+        }
+        if (r == 0)
+            break;
+        have += (size_t)r;
+        if (have > max) {
+            set_err(err, errcap, path, "file too large");
+            goto err;
+        }
+    }
+    if (!p && !(p = malloc(1))) {
+        set_err(err, errcap, path, "out of memory");
+        goto err;
+    }
+    p[have] = '\0';
+    close(fd);
+    *buf = p;
+    *len = have;
+    return 0;
+err:
+    free(p);
+    close(fd);
+    return -1;
+}
+
+int fw_keys_load_authorized(const char *path, fw_authorized_keys *out, size_t *n_bad, char *err,
+                            size_t errcap)
+{
+    if (out) {
+        out->pk = NULL;
+        out->n = 0;
+    }
+    if (n_bad)
+        *n_bad = 0;
+    if (!path || !out) {
+        if (err && errcap)
+            snprintf(err, errcap, "invalid argument");
+        return -1;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    if (read_all(path, FW_KEYS_AUTH_MAX_BYTES, &text, &len, err, errcap) != 0)
+        return -1;
+    int rc = fw_keys_parse_authorized(text, len, path, out, n_bad, err, errcap);
+    free(text);
+    return rc;
+}
+
+void fw_keys_free_authorized(fw_authorized_keys *keys)
+{
+    if (!keys)
+        return;
+    free(keys->pk);
+    keys->pk = NULL;
+    keys->n = 0;
+}
+
+int fw_keys_load_symmetric(const char *path, uint8_t key[FW_SECURE_SYMKEY_LEN], char *err,
+                           size_t errcap)
+{
+    if (!path || !key) {
+        if (err && errcap)
+            snprintf(err, errcap, "invalid argument");
+        return -1;
+    }
+    char buf[FW_SECURE_LINE_MAX];
+    size_t len = 0;
+    const char *why = NULL;
+    int rc = -1;
+    if (fw_secure_read_key_file(path, 1, buf, sizeof buf, &len, err, errcap) != 0)
+        return -1;
+    /* One line, like the secret key file; comments are not expected but harmless. */
+    size_t i = 0;
+    while (i < len) {
+        size_t e = i;
+        while (e < len && buf[e] != '\n')
+            e++;
+        size_t j = i;
+        while (j < e && (buf[j] == ' ' || buf[j] == '\t' || buf[j] == '\r'))
+            j++;
+        if (j < e && buf[j] != '#') {
+            if (fw_secure_parse_key_line(buf + i, e - i, FW_SECURE_SYMKEY_TAG, key, &why) == 0)
+                rc = 0;
+            break;
+        }
+        i = e + 1;
+    }
+    if (rc != 0)
+        set_err(err, errcap, path, why ? why : "no key in file");
+    sodium_memzero(buf, sizeof buf);
+    return rc;
+}
+
+int fw_keys_write_symmetric(const char *path, char *err, size_t errcap)
+{
+    if (!path) {
+        if (err && errcap)
+            snprintf(err, errcap, "invalid argument");
+        return -1;
+    }
+    if (sodium_init() < 0) {
+        set_err(err, errcap, path, "libsodium failed to initialise");
+        return -1;
+    }
+    uint8_t key[FW_SECURE_SYMKEY_LEN];
+    char line[128];
+    randombytes_buf(key, sizeof key);
+    int n = fw_secure_format_key_line(FW_SECURE_SYMKEY_TAG, key, NULL, line, sizeof line);
+    int rc = n < 0 ? -1 : write_new_file(path, 0600, 1, line, (size_t)n, err, errcap);
+    if (n < 0)
+        set_err(err, errcap, path, "cannot format key");
+    sodium_memzero(key, sizeof key);
+    sodium_memzero(line, sizeof line);
+    return rc;
+}

@@ -1,0 +1,1028 @@
+/*
+ * test_secure.c — secure sessions (client/fw_secure.c) and key files (server/keys.c).
+ *
+ * The handshake is driven in memory between a client and a server session, the way the
+ * server's connection layer and libfacewire drive it over a socket: each side only ever sees
+ * the bytes the other produced. An attacker is simulated by changing those bytes. Every
+ * failure is asserted with its exact error code, and that the failed session stays failed.
+ * Key-file tests work in a fresh directory under $TMPDIR (or /tmp).
+ */
+#include "check.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "client/fw_secure.h"
+#include "server/keys.h"
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+typedef struct pair {
+    fw_secure_identity server_id, client_id;
+    fw_secure_session c, s;
+    uint8_t allowed[2][FW_SECURE_PK_LEN];
+    fw_authorized_keys keys;
+} pair;
+
+static fw_header req_header(uint8_t op, uint32_t id)
+{
+    fw_header h = {FW_MAGIC, FW_PROTO_VERSION, op, 0, FW_PRIO_NORMAL, 0, id, 0, 0};
+    return h;
+}
+
+static void pair_init(pair *p)
+{
+    memset(p, 0, sizeof *p);
+    fw_secure_identity_generate(&p->server_id, NULL);
+    fw_secure_identity_generate(&p->client_id, NULL);
+    memcpy(p->allowed[0], p->client_id.pk, FW_SECURE_PK_LEN);
+    p->keys.pk = p->allowed;
+    p->keys.n = 1;
+    fw_secure_session_init(&p->c, 0);
+    fw_secure_session_init(&p->s, 1);
+}
+
+/* The whole handshake; returns the first failing step's error (0 on success). */
+static int pair_handshake(pair *p)
+{
+    uint8_t hello[FW_SECURE_HELLO_LEN], resp[FW_SECURE_HELLO_RESP_LEN];
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN], ans[FW_HEADER_LEN + FW_SECURE_TAG_LEN];
+    int rc;
+    if ((rc = fw_secure_client_hello(&p->c, hello)) != 0)
+        return rc;
+    if ((rc = fw_secure_server_on_hello(&p->s, &p->server_id, hello, sizeof hello, resp)) != 0)
+        return rc;
+    fw_header h = req_header(FW_OP_AUTH, 2);
+    if ((rc = fw_secure_client_on_hello_response(&p->c, &p->client_id, p->server_id.pk, resp,
+                                                 sizeof resp, &h, auth)) != 0)
+        return rc;
+    if ((rc = fw_secure_server_on_auth(&p->s, &p->keys, auth, auth + FW_HEADER_LEN,
+                                       FW_SECURE_AUTH_BODY_LEN)) != 0)
+        return rc;
+    fw_header r = req_header(FW_OP_AUTH, 2);
+    r.flags = FW_FLAG_RESPONSE;
+    size_t n = 0;
+    if ((rc = fw_secure_seal(&p->s, &r, NULL, 0, ans, sizeof ans, &n)) != 0)
+        return rc;
+    return fw_secure_client_on_auth_response(&p->c, ans, ans + FW_HEADER_LEN, n - FW_HEADER_LEN);
+}
+
+/* Seal `msg` from `from` as a PING with request id `id`; returns the frame length. */
+static size_t seal_ping(fw_secure_session *from, uint32_t id, const char *msg, uint8_t *out,
+                        size_t cap)
+{
+    fw_header h = req_header(FW_OP_PING, id);
+    size_t n = 0;
+    if (fw_secure_seal(from, &h, (const uint8_t *)msg, strlen(msg), out, cap, &n) != 0)
+        return 0;
+    return n;
+}
+
+static int open_frame(fw_secure_session *to, const uint8_t *frame, size_t n, uint8_t *plain,
+                      size_t cap, size_t *plen)
+{
+    return fw_secure_open(to, frame, frame + FW_HEADER_LEN, n - FW_HEADER_LEN, plain, cap, plen);
+}
+
+/* ---- handshake ------------------------------------------------------------------------------ */
+
+static void t_handshake_and_roundtrip(void)
+{
+    pair p;
+    pair_init(&p);
+    CHECK_EQ_INT(pair_handshake(&p), 0);
+    CHECK_EQ_INT(fw_secure_state(&p.c), FW_SEC_ESTABLISHED);
+    CHECK_EQ_INT(fw_secure_state(&p.s), FW_SEC_ESTABLISHED);
+    /* Each side knows who the other is, and the direction keys pair up. */
+    CHECK(memcmp(fw_secure_peer_key(&p.s), p.client_id.pk, FW_SECURE_PK_LEN) == 0);
+    CHECK(memcmp(fw_secure_peer_key(&p.c), p.server_id.pk, FW_SECURE_PK_LEN) == 0);
+    CHECK(memcmp(p.c.k_tx, p.s.k_rx, 32) == 0);
+    CHECK(memcmp(p.c.k_rx, p.s.k_tx, 32) == 0);
+    CHECK(memcmp(p.c.k_tx, p.c.k_rx, 32) != 0);
+    /* The ephemeral secrets are gone (forward secrecy). */
+    static const uint8_t zero[32];
+    CHECK(memcmp(p.c.eph_sk, zero, 32) == 0 && memcmp(p.s.eph_sk, zero, 32) == 0);
+
+    uint8_t frame[256], plain[256];
+    size_t plen = 0;
+    for (uint32_t i = 0; i < 5; i++) {
+        size_t n = seal_ping(&p.c, 10 + i, "hello server", frame, sizeof frame);
+        CHECK_EQ_INT(n, FW_HEADER_LEN + 12 + FW_SECURE_TAG_LEN);
+        fw_header h;
+        fw_header_decode(frame, &h);
+        CHECK(h.flags & FW_FLAG_SEALED);
+        CHECK_EQ_INT(h.body_len, 12 + FW_SECURE_TAG_LEN);
+        CHECK_EQ_INT(h.request_id, 10 + i);
+        CHECK(memmem(frame, n, "hello", 5) == NULL); /* no plaintext on the wire */
+        CHECK_EQ_INT(open_frame(&p.s, frame, n, plain, sizeof plain, &plen), 0);
+        CHECK_EQ_INT(plen, 12);
+        CHECK(memcmp(plain, "hello server", 12) == 0);
+
+        fw_header r = req_header(FW_OP_PING, 10 + i);
+        r.flags = FW_FLAG_RESPONSE;
+        size_t m = 0;
+        CHECK_EQ_INT(fw_secure_seal(&p.s, &r, plain, plen, frame, sizeof frame, &m), 0);
+        CHECK_EQ_INT(open_frame(&p.c, frame, m, plain, sizeof plain, &plen), 0);
+        CHECK_EQ_INT(plen, 12);
+    }
+    /* In place, both ways round, and an empty body. */
+    memcpy(frame + FW_HEADER_LEN, "in place", 8);
+    fw_header h = req_header(FW_OP_PING, 99);
+    size_t n = 0;
+    CHECK_EQ_INT(fw_secure_seal(&p.c, &h, frame + FW_HEADER_LEN, 8, frame, sizeof frame, &n), 0);
+    CHECK_EQ_INT(open_frame(&p.s, frame, n, frame + FW_HEADER_LEN, n - FW_HEADER_LEN, &plen), 0);
+    CHECK(plen == 8 && memcmp(frame + FW_HEADER_LEN, "in place", 8) == 0);
+    h = req_header(FW_OP_INFO, 100);
+    CHECK_EQ_INT(fw_secure_seal(&p.c, &h, NULL, 0, frame, sizeof frame, &n), 0);
+    CHECK_EQ_INT(n, FW_HEADER_LEN + FW_SECURE_TAG_LEN);
+    CHECK_EQ_INT(open_frame(&p.s, frame, n, plain, 0, &plen), 0);
+    CHECK_EQ_INT(plen, 0);
+    fw_secure_session_wipe(&p.c);
+    fw_secure_session_wipe(&p.s);
+    CHECK_EQ_INT(fw_secure_state(&p.c), FW_SEC_NONE);
+}
+
+/* Two handshakes between the same identities give unrelated keys. */
+static void t_sessions_independent(void)
+{
+    pair a, b;
+    pair_init(&a);
+    b = a;
+    fw_secure_session_init(&b.c, 0);
+    fw_secure_session_init(&b.s, 1);
+    b.keys.pk = b.allowed;
+    CHECK_EQ_INT(pair_handshake(&a), 0);
+    CHECK_EQ_INT(pair_handshake(&b), 0);
+    CHECK(memcmp(a.c.k_tx, b.c.k_tx, 32) != 0);
+    uint8_t frame[128], plain[128];
+    size_t plen;
+    size_t n = seal_ping(&a.c, 1, "for a", frame, sizeof frame);
+    CHECK_EQ_INT(open_frame(&b.s, frame, n, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+}
+
+static void t_wrong_server_key(void)
+{
+    pair p;
+    pair_init(&p);
+    fw_secure_identity other;
+    fw_secure_identity_generate(&other, NULL);
+    uint8_t hello[FW_SECURE_HELLO_LEN], resp[FW_SECURE_HELLO_RESP_LEN];
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN];
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&p.s, &p.server_id, hello, sizeof hello, resp), 0);
+    fw_header h = req_header(FW_OP_AUTH, 1);
+    /* The client pinned another key than the one this server has. */
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, other.pk, resp,
+                                                    sizeof resp, &h, auth),
+                 FW_SEC_E_SERVER_KEY);
+    CHECK_EQ_INT(fw_secure_state(&p.c), FW_SEC_FAILED);
+    CHECK_EQ_STR(fw_secure_strerror(FW_SEC_E_SERVER_KEY),
+                 "server key mismatch: the server is not the pinned one");
+    /* A failed session refuses everything afterwards. */
+    uint8_t frame[64];
+    size_t n;
+    fw_header x = req_header(FW_OP_PING, 3);
+    CHECK_EQ_INT(fw_secure_seal(&p.c, &x, NULL, 0, frame, sizeof frame, &n), FW_SEC_E_STATE);
+}
+
+/* A man in the middle with his own key: he either shows his own key (pinning refuses it) or
+ * claims the pinned key and signs with his own (the signature fails). */
+static void t_mitm_signature(void)
+{
+    pair p;
+    pair_init(&p);
+    fw_secure_identity mallory = p.server_id;
+    fw_secure_identity mk;
+    fw_secure_identity_generate(&mk, NULL);
+    memcpy(mallory.sk, mk.sk, sizeof mallory.sk); /* pinned pk, wrong secret */
+    fw_secure_session ms;
+    fw_secure_session_init(&ms, 1);
+    uint8_t hello[FW_SECURE_HELLO_LEN], resp[FW_SECURE_HELLO_RESP_LEN];
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN];
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&ms, &mallory, hello, sizeof hello, resp), 0);
+    fw_header h = req_header(FW_OP_AUTH, 1);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp,
+                                                    sizeof resp, &h, auth),
+                 FW_SEC_E_SIGNATURE);
+
+    /* Replacing the server's ephemeral key in a genuine response breaks the signature too. */
+    pair q;
+    pair_init(&q);
+    CHECK_EQ_INT(fw_secure_client_hello(&q.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&q.s, &q.server_id, hello, sizeof hello, resp), 0);
+    uint8_t epk[32], esk[32];
+    crypto_kx_keypair(epk, esk);
+    memcpy(resp + 1, epk, 32);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&q.c, &q.client_id, q.server_id.pk, resp,
+                                                    sizeof resp, &h, auth),
+                 FW_SEC_E_SIGNATURE);
+}
+
+static void t_unknown_client_key(void)
+{
+    pair p;
+    pair_init(&p);
+    fw_secure_identity other;
+    fw_secure_identity_generate(&other, NULL);
+    memcpy(p.allowed[0], other.pk, FW_SECURE_PK_LEN); /* only someone else is authorized */
+    CHECK_EQ_INT(pair_handshake(&p), FW_SEC_E_UNKNOWN_KEY);
+    CHECK_EQ_INT(fw_secure_state(&p.s), FW_SEC_FAILED);
+    CHECK(fw_secure_peer_key(&p.s) == NULL);
+
+    /* The server answers a plaintext UNAUTHORIZED: the client reports the rejection. */
+    uint8_t ans[64];
+    fw_header r = req_header(FW_OP_AUTH, 2);
+    r.flags = FW_FLAG_RESPONSE;
+    r.status = FW_STATUS_UNAUTHORIZED;
+    size_t bl = fw_error_body(ans + FW_HEADER_LEN, sizeof ans - FW_HEADER_LEN,
+                              "unknown client key");
+    r.body_len = (uint32_t)bl;
+    fw_header_encode(&r, ans);
+    CHECK_EQ_INT(fw_secure_client_on_auth_response(&p.c, ans, ans + FW_HEADER_LEN, bl),
+                 FW_SEC_E_REJECTED);
+
+    /* An empty list admits nobody. */
+    pair q;
+    pair_init(&q);
+    q.keys.n = 0;
+    CHECK_EQ_INT(pair_handshake(&q), FW_SEC_E_UNKNOWN_KEY);
+}
+
+/* The client claims an authorized identity but cannot sign for it. */
+static void t_client_signature_forged(void)
+{
+    pair p;
+    pair_init(&p);
+    fw_secure_identity liar = p.client_id, other;
+    fw_secure_identity_generate(&other, NULL);
+    memcpy(liar.sk, other.sk, sizeof liar.sk);
+    p.client_id = liar;
+    CHECK_EQ_INT(pair_handshake(&p), FW_SEC_E_SIGNATURE);
+    CHECK_EQ_INT(fw_secure_state(&p.s), FW_SEC_FAILED);
+}
+
+/* ---- frames --------------------------------------------------------------------------------- */
+
+/* Set up an established pair and one sealed client frame in f (length *n). */
+static int sealed_setup(pair *p, uint8_t *f, size_t cap, size_t *n)
+{
+    pair_init(p);
+    if (pair_handshake(p) != 0)
+        return -1;
+    *n = seal_ping(&p->c, 7, "descriptor bytes", f, cap);
+    return *n ? 0 : -1;
+}
+
+static void t_tampered_frames(void)
+{
+    pair p;
+    uint8_t f[128], plain[128];
+    size_t n, plen;
+
+    /* flipped ciphertext byte */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    f[FW_HEADER_LEN + 3] ^= 0x01;
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+    CHECK_EQ_INT(fw_secure_state(&p.s), FW_SEC_FAILED);
+
+    /* flipped tag byte */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    f[n - 1] ^= 0x80;
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+
+    /* flipped header bytes: request_id, opcode, priority, deadline (the header is AD) */
+    static const int offs[] = {3, 5, 8, 11, 12};
+    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++) {
+        CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+        f[offs[i]] ^= 0x01;
+        CHECK_MSG(open_frame(&p.s, f, n, plain, sizeof plain, &plen) == FW_SEC_E_OPEN,
+                  "header byte %d", offs[i]);
+    }
+
+    /* SEALED flag cleared: not accepted as a sealed frame */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    f[4] &= (uint8_t)~FW_FLAG_SEALED;
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), FW_SEC_E_NOT_SEALED);
+
+    /* After a failure even a genuine next frame is refused: the connection is over. */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    uint8_t f2[128];
+    size_t n2 = seal_ping(&p.c, 8, "next", f2, sizeof f2);
+    f[FW_HEADER_LEN] ^= 0xff;
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+    CHECK_EQ_INT(open_frame(&p.s, f2, n2, plain, sizeof plain, &plen), FW_SEC_E_STATE);
+}
+
+static void t_replayed_frame(void)
+{
+    pair p;
+    uint8_t f[128], plain[128];
+    size_t n, plen;
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), 0);
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+}
+
+static void t_reordered_frames(void)
+{
+    pair p;
+    uint8_t f1[128], f2[128], plain[128];
+    size_t n1, n2, plen;
+    CHECK_EQ_INT(sealed_setup(&p, f1, sizeof f1, &n1), 0);
+    n2 = seal_ping(&p.c, 8, "second", f2, sizeof f2);
+    CHECK_EQ_INT(open_frame(&p.s, f2, n2, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+
+    /* A dropped frame is the same thing seen from the receiver. */
+    CHECK_EQ_INT(sealed_setup(&p, f1, sizeof f1, &n1), 0);
+    n2 = seal_ping(&p.c, 8, "second", f2, sizeof f2);
+    (void)n1;
+    CHECK_EQ_INT(open_frame(&p.s, f2, n2, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+
+    /* A frame reflected back to its sender (other direction key) fails too. */
+    CHECK_EQ_INT(sealed_setup(&p, f1, sizeof f1, &n1), 0);
+    CHECK_EQ_INT(open_frame(&p.c, f1, n1, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+}
+
+static void t_truncated_frame(void)
+{
+    pair p;
+    uint8_t f[128], plain[128];
+    size_t n, plen;
+    /* body cut short, header rewritten to match: the tag no longer verifies */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    fw_be32(f + 16, (uint32_t)(n - FW_HEADER_LEN - 1));
+    CHECK_EQ_INT(open_frame(&p.s, f, n - 1, plain, sizeof plain, &plen), FW_SEC_E_OPEN);
+    /* body cut short, header as sent: the lengths disagree */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    CHECK_EQ_INT(open_frame(&p.s, f, n - 5, plain, sizeof plain, &plen), FW_SEC_E_NOT_SEALED);
+    /* shorter than a tag */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    fw_be32(f + 16, 15);
+    CHECK_EQ_INT(open_frame(&p.s, f, FW_HEADER_LEN + 15, plain, sizeof plain, &plen),
+                 FW_SEC_E_OPEN);
+    /* output buffer too small for the plaintext */
+    CHECK_EQ_INT(sealed_setup(&p, f, sizeof f, &n), 0);
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, 3, &plen), FW_SEC_E_SPACE);
+}
+
+static void t_plain_frame_in_session(void)
+{
+    pair p;
+    pair_init(&p);
+    CHECK_EQ_INT(pair_handshake(&p), 0);
+    uint8_t f[FW_HEADER_LEN + 2] = {0}, plain[8];
+    size_t plen;
+    fw_header h = req_header(FW_OP_PING, 1);
+    h.body_len = 2;
+    fw_header_encode(&h, f);
+    CHECK_EQ_INT(open_frame(&p.s, f, sizeof f, plain, sizeof plain, &plen), FW_SEC_E_NOT_SEALED);
+}
+
+static void t_counter_exhausted(void)
+{
+    pair p;
+    pair_init(&p);
+    CHECK_EQ_INT(pair_handshake(&p), 0);
+    p.c.n_tx = UINT64_MAX - 1;
+    p.s.n_rx = UINT64_MAX - 1;
+    uint8_t f[128], plain[128];
+    size_t plen;
+    size_t n = seal_ping(&p.c, 1, "last", f, sizeof f);
+    CHECK(n > 0);
+    CHECK_EQ_INT(open_frame(&p.s, f, n, plain, sizeof plain, &plen), 0);
+    fw_header h = req_header(FW_OP_PING, 2);
+    CHECK_EQ_INT(fw_secure_seal(&p.c, &h, NULL, 0, f, sizeof f, &n), FW_SEC_E_COUNTER);
+    CHECK_EQ_INT(fw_secure_state(&p.c), FW_SEC_FAILED);
+    /* The receiver refuses to go past the last counter value as well. */
+    pair q;
+    pair_init(&q);
+    CHECK_EQ_INT(pair_handshake(&q), 0);
+    n = seal_ping(&q.c, 1, "x", f, sizeof f);
+    q.s.n_rx = UINT64_MAX;
+    CHECK_EQ_INT(open_frame(&q.s, f, n, plain, sizeof plain, &plen), FW_SEC_E_COUNTER);
+}
+
+static void t_seal_space(void)
+{
+    pair p;
+    pair_init(&p);
+    CHECK_EQ_INT(pair_handshake(&p), 0);
+    uint8_t f[FW_HEADER_LEN + FW_SECURE_TAG_LEN + 3];
+    fw_header h = req_header(FW_OP_PING, 1);
+    size_t n;
+    uint64_t before = p.c.n_tx; /* 1: AUTH went out under counter 0 */
+    CHECK_EQ_INT(fw_secure_seal(&p.c, &h, (const uint8_t *)"four", 4, f, sizeof f, &n),
+                 FW_SEC_E_SPACE);
+    /* not terminal: the counter did not move and the next seal works */
+    CHECK_EQ_INT(p.c.n_tx, before);
+    CHECK_EQ_INT(fw_secure_seal(&p.c, &h, (const uint8_t *)"thr", 3, f, sizeof f, &n), 0);
+}
+
+static void t_state_machine(void)
+{
+    fw_secure_session c, s;
+    uint8_t hello[FW_SECURE_HELLO_LEN], f[64];
+    size_t n;
+    fw_header h = req_header(FW_OP_PING, 1);
+    fw_secure_session_init(&c, 0);
+    CHECK_EQ_INT(fw_secure_seal(&c, &h, NULL, 0, f, sizeof f, &n), FW_SEC_E_STATE);
+    fw_secure_session_init(&c, 0);
+    CHECK_EQ_INT(fw_secure_client_hello(&c, hello), 0);
+    CHECK_EQ_INT(fw_secure_client_hello(&c, hello), FW_SEC_E_STATE);
+    /* a server session cannot say HELLO, a client cannot answer one */
+    fw_secure_session_init(&s, 1);
+    CHECK_EQ_INT(fw_secure_client_hello(&s, hello), FW_SEC_E_STATE);
+    fw_secure_identity id;
+    fw_secure_identity_generate(&id, NULL);
+    uint8_t resp[FW_SECURE_HELLO_RESP_LEN];
+    fw_secure_session_init(&c, 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&c, &id, hello, sizeof hello, resp), FW_SEC_E_STATE);
+    /* a second HELLO on the same server session */
+    fw_secure_session_init(&c, 0);
+    fw_secure_session_init(&s, 1);
+    CHECK_EQ_INT(fw_secure_client_hello(&c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&s, &id, hello, sizeof hello, resp), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&s, &id, hello, sizeof hello, resp), FW_SEC_E_STATE);
+    CHECK_EQ_INT(fw_secure_seal(NULL, &h, NULL, 0, f, sizeof f, &n), FW_SEC_E_INVALID);
+    CHECK_EQ_STR(fw_secure_strerror(12345), "unknown secure-session error");
+}
+
+/* ---- hostile handshake messages ------------------------------------------------------------- */
+
+static void t_bad_hello(void)
+{
+    fw_secure_identity id;
+    fw_secure_identity_generate(&id, NULL);
+    fw_secure_session s;
+    uint8_t resp[FW_SECURE_HELLO_RESP_LEN], hello[FW_SECURE_HELLO_LEN + 1];
+    memset(hello, 0x41, sizeof hello);
+    hello[0] = FW_SECURE_VERSION;
+    static const size_t lens[] = {0, 1, FW_SECURE_HELLO_LEN - 1, FW_SECURE_HELLO_LEN + 1};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        fw_secure_session_init(&s, 1);
+        CHECK_EQ_INT(fw_secure_server_on_hello(&s, &id, hello, lens[i], resp), FW_SEC_E_MALFORMED);
+        CHECK_EQ_INT(fw_secure_state(&s), FW_SEC_FAILED);
+    }
+    fw_secure_session_init(&s, 1);
+    hello[0] = 2;
+    CHECK_EQ_INT(fw_secure_server_on_hello(&s, &id, hello, FW_SECURE_HELLO_LEN, resp),
+                 FW_SEC_E_VERSION);
+    /* an all-zero (low-order) ephemeral key cannot give a secret: refused */
+    memset(hello, 0, sizeof hello);
+    hello[0] = FW_SECURE_VERSION;
+    fw_secure_session_init(&s, 1);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&s, &id, hello, FW_SECURE_HELLO_LEN, resp),
+                 FW_SEC_E_CRYPTO);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&s, &id, NULL, 5, resp), FW_SEC_E_INVALID);
+}
+
+static void t_bad_hello_response(void)
+{
+    pair p;
+    uint8_t hello[FW_SECURE_HELLO_LEN], resp[FW_SECURE_HELLO_RESP_LEN + 1];
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN];
+    fw_header h = req_header(FW_OP_AUTH, 1);
+
+    pair_init(&p);
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&p.s, &p.server_id, hello, sizeof hello, resp), 0);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp,
+                                                    FW_SECURE_HELLO_RESP_LEN - 1, &h, auth),
+                 FW_SEC_E_MALFORMED);
+
+    pair_init(&p);
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp, 0,
+                                                    &h, auth),
+                 FW_SEC_E_MALFORMED);
+
+    /* garbage of the right size, with and without the pinned key in place */
+    pair_init(&p);
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    randombytes_buf(resp, sizeof resp);
+    resp[0] = FW_SECURE_VERSION;
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp,
+                                                    FW_SECURE_HELLO_RESP_LEN, &h, auth),
+                 FW_SEC_E_SERVER_KEY);
+    pair_init(&p);
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    memcpy(resp + 65, p.server_id.pk, FW_SECURE_PK_LEN);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp,
+                                                    FW_SECURE_HELLO_RESP_LEN, &h, auth),
+                 FW_SEC_E_SIGNATURE);
+    pair_init(&p);
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    resp[0] = 9;
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp,
+                                                    FW_SECURE_HELLO_RESP_LEN, &h, auth),
+                 FW_SEC_E_VERSION);
+}
+
+static void t_bad_auth(void)
+{
+    pair p;
+    uint8_t hello[FW_SECURE_HELLO_LEN], resp[FW_SECURE_HELLO_RESP_LEN];
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN + 1];
+    fw_header h = req_header(FW_OP_AUTH, 1);
+    /* drive to AWAIT_AUTH with a genuine AUTH frame in `auth` */
+#define TO_AUTH()                                                                              \
+    do {                                                                                       \
+        pair_init(&p);                                                                         \
+        CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);                                  \
+        CHECK_EQ_INT(fw_secure_server_on_hello(&p.s, &p.server_id, hello, sizeof hello, resp), \
+                     0);                                                                       \
+        CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk,    \
+                                                        resp, sizeof resp, &h, auth),          \
+                     0);                                                                       \
+    } while (0)
+
+    TO_AUTH(); /* truncated */
+    CHECK_EQ_INT(fw_secure_server_on_auth(&p.s, &p.keys, auth, auth + FW_HEADER_LEN,
+                                          FW_SECURE_AUTH_BODY_LEN - 1),
+                 FW_SEC_E_MALFORMED);
+    TO_AUTH(); /* empty */
+    CHECK_EQ_INT(fw_secure_server_on_auth(&p.s, &p.keys, auth, auth + FW_HEADER_LEN, 0),
+                 FW_SEC_E_MALFORMED);
+    TO_AUTH(); /* garbage of the right length */
+    randombytes_buf(auth + FW_HEADER_LEN, FW_SECURE_AUTH_BODY_LEN);
+    CHECK_EQ_INT(fw_secure_server_on_auth(&p.s, &p.keys, auth, auth + FW_HEADER_LEN,
+                                          FW_SECURE_AUTH_BODY_LEN),
+                 FW_SEC_E_OPEN);
+    TO_AUTH(); /* not sealed */
+    auth[4] = 0;
+    CHECK_EQ_INT(fw_secure_server_on_auth(&p.s, &p.keys, auth, auth + FW_HEADER_LEN,
+                                          FW_SECURE_AUTH_BODY_LEN),
+                 FW_SEC_E_NOT_SEALED);
+    TO_AUTH(); /* sent under another opcode */
+    auth[3] = FW_OP_HELLO;
+    CHECK_EQ_INT(fw_secure_server_on_auth(&p.s, &p.keys, auth, auth + FW_HEADER_LEN,
+                                          FW_SECURE_AUTH_BODY_LEN),
+                 FW_SEC_E_MALFORMED);
+    TO_AUTH(); /* AUTH before HELLO on a fresh server session */
+    fw_secure_session fresh;
+    fw_secure_session_init(&fresh, 1);
+    CHECK_EQ_INT(fw_secure_server_on_auth(&fresh, &p.keys, auth, auth + FW_HEADER_LEN,
+                                          FW_SECURE_AUTH_BODY_LEN),
+                 FW_SEC_E_STATE);
+    TO_AUTH(); /* the AUTH of another handshake (replayed from an earlier connection) */
+    uint8_t old[FW_SECURE_AUTH_FRAME_LEN];
+    memcpy(old, auth, sizeof old);
+    TO_AUTH();
+    CHECK_EQ_INT(fw_secure_server_on_auth(&p.s, &p.keys, old, old + FW_HEADER_LEN,
+                                          FW_SECURE_AUTH_BODY_LEN),
+                 FW_SEC_E_OPEN);
+#undef TO_AUTH
+}
+
+static void t_bad_auth_response(void)
+{
+    pair p;
+    pair_init(&p);
+    uint8_t hello[FW_SECURE_HELLO_LEN], resp[FW_SECURE_HELLO_RESP_LEN];
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN];
+    fw_header h = req_header(FW_OP_AUTH, 1);
+    CHECK_EQ_INT(fw_secure_client_hello(&p.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&p.s, &p.server_id, hello, sizeof hello, resp), 0);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&p.c, &p.client_id, p.server_id.pk, resp,
+                                                    sizeof resp, &h, auth), 0);
+    /* a plaintext "OK" to AUTH (an attacker skipping the server's key confirmation) */
+    uint8_t ans[FW_HEADER_LEN + FW_SECURE_TAG_LEN];
+    fw_header r = req_header(FW_OP_AUTH, 1);
+    r.flags = FW_FLAG_RESPONSE;
+    fw_header_encode(&r, ans);
+    CHECK_EQ_INT(fw_secure_client_on_auth_response(&p.c, ans, ans + FW_HEADER_LEN, 0),
+                 FW_SEC_E_NOT_SEALED);
+    /* a forged sealed OK */
+    pair q;
+    pair_init(&q);
+    CHECK_EQ_INT(fw_secure_client_hello(&q.c, hello), 0);
+    CHECK_EQ_INT(fw_secure_server_on_hello(&q.s, &q.server_id, hello, sizeof hello, resp), 0);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&q.c, &q.client_id, q.server_id.pk, resp,
+                                                    sizeof resp, &h, auth), 0);
+    r.flags = FW_FLAG_RESPONSE | FW_FLAG_SEALED;
+    r.body_len = FW_SECURE_TAG_LEN;
+    fw_header_encode(&r, ans);
+    memset(ans + FW_HEADER_LEN, 0, FW_SECURE_TAG_LEN);
+    CHECK_EQ_INT(fw_secure_client_on_auth_response(&q.c, ans, ans + FW_HEADER_LEN,
+                                                   FW_SECURE_TAG_LEN),
+                 FW_SEC_E_OPEN);
+}
+
+/* ---- key text ------------------------------------------------------------------------------- */
+
+static void t_key_line_parse(void)
+{
+    uint8_t key[32], back[32];
+    char line[200];
+    const char *why = NULL;
+    randombytes_buf(key, sizeof key);
+    int n = fw_secure_format_key_line(FW_SECURE_PUB_TAG, key, "door-3 lobby", line, sizeof line);
+    CHECK(n > 0 && line[n - 1] == '\n');
+    CHECK(strchr(line, '\n') == line + n - 1);
+    CHECK_EQ_INT(fw_secure_parse_key_line(line, (size_t)n, FW_SECURE_PUB_TAG, back, &why), 0);
+    CHECK(memcmp(key, back, 32) == 0);
+    CHECK(why == NULL);
+    /* without the newline, with leading blanks, with CRLF */
+    CHECK_EQ_INT(fw_secure_parse_key_line(line, (size_t)n - 1, FW_SECURE_PUB_TAG, back, &why), 0);
+    char b64[FW_SECURE_B64_LEN + 1];
+    sodium_bin2base64(b64, sizeof b64, key, 32, sodium_base64_VARIANT_ORIGINAL);
+    char l2[200];
+    snprintf(l2, sizeof l2, " \tfacewire-ed25519\t%s\r\n", b64);
+    CHECK_EQ_INT(fw_secure_parse_key_line(l2, strlen(l2), FW_SECURE_PUB_TAG, back, &why), 0);
+    CHECK(memcmp(key, back, 32) == 0);
+    /* a comment cannot hold a newline */
+    CHECK_EQ_INT(fw_secure_format_key_line(FW_SECURE_PUB_TAG, key, "a\nb", line, sizeof line), -1);
+    CHECK_EQ_INT(fw_secure_format_key_line(FW_SECURE_PUB_TAG, key, NULL, line, 20), -1);
+
+    struct { const char *fmt; const char *why; } bad[] = {
+        {"", "unknown key type"},
+        {"ssh-ed25519 %s", "unknown key type"},
+        {"facewire-ed25519-secret %s", "unknown key type"}, /* a secret where a pub belongs */
+        {"facewire-ed25519x %s", "unknown key type"},
+        {"facewire-ed25519", "missing key"},
+        {"facewire-ed25519   ", "missing key"},
+        {"facewire-ed25519 AAAA", "bad key length"},
+        {"facewire-ed25519 %s=", "bad key length"},
+        {"facewire-ed25519 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!", "bad base64"},
+        {"facewire-ed25519 %s,comment", "bad key length"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(l2, sizeof l2, bad[i].fmt, b64);
+        CHECK_MSG(fw_secure_parse_key_line(l2, strlen(l2), FW_SECURE_PUB_TAG, back, &why) == -1,
+                  "accepted: %s", l2);
+        CHECK_EQ_STR(why, bad[i].why);
+    }
+    /* non-canonical: same bytes, stray low bits in the last base64 digit */
+    char nc[FW_SECURE_B64_LEN + 1];
+    memcpy(nc, b64, sizeof nc);
+    const char *alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int v = (int)(strchr(alpha, nc[42]) - alpha);
+    nc[42] = alpha[(v & ~3) | ((v & 3) ^ 1)];
+    snprintf(l2, sizeof l2, "facewire-ed25519 %s", nc);
+    CHECK_EQ_INT(fw_secure_parse_key_line(l2, strlen(l2), FW_SECURE_PUB_TAG, back, &why), -1);
+    CHECK_EQ_STR(why, "bad base64");
+    /* A NUL byte inside the key is garbage, not an end of string. */
+    snprintf(l2, sizeof l2, "facewire-ed25519 %s", b64);
+    l2[30] = '\0';
+    CHECK_EQ_INT(fw_secure_parse_key_line(l2, 17 + FW_SECURE_B64_LEN, FW_SECURE_PUB_TAG, back,
+                                          &why), -1);
+    CHECK_EQ_STR(why, "bad base64");
+}
+
+static void t_authorized_keys_parse(void)
+{
+    fw_secure_identity a, b, c;
+    fw_secure_identity_generate(&a, NULL);
+    fw_secure_identity_generate(&b, NULL);
+    fw_secure_identity_generate(&c, NULL);
+    char la[200], lb[200], text[2048];
+    fw_secure_format_key_line(FW_SECURE_PUB_TAG, a.pk, "door-1", la, sizeof la);
+    fw_secure_format_key_line(FW_SECURE_PUB_TAG, b.pk, NULL, lb, sizeof lb);
+    int n = snprintf(text, sizeof text,
+                     "# devices of building A\n"
+                     "\n"
+                     "   \t\n"
+                     "%s"                         /* line 4 */
+                     "  # indented comment\n"
+                     "facewire-ed25519 notakey\n" /* line 6: bad */
+                     "%s"                         /* line 7 */
+                     "%s"                         /* line 8: duplicate of a */
+                     "ssh-rsa AAAAB3Nza user@h\n" /* line 9: bad */
+                     "%.*s",                      /* line 10: b again, no final newline */
+                     la, lb, la, (int)strlen(lb) - 1, lb);
+    fw_authorized_keys keys;
+    size_t n_bad = 99;
+    char err[200];
+    CHECK_EQ_INT(fw_keys_parse_authorized(text, (size_t)n, "ak", &keys, &n_bad, err, sizeof err), 0);
+    CHECK_EQ_INT(n_bad, 2);
+    CHECK_EQ_STR(err, "ak:6: bad key length");
+    CHECK_EQ_INT(keys.n, 2); /* deduplicated */
+    CHECK(memcmp(keys.pk[0], keys.pk[1], 32) < 0);
+    CHECK(fw_authorized_keys_contains(&keys, a.pk));
+    CHECK(fw_authorized_keys_contains(&keys, b.pk));
+    CHECK(!fw_authorized_keys_contains(&keys, c.pk));
+    fw_keys_free_authorized(&keys);
+    CHECK(keys.pk == NULL && keys.n == 0);
+
+    /* empty input: a valid, empty list */
+    CHECK_EQ_INT(fw_keys_parse_authorized("", 0, "ak", &keys, &n_bad, err, sizeof err), 0);
+    CHECK_EQ_INT(keys.n, 0);
+    CHECK_EQ_INT(n_bad, 0);
+    CHECK(!fw_authorized_keys_contains(&keys, a.pk));
+    fw_keys_free_authorized(&keys);
+
+    /* an over-long line is bad, whatever it holds */
+    static char longl[FW_SECURE_LINE_MAX + 200];
+    int m = snprintf(longl, sizeof longl, "%.*s", (int)strlen(la) - 1, la);
+    memset(longl + m, 'x', sizeof longl - (size_t)m - 1);
+    longl[m] = ' ';
+    CHECK_EQ_INT(fw_keys_parse_authorized(longl, sizeof longl - 1, "ak", &keys, &n_bad, err,
+                                          sizeof err), 0);
+    CHECK_EQ_INT(n_bad, 1);
+    CHECK_EQ_STR(err, "ak:1: line too long");
+    CHECK_EQ_INT(keys.n, 0);
+    fw_keys_free_authorized(&keys);
+
+    /* many keys: sorted lookups still find every one */
+    size_t count = 300, cap = count * 100;
+    char *big = malloc(cap);
+    CHECK(big != NULL);
+    uint8_t (*all)[32] = malloc(count * 32);
+    size_t off = 0;
+    for (size_t i = 0; i < count; i++) {
+        randombytes_buf(all[i], 32);
+        off += (size_t)fw_secure_format_key_line(FW_SECURE_PUB_TAG, all[i], "k", big + off,
+                                                 cap - off);
+    }
+    int rc = fw_keys_parse_authorized(big, off, "big", &keys, &n_bad, err, sizeof err);
+    int found = 0;
+    for (size_t i = 0; i < count; i++)
+        found += fw_authorized_keys_contains(&keys, all[i]);
+    fw_keys_free_authorized(&keys);
+    free(big);
+    free(all);
+    CHECK_EQ_INT(rc, 0);
+    CHECK_EQ_INT(n_bad, 0);
+    CHECK_EQ_INT(found, (int)count);
+}
+
+/* ---- key files ------------------------------------------------------------------------------ */
+
+static char g_dir[256];
+
+static const char *tmpdir(void)
+{
+    if (!g_dir[0]) {
+        const char *t = getenv("TMPDIR");
+        snprintf(g_dir, sizeof g_dir, "%s/fw-secure-XXXXXX", t && *t ? t : "/tmp");
+        if (!mkdtemp(g_dir))
+            g_dir[0] = '\0';
+    }
+    return g_dir;
+}
+
+static int write_file(const char *path, const char *text, mode_t mode)
+{
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    int ok = write(fd, text, len) == (ssize_t)len;
+    ok = fchmod(fd, mode) == 0 && ok;
+    return close(fd) == 0 && ok ? 0 : -1;
+}
+
+static int slurp(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return (int)n;
+}
+
+static void t_keygen_files(void)
+{
+    const char *d = tmpdir();
+    CHECK(d[0]);
+    char prefix[300], kp[320], pp[320], err[1024], text[512];
+    snprintf(prefix, sizeof prefix, "%s/dev", d);
+    snprintf(kp, sizeof kp, "%s.key", prefix);
+    snprintf(pp, sizeof pp, "%s.pub", prefix);
+    fw_secure_identity gen, loaded;
+    CHECK_EQ_INT(fw_keys_keygen(prefix, NULL, &gen, err, sizeof err), 0);
+
+    struct stat st;
+    CHECK_EQ_INT(stat(kp, &st), 0);
+    CHECK_EQ_INT(st.st_mode & 0777, 0600);
+    CHECK_EQ_INT(stat(pp, &st), 0);
+    CHECK_EQ_INT(st.st_mode & 0600, 0600);
+
+    /* one line each, with the type tag; the pub line carries the prefix name as comment */
+    int n = slurp(kp, text, sizeof text);
+    CHECK(n > 0 && strchr(text, '\n') == text + n - 1);
+    CHECK(strncmp(text, "facewire-ed25519-secret ", 24) == 0);
+    n = slurp(pp, text, sizeof text);
+    CHECK(n > 0 && strchr(text, '\n') == text + n - 1);
+    CHECK(strncmp(text, "facewire-ed25519 ", 17) == 0);
+    CHECK(n > 4 && memcmp(text + n - 5, " dev\n", 5) == 0);
+
+    /* the files load back to the same identity */
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &loaded, err, sizeof err), 0);
+    CHECK(memcmp(loaded.pk, gen.pk, 32) == 0 && memcmp(loaded.sk, gen.sk, 64) == 0);
+    uint8_t pk[32];
+    CHECK_EQ_INT(fw_secure_load_public(pp, pk, err, sizeof err), 0);
+    CHECK(memcmp(pk, gen.pk, 32) == 0);
+
+    /* `cat dev.pub >> authorized_keys` works */
+    fw_authorized_keys keys;
+    size_t n_bad;
+    char ak[330];
+    snprintf(ak, sizeof ak, "%s/authorized_keys", d);
+    CHECK_EQ_INT(write_file(ak, "# fleet\n", 0644), 0);
+    FILE *f = fopen(ak, "a");
+    CHECK(f != NULL);
+    fputs(text, f);
+    fclose(f);
+    CHECK_EQ_INT(fw_keys_load_authorized(ak, &keys, &n_bad, err, sizeof err), 0);
+    CHECK_EQ_INT(n_bad, 0);
+    CHECK(keys.n == 1 && fw_authorized_keys_contains(&keys, gen.pk));
+    fw_keys_free_authorized(&keys);
+
+    /* never overwrites */
+    CHECK_EQ_INT(fw_keys_keygen(prefix, NULL, NULL, err, sizeof err), -1);
+    char want[1024];
+    snprintf(want, sizeof want, "%s: exists; refusing to overwrite a key", kp);
+    CHECK_EQ_STR(err, want);
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &loaded, err, sizeof err), 0);
+    CHECK(memcmp(loaded.pk, gen.pk, 32) == 0);
+    /* a failure on the .pub removes the .key it just wrote */
+    snprintf(prefix, sizeof prefix, "%s/half", d);
+    snprintf(kp, sizeof kp, "%s.key", prefix);
+    snprintf(pp, sizeof pp, "%s.pub", prefix);
+    CHECK_EQ_INT(write_file(pp, "occupied\n", 0644), 0);
+    CHECK_EQ_INT(fw_keys_keygen(prefix, "x", NULL, err, sizeof err), -1);
+    CHECK(access(kp, F_OK) != 0);
+}
+
+static void t_secret_key_permissions(void)
+{
+    const char *d = tmpdir();
+    CHECK(d[0]);
+    char kp[320], err[1024], want[1024], line[128];
+    uint8_t seed[32];
+    fw_secure_identity id;
+    randombytes_buf(seed, sizeof seed);
+    fw_secure_format_key_line(FW_SECURE_SECRET_TAG, seed, NULL, line, sizeof line);
+    snprintf(kp, sizeof kp, "%s/perm.key", d);
+
+    static const mode_t bad[] = {0644, 0640, 0604, 0620, 0660};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ_INT(write_file(kp, line, bad[i]), 0);
+        CHECK_EQ_INT(fw_secure_load_identity(kp, &id, err, sizeof err), -1);
+        snprintf(want, sizeof want,
+                 "%s: permissions 0%03o are too open: a secret key must not be accessible by "
+                 "group or others (chmod 600)", kp, (unsigned)bad[i]);
+        CHECK_EQ_STR(err, want);
+    }
+    CHECK_EQ_INT(write_file(kp, line, 0400), 0);
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &id, err, sizeof err), 0);
+    fw_secure_identity from;
+    fw_secure_identity_from_seed(&from, seed);
+    CHECK(memcmp(from.pk, id.pk, 32) == 0);
+
+    /* a public key where the secret belongs, an empty file, a missing one, a directory */
+    fw_secure_format_key_line(FW_SECURE_PUB_TAG, from.pk, NULL, line, sizeof line);
+    CHECK_EQ_INT(write_file(kp, line, 0600), 0);
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &id, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: unknown key type", kp);
+    CHECK_EQ_STR(err, want);
+    CHECK_EQ_INT(write_file(kp, "# nothing\n\n", 0600), 0);
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &id, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: no key in file", kp);
+    CHECK_EQ_STR(err, want);
+    unlink(kp);
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &id, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: No such file or directory", kp);
+    CHECK_EQ_STR(err, want);
+    CHECK_EQ_INT(fw_secure_load_identity(d, &id, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: not a regular file", d);
+    CHECK_EQ_STR(err, want);
+    /* larger than any key file can be */
+    static char huge[FW_SECURE_LINE_MAX + 10];
+    memset(huge, '#', sizeof huge - 1);
+    CHECK_EQ_INT(write_file(kp, huge, 0600), 0);
+    CHECK_EQ_INT(fw_secure_load_identity(kp, &id, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: file too large", kp);
+    CHECK_EQ_STR(err, want);
+    unlink(kp);
+}
+
+static void t_authorized_keys_file(void)
+{
+    const char *d = tmpdir();
+    CHECK(d[0]);
+    char ak[330], err[1024], want[1024];
+    fw_authorized_keys keys;
+    size_t n_bad;
+    snprintf(ak, sizeof ak, "%s/ak-missing", d);
+    CHECK_EQ_INT(fw_keys_load_authorized(ak, &keys, &n_bad, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: No such file or directory", ak);
+    CHECK_EQ_STR(err, want);
+    CHECK(keys.pk == NULL && keys.n == 0);
+    /* over the size limit (a sparse file, cheap to make) */
+    snprintf(ak, sizeof ak, "%s/ak-huge", d);
+    int fd = open(ak, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    int tr = ftruncate(fd, (off_t)FW_KEYS_AUTH_MAX_BYTES + 1);
+    close(fd);
+    CHECK_EQ_INT(tr, 0);
+    CHECK_EQ_INT(fw_keys_load_authorized(ak, &keys, &n_bad, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: file too large", ak);
+    CHECK_EQ_STR(err, want);
+    unlink(ak);
+    /* an empty file is an empty list */
+    snprintf(ak, sizeof ak, "%s/ak-empty", d);
+    CHECK_EQ_INT(write_file(ak, "", 0644), 0);
+    CHECK_EQ_INT(fw_keys_load_authorized(ak, &keys, &n_bad, err, sizeof err), 0);
+    CHECK_EQ_INT(keys.n, 0);
+    fw_keys_free_authorized(&keys);
+    unlink(ak);
+}
+
+static void t_symmetric_key_file(void)
+{
+    const char *d = tmpdir();
+    CHECK(d[0]);
+    char p[330], err[1024], want[1024];
+    uint8_t k1[32], k2[32];
+    snprintf(p, sizeof p, "%s/gallery.key", d);
+    unlink(p);
+    CHECK_EQ_INT(fw_keys_write_symmetric(p, err, sizeof err), 0);
+    struct stat st;
+    CHECK_EQ_INT(stat(p, &st), 0);
+    CHECK_EQ_INT(st.st_mode & 0777, 0600);
+    CHECK_EQ_INT(fw_keys_load_symmetric(p, k1, err, sizeof err), 0);
+    CHECK_EQ_INT(fw_keys_write_symmetric(p, err, sizeof err), -1);
+    CHECK_EQ_INT(fw_keys_load_symmetric(p, k2, err, sizeof err), 0);
+    CHECK(memcmp(k1, k2, 32) == 0);
+    CHECK_EQ_INT(chmod(p, 0644), 0);
+    CHECK_EQ_INT(fw_keys_load_symmetric(p, k2, err, sizeof err), -1);
+    snprintf(want, sizeof want,
+             "%s: permissions 0644 are too open: a secret key must not be accessible by group "
+             "or others (chmod 600)", p);
+    CHECK_EQ_STR(err, want);
+    /* an identity key is not a gallery key */
+    char line[128];
+    fw_secure_format_key_line(FW_SECURE_SECRET_TAG, k1, NULL, line, sizeof line);
+    CHECK_EQ_INT(write_file(p, line, 0600), 0);
+    CHECK_EQ_INT(fw_keys_load_symmetric(p, k2, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s: unknown key type", p);
+    CHECK_EQ_STR(err, want);
+    unlink(p);
+}
+
+static void t_cleanup(void)
+{
+    /* remove what the file tests left (they unlink as they go; the directory remains) */
+    const char *d = tmpdir();
+    DIR *dir = opendir(d);
+    CHECK(dir != NULL);
+    struct dirent *e;
+    char p[600];
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof p, "%s/%s", d, e->d_name);
+        unlink(p);
+    }
+    closedir(dir);
+    CHECK_EQ_INT(rmdir(d), 0);
+}
+
+static const struct check_test tests[] = {
+    CHECK_TEST(t_handshake_and_roundtrip),
+    CHECK_TEST(t_sessions_independent),
+    CHECK_TEST(t_wrong_server_key),
+    CHECK_TEST(t_mitm_signature),
+    CHECK_TEST(t_unknown_client_key),
+    CHECK_TEST(t_client_signature_forged),
+    CHECK_TEST(t_tampered_frames),
+    CHECK_TEST(t_replayed_frame),
+    CHECK_TEST(t_reordered_frames),
+    CHECK_TEST(t_truncated_frame),
+    CHECK_TEST(t_plain_frame_in_session),
+    CHECK_TEST(t_counter_exhausted),
+    CHECK_TEST(t_seal_space),
+    CHECK_TEST(t_state_machine),
+    CHECK_TEST(t_bad_hello),
+    CHECK_TEST(t_bad_hello_response),
+    CHECK_TEST(t_bad_auth),
+    CHECK_TEST(t_bad_auth_response),
+    CHECK_TEST(t_key_line_parse),
+    CHECK_TEST(t_authorized_keys_parse),
+    CHECK_TEST(t_keygen_files),
+    CHECK_TEST(t_secret_key_permissions),
+    CHECK_TEST(t_authorized_keys_file),
+    CHECK_TEST(t_symmetric_key_file),
+    CHECK_TEST(t_cleanup),
+};
+
+int main(int argc, char **argv)
+{
+    if (sodium_init() < 0) {
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    return check_main(tests, CHECK_COUNT(tests), argc, argv);
+}
