@@ -237,7 +237,7 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
     if (!value) {
         /* every remaining flag of ours takes a value; say so if it is one of them */
         static const char *const with_value[] = { "--deadline-ms", "--default-deadline-ms",
-            "--queue-max-bytes", "--verify-threshold", "--metrics-listen", "--models", "--data" };
+            "--queue-max-bytes", "--verify-threshold", "--metrics-listen" };
         for (size_t i = 0; i < sizeof with_value / sizeof with_value[0]; i++)
             if (strcmp(flag, with_value[i]) == 0) {
                 snprintf(err, errlen, "%s needs a value", flag);
@@ -284,14 +284,6 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         o->metrics_listen = value;
         return 1;
     }
-    if (strcmp(flag, "--models") == 0) {
-        o->models_dir = value;
-        return 1;
-    }
-    if (strcmp(flag, "--data") == 0) {
-        o->data_dir = value;
-        return 1;
-    }
     *takes_value = 0;
     return 0;
 }
@@ -299,7 +291,6 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
 void fw_compute_usage(FILE *out)
 {
     fputs(
-        "Compute:\n"
         "  --workers N               jobs running at once (default: number of cores)\n"
         "  --queue-high N            waiting high-priority jobs (default 64)\n"
         "  --queue-normal N          waiting normal-priority jobs (default 256)\n"
@@ -316,7 +307,6 @@ void fw_compute_usage(FILE *out)
         "  --breaker-failure-pct P   failure percentage that opens it (default 50)\n"
         "  --breaker-cooldown-ms MS  open -> half-open after (default 5000)\n"
         "  --breaker-probes N        successful probes that close it again (default 3)\n"
-        "  --models DIR              face-api weights (default ./models)\n"
         "  --detector-size N         detector input, multiple of 32 (default 416)\n"
         "  --degraded-detector-size N  detector input in degraded mode (default 320, 0 = same)\n"
         "  --degraded                start in degraded mode (SIGUSR1 toggles it)\n"
@@ -594,6 +584,7 @@ static void render_info(fw_compute *cp, fw_sb *b)
         for (int p = 0; p < FW_PRIO_COUNT; p++)
             fw_sb_printf(b, "op_%s_queued_%s: %u\n", n, prio_names[p], st->waiting[p]);
         fw_sb_printf(b, "op_%s_in_flight: %u\n", n, st->running);
+        fw_sb_printf(b, "op_%s_ran: %llu\n", n, (unsigned long long)st->run_us.count);
         fw_sb_printf(b, "op_%s_expired_in_queue: %llu\n", n, (unsigned long long)st->expired_in_queue);
         fw_sb_printf(b, "op_%s_timed_out: %llu\n", n, (unsigned long long)st->timed_out);
         fw_sb_printf(b, "op_%s_dropped: %llu\n", n, (unsigned long long)st->dropped);

@@ -1,0 +1,745 @@
+/*
+ * test_sched.c — the compute scheduler end to end, against bin/facewired started with
+ * --enable-test-ops: BUSY when a queue is full, deadlines in the queue and while running,
+ * priority order and the anti-starvation rule, low-priority shedding and degraded mode, the
+ * circuit breaker's whole cycle, disconnects with jobs waiting and running, drain, /metrics.
+ *
+ * Determinism: one worker (--workers 1) and a TEST_SLEEP "blocker" that holds it, so which
+ * jobs wait and in which order they run follows from the order of the frames we send. The
+ * blockers sleep far longer (seconds) than the loop needs to read the frames behind them, and
+ * the only clock-related assertion is a generous upper bound on when a deadline answer
+ * arrives. Nothing sleeps to synchronise, except waiting out the breaker's cooldown, which is
+ * what the server's retry_after_ms tells a client to do.
+ *
+ * The models are not loaded (--models points nowhere): nothing here needs them, and startup
+ * stays fast under the sanitizers.
+ */
+// run-under: tsan
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/check.h"
+#include "tests/tu_server.h"
+
+static tu_server srv; /* large: static storage, one server at a time */
+
+#define NO_MODELS "--models", "/nonexistent/facewire-models"
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Start with the test ops, one worker, no models, plus extra args (NULL-terminated). */
+static int start(const char *a0, const char *a1, const char *a2, const char *a3, const char *a4,
+                 const char *a5)
+{
+    const char *args[24];
+    int n = 0;
+    args[n++] = "--enable-test-ops";
+    args[n++] = "--workers";
+    args[n++] = "1";
+    args[n++] = "--grace-ms";
+    args[n++] = "20000";
+    args[n++] = "--models";
+    args[n++] = "/nonexistent/facewire-models";
+    const char *extra[] = { a0, a1, a2, a3, a4, a5 };
+    for (int i = 0; i < 6 && extra[i]; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    return tu_server_start(&srv, args);
+}
+#define START0() start(NULL, NULL, NULL, NULL, NULL, NULL)
+
+static int send_req(int fd, uint8_t op, uint32_t rid, uint8_t prio, uint32_t deadline_ms,
+                    const void *body, uint32_t len)
+{
+    fw_header h = tu_request(op, rid, len);
+    h.priority = prio;
+    h.deadline_ms = deadline_ms;
+    return tu_send_frame(fd, &h, body);
+}
+
+static int send_sleep(int fd, uint32_t rid, uint32_t ms, uint8_t prio, uint32_t deadline_ms)
+{
+    uint8_t b[4];
+    fw_be32(b, ms);
+    return send_req(fd, FW_OP_TEST_SLEEP, rid, prio, deadline_ms, b, 4);
+}
+
+/* One response: status, request id, the error message (if any) and retry_after_ms (if the
+ * error body carries one, else -1). */
+typedef struct resp {
+    uint16_t status;
+    uint32_t rid;
+    char msg[256];
+    int64_t retry_after;
+    uint32_t body_len;
+} resp;
+
+static int read_resp(int fd, resp *r)
+{
+    fw_header h;
+    uint8_t *body = NULL;
+    memset(r, 0, sizeof *r);
+    r->retry_after = -1;
+    if (tu_read_frame(fd, &h, &body) != 1)
+        return -1;
+    r->status = h.status;
+    r->rid = h.request_id;
+    r->body_len = h.body_len;
+    if (h.status != FW_STATUS_OK && h.body_len >= 2) {
+        uint16_t n = fw_rd16(body);
+        tu_error_message(body, h.body_len, r->msg, sizeof r->msg);
+        if ((uint32_t)n + 2 + 4 == h.body_len)
+            r->retry_after = fw_rd32(body + 2 + n);
+    }
+    free(body);
+    return 0;
+}
+
+/* INFO's body into buf (NUL-terminated). */
+static int info(int fd, char *buf, size_t cap)
+{
+    static uint32_t rid = 900000;
+    fw_header h = tu_request(FW_OP_INFO, ++rid, 0);
+    uint8_t *body = NULL;
+    if (tu_send_frame(fd, &h, NULL) != 0 || tu_read_frame(fd, &h, &body) != 1 || h.status != 0) {
+        free(body);
+        return -1;
+    }
+    size_t n = h.body_len < cap - 1 ? h.body_len : cap - 1;
+    memcpy(buf, body, n);
+    buf[n] = '\0';
+    free(body);
+    return 0;
+}
+
+/* The integer value of "key: N" in an INFO body, or -1. */
+static long long info_int(const char *text, const char *key)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\n%s: ", key);
+    const char *p = strstr(text, pat);
+    if (!p)
+        return -1;
+    return strtoll(p + strlen(pat), NULL, 10);
+}
+
+static int info_has(const char *text, const char *line)
+{
+    char pat[160];
+    snprintf(pat, sizeof pat, "\n%s\n", line);
+    return strstr(text, pat) != NULL;
+}
+
+/* ---- tests --------------------------------------------------------------------------------- */
+
+static void t_test_ops_refused_without_flag_body(void)
+{
+    const char *args[] = { NO_MODELS, NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    CHECK(send_sleep(fd, 1, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNKNOWN_OP);
+    CHECK_EQ_STR(r.msg, "unknown opcode 0x7E");
+    CHECK(send_req(fd, FW_OP_TEST_FAIL, 2, 0, 0, NULL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNKNOWN_OP);
+    CHECK_EQ_STR(r.msg, "unknown opcode 0x7F");
+    /* gallery ops are not served yet either */
+    CHECK(send_req(fd, FW_OP_ENROLL, 3, 0, 0, NULL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNKNOWN_OP);
+    CHECK_EQ_STR(r.msg, "unknown opcode 0x20");
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_test_ops_answers_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    CHECK(send_sleep(fd, 1, 1, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK_EQ_INT(r.rid, 1);
+    CHECK_EQ_INT(r.body_len, 0);
+    CHECK(send_req(fd, FW_OP_TEST_FAIL, 2, 0, 0, NULL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_INTERNAL);
+    CHECK_EQ_STR(r.msg, "test failure");
+    /* malformed bodies: exact messages */
+    CHECK(send_req(fd, FW_OP_TEST_SLEEP, 3, 0, 0, "\x00\x01", 2) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_BAD_REQUEST);
+    CHECK_EQ_STR(r.msg, "TEST_SLEEP: truncated body (u32 milliseconds expected)");
+    CHECK(send_req(fd, FW_OP_TEST_SLEEP, 4, 0, 0, "\x00\x00\x00\x01\x00", 5) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_BAD_REQUEST);
+    CHECK_EQ_STR(r.msg, "TEST_SLEEP: 1 trailing bytes");
+    CHECK(send_sleep(fd, 5, 60001, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_BAD_REQUEST);
+    CHECK_EQ_STR(r.msg, "TEST_SLEEP: 60001 ms is above the limit of 60000");
+    /* face ops without models: UNAVAILABLE with the reason and a retry_after_ms */
+    uint8_t body[4 + 3] = { 0, 0, 0, 3, 0xFF, 0xD8, 0xFF };
+    CHECK(send_req(fd, FW_OP_DETECT, 6, 0, 0, body, sizeof body) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    CHECK_MSG(strncmp(r.msg, "models not loaded: ", 19) == 0, "message: %s", r.msg);
+    CHECK(r.retry_after > 0);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* One worker held by a blocker, a normal queue of 2: the 4th request is BUSY, answered before
+ * anything that waits on the worker. */
+static void t_queue_full_busy_body(void)
+{
+    CHECK(start("--queue-normal", "2", NULL, NULL, NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 2000, FW_PRIO_NORMAL, 0) == 0); /* runs */
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 0) == 0);    /* waits */
+    CHECK(send_sleep(fd, 3, 0, FW_PRIO_NORMAL, 0) == 0);    /* waits: queue now full */
+    CHECK(send_sleep(fd, 4, 0, FW_PRIO_NORMAL, 0) == 0);    /* refused */
+    resp r;
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 4);
+    CHECK_EQ_INT(r.status, FW_STATUS_BUSY);
+    CHECK_EQ_STR(r.msg, "normal priority queue full");
+    CHECK(r.retry_after > 0);
+    /* the high queue is separate: still room there */
+    CHECK(send_sleep(fd, 5, 0, FW_PRIO_HIGH, 0) == 0);
+    uint32_t order[4];
+    for (int i = 0; i < 4; i++) {
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+        order[i] = r.rid;
+    }
+    CHECK_EQ_INT(order[0], 1);
+    CHECK_EQ_INT(order[1], 5);
+    CHECK_EQ_INT(order[2], 2);
+    CHECK_EQ_INT(order[3], 3);
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_busy"), 1);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_ok"), 4);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_expired_in_queue_never_runs_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 1500, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 50) == 0);
+    resp r;
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 2);
+    CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(r.msg, "deadline exceeded while queued");
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 1);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_expired_in_queue"), 1);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 1); /* only the blocker ever ran */
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_deadline_exceeded"), 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_running_past_deadline_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    int64_t t0 = mono_ms();
+    CHECK(send_sleep(fd, 1, 3000, FW_PRIO_NORMAL, 100) == 0);
+    resp r;
+    CHECK(read_resp(fd, &r) == 0);
+    int64_t elapsed = mono_ms() - t0;
+    CHECK_EQ_INT(r.rid, 1);
+    CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(r.msg, "deadline exceeded while running (budget 100 ms)");
+    CHECK_MSG(elapsed < 2500, "answered after %lld ms, not at the deadline", (long long)elapsed);
+    /* the worker is still sleeping: its slot still counts as busy */
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "compute_running"), 1);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_timed_out"), 1);
+    /* so the next job waits for it, and its late result is never sent */
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 2);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 2);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_ok"), 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_priority_order_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 1000, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_LOW, 0) == 0);
+    CHECK(send_sleep(fd, 3, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 4, 0, FW_PRIO_HIGH, 0) == 0);
+    static const uint32_t want[] = { 1, 4, 3, 2 };
+    for (int i = 0; i < 4; i++) {
+        resp r;
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+        CHECK_EQ_INT(r.rid, want[i]);
+    }
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* --starvation-limit 2: a waiting low job goes after two high ones passed it over. */
+static void t_anti_starvation_body(void)
+{
+    CHECK(start("--starvation-limit", "2", NULL, NULL, NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 1000, FW_PRIO_HIGH, 0) == 0);
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_LOW, 0) == 0);
+    for (uint32_t rid = 10; rid < 14; rid++)
+        CHECK(send_sleep(fd, rid, 0, FW_PRIO_HIGH, 0) == 0);
+    static const uint32_t want[] = { 1, 10, 11, 2, 12, 13 };
+    for (int i = 0; i < 6; i++) {
+        resp r;
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+        CHECK_EQ_INT(r.rid, want[i]);
+    }
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* Low priority is shed once the normal queue is half full; normal still gets in. */
+static void t_shed_low_first_body(void)
+{
+    CHECK(start("--queue-normal", "4", NULL, NULL, NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 1500, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_LOW, 0) == 0);    /* queue empty: admitted */
+    CHECK(send_sleep(fd, 3, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 4, 0, FW_PRIO_NORMAL, 0) == 0); /* normal queue now 2/4 */
+    CHECK(send_sleep(fd, 5, 0, FW_PRIO_LOW, 0) == 0);    /* shed */
+    CHECK(send_sleep(fd, 6, 0, FW_PRIO_NORMAL, 0) == 0); /* still admitted */
+    resp r;
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 5);
+    CHECK_EQ_INT(r.status, FW_STATUS_BUSY);
+    CHECK_EQ_STR(r.msg, "overloaded: shedding low priority");
+    CHECK(r.retry_after > 0);
+    static const uint32_t want[] = { 1, 3, 4, 6, 2 };
+    for (int i = 0; i < 5; i++) {
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+        CHECK_EQ_INT(r.rid, want[i]);
+    }
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_degraded_mode_body(void)
+{
+    CHECK(start("--degraded", NULL, NULL, NULL, NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    CHECK(send_sleep(fd, 1, 0, FW_PRIO_LOW, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_BUSY);
+    CHECK_EQ_STR(r.msg, "degraded mode: low priority refused");
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "compute_degraded"), 1);
+    /* SIGUSR1 toggles it off */
+    CHECK(tu_server_kill(&srv, SIGUSR1) == 0);
+    CHECK(tu_server_wait_log(&srv, "msg=\"degraded mode off\""));
+    CHECK(send_sleep(fd, 3, 0, FW_PRIO_LOW, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "compute_degraded"), 0);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* Send a TEST_SLEEP 0 until it is admitted (the breaker's cooldown passes), waiting the
+ * retry_after_ms the server gives each time. Returns the first non-UNAVAILABLE response. */
+static int sleep_until_admitted(int fd, uint32_t rid, resp *r)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        if (send_sleep(fd, rid, 0, FW_PRIO_NORMAL, 0) != 0 || read_resp(fd, r) != 0)
+            return -1;
+        if (r->status != FW_STATUS_UNAVAILABLE)
+            return 0;
+        sleep_ms(r->retry_after > 0 && r->retry_after < 5000 ? (unsigned)r->retry_after : 50);
+    }
+    return -1;
+}
+
+static void t_breaker_cycle_body(void)
+{
+    CHECK(start("--breaker-min-requests", "4", "--breaker-cooldown-ms", "300",
+                "--breaker-probes", "2") == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    char text[16384];
+    /* 1 success + 3 failures: 75% of 4 >= 50% -> open */
+    CHECK(send_sleep(fd, 1, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    for (uint32_t rid = 2; rid <= 4; rid++) {
+        CHECK(send_req(fd, FW_OP_TEST_FAIL, rid, 0, 0, NULL, 0) == 0);
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_INTERNAL);
+    }
+    /* open: both test ops fail fast (they share the class) */
+    CHECK(send_sleep(fd, 5, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    CHECK_EQ_STR(r.msg, "circuit breaker open for test operations");
+    CHECK(r.retry_after > 0 && r.retry_after <= 300);
+    CHECK(send_req(fd, FW_OP_TEST_FAIL, 6, 0, 0, NULL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK(info_has(text, "breaker_test_state: open"));
+    CHECK(tu_server_log_has(&srv, "msg=\"circuit breaker transition\" class=test from=closed to=open"));
+
+    /* after the cooldown: half-open, 2 probes admitted, a third refused while they run */
+    CHECK(sleep_until_admitted(fd, 7, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK); /* probe 1 */
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK(info_has(text, "breaker_test_state: half-open"));
+    CHECK(send_sleep(fd, 8, 1000, FW_PRIO_NORMAL, 0) == 0); /* probe 2, running */
+    CHECK(send_sleep(fd, 9, 0, FW_PRIO_NORMAL, 0) == 0);    /* no probe left */
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 9);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    CHECK_EQ_STR(r.msg, "circuit breaker half-open for test operations");
+    CHECK(r.retry_after > 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 8);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    /* both probes succeeded: closed */
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK(info_has(text, "breaker_test_state: closed"));
+    CHECK(tu_server_log_has(&srv, "class=test from=half-open to=closed"));
+
+    /* open again, then a failing probe re-opens it */
+    for (uint32_t rid = 20; rid < 24; rid++) {
+        CHECK(send_req(fd, FW_OP_TEST_FAIL, rid, 0, 0, NULL, 0) == 0);
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_INTERNAL);
+    }
+    CHECK(send_sleep(fd, 24, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    sleep_ms((unsigned)(r.retry_after > 0 ? r.retry_after : 300) + 20);
+    int admitted = 0;
+    for (int tries = 0; tries < 50 && !admitted; tries++) {
+        CHECK(send_req(fd, FW_OP_TEST_FAIL, 25, 0, 0, NULL, 0) == 0);
+        CHECK(read_resp(fd, &r) == 0);
+        if (r.status == FW_STATUS_UNAVAILABLE)
+            sleep_ms(r.retry_after > 0 && r.retry_after < 5000 ? (unsigned)r.retry_after : 50);
+        else
+            admitted = 1;
+    }
+    CHECK(admitted);
+    CHECK_EQ_INT(r.status, FW_STATUS_INTERNAL); /* the probe failed */
+    CHECK(send_sleep(fd, 26, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    CHECK_EQ_STR(r.msg, "circuit breaker open for test operations");
+    CHECK(tu_server_log_has(&srv, "class=test from=half-open to=open"));
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "breaker_test_opens"), 3);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* Close a socket with a reset, so the server sees the connection fail at once rather than a
+ * half-close it would wait to answer. */
+static void close_reset(int fd)
+{
+    struct linger lg = { 1, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+static void t_disconnect_with_jobs_body(void)
+{
+    CHECK(START0() == 0);
+    int a = tu_connect_server(&srv);
+    CHECK(a >= 0);
+    /* a running job with a deadline that passes after the disconnect, and waiting jobs */
+    CHECK(send_sleep(a, 1, 800, FW_PRIO_NORMAL, 300) == 0);
+    CHECK(send_sleep(a, 2, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(a, 3, 0, FW_PRIO_HIGH, 5000) == 0);
+    CHECK(send_sleep(a, 4, 0, FW_PRIO_LOW, 0) == 0);
+    /* INFO is answered in order after the frames above were handed to compute */
+    char text[16384];
+    CHECK(info(a, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "compute_running"), 1);
+    close_reset(a);
+
+    int b = tu_connect_server(&srv);
+    CHECK(b >= 0);
+    /* wait (bounded, event-driven) until the server has noticed the reset */
+    int64_t until = mono_ms() + tu_timeout_ms();
+    long long dropped = -1;
+    while (mono_ms() < until) {
+        CHECK(info(b, text, sizeof text) == 0);
+        dropped = info_int(text, "op_test_sleep_dropped");
+        if (dropped == 3)
+            break;
+    }
+    CHECK_EQ_INT(dropped, 3);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_orphaned"), 1);
+    /* the server goes on serving */
+    resp r;
+    CHECK(send_sleep(b, 10, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(b, &r) == 0);
+    CHECK_EQ_INT(r.rid, 10);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(info(b, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 2); /* the orphan and ours */
+    CHECK_EQ_INT(info_int(text, "compute_running"), 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_timed_out"), 1);
+    close(b);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* SIGTERM with a job running and one waiting: both still complete within the grace. */
+static void t_drain_completes_jobs_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 500, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 0) == 0);
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0); /* both are with compute now */
+    CHECK(tu_server_kill(&srv, SIGTERM) == 0);
+    resp r;
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 1);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 2);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    close(fd);
+    CHECK_EQ_INT(tu_server_wait(&srv), 0);
+}
+
+/* The grace runs out: what is still pending is answered SHUTTING_DOWN. */
+static void t_drain_grace_expires_body(void)
+{
+    const char *args[] = { "--enable-test-ops", "--workers", "1", "--grace-ms", "100", NO_MODELS, NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 1, 1500, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 0) == 0);
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK(tu_server_kill(&srv, SIGTERM) == 0);
+    resp r[2];
+    CHECK(read_resp(fd, &r[0]) == 0);
+    CHECK(read_resp(fd, &r[1]) == 0);
+    CHECK_EQ_INT(r[0].status, FW_STATUS_SHUTTING_DOWN);
+    CHECK_EQ_INT(r[1].status, FW_STATUS_SHUTTING_DOWN);
+    CHECK_EQ_INT(r[0].rid + r[1].rid, 3);
+    close(fd);
+    CHECK_EQ_INT(tu_server_wait(&srv), 0);
+}
+
+/* ---- /metrics ------------------------------------------------------------------------------ */
+
+/* The metrics port from the log line msg="metrics listening" addr=127.0.0.1:PORT. */
+static int metrics_port(void)
+{
+    int port = -1;
+    pthread_mutex_lock(&srv.mu);
+    const char *p = strstr(srv.log, "msg=\"metrics listening\" addr=127.0.0.1:");
+    if (p)
+        port = atoi(p + strlen("msg=\"metrics listening\" addr=127.0.0.1:"));
+    pthread_mutex_unlock(&srv.mu);
+    return port;
+}
+
+/* Send raw bytes, read until the server closes; the response into out. */
+static int http(int port, const char *req, size_t len, char *out, size_t cap)
+{
+    int fd = tu_connect("127.0.0.1", port);
+    if (fd < 0 || tu_send_all(fd, req, len) != 0)
+        return -1;
+    size_t n = 0;
+    int64_t until = mono_ms() + tu_timeout_ms();
+    while (n + 1 < cap && mono_ms() < until) {
+        ssize_t k = recv(fd, out + n, cap - 1 - n, 0);
+        if (k == 0)
+            break;
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        n += (size_t)k;
+    }
+    out[n] = '\0';
+    close(fd);
+    return 0;
+}
+
+static void t_metrics_endpoint_body(void)
+{
+    CHECK(start("--metrics-listen", "127.0.0.1:0", NULL, NULL, NULL, NULL) == 0);
+    CHECK(tu_server_wait_log(&srv, "msg=\"metrics listening\""));
+    int port = metrics_port();
+    CHECK(port > 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    CHECK(send_sleep(fd, 1, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK(send_req(fd, FW_OP_TEST_FAIL, 2, 0, 0, NULL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    close(fd);
+
+    static char out[65536];
+    const char *get = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(http(port, get, strlen(get), out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %.80s", out);
+    CHECK(strstr(out, "Content-Type: text/plain; version=0.0.4") != NULL);
+    CHECK(strstr(out, "\nfacewire_requests_total{op=\"TEST_SLEEP\"} 1\n") != NULL);
+    CHECK(strstr(out, "\nfacewire_responses_total{op=\"TEST_FAIL\",status=\"INTERNAL\"} 1\n") != NULL);
+    CHECK(strstr(out, "\nfacewire_breaker_state{class=\"test\"} 0\n") != NULL);
+    CHECK(strstr(out, "\nfacewire_queue_depth{priority=\"low\"} 0\n") != NULL);
+    CHECK(strstr(out, "facewire_run_seconds_count{op=\"TEST_SLEEP\"} 1\n") != NULL);
+
+    const char *other = "GET /other HTTP/1.1\r\n\r\n";
+    CHECK(http(port, other, strlen(other), out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 404 ", 13) == 0, "got: %.80s", out);
+
+    const char *junk = "\x01\x02 not http at all\r\n\r\n";
+    CHECK(http(port, junk, strlen(junk), out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 400 ", 13) == 0, "got: %.80s", out);
+
+    const char *post = "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    CHECK(http(port, post, strlen(post), out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 405 ", 13) == 0, "got: %.80s", out);
+
+    /* a request target longer than we keep */
+    static char longurl[700];
+    memcpy(longurl, "GET /", 5);
+    memset(longurl + 5, 'a', 600);
+    memcpy(longurl + 605, " HTTP/1.1\r\n\r\n", 14);
+    CHECK(http(port, longurl, 619, out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 400 ", 13) == 0, "got: %.80s", out);
+
+    /* a request head that never ends is cut off at the limit, not buffered */
+    static char big[8300];
+    memcpy(big, "GET /metrics HTTP/1.1\r\n", 23);
+    for (size_t i = 23; i + 16 <= sizeof big; i += 16)
+        memcpy(big + i, "X-Pad: aaaaaaa\r\n", 16);
+    CHECK(http(port, big, 23 + ((sizeof big - 23) / 16) * 16, out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 400 ", 13) == 0, "got: %.80s", out);
+
+    /* the main port still serves */
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(send_sleep(fd, 3, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* A failed CHECK returns from the body early: stop a server left running, so the next test
+ * starts from scratch. */
+static void cleanup(void)
+{
+    if (srv.pid > 0)
+        tu_server_stop(&srv);
+}
+
+static void t_test_ops_refused_without_flag(void) { t_test_ops_refused_without_flag_body(); cleanup(); }
+static void t_test_ops_answers(void) { t_test_ops_answers_body(); cleanup(); }
+static void t_queue_full_busy(void) { t_queue_full_busy_body(); cleanup(); }
+static void t_expired_in_queue_never_runs(void) { t_expired_in_queue_never_runs_body(); cleanup(); }
+static void t_running_past_deadline(void) { t_running_past_deadline_body(); cleanup(); }
+static void t_priority_order(void) { t_priority_order_body(); cleanup(); }
+static void t_anti_starvation(void) { t_anti_starvation_body(); cleanup(); }
+static void t_shed_low_first(void) { t_shed_low_first_body(); cleanup(); }
+static void t_degraded_mode(void) { t_degraded_mode_body(); cleanup(); }
+static void t_breaker_cycle(void) { t_breaker_cycle_body(); cleanup(); }
+static void t_disconnect_with_jobs(void) { t_disconnect_with_jobs_body(); cleanup(); }
+static void t_drain_completes_jobs(void) { t_drain_completes_jobs_body(); cleanup(); }
+static void t_drain_grace_expires(void) { t_drain_grace_expires_body(); cleanup(); }
+static void t_metrics_endpoint(void) { t_metrics_endpoint_body(); cleanup(); }
+
+static const struct check_test tests[] = {
+    CHECK_TEST(t_test_ops_refused_without_flag),
+    CHECK_TEST(t_test_ops_answers),
+    CHECK_TEST(t_queue_full_busy),
+    CHECK_TEST(t_expired_in_queue_never_runs),
+    CHECK_TEST(t_running_past_deadline),
+    CHECK_TEST(t_priority_order),
+    CHECK_TEST(t_anti_starvation),
+    CHECK_TEST(t_shed_low_first),
+    CHECK_TEST(t_degraded_mode),
+    CHECK_TEST(t_breaker_cycle),
+    CHECK_TEST(t_disconnect_with_jobs),
+    CHECK_TEST(t_drain_completes_jobs),
+    CHECK_TEST(t_drain_grace_expires),
+    CHECK_TEST(t_metrics_endpoint),
+};
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    return check_main(tests, CHECK_COUNT(tests), argc, argv);
+}
