@@ -62,6 +62,8 @@ static void usage(FILE *f)
         "  --align MODE           similarity (dlib chip, default) or box (face-api's crop)\n"
         "  --size N               detector input size, a multiple of 32 (default 416)\n"
         "  --score S              detector score threshold (default 0.5)\n"
+        "  --no-mirror            run the detector once, not also on the mirror image\n"
+        "                         (faster; may miss faces near the score threshold)\n"
         "  --threshold T          compare: same person below this distance (default 0.6)\n"
         "  -o, --output FILE      draw: where to write the JPEG\n"
         "  -h, --help             this text\n"
@@ -463,7 +465,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "facewire: unknown command '%s' (try --help)\n", c.cmd);
         return 2;
     }
-    enum { O_JSON = 256, O_TIMINGS, O_REPEAT, O_MODELS, O_ALIGN, O_SIZE, O_SCORE, O_THRESHOLD, O_VERSION };
+    enum { O_JSON = 256, O_TIMINGS, O_REPEAT, O_MODELS, O_ALIGN, O_SIZE, O_SCORE, O_THRESHOLD, O_VERSION, O_NO_MIRROR };
     static const struct option longopts[] = {
         {"json", no_argument, NULL, O_JSON},
         {"timings", no_argument, NULL, O_TIMINGS},
@@ -473,6 +475,7 @@ int main(int argc, char **argv)
         {"size", required_argument, NULL, O_SIZE},
         {"score", required_argument, NULL, O_SCORE},
         {"threshold", required_argument, NULL, O_THRESHOLD},
+        {"no-mirror", no_argument, NULL, O_NO_MIRROR},
         {"output", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, O_VERSION},
@@ -521,6 +524,7 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case O_NO_MIRROR: c.opts.detect_mirror = 0; break;
         case 'o': c.output = optarg; break;
         case 'h': usage(stdout); return 0;
         case O_VERSION: printf("facewire %s\n", FW_VERSION_STRING); return 0;

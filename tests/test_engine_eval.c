@@ -7,6 +7,8 @@
  *   minus largest same distance) at least as wide as the reference's 0.166
  *   every group picture: a distinct face for each identity listed in it
  *   every face the reference (face-api) found is found too (IoU >= 0.5)
+ *   coordinates survive EXIF rotation and decode-time downscaling: the same face comes back
+ *   at the same place (in the displayed picture's pixels) with the same descriptor
  *
  * FW_SHARED (default ../shared) and FW_MODELS (default models) say where the data is. A
  * missing data set is a failure, not a skip.
@@ -18,7 +20,10 @@
 
 #include <cJSON.h>
 
+#include <turbojpeg.h>
+
 #include "engine/engine.h"
+#include "engine/image.h"
 #include "tests/check.h"
 
 #define MAX_PICS 64
@@ -356,12 +361,138 @@ static void t_reference_faces_found(void)
     CHECK_MSG(!fail[0], "%s", fail);
 }
 
+/* One eval picture transformed (pixels oriented by `store`, scaled by `scale`), re-encoded,
+ * optionally tagged with EXIF orientation `exif`, and analysed next to the original. */
+typedef struct variant_result {
+    int ok, n0, n1, w1, h1;
+    fw_face f0, f1;
+} variant_result;
+
+static uint8_t *encode_rgb(const uint8_t *px, int w, int h, size_t *len)
+{
+    tjhandle tj = tjInitCompress();
+    unsigned char *buf = NULL;
+    unsigned long size = 0;
+    uint8_t *out = NULL;
+    if (tj && tjCompress2(tj, px, w, 0, h, TJPF_RGB, &buf, &size, TJSAMP_444, 95, 0) == 0) {
+        out = malloc(size + 64);
+        if (out) {
+            memcpy(out, buf, size);
+            *len = size;
+        }
+    }
+    tjFree(buf);
+    if (tj)
+        tjDestroy(tj);
+    return out;
+}
+
+/* Insert an APP1 Exif segment (big-endian TIFF, orientation only) after SOI; buf has room. */
+static void add_exif(uint8_t *buf, size_t *len, int orientation)
+{
+    static const uint8_t seg[] = {0xFF, 0xE1, 0, 34, 'E', 'x', 'i', 'f', 0, 0, 'M', 'M', 0, 42,
+                                  0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0,
+                                  0, 0, 0, 0};
+    memmove(buf + 2 + sizeof(seg), buf + 2, *len - 2);
+    memcpy(buf + 2, seg, sizeof(seg));
+    buf[2 + 29] = (uint8_t)orientation;
+    *len += sizeof(seg);
+}
+
+static void run_variant(const char *name, int store, int scale, int exif, variant_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    char path[600];
+    snprintf(path, sizeof(path), "%s/eval/%s", shared_dir(), name);
+    size_t len = 0, len2 = 0;
+    char *jpeg = read_all(path, &len);
+    fw_engine *e = NULL;
+    fw_engine_ws *ws = NULL;
+    fw_decoder *d = fw_decoder_new();
+    uint8_t *big = NULL, *rot = NULL, *jpeg2 = NULL;
+    char err[256];
+    const fw_decode_limits lim = {40000000ull, 20000, 0};
+    fw_image im;
+    if (!jpeg || !d || fw_engine_open(models_dir(), NULL, &e, err, sizeof(err)) != FWE_OK ||
+        !(ws = fw_engine_ws_new(e)) ||
+        fw_decode_jpeg(d, (const uint8_t *)jpeg, len, &lim, &im, NULL, err, sizeof(err)) != FWE_OK)
+        goto err;
+    big = malloc((size_t)im.w * scale * im.h * scale * 3);
+    rot = malloc((size_t)im.w * scale * im.h * scale * 3);
+    if (!big || !rot)
+        goto err;
+    fw_image b = {big, im.w * scale, im.h * scale}, o = {rot, 0, 0};
+    fw_resize_bilinear(&im, &b);
+    fw_image_orient(&b, store, &o);
+    jpeg2 = encode_rgb(o.px, o.w, o.h, &len2);
+    if (!jpeg2)
+        goto err;
+    if (exif)
+        add_exif(jpeg2, &len2, exif);
+    if (fw_engine_analyze(e, ws, (const uint8_t *)jpeg, len, FW_WANT_DESCRIPTORS, &r->f0, 1, &r->n0,
+                          NULL, NULL, NULL, err, sizeof(err)) != FWE_OK ||
+        fw_engine_analyze(e, ws, jpeg2, len2, FW_WANT_DESCRIPTORS, &r->f1, 1, &r->n1, &r->w1,
+                          &r->h1, NULL, err, sizeof(err)) != FWE_OK)
+        goto err;
+    r->ok = 1;
+err:
+    if (!r->ok)
+        fprintf(stderr, "  %s: %s\n", name, err);
+    free(jpeg2);
+    free(rot);
+    free(big);
+    free(jpeg);
+    fw_decoder_free(d);
+    fw_engine_ws_free(ws);
+    fw_engine_close(e);
+}
+
+/* Stored rotated 90 degrees anticlockwise with EXIF 6 ("rotate clockwise to display"): the
+ * engine must see, and report in, the upright picture. */
+static void t_exif_rotated_picture(void)
+{
+    variant_result r;
+    run_variant("barack_obama_5.jpg", 8, 1, 6, &r);
+    CHECK(r.ok);
+    CHECK_EQ_INT(r.n0, 1);
+    CHECK_EQ_INT(r.n1, 1);
+    CHECK_EQ_INT(r.w1, 320);
+    CHECK_EQ_INT(r.h1, 240);
+    CHECK(box_iou(r.f0.box, r.f1.box) > 0.9f);
+    CHECK_NEAR(r.f1.landmarks[2 * 30], r.f0.landmarks[2 * 30], 3.0); /* nose tip */
+    CHECK_NEAR(r.f1.landmarks[2 * 30 + 1], r.f0.landmarks[2 * 30 + 1], 3.0);
+    printf("  rotated: IoU %.3f, nose %.1f,%.1f vs %.1f,%.1f, distance %.4f\n", box_iou(r.f0.box, r.f1.box), r.f1.landmarks[60], r.f1.landmarks[61], r.f0.landmarks[60], r.f0.landmarks[61], fw_descriptor_distance(r.f0.descriptor, r.f1.descriptor));
+    CHECK(fw_descriptor_distance(r.f0.descriptor, r.f1.descriptor) < 0.15f);
+}
+
+/* Enlarged 4x (3412 x 1920) the picture is decoded at 1/2 in the IDCT; boxes and landmarks
+ * must still come back in the full-size picture's pixels: 4x the original's. */
+static void t_downscaled_decode_coordinates(void)
+{
+    variant_result r;
+    run_variant("barack_obama_3.jpg", 1, 4, 0, &r);
+    CHECK(r.ok);
+    CHECK_EQ_INT(r.n0, 1);
+    CHECK_EQ_INT(r.n1, 1);
+    CHECK_EQ_INT(r.w1, 853 * 4);
+    float scaled[4];
+    for (int k = 0; k < 4; k++)
+        scaled[k] = r.f0.box[k] * 4;
+    CHECK_MSG(box_iou(scaled, r.f1.box) > 0.85f, "IoU %.3f", box_iou(scaled, r.f1.box));
+    CHECK_NEAR(r.f1.landmarks[2 * 30], r.f0.landmarks[2 * 30] * 4, 4 * 3.0);
+    CHECK_NEAR(r.f1.landmarks[2 * 30 + 1], r.f0.landmarks[2 * 30 + 1] * 4, 4 * 3.0);
+    printf("  4x enlarged: IoU %.3f, nose %.1f,%.1f vs 4 x %.1f,%.1f, distance %.4f\n", box_iou(scaled, r.f1.box), r.f1.landmarks[60], r.f1.landmarks[61], r.f0.landmarks[60], r.f0.landmarks[61], fw_descriptor_distance(r.f0.descriptor, r.f1.descriptor));
+    CHECK(fw_descriptor_distance(r.f0.descriptor, r.f1.descriptor) < 0.2f);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_one_face_per_single_picture),
     CHECK_TEST(t_pairs_similarity),
     CHECK_TEST(t_pairs_box),
     CHECK_TEST(t_group_pictures),
     CHECK_TEST(t_reference_faces_found),
+    CHECK_TEST(t_exif_rotated_picture),
+    CHECK_TEST(t_downscaled_decode_coordinates),
 };
 
 int main(int argc, char **argv)
