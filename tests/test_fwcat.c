@@ -1,0 +1,499 @@
+/*
+ * test_fwcat.c — bin/fwcat against a real bin/facewired, as a user or a script would run it.
+ *
+ * One server (started with --enable-test-ops through tests/tu_server.h) serves every test;
+ * each test runs fwcat as a child process with a given stdin and checks its exit status,
+ * stdout and stderr exactly where the output is specified (ping, --raw hex, --json errors) and
+ * by its structure where it depends on the models (detect, embed, verify on ../shared/eval).
+ * fwcat and facewired come from $FW_BIN, so under `make test` both are sanitizer builds.
+ */
+#include "tests/check.h"
+#include "tests/tu_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OUT_CAP (256u * 1024u)
+#define MAX_ARGV 32
+
+/* The server every test talks to (started in main, before any test runs). */
+static tu_server *srv;
+
+typedef struct run {
+    int status;           /* exit status, 128+signal, or -1 (timeout / could not start) */
+    char out[OUT_CAP];    /* stdout, NUL-terminated (truncated at OUT_CAP-1) */
+    char err[OUT_CAP];    /* stderr, likewise */
+} run;
+
+static void append(char *buf, size_t *len, const char *p, size_t n)
+{
+    size_t room = OUT_CAP - 1 - *len;
+    if (n > room)
+        n = room;
+    memcpy(buf + *len, p, n);
+    *len += n;
+    buf[*len] = '\0';
+}
+
+/* Run $FW_BIN/fwcat [-h HOST -p PORT] args... with `input` on stdin (NULL: empty). */
+static void fwcat(run *r, int with_server, const char *input, const char *const *args)
+{
+    char path[512], port[16];
+    char *argv[MAX_ARGV];
+    int n = 0;
+    memset(r, 0, sizeof *r);
+    r->status = -1;
+    tu_bin_path("fwcat", path, sizeof path);
+    argv[n++] = path;
+    if (with_server) {
+        snprintf(port, sizeof port, "%d", srv->port);
+        argv[n++] = (char *)"-h";
+        argv[n++] = srv->host;
+        argv[n++] = (char *)"-p";
+        argv[n++] = port;
+    }
+    for (int i = 0; args[i] && n < MAX_ARGV - 1; i++)
+        argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+
+    int in[2], out[2], err[2];
+    if (pipe(in) != 0)
+        return;
+    if (pipe(out) != 0 || pipe(err) != 0) {
+        close(in[0]), close(in[1]);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(in[0], 0), dup2(out[1], 1), dup2(err[1], 2);
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]), close(err[0]), close(err[1]);
+        execv(path, argv);
+        _exit(127);
+    }
+    close(in[0]), close(out[1]), close(err[1]);
+    if (pid < 0) {
+        close(in[1]), close(out[0]), close(err[0]);
+        return;
+    }
+    /* Inputs are small (well under a pipe buffer): write all, then collect the outputs. */
+    if (input) {
+        size_t left = strlen(input);
+        const char *p = input;
+        while (left > 0) {
+            ssize_t w = write(in[1], p, left);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                break;
+            p += w;
+            left -= (size_t)w;
+        }
+    }
+    close(in[1]);
+    size_t olen = 0, elen = 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int open_fds = 2, timed_out = 0;
+    struct pollfd pf[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    while (open_fds > 0) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long spent = (long)(t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        long left = tu_timeout_ms() - spent;
+        int k = left > 0 ? poll(pf, 2, (int)left) : 0;
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            timed_out = 1;
+            break;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (pf[i].fd < 0 || !pf[i].revents)
+                continue;
+            char tmp[4096];
+            ssize_t got = read(pf[i].fd, tmp, sizeof tmp);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) {
+                close(pf[i].fd);
+                pf[i].fd = -1;
+                open_fds--;
+            } else if (i == 0) {
+                append(r->out, &olen, tmp, (size_t)got);
+            } else {
+                append(r->err, &elen, tmp, (size_t)got);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (pf[i].fd >= 0)
+            close(pf[i].fd);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!timed_out)
+        r->status = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
+}
+
+static run *new_run(void) { return calloc(1, sizeof(run)); }
+
+static const char *shared_dir(void)
+{
+    const char *d = getenv("FW_SHARED");
+    return d && *d ? d : "../shared";
+}
+
+/* ---- single commands --------------------------------------------------------------------- */
+
+static void t_ping(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, NULL, (const char *const[]){"ping", "hi", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "hi\n");
+    CHECK_EQ_STR(r->err, "");
+    fwcat(r, 1, NULL, (const char *const[]){"ping", "two", "words", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "two words\n");
+    fwcat(r, 1, NULL, (const char *const[]){"ping", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "\n");
+    free(r);
+}
+
+static void t_json_escaping(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    /* quote, backslash, a control byte, valid UTF-8 and an invalid byte */
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "ping", "q\"b\\\x01\xc3\xa9\xff", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "{\"echo\":\"q\\\"b\\\\\\u0001\xc3\xa9\\ufffd\"}\n");
+    free(r);
+}
+
+static void t_info(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, NULL, (const char *const[]){"info", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_MSG(strncmp(r->out, "version: ", 9) == 0, "info: %.80s", r->out);
+    CHECK(strstr(r->out, "\nrequests_total: ") != NULL);
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "info", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_MSG(strncmp(r->out, "{\"info\":{\"version\":\"", 20) == 0, "info: %.80s", r->out);
+    CHECK(strstr(r->out, ",\"requests_total\":\"") != NULL);
+    CHECK(strcmp(r->out + strlen(r->out) - 3, "}}\n") == 0);
+    free(r);
+}
+
+static void t_status_error(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, NULL, (const char *const[]){"fail", NULL});
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->out, "");
+    CHECK_EQ_STR(r->err, "fwcat: INTERNAL: test failure\n");
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "fail", NULL});
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->out, "{\"error\":\"test failure\",\"status\":\"INTERNAL\"}\n");
+    fwcat(r, 1, NULL, (const char *const[]){"sleep", "1", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "OK\n");
+    free(r);
+}
+
+static void t_timeout(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, NULL, (const char *const[]){"--timeout", "200", "sleep", "1500", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: timed out after 200 ms\n");
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "--timeout", "200", "sleep", "1500", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->out, "{\"error\":\"timed out after 200 ms\",\"status\":\"FW_ERR_TIMEOUT\"}\n");
+    free(r);
+}
+
+static void t_usage_errors(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 0, NULL, (const char *const[]){"--help", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK(strstr(r->out, "SYNOPSIS") && strstr(r->out, "EXIT STATUS") && strstr(r->out, "--raw"));
+    fwcat(r, 1, NULL, (const char *const[]){"--bogus", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: unknown option --bogus (see fwcat --help)\n");
+    fwcat(r, 1, NULL, (const char *const[]){"frobnicate", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: unknown command 'frobnicate' (see fwcat --help)\n");
+    fwcat(r, 1, NULL, (const char *const[]){"verify", "only-one.jpg", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: usage: verify A B [--threshold T]\n");
+    fwcat(r, 1, NULL, (const char *const[]){"detect", "/nonexistent/x.jpg", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: /nonexistent/x.jpg: No such file or directory\n");
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "delete", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->out, "{\"error\":\"usage: delete --face ID | --subject S\",\"status\":\"USAGE\"}\n");
+    free(r);
+}
+
+static void t_connect_refused(void)
+{
+    /* A port that was free a moment ago. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(s >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof a;
+    int ok = bind(s, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(s, (struct sockaddr *)&a, &sl) == 0;
+    close(s);
+    CHECK(ok);
+    char port[16], want[128];
+    snprintf(port, sizeof port, "%u", (unsigned)ntohs(a.sin_port));
+    snprintf(want, sizeof want, "fwcat: connect to 127.0.0.1:%s: Connection refused\n", port);
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 0, NULL, (const char *const[]){"-p", port, "ping", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, want);
+    free(r);
+}
+
+/* ---- stdin mode -------------------------------------------------------------------------- */
+
+static void t_stdin_mode(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, "ping a\n\n   # a comment\nping \"x  y\" 'z'\nping b\n", (const char *const[]){NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "a\nx  y z\nb\n");
+    /* errors do not stop it; the exit status is the worst line's */
+    fwcat(r, 1, "ping a\nfail\nping b\n", (const char *const[]){NULL});
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->out, "a\nb\n");
+    CHECK_EQ_STR(r->err, "fwcat: INTERNAL: test failure\n");
+    fwcat(r, 1, "ping a\nnope\nfail\nping \"open\n", (const char *const[]){NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->out, "a\n");
+    CHECK_EQ_STR(r->err, "fwcat: unknown command 'nope' (see fwcat --help)\n"
+                         "fwcat: INTERNAL: test failure\n"
+                         "fwcat: cannot parse line (unterminated quote or over 64 words)\n");
+    /* --json: one object per line */
+    fwcat(r, 1, "ping a\nfail\n", (const char *const[]){"--json", NULL});
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->out, "{\"echo\":\"a\"}\n{\"error\":\"test failure\",\"status\":\"INTERNAL\"}\n");
+    free(r);
+}
+
+static void t_stdin_reconnects_after_timeout(void)
+{
+    /* A timed-out call closes the connection; the next line connects again. */
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, "sleep 1500\nping after\n", (const char *const[]){"--timeout", "200", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->out, "after\n");
+    CHECK_EQ_STR(r->err, "fwcat: timed out after 200 ms\n");
+    free(r);
+}
+
+/* ---- --raw ------------------------------------------------------------------------------- */
+
+static void t_raw(void)
+{
+    run *r = new_run();
+    CHECK(r);
+    /* The worked PING example of docs/protocol.md, with blanks and a comment. */
+    fwcat(r, 1, "face 01 01 00 00 0000 00000007 00000000 00000002 6869  # ping hi\n",
+          (const char *const[]){"--raw", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "face010101000000000000070000000000000002 6869\n");
+    /* Unknown opcode 0x55: UNKNOWN_OP and its message, exit 1. */
+    fwcat(r, 1, "FACE0155000000000000000800000000 00000000\n", (const char *const[]){"--raw", NULL});
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->out, "face015501000002000000080000000000000015 0013756e6b6e6f776e206f70636f64652030783535\n");
+    /* Two frames on one line: two answers. A bad line is reported and skipped. */
+    fwcat(r, 1,
+          "face01010000000000000001000000000000000161 face010100000000000000020000000000000000\n"
+          "xyz\n"
+          "face01010000000000000003000000000000000162\n",
+          (const char *const[]){"--raw", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: raw: not a hex digit\n");
+    CHECK_EQ_STR(r->out, "face010101000000000000010000000000000001 61\n"
+                         "face010101000000000000020000000000000000 \n"
+                         "face010101000000000000030000000000000001 62\n");
+    free(r);
+}
+
+static void t_raw_bad_magic_then_recovers(void)
+{
+    /* Bad magic: the server closes without answering; the next line reconnects. */
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1,
+          "beef0101000000000000000900000000 00000000\n"
+          "face0101000000000000000a0000000000000000\n",
+          (const char *const[]){"--raw", NULL});
+    CHECK_EQ_INT(r->status, 2);
+    CHECK_EQ_STR(r->err, "fwcat: connection closed by the server\n");
+    CHECK_EQ_STR(r->out, "face0101010000000000000a0000000000000000 \n");
+    free(r);
+}
+
+/* ---- face ops (models + ../shared/eval) -------------------------------------------------- */
+
+static void eval_pic(char *buf, size_t cap, const char *name)
+{
+    snprintf(buf, cap, "%s/eval/%s", shared_dir(), name);
+}
+
+/* Count occurrences of needle in hay. */
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static void t_detect_embed(void)
+{
+    char pic[512];
+    eval_pic(pic, sizeof pic, "barack_obama_1.jpg");
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, NULL, (const char *const[]){"detect", pic, NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_MSG(strstr(r->out, ", 1 face\nface 0: box ") != NULL, "detect: %.200s", r->out);
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "detect", pic, NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK(strncmp(r->out, "{\"width\":", 9) == 0);
+    CHECK_EQ_INT(count(r->out, "\"box\":["), 1);
+    CHECK_EQ_INT(count(r->out, "\"score\":"), 1);
+    CHECK_EQ_INT(count(r->out, "],["), 67); /* 68 landmark pairs */
+    CHECK_EQ_INT(count(r->out, "\"descriptor\""), 0);
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "embed", pic, NULL});
+    CHECK_EQ_INT(r->status, 0);
+    const char *d = strstr(r->out, "\"descriptor\":[");
+    CHECK(d != NULL);
+    const char *end = strchr(d, ']');
+    CHECK(end != NULL);
+    int commas = 0;
+    for (const char *p = d; p < end; p++)
+        commas += *p == ',';
+    CHECK_EQ_INT(commas, 127); /* 128 numbers */
+    free(r);
+}
+
+static void t_verify(void)
+{
+    char a[512], b[512], c[512];
+    eval_pic(a, sizeof a, "barack_obama_1.jpg");
+    eval_pic(b, sizeof b, "barack_obama_2.jpg");
+    eval_pic(c, sizeof c, "alex_lacamoire_1.jpg");
+    run *r = new_run();
+    CHECK(r);
+    fwcat(r, 1, NULL, (const char *const[]){"verify", a, b, NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_MSG(strncmp(r->out, "same (distance ", 15) == 0, "verify: %s", r->out);
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "verify", a, c, NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_MSG(strncmp(r->out, "{\"distance\":", 12) == 0 && strstr(r->out, ",\"same\":false,\"threshold\":0.6}\n"),
+              "verify: %s", r->out);
+    /* the caller's threshold is used and reported back */
+    fwcat(r, 1, NULL, (const char *const[]){"--json", "verify", a, c, "--threshold", "2", NULL});
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_MSG(strstr(r->out, ",\"same\":true,\"threshold\":2}\n") != NULL, "verify: %s", r->out);
+    free(r);
+}
+
+static void t_bad_image(void)
+{
+    char path[] = "/tmp/fwcat-badimg-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    int ok = write(fd, "this is not a jpeg", 18) == 18;
+    close(fd);
+    run *r = new_run();
+    if (ok && r)
+        fwcat(r, 1, NULL, (const char *const[]){"--json", "detect", path, NULL});
+    unlink(path);
+    CHECK(ok && r);
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_MSG(strncmp(r->out, "{\"error\":", 9) == 0 && strstr(r->out, ",\"status\":\"BAD_IMAGE\"}\n"),
+              "detect: %s", r->out);
+    free(r);
+}
+
+static const struct check_test tests[] = {
+    CHECK_TEST(t_ping),
+    CHECK_TEST(t_json_escaping),
+    CHECK_TEST(t_info),
+    CHECK_TEST(t_status_error),
+    CHECK_TEST(t_timeout),
+    CHECK_TEST(t_usage_errors),
+    CHECK_TEST(t_connect_refused),
+    CHECK_TEST(t_stdin_mode),
+    CHECK_TEST(t_stdin_reconnects_after_timeout),
+    CHECK_TEST(t_raw),
+    CHECK_TEST(t_raw_bad_magic_then_recovers),
+    CHECK_TEST(t_detect_embed),
+    CHECK_TEST(t_verify),
+    CHECK_TEST(t_bad_image),
+};
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+int main(int argc, char **argv)
+{
+    char data[] = "/tmp/fwcat-data-XXXXXX";
+    if (!mkdtemp(data)) {
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    const char *models = getenv("FW_MODELS");
+    const char *args[] = {"--enable-test-ops", "--data", data, "--models", models && *models ? models : "models", NULL};
+    srv = calloc(1, sizeof *srv);
+    if (!srv || tu_server_start(srv, args) != 0) {
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    int rc = check_main(tests, CHECK_COUNT(tests), argc, argv);
+    int st = tu_server_stop(srv);
+    free(srv);
+    if (nftw(data, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
+        fprintf(stderr, "could not remove %s\n", data);
+    if (st != 0) {
+        printf("server exit status %d\n0 passed, 1 failed\n", st);
+        return 1;
+    }
+    return rc;
+}
