@@ -5,8 +5,12 @@
  * Golden data: $FW_SHARED/golden (default ../shared), described by its manifest.json; every
  * case listed there is run. Models: $FW_MODELS (default models). The damaged-model tests copy
  * the models into a fresh temporary directory, break one thing, and assert the exact error.
+ * The nn_* tests check every convolution path (im2col GEMM, 1x1, Winograd, the direct 3->16
+ * kernel, the 1x1-map shortcut, separable) against a naive loop on shapes, strides and
+ * paddings the golden networks do not all reach.
  */
 #include "engine/nets.h"
+#include "engine/nn.h"
 #include "tests/check.h"
 
 #include <cjson/cJSON.h>
@@ -261,14 +265,14 @@ static void t_detector_sizes(void)
     CHECK(fw_nets_ws_new(nets, 1056) == NULL);
     fw_nets_ws *ws = fw_nets_ws_new(nets, 64);
     uint8_t *rgb = calloc(128 * 128 * 3, 1);
-    float grid[4 * 4 * 25];
+    float grid[2 * 2 * 25]; /* size 64: 2 x 2 cells */
     int ok = ws && rgb;
     /* not a multiple of 32; larger than the workspace; the smallest size works */
     ok = ok && fw_tinydet_run(nets, ws, rgb, 48, grid) == -1;
     ok = ok && fw_tinydet_run(nets, ws, rgb, 128, grid) == -1;
     ok = ok && fw_tinydet_run(nets, ws, rgb, 32, grid) == 0;
     ok = ok && fw_tinydet_run(nets, ws, rgb, 64, grid) == 0;
-    for (int i = 0; ok && i < 4 * 4 * 25; i++)
+    for (int i = 0; ok && i < 2 * 2 * 25; i++)
         ok = isfinite(grid[i]);
     free(rgb);
     fw_nets_ws_free(ws);
@@ -308,6 +312,158 @@ static void t_decode_nms(void)
     CHECK_EQ_INT(fw_tinydet_decode(grid, 64, 0.5f, 1.0f, b, 8), 3);
     CHECK_EQ_INT(fw_tinydet_decode(grid, 48, 0.5f, 0.4f, b, 8), 0);
     CHECK_EQ_INT(fw_tinydet_decode(grid, 2048, 0.5f, 0.4f, b, 8), 0);
+}
+
+/* ---- nn: every convolution path against a naive loop ----------------------------------------- */
+
+/* Deterministic values in [-1, 1). */
+static void fill(float *x, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        x[i] = (float)((seed >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+}
+
+static float ref_act(float v, enum nn_act act)
+{
+    if (act == NN_ACT_RELU)
+        return v > 0 ? v : 0;
+    if (act == NN_ACT_LEAKY)
+        return v > 0 ? v : 0.1f * v;
+    return v;
+}
+
+static void ref_conv(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t, int pad_l,
+                     enum nn_act act, nn_tensor *out)
+{
+    for (int oy = 0; oy < out->h; oy++)
+        for (int ox = 0; ox < out->w; ox++)
+            for (int o = 0; o < cv->cout; o++) {
+                double acc = cv->b[o];
+                for (int ky = 0; ky < cv->kh; ky++)
+                    for (int kx = 0; kx < cv->kw; kx++) {
+                        int iy = oy * stride - pad_t + ky, ix = ox * stride - pad_l + kx;
+                        if (iy < 0 || iy >= in->h || ix < 0 || ix >= in->w)
+                            continue;
+                        for (int c = 0; c < cv->cin; c++)
+                            acc += (double)in->d[((size_t)iy * in->w + ix) * cv->cin + c] *
+                                   cv->w[((size_t)(ky * cv->kw + kx) * cv->cin + c) * cv->cout + o];
+                    }
+                out->d[((size_t)oy * out->w + ox) * cv->cout + o] = ref_act((float)acc, act);
+            }
+}
+
+/* Runs one conv configuration through nn_conv2d (optionally Winograd) and the reference. */
+static double conv_case(int h, int w, int k, int cin, int cout, int stride, int pad_t, int pad_l,
+                        enum nn_act act, int winograd)
+{
+    /* the same padding after as before */
+    int oh = (h + 2 * pad_t - k) / stride + 1, ow = (w + 2 * pad_l - k) / stride + 1;
+    size_t nin = (size_t)h * w * cin, nw = (size_t)k * k * cin * cout, nout = (size_t)oh * ow * cout;
+    float *x = malloc(nin * 4), *y = malloc(nout * 4), *r = malloc(nout * 4);
+    float *col = malloc(NN_COL_FLOATS * 4);
+    nn_conv cv = { k, k, cin, cout, malloc(nw * 4), malloc((size_t)cout * 4), NULL };
+    double md = INFINITY;
+    if (!x || !y || !r || !col || !cv.w || !cv.b)
+        goto done;
+    fill(x, nin, 1);
+    fill(cv.w, nw, 2);
+    fill(cv.b, (size_t)cout, 3);
+    if (winograd && nn_conv_winograd_prepare(&cv) != 0)
+        goto done;
+    nn_tensor in = { x, h, w, cin }, out = { y, oh, ow, cout }, ref = { r, oh, ow, cout };
+    nn_conv2d(&in, &cv, stride, pad_t, pad_l, act, col, &out);
+    ref_conv(&in, &cv, stride, pad_t, pad_l, act, &ref);
+    md = max_abs_diff(y, r, nout);
+done:
+    free(x);
+    free(y);
+    free(r);
+    free(col);
+    free(cv.w);
+    free(cv.b);
+    free(cv.wu);
+    return md;
+}
+
+static void t_nn_conv_paths(void)
+{
+    static const struct {
+        int h, w, k, cin, cout, stride, pad_t, pad_l, act, wino;
+    } cases[] = {
+        { 9, 7, 3, 5, 6, 1, 1, 1, NN_ACT_NONE, 0 },    /* im2col, pad on every side */
+        { 10, 11, 3, 4, 8, 2, 0, 0, NN_ACT_RELU, 0 },  /* stride 2 valid, odd width */
+        { 12, 12, 3, 4, 8, 2, 0, 0, NN_ACT_LEAKY, 0 }, /* stride 2 valid, even size */
+        { 9, 9, 7, 3, 32, 2, 0, 0, NN_ACT_RELU, 0 },   /* the recognition stem's shape */
+        { 6, 5, 1, 24, 40, 1, 0, 0, NN_ACT_LEAKY, 0 }, /* 1x1: a plain GEMM */
+        { 7, 9, 3, 16, 24, 1, 1, 1, NN_ACT_RELU, 1 },  /* Winograd, odd sizes: partial tiles */
+        { 8, 8, 3, 32, 32, 1, 1, 1, NN_ACT_NONE, 1 },  /* Winograd, even */
+        { 1, 1, 3, 64, 48, 1, 1, 1, NN_ACT_RELU, 0 },  /* 1x1 map: centre tap only */
+        { 1, 1, 3, 16, 16, 1, 1, 1, NN_ACT_RELU, 1 },  /* 1x1 map with a Winograd conv */
+        { 20, 21, 3, 3, 16, 1, 0, 0, NN_ACT_LEAKY, 0 }, /* direct 3->16, valid */
+        { 20, 21, 3, 3, 16, 1, 1, 1, NN_ACT_RELU, 0 },  /* direct 3->16, border windows */
+        { 21, 20, 3, 3, 16, 2, 0, 0, NN_ACT_NONE, 0 },  /* direct 3->16, stride 2 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double md = conv_case(cases[i].h, cases[i].w, cases[i].k, cases[i].cin, cases[i].cout,
+                              cases[i].stride, cases[i].pad_t, cases[i].pad_l,
+                              (enum nn_act)cases[i].act, cases[i].wino);
+        CHECK_MSG(md <= 1e-4, "conv case %zu: max|diff| %g", i, md);
+    }
+}
+
+static void t_nn_sepconv(void)
+{
+    /* 9x8x8 -> 5x4x12 at stride 2 with TF "same" padding */
+    int h = 9, w = 8, cin = 8, cout = 12, pt, pl;
+    int oh = nn_same_pad(h, 3, 2, &pt), ow = nn_same_pad(w, 3, 2, &pl);
+    CHECK_EQ_INT(oh, 5);
+    CHECK_EQ_INT(ow, 4);
+    CHECK_EQ_INT(pt, 1); /* total 2: one on each side */
+    CHECK_EQ_INT(pl, 0); /* total 1: after only */
+    float x[9 * 8 * 8], dw[9 * 8], pw[8 * 12], b[12], y[5 * 4 * 12], r[5 * 4 * 12];
+    float *col = malloc(NN_COL_FLOATS * 4);
+    CHECK(col);
+    fill(x, sizeof x / 4, 4);
+    fill(dw, sizeof dw / 4, 5);
+    fill(pw, sizeof pw / 4, 6);
+    fill(b, 12, 7);
+    nn_sepconv sc = { cin, cout, dw, pw, b };
+    nn_tensor in = { x, h, w, cin }, out = { y, oh, ow, cout };
+    nn_sepconv2d(&in, &sc, 2, pt, pl, NN_ACT_LEAKY, col, &out);
+    free(col);
+    for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++) {
+            double mid[8] = { 0 };
+            for (int c = 0; c < cin; c++)
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++) {
+                        int iy = oy * 2 - pt + ky, ix = ox * 2 - pl + kx;
+                        if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                            mid[c] += (double)x[(iy * w + ix) * cin + c] * dw[(ky * 3 + kx) * cin + c];
+                    }
+            for (int o = 0; o < cout; o++) {
+                double acc = b[o];
+                for (int c = 0; c < cin; c++)
+                    acc += mid[c] * pw[c * cout + o];
+                r[(oy * ow + ox) * cout + o] = ref_act((float)acc, NN_ACT_LEAKY);
+            }
+        }
+    CHECK(max_abs_diff(y, r, sizeof y / 4) <= 1e-5);
+}
+
+static void t_nn_maxpool_same(void)
+{
+    /* 3x3 map, 2x2 pool stride 2 "same": the right column and bottom row pool alone, and
+     * padding never wins even when everything is negative. */
+    float x[9] = { -5, -4, -3, -2, -1, -6, -7, -8, -9 }, y[4];
+    int pad, o = nn_same_pad(3, 2, 2, &pad);
+    CHECK_EQ_INT(o, 2);
+    CHECK_EQ_INT(pad, 0);
+    nn_tensor in = { x, 3, 3, 1 }, out = { y, 2, 2, 1 };
+    nn_maxpool(&in, 2, 2, pad, pad, &out);
+    CHECK(y[0] == -1 && y[1] == -3 && y[2] == -7 && y[3] == -9);
 }
 
 /* ---- loader errors ------------------------------------------------------------------------ */
@@ -540,7 +696,9 @@ static void t_load_hostile_manifest(void)
 static const struct check_test tests[] = {
     CHECK_TEST(t_recognition_golden),  CHECK_TEST(t_landmark_golden),
     CHECK_TEST(t_detector_golden),     CHECK_TEST(t_detector_sizes),
-    CHECK_TEST(t_decode_nms),          CHECK_TEST(t_load_ok_copy),
+    CHECK_TEST(t_decode_nms),          CHECK_TEST(t_nn_conv_paths),
+    CHECK_TEST(t_nn_sepconv),          CHECK_TEST(t_nn_maxpool_same),
+    CHECK_TEST(t_load_ok_copy),
     CHECK_TEST(t_load_missing_file),   CHECK_TEST(t_load_missing_dir),
     CHECK_TEST(t_load_truncated_bin),  CHECK_TEST(t_load_trailing_bytes),
     CHECK_TEST(t_load_wrong_shape),    CHECK_TEST(t_load_shape_changes_size),
