@@ -661,6 +661,36 @@ static void t_load_renamed_tensor(void)
     CHECK_EQ_STR(err, "face_landmark_68_model: missing tensor fc/bias");
 }
 
+/* An extra (quantised, 1-byte) tensor just before the last one, with its byte in the .bin:
+ * everything is consistent except that the architecture has no such tensor. */
+static void t_load_unexpected_tensor(void)
+{
+    char dir[64], err[256], p[256];
+    size_t len;
+    CHECK(copy_models(dir) == 0);
+    int rc = edit_file(dir, "tiny_face_detector_model-weights_manifest.json",
+                       "{\"name\":\"conv8/bias\"",
+                       "{\"name\":\"conv8/extra\",\"shape\":[1],\"dtype\":\"float32\","
+                       "\"quantization\":{\"dtype\":\"uint8\",\"min\":0,\"scale\":1}},"
+                       "{\"name\":\"conv8/bias\"");
+    snprintf(p, sizeof p, "%s/tiny_face_detector_model.bin", dir);
+    unsigned char *bin = slurp(p, 0, &len), *out = bin && len > 25 ? malloc(len + 1) : NULL;
+    int spliced = out != NULL;
+    if (out) { /* conv8/bias is the last 25 bytes */
+        memcpy(out, bin, len - 25);
+        out[len - 25] = 7;
+        memcpy(out + len - 24, bin + len - 25, 25);
+        if (write_file(p, out, len + 1) != 0)
+            rc = -1;
+    }
+    free(bin);
+    free(out);
+    load_err(dir, err, sizeof err);
+    remove_models(dir);
+    CHECK(rc == 0 && spliced);
+    CHECK_EQ_STR(err, "tiny_face_detector_model: unexpected tensor conv8/extra");
+}
+
 static void t_load_hostile_manifest(void)
 {
     static const struct {
@@ -702,7 +732,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_load_missing_file),   CHECK_TEST(t_load_missing_dir),
     CHECK_TEST(t_load_truncated_bin),  CHECK_TEST(t_load_trailing_bytes),
     CHECK_TEST(t_load_wrong_shape),    CHECK_TEST(t_load_shape_changes_size),
-    CHECK_TEST(t_load_renamed_tensor),
+    CHECK_TEST(t_load_renamed_tensor), CHECK_TEST(t_load_unexpected_tensor),
     CHECK_TEST(t_load_hostile_manifest),
 };
 
