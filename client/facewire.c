@@ -111,8 +111,19 @@ static void drop_conn(fw_client *c)
 static int closes_conn(int rc)
 {
     return rc == FW_ERR_TIMEOUT || rc == FW_ERR_IO || rc == FW_ERR_CLOSED ||
-           rc == FW_ERR_PROTOCOL || rc == FW_ERR_MALFORMED || rc == FW_ERR_RX_FULL ||
-           rc == FW_ERR_TOO_LARGE;
+           rc == FW_ERR_PROTOCOL || rc == FW_ERR_MALFORMED || rc == FW_ERR_RX_FULL;
+}
+
+/* strerror() may share a buffer between threads; the library promises none is shared. */
+static const char *errtext(int e, char *buf, size_t cap)
+{
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+    return strerror_r(e, buf, cap); /* the GNU variant returns the text */
+#else
+    if (strerror_r(e, buf, cap) != 0)
+        snprintf(buf, cap, "error %d", e);
+    return buf;
+#endif
 }
 
 #if defined(__GNUC__)
@@ -366,8 +377,9 @@ int fw_client_connect(fw_client *c)
     freeaddrinfo(res);
     if (rc != FW_OK) {
         if (last_errno == ETIMEDOUT)
-            return fail(c, FW_ERR_CONNECT, "connect to %s: timed out after %u ms", where, (unsigned)budget);
-        return fail(c, FW_ERR_CONNECT, "connect to %s: %s", where, strerror(last_errno));
+            return fail(c, FW_ERR_TIMEOUT, "connect to %s: timed out after %u ms", where, (unsigned)budget);
+        char eb[128];
+        return fail(c, FW_ERR_CONNECT, "connect to %s: %s", where, errtext(last_errno, eb, sizeof eb));
     }
     return session_start(c);
 }
@@ -384,8 +396,10 @@ static int wait_fd(fw_client *c, short events, uint64_t deadline)
         int n = poll(&p, 1, left);
         if (n > 0)
             return FW_OK; /* readable, writable, or an error the next syscall will report */
-        if (n < 0 && errno != EINTR)
-            return fail(c, FW_ERR_IO, "poll: %s", strerror(errno));
+        if (n < 0 && errno != EINTR) {
+            char eb[128];
+            return fail(c, FW_ERR_IO, "poll: %s", errtext(errno, eb, sizeof eb));
+        }
     }
 }
 
@@ -413,7 +427,8 @@ static int send_all(fw_client *c, struct iovec *iov, int n, uint64_t deadline)
             }
             if (errno == EPIPE || errno == ECONNRESET)
                 return fail(c, FW_ERR_CLOSED, "connection closed by the server while sending");
-            return fail(c, FW_ERR_IO, "send: %s", strerror(errno));
+            char eb[128];
+            return fail(c, FW_ERR_IO, "send: %s", errtext(errno, eb, sizeof eb));
         }
         size_t done = (size_t)w;
         while (n > 0 && done >= iov->iov_len) {
@@ -456,6 +471,8 @@ static int check_header(fw_client *c, const fw_header *h)
         return fail(c, FW_ERR_PROTOCOL, "response has protocol version %u, this client speaks %u",
                     (unsigned)h->version, (unsigned)FW_PROTO_VERSION);
     case FW_HDR_TOO_LARGE:
+        /* Its body is on the way and nothing could skip it safely: the stream is lost. */
+        drop_conn(c);
         return fail(c, FW_ERR_TOO_LARGE, "response body of %lu bytes does not fit rx_buf_size %lu",
                     (unsigned long)h->body_len, (unsigned long)c->rx_cap);
     default:
@@ -517,7 +534,8 @@ static int recv_frame(fw_client *c, uint32_t want, uint64_t deadline, fw_respons
         } else if (errno == ECONNRESET) {
             return fail(c, FW_ERR_CLOSED, "connection reset by the server");
         } else if (errno != EINTR) {
-            return fail(c, FW_ERR_IO, "recv: %s", strerror(errno));
+            char eb[128];
+            return fail(c, FW_ERR_IO, "recv: %s", errtext(errno, eb, sizeof eb));
         }
     }
 }

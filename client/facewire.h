@@ -33,9 +33,11 @@
  *                 fw_client_retry_after() its retry_after_ms for BUSY / UNAVAILABLE;
  *   < 0           an fw_err below: fw_client_errmsg() says what happened.
  * After FW_ERR_TIMEOUT, FW_ERR_IO, FW_ERR_CLOSED, FW_ERR_PROTOCOL, FW_ERR_MALFORMED,
- * FW_ERR_TOO_LARGE and FW_ERR_RX_FULL the connection is closed (the byte stream can no longer
- * be trusted to be in step, or a late answer would be mistaken for the next one); every later
- * call fails with FW_ERR_NOT_CONNECTED until fw_client_connect() is called again.
+ * FW_ERR_RX_FULL and a FW_ERR_TOO_LARGE response the connection is closed (the byte stream
+ * can no longer be trusted to be in step, or a late answer would be taken for the next one);
+ * every later call fails with FW_ERR_NOT_CONNECTED until fw_client_connect() is called again.
+ * Errors found before anything was sent (FW_ERR_INVALID, a request over tx_buf_size) leave
+ * the connection as it was.
  *
  * TIMEOUTS. Every call is bounded by cfg.timeout_ms, counted from its start and covering
  * everything it does (connect, send, wait, retries and their back-off sleeps). The socket is
@@ -80,7 +82,7 @@ typedef enum fw_err {
     FW_ERR_NOMEM = -2,         /* fw_client_open: malloc failed / cfg.mem too small */
     FW_ERR_RESOLVE = -3,       /* getaddrinfo failed */
     FW_ERR_CONNECT = -4,       /* no address accepted the connection */
-    FW_ERR_TIMEOUT = -5,       /* cfg.timeout_ms ran out (connection closed) */
+    FW_ERR_TIMEOUT = -5,       /* the call's time ran out, connect included (connection closed) */
     FW_ERR_IO = -6,            /* send/recv failed (connection closed) */
     FW_ERR_CLOSED = -7,        /* the server closed the connection */
     FW_ERR_PROTOCOL = -8,      /* bad response header: magic, version, flags (closed) */
