@@ -1,0 +1,975 @@
+/*
+ * gallery.c — the gallery API (gallery.h): the writer thread with group commit, the rwlock
+ * between searches and mutations, completions to the libuv loop, start-up recovery.
+ *
+ * The life of an enroll: the loop thread validates and copies it into a request and appends
+ * it to the writer queue (a mutex held for a few pointer writes: the loop never waits on I/O or
+ * on the rwlock). The writer thread takes every queued request (up to batch_max), checks each
+ * against the index and the earlier requests of the batch, reserves all the memory applying
+ * will need, appends all their records with one write and one fdatasync, then takes the write
+ * lock once and applies them (O(1) each, nothing can fail there), and hands the finished
+ * requests back to the loop with uv_async_send. So an acknowledged enroll is on disk, and a
+ * failed write leaves nothing behind: the file is cut back to where the batch began and the
+ * index was never touched.
+ *
+ * Searches, lists and gets hold the read lock for their whole scan. The lock prefers writers
+ * (glibc's PREFER_WRITER_NONRECURSIVE kind) so a steady stream of searches cannot starve the
+ * writer; the writer holds it only for pointer swaps and O(1) applies.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fw_proto.h"
+#include "server/galidx.h"
+#include "server/gallery.h"
+#include "server/galog.h"
+
+typedef struct greq {
+    struct greq *next;
+    uint8_t type;                  /* enum galog_type */
+    uint64_t face_id;              /* enroll: assigned by the writer; delete: the target */
+    uint16_t subject_len, meta_len;
+    char subject[FW_GALLERY_SUBJECT_MAX + 1];
+    uint8_t meta[FW_GALLERY_META_MAX];
+    float desc[FW_GALLERY_DIM];
+    fw_gallery_done_cb cb;
+    void *arg;
+    /* writer-side */
+    uint64_t seq;
+    galidx_subj *subj;             /* enroll: its subject, reserved */
+    void *meta_block;              /* enroll: owned until applied */
+    int done;                      /* answered before reaching the log */
+    int status;
+    uint64_t value;
+    char msg[192];
+} greq;
+
+struct fw_gallery {
+    fw_gallery_options opt;
+    char *dir;
+    int dirfd, lockfd, logfd;
+    galidx *ix;
+    pthread_rwlock_t lock;         /* readers vs the writer's apply */
+
+    pthread_mutex_t qmu;           /* the writer queue */
+    pthread_cond_t qcv;
+    greq *qhead, *qtail;
+    uint32_t qlen;
+    int stopping;
+
+    pthread_mutex_t dmu;           /* finished requests for the loop */
+    greq *dhead, *dtail;
+    uv_async_t async;
+    int loop_attached;             /* loop thread only */
+    int closing;                   /* loop thread only */
+
+    pthread_t writer;
+    int writer_started;
+
+    /* writer-private (and fw_gallery_open's, before the writer exists) */
+    uint64_t last_seq, next_id;
+    uint64_t log_off, snap_bytes, compact_retry_at;
+    uint8_t *wbuf;
+    greq **batch;
+    int log_broken;
+    char broken_msg[160];
+
+    /* published after each batch for fw_gallery_info_get (any thread, lock-free) */
+    _Atomic uint64_t a_faces, a_subjects, a_mem, a_disk, a_last_seq, a_next_id;
+    _Atomic uint64_t a_compactions, a_write_errors;
+};
+
+static void glog(fw_gallery *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void glog(fw_gallery *g, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (g->opt.log)
+        g->opt.log(g->opt.log_arg, line);
+    else
+        fprintf(stderr, "gallery: %s\n", line);
+}
+
+void fw_gallery_options_default(fw_gallery_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_faces = 10000000;
+    o->queue_max = 4096;
+    o->batch_max = 512;
+    o->compact_min_bytes = 64u << 20;
+}
+
+static void publish(fw_gallery *g)
+{
+    atomic_store(&g->a_faces, galidx_faces(g->ix));
+    atomic_store(&g->a_subjects, galidx_subjects(g->ix));
+    atomic_store(&g->a_mem, galidx_mem_bytes(g->ix));
+    atomic_store(&g->a_disk, g->dir ? g->snap_bytes + g->log_off : 0);
+    atomic_store(&g->a_last_seq, g->last_seq);
+    atomic_store(&g->a_next_id, g->next_id);
+}
+
+/* ---- recovery (fw_gallery_open only: no other thread exists yet) ------------------------ */
+
+/* Make room for one more face and subject: amortised O(1), doubling. */
+static int replay_reserve(fw_gallery *g)
+{
+    galidx_grow gr;
+    if (galidx_grow_prepare(g->ix, (uint64_t)galidx_faces(g->ix) + 1,
+                            (uint64_t)galidx_subjects(g->ix) + 1, &gr) != 0)
+        return -1;
+    galidx_grow_commit(g->ix, &gr);
+    galidx_grow_release(&gr);
+    return 0;
+}
+
+static int replay_cb(void *arg, const galog_rec *r, char *err, size_t errlen)
+{
+    fw_gallery *g = arg;
+    if (r->type == GALOG_DELETE_FACE) {
+        galidx_apply_delete_face(g->ix, r->face_id);
+        return 0;
+    }
+    if (r->type == GALOG_DELETE_SUBJECT) {
+        galidx_apply_delete_subject(g->ix, r->subject, r->subject_len);
+        return 0;
+    }
+    if (galidx_has_face(g->ix, r->face_id)) {
+        snprintf(err, errlen, "face id %llu enrolled twice (seq %llu)",
+                 (unsigned long long)r->face_id, (unsigned long long)r->seq);
+        return -1;
+    }
+    if (galidx_faces(g->ix) >= g->opt.max_faces) {
+        snprintf(err, errlen, "more faces on disk than --gallery-max-faces (%u)",
+                 g->opt.max_faces);
+        return -1;
+    }
+    int oom = 0;
+    galidx_subj *s = galidx_find_subject(g->ix, r->subject, r->subject_len);
+    int fresh = !s;
+    if (replay_reserve(g) != 0)
+        goto oom;
+    if (fresh && !(s = galidx_subj_new(g->ix, r->subject, r->subject_len)))
+        goto oom;
+    if (galidx_subj_reserve(s, 1) != 0) {
+        if (fresh)
+            galidx_subj_free(s);
+        goto oom;
+    }
+    void *meta = galidx_meta_new(r->meta, r->meta_len, &oom);
+    if (oom) {
+        galidx_subj_unreserve(s, 1);
+        goto oom;
+    }
+    galidx_apply_enroll(g->ix, r->face_id, s, meta, r->desc);
+    if (r->face_id >= g->next_id)
+        g->next_id = r->face_id + 1;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory loading face %llu", (unsigned long long)r->face_id);
+    return -1;
+}
+
+/* Map a whole file read-only. *len 0 and *map NULL for an empty file. */
+static int map_file(int fd, const uint8_t **map, size_t *len)
+{
+    struct stat st;
+    *map = NULL;
+    *len = 0;
+    if (fstat(fd, &st) != 0)
+        return -1;
+    if (st.st_size == 0)
+        return 0;
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    *map = p;
+    *len = (size_t)st.st_size;
+    return 0;
+}
+
+static int compact(fw_gallery *g, char *err, size_t errlen);
+
+static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t errlen)
+{
+    const uint8_t *map = NULL;
+    size_t len = 0;
+    int fd = -1, need_compact = 0;
+
+    if (mkdir(g->dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "mkdir %s: %s", g->dir, strerror(errno));
+        return -1;
+    }
+    g->dirfd = open(g->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (g->dirfd < 0) {
+        snprintf(err, errlen, "open %s: %s", g->dir, strerror(errno));
+        return -1;
+    }
+    /* Two processes appending to one log would interleave records: refuse the second. */
+    g->lockfd = openat(g->dirfd, GALOG_LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (g->lockfd < 0 || flock(g->lockfd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errlen, "%s is in use by another process (%s)", g->dir, strerror(errno));
+        return -1;
+    }
+    /* Temp files are only ever half-made snapshots or logs: never part of the state. */
+    unlinkat(g->dirfd, GALOG_SNAP_TMP, 0);
+    unlinkat(g->dirfd, GALOG_LOG_TMP, 0);
+
+    uint64_t after_seq = 0;
+    fd = openat(g->dirfd, GALOG_SNAP_NAME, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno != ENOENT) {
+        snprintf(err, errlen, "open " GALOG_SNAP_NAME ": %s", strerror(errno));
+        return -1;
+    }
+    if (fd >= 0) {
+        galog_snap_info si;
+        if (map_file(fd, &map, &len) != 0) {
+            snprintf(err, errlen, "read " GALOG_SNAP_NAME ": %s", strerror(errno));
+            goto err;
+        }
+        if (galog_load_snapshot(map ? map : (const uint8_t *)"", len, g->opt.repair, replay_cb,
+                                g, &si, err, errlen) != 0)
+            goto err;
+        if (si.damaged) {
+            glog(g, GALOG_SNAP_NAME ": damaged, kept %llu of %llu faces (--repair)",
+                 (unsigned long long)si.loaded, (unsigned long long)si.faces);
+            need_compact = 1;
+        }
+        rep->snapshot_faces = si.loaded;
+        after_seq = si.last_seq;
+        if (si.next_face_id > g->next_id)
+            g->next_id = si.next_face_id;
+        g->snap_bytes = len;
+        if (map)
+            munmap((void *)map, len);
+        map = NULL;
+        close(fd);
+    }
+    g->last_seq = after_seq;
+
+    fd = openat(g->dirfd, GALOG_LOG_NAME, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && errno != ENOENT) {
+        snprintf(err, errlen, "open " GALOG_LOG_NAME ": %s", strerror(errno));
+        return -1;
+    }
+    if (fd >= 0) {
+        galog_scan sc;
+        if (map_file(fd, &map, &len) != 0) {
+            snprintf(err, errlen, "read " GALOG_LOG_NAME ": %s", strerror(errno));
+            goto err;
+        }
+        if (galog_scan_log(map ? map : (const uint8_t *)"", len, after_seq, g->opt.repair,
+                           replay_cb, g, &sc, err, errlen) != 0)
+            goto err;
+        if (map)
+            munmap((void *)map, len);
+        map = NULL;
+        rep->log_records = sc.records;
+        rep->repaired_bytes = sc.dropped_bytes;
+        rep->repaired_records = sc.dropped_runs;
+        if (sc.last_seq > g->last_seq)
+            g->last_seq = sc.last_seq;
+        if (sc.end < GALOG_LOG_HDR || sc.last_seq < after_seq) {
+            /* Repair threw the whole log away, or it ends before the snapshot (which covers
+             * all of it): start a fresh one, so new records continue the snapshot's seqs. */
+            close(fd);
+            fd = -1;
+        } else {
+            if (sc.truncated) {
+                /* A torn tail is the expected result of a crash mid-append: those records
+                 * were never acknowledged. Cut it so new records follow the last good one. */
+                if (ftruncate(fd, (off_t)sc.end) != 0 || fsync(fd) != 0) {
+                    snprintf(err, errlen, "truncate " GALOG_LOG_NAME ": %s", strerror(errno));
+                    goto err;
+                }
+                rep->truncated_bytes = sc.truncated;
+                glog(g, GALOG_LOG_NAME ": cut a torn or corrupt tail of %llu bytes at offset %llu",
+                     (unsigned long long)sc.truncated, (unsigned long long)sc.end);
+            }
+            g->logfd = fd;
+            g->log_off = sc.end;
+            fd = -1;
+        }
+        if (sc.dropped_bytes) {
+            glog(g, GALOG_LOG_NAME ": --repair dropped %llu corrupt bytes in %llu places",
+                 (unsigned long long)sc.dropped_bytes, (unsigned long long)sc.dropped_runs);
+            need_compact = 1;
+        }
+    }
+    if (g->logfd < 0) {
+        g->logfd = galog_log_create(g->dirfd, g->opt.io, g->last_seq, err, errlen);
+        if (g->logfd < 0)
+            return -1;
+        g->log_off = GALOG_LOG_HDR;
+    }
+    /* After a repair, rewrite the state cleanly so the damage is not met again next start. */
+    if (need_compact && compact(g, err, errlen) != 0)
+        return -1;
+    return 0;
+err:
+    if (map)
+        munmap((void *)map, len);
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* ---- compaction (writer thread, or open) ------------------------------------------------ */
+
+typedef struct snap_ctx {
+    galog_snap_writer *w;
+    char *err;
+    size_t errlen;
+} snap_ctx;
+
+static int snap_visit(void *arg, uint64_t face_id, const char *subject, size_t subject_len,
+                      const void *meta, size_t meta_len, const float *desc)
+{
+    snap_ctx *c = arg;
+    return galog_snap_add(c->w, face_id, subject, subject_len, meta, meta_len, desc, c->err,
+                          c->errlen);
+}
+
+/* Snapshot the index, then start an empty log. The writer is the only mutator, so it reads
+ * the index without the lock while searches go on. Crash at any point leaves a loadable state:
+ * see docs/gallery.md. */
+static int compact(fw_gallery *g, char *err, size_t errlen)
+{
+    galog_snap_writer w;
+    snap_ctx c = { &w, err, errlen };
+    uint64_t bytes = 0;
+    if (galog_snap_begin(&w, g->dirfd, g->opt.io, g->last_seq, g->next_id, galidx_faces(g->ix),
+                         err, errlen) != 0 ||
+        galidx_visit(g->ix, snap_visit, &c) != 0 ||
+        galog_snap_commit(&w, &bytes, err, errlen) != 0) {
+        galog_snap_abort(&w);
+        return -1;
+    }
+    g->snap_bytes = bytes;
+    /* The snapshot now covers every record: the old log is redundant (replay skips seq <=
+     * the snapshot's), so a failure below loses nothing; we just keep appending to it. */
+    int fd = galog_log_create(g->dirfd, g->opt.io, g->last_seq, err, errlen);
+    if (fd < 0)
+        return -1;
+    close(g->logfd);
+    g->logfd = fd;
+    g->log_off = GALOG_LOG_HDR;
+    atomic_fetch_add(&g->a_compactions, 1);
+    return 0;
+}
+
+static void maybe_compact(fw_gallery *g)
+{
+    if (!g->dir || g->log_broken || g->log_off < g->opt.compact_min_bytes ||
+        g->log_off < g->snap_bytes || g->log_off < g->compact_retry_at)
+        return;
+    char err[256];
+    uint64_t t0 = uv_hrtime();
+    if (compact(g, err, sizeof err) != 0) {
+        g->compact_retry_at = g->log_off + g->opt.compact_min_bytes;
+        glog(g, "compaction failed, will retry later: %s", err);
+    } else {
+        g->compact_retry_at = 0;
+        glog(g, "compacted: snapshot of %u faces, %llu bytes, %.1f ms", galidx_faces(g->ix),
+             (unsigned long long)g->snap_bytes, (double)(uv_hrtime() - t0) / 1e6);
+    }
+    publish(g);
+}
+
+/* ---- the writer thread ------------------------------------------------------------------ */
+
+static void finish(greq *r, int status, uint64_t value, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void finish(greq *r, int status, uint64_t value, const char *fmt, ...)
+{
+    r->done = 1;
+    r->status = status;
+    r->value = value;
+    r->msg[0] = '\0';
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(r->msg, sizeof r->msg, fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* Decide each request against the index plus the earlier requests of the batch, and reserve
+ * everything applying will need. Requests that need no record are finished here. */
+static void batch_check(fw_gallery *g, greq **b, int n, uint64_t *enrolls, uint64_t *new_subj)
+{
+    uint64_t first_id = g->next_id;
+    for (int i = 0; i < n; i++) {
+        greq *r = b[i];
+        if (r->type == GALOG_DELETE_FACE) {
+            if (!galidx_has_face(g->ix, r->face_id) &&
+                !(r->face_id >= first_id && r->face_id < g->next_id))
+                finish(r, FW_STATUS_NOT_FOUND, 0, "no face with id %llu",
+                       (unsigned long long)r->face_id);
+            continue;
+        }
+        /* ENROLL and DELETE_SUBJECT: look for the subject in the index, then in this batch. */
+        galidx_subj *s = galidx_find_subject(g->ix, r->subject, r->subject_len);
+        for (int j = 0; j < i && !s; j++)
+            if (b[j]->type == GALOG_ENROLL && !b[j]->done &&
+                galidx_subj_same(b[j]->subj, r->subject, r->subject_len))
+                s = b[j]->subj;
+        if (r->type == GALOG_DELETE_SUBJECT) {
+            if (!s)
+                finish(r, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", r->subject);
+            continue;
+        }
+        if ((uint64_t)galidx_faces(g->ix) + *enrolls >= g->opt.max_faces) {
+            finish(r, FW_STATUS_INTERNAL, 0, "gallery full (%u faces)", g->opt.max_faces);
+            continue;
+        }
+        int fresh = !s, oom = 0;
+        if (fresh && !(s = galidx_subj_new(g->ix, r->subject, r->subject_len)))
+            goto oom;
+        if (galidx_subj_reserve(s, 1) != 0) {
+            if (fresh)
+                galidx_subj_free(s);
+            goto oom;
+        }
+        r->meta_block = galidx_meta_new(r->meta, r->meta_len, &oom);
+        if (oom) {
+            galidx_subj_unreserve(s, 1);
+            goto oom;
+        }
+        r->subj = s;
+        r->face_id = g->next_id++; /* ids are never reused, even if this batch fails */
+        (*enrolls)++;
+        *new_subj += fresh;
+        continue;
+    oom:
+        finish(r, FW_STATUS_INTERNAL, 0, "out of memory");
+    }
+}
+
+/* Undo batch_check's reservations for requests that will not be applied. */
+static void batch_unreserve(greq **b, int n)
+{
+    for (int i = 0; i < n; i++) {
+        greq *r = b[i];
+        if (r->type != GALOG_ENROLL || !r->subj)
+            continue;
+        galidx_meta_free(r->meta_block);
+        r->meta_block = NULL;
+        galidx_subj_unreserve(r->subj, 1);
+        r->subj = NULL;
+    }
+}
+
+static void fail_pending(greq **b, int n, int status, const char *msg)
+{
+    for (int i = 0; i < n; i++)
+        if (!b[i]->done)
+            finish(b[i], status, 0, "%s", msg);
+}
+
+/* Append the batch's records and sync them. 0, or -1 with the file cut back and msg set. */
+static int batch_write(fw_gallery *g, greq **b, int n, char *msg, size_t msglen)
+{
+    size_t len = 0;
+    uint64_t seq = g->last_seq;
+    for (int i = 0; i < n; i++) {
+        greq *r = b[i];
+        if (r->done)
+            continue;
+        galog_rec rec;
+        memset(&rec, 0, sizeof rec);
+        rec.type = r->type;
+        rec.seq = r->seq = ++seq;
+        rec.face_id = r->face_id;
+        rec.subject = r->subject;
+        rec.subject_len = r->subject_len;
+        rec.meta = r->meta;
+        rec.meta_len = r->meta_len;
+        memcpy(rec.desc, r->desc, sizeof rec.desc);
+        len += galog_encode(&rec, g->wbuf + len);
+    }
+    if (!len)
+        return 0;
+    if (!g->dir) {
+        g->last_seq = seq;
+        return 0;
+    }
+    if (galog_write_all(g->opt.io, g->logfd, g->wbuf, len, (off_t)g->log_off) == 0 &&
+        galog_datasync(g->opt.io, g->logfd) == 0) {
+        g->log_off += len;
+        g->last_seq = seq;
+        return 0;
+    }
+    int e = errno;
+    snprintf(msg, msglen, "gallery write failed: %s", strerror(e));
+    atomic_fetch_add(&g->a_write_errors, 1);
+    /* Cut back whatever part of the batch reached the file, so the next batch's records
+     * follow the last acknowledged one and replay never sees an unacknowledged record. */
+    if (ftruncate(g->logfd, (off_t)g->log_off) != 0 || fsync(g->logfd) != 0) {
+        g->log_broken = 1;
+        snprintf(g->broken_msg, sizeof g->broken_msg,
+                 "gallery log unusable after a failed write (%s), then a failed truncate (%s): "
+                 "restart needed", strerror(e), strerror(errno));
+        glog(g, "%s", g->broken_msg);
+    } else {
+        glog(g, "%s; %zu bytes cut back, batch refused", msg, len);
+    }
+    return -1;
+}
+
+static void batch_apply(fw_gallery *g, greq **b, int n, galidx_grow *gr)
+{
+    pthread_rwlock_wrlock(&g->lock);
+    galidx_grow_commit(g->ix, gr);
+    for (int i = 0; i < n; i++) {
+        greq *r = b[i];
+        if (r->done)
+            continue;
+        if (r->type == GALOG_ENROLL) {
+            galidx_apply_enroll(g->ix, r->face_id, r->subj, r->meta_block, r->desc);
+            r->meta_block = NULL;
+            r->subj = NULL;
+            finish(r, FW_STATUS_OK, r->face_id, NULL);
+        } else if (r->type == GALOG_DELETE_FACE) {
+            uint32_t c = galidx_apply_delete_face(g->ix, r->face_id);
+            if (c)
+                finish(r, FW_STATUS_OK, c, NULL);
+            else /* deleted by an earlier request of the same batch */
+                finish(r, FW_STATUS_NOT_FOUND, 0, "no face with id %llu",
+                       (unsigned long long)r->face_id);
+        } else {
+            uint32_t c = galidx_apply_delete_subject(g->ix, r->subject, r->subject_len);
+            if (c)
+                finish(r, FW_STATUS_OK, c, NULL);
+            else
+                finish(r, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", r->subject);
+        }
+    }
+    pthread_rwlock_unlock(&g->lock);
+    galidx_grow_release(gr); /* the arrays replaced by the commit, freed outside the lock */
+}
+
+static void batch_process(fw_gallery *g, greq **b, int n)
+{
+    uint64_t enrolls = 0, new_subj = 0;
+    char msg[192];
+    galidx_grow gr;
+    if (g->log_broken) {
+        fail_pending(b, n, FW_STATUS_INTERNAL, g->broken_msg);
+        return;
+    }
+    batch_check(g, b, n, &enrolls, &new_subj);
+    int pending = 0;
+    for (int i = 0; i < n; i++)
+        pending += !b[i]->done;
+    if (!pending)
+        return;
+    if (galidx_grow_prepare(g->ix, (uint64_t)galidx_faces(g->ix) + enrolls,
+                            (uint64_t)galidx_subjects(g->ix) + new_subj, &gr) != 0) {
+        batch_unreserve(b, n);
+        fail_pending(b, n, FW_STATUS_INTERNAL, "out of memory");
+        return;
+    }
+    if (batch_write(g, b, n, msg, sizeof msg) != 0) {
+        galidx_grow_release(&gr);
+        batch_unreserve(b, n);
+        fail_pending(b, n, FW_STATUS_INTERNAL, msg);
+        return;
+    }
+    batch_apply(g, b, n, &gr);
+}
+
+static void hand_back(fw_gallery *g, greq **b, int n)
+{
+    pthread_mutex_lock(&g->dmu);
+    for (int i = 0; i < n; i++) {
+        b[i]->next = NULL;
+        if (g->dtail)
+            g->dtail->next = b[i];
+        else
+            g->dhead = b[i];
+        g->dtail = b[i];
+    }
+    pthread_mutex_unlock(&g->dmu);
+    uv_async_send(&g->async);
+}
+
+static void *writer_main(void *arg)
+{
+    fw_gallery *g = arg;
+    for (;;) {
+        int n = 0;
+        pthread_mutex_lock(&g->qmu);
+        while (!g->qhead && !g->stopping)
+            pthread_cond_wait(&g->qcv, &g->qmu);
+        while (g->qhead && n < (int)g->opt.batch_max) {
+            greq *r = g->qhead;
+            g->qhead = r->next;
+            g->batch[n++] = r;
+            g->qlen--;
+        }
+        if (!g->qhead)
+            g->qtail = NULL;
+        pthread_mutex_unlock(&g->qmu);
+        if (!n)
+            break; /* stopping and drained */
+        batch_process(g, g->batch, n);
+        publish(g);
+        hand_back(g, g->batch, n);
+        maybe_compact(g);
+    }
+    return NULL;
+}
+
+/* ---- the loop side ---------------------------------------------------------------------- */
+
+static void deliver(fw_gallery *g)
+{
+    pthread_mutex_lock(&g->dmu);
+    greq *r = g->dhead;
+    g->dhead = g->dtail = NULL;
+    pthread_mutex_unlock(&g->dmu);
+    while (r) {
+        greq *next = r->next;
+        r->cb(r->arg, r->status, r->value, r->msg);
+        free(r);
+        r = next;
+    }
+}
+
+static void on_completions(uv_async_t *h)
+{
+    deliver(h->data);
+}
+
+int fw_gallery_attach_loop(fw_gallery *g, uv_loop_t *loop)
+{
+    int rc = uv_async_init(loop, &g->async, on_completions);
+    if (rc == 0) {
+        g->async.data = g;
+        g->loop_attached = 1;
+    }
+    return rc;
+}
+
+static int submit(fw_gallery *g, greq *r, char *err, size_t errlen)
+{
+    int status = FW_STATUS_OK;
+    pthread_mutex_lock(&g->qmu);
+    if (g->stopping) {
+        status = FW_STATUS_SHUTTING_DOWN;
+        snprintf(err, errlen, "gallery is closing");
+    } else if (g->qlen >= g->opt.queue_max) {
+        status = FW_STATUS_BUSY;
+        snprintf(err, errlen, "gallery write queue full (%u waiting)", g->qlen);
+    } else {
+        r->next = NULL;
+        if (g->qtail)
+            g->qtail->next = r;
+        else
+            g->qhead = r;
+        g->qtail = r;
+        g->qlen++;
+        pthread_cond_signal(&g->qcv);
+    }
+    pthread_mutex_unlock(&g->qmu);
+    if (status != FW_STATUS_OK)
+        free(r);
+    return status;
+}
+
+static greq *new_req(fw_gallery *g, uint8_t type, fw_gallery_done_cb cb, void *arg, int *status,
+                     char *err, size_t errlen)
+{
+    greq *r;
+    if (g->closing) {
+        *status = FW_STATUS_SHUTTING_DOWN;
+        snprintf(err, errlen, "gallery is closing");
+        return NULL;
+    }
+    if (!g->loop_attached || !cb) {
+        *status = FW_STATUS_INTERNAL;
+        snprintf(err, errlen, "gallery: no loop attached or no callback");
+        return NULL;
+    }
+    if (!(r = calloc(1, sizeof *r))) {
+        *status = FW_STATUS_INTERNAL;
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->type = type;
+    r->cb = cb;
+    r->arg = arg;
+    return r;
+}
+
+int fw_gallery_enroll(fw_gallery *g, const char *subject, size_t subject_len, const void *meta,
+                      size_t meta_len, const float *desc, fw_gallery_done_cb cb, void *arg,
+                      char *err, size_t errlen)
+{
+    int status;
+    if (!galidx_subject_valid(subject, subject_len)) {
+        snprintf(err, errlen, "subject must be 1-%d bytes of UTF-8 without NUL",
+                 FW_GALLERY_SUBJECT_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    if (meta_len > FW_GALLERY_META_MAX) {
+        snprintf(err, errlen, "metadata is %zu bytes, at most %d", meta_len, FW_GALLERY_META_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    if (!desc || !galidx_desc_valid(desc)) {
+        snprintf(err, errlen, "descriptor must be %d finite floats within +-%g", FW_GALLERY_DIM,
+                 (double)FW_GALLERY_VALUE_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    greq *r = new_req(g, GALOG_ENROLL, cb, arg, &status, err, errlen);
+    if (!r)
+        return status;
+    memcpy(r->subject, subject, subject_len);
+    r->subject_len = (uint16_t)subject_len;
+    if (meta_len)
+        memcpy(r->meta, meta, meta_len);
+    r->meta_len = (uint16_t)meta_len;
+    memcpy(r->desc, desc, sizeof r->desc);
+    return submit(g, r, err, errlen);
+}
+
+int fw_gallery_delete_face(fw_gallery *g, uint64_t face_id, fw_gallery_done_cb cb, void *arg,
+                           char *err, size_t errlen)
+{
+    int status;
+    if (face_id == 0) { /* ids start at 1: answer without a trip to the writer */
+        snprintf(err, errlen, "no face with id 0");
+        return FW_STATUS_NOT_FOUND;
+    }
+    greq *r = new_req(g, GALOG_DELETE_FACE, cb, arg, &status, err, errlen);
+    if (!r)
+        return status;
+    r->face_id = face_id;
+    return submit(g, r, err, errlen);
+}
+
+int fw_gallery_delete_subject(fw_gallery *g, const char *subject, size_t subject_len,
+                              fw_gallery_done_cb cb, void *arg, char *err, size_t errlen)
+{
+    int status;
+    if (!galidx_subject_valid(subject, subject_len)) {
+        snprintf(err, errlen, "subject must be 1-%d bytes of UTF-8 without NUL",
+                 FW_GALLERY_SUBJECT_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    greq *r = new_req(g, GALOG_DELETE_SUBJECT, cb, arg, &status, err, errlen);
+    if (!r)
+        return status;
+    memcpy(r->subject, subject, subject_len);
+    r->subject_len = (uint16_t)subject_len;
+    return submit(g, r, err, errlen);
+}
+
+/* ---- readers ---------------------------------------------------------------------------- */
+
+int fw_gallery_search(fw_gallery *g, const float *queries, int nq, int k, float max_distance,
+                      fw_gallery_match *out, int *counts, char *err, size_t errlen)
+{
+    if (k < 1 || k > FW_GALLERY_K_MAX) {
+        snprintf(err, errlen, "k must be 1-%d", FW_GALLERY_K_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    if (nq < 1 || nq > FW_GALLERY_NQ_MAX) {
+        snprintf(err, errlen, "1-%d queries per search", FW_GALLERY_NQ_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    if (!(max_distance >= 0)) {
+        snprintf(err, errlen, "threshold must be a non-negative number");
+        return FW_STATUS_BAD_REQUEST;
+    }
+    for (int i = 0; i < nq; i++)
+        if (!galidx_desc_valid(queries + (size_t)i * FW_GALLERY_DIM)) {
+            snprintf(err, errlen, "descriptor %d must be %d finite floats within +-%g", i,
+                     FW_GALLERY_DIM, (double)FW_GALLERY_VALUE_MAX);
+            return FW_STATUS_BAD_REQUEST;
+        }
+    pthread_rwlock_rdlock(&g->lock);
+    int rc = galidx_search(g->ix, queries, nq, k, max_distance, out, counts);
+    pthread_rwlock_unlock(&g->lock);
+    if (rc != 0) {
+        snprintf(err, errlen, "out of memory");
+        return FW_STATUS_INTERNAL;
+    }
+    return FW_STATUS_OK;
+}
+
+int fw_gallery_list(fw_gallery *g, const char *cursor, size_t cursor_len, int limit,
+                    fw_gallery_subject *out, int *n, char *next, size_t *next_len,
+                    char *err, size_t errlen)
+{
+    char cur[FW_GALLERY_SUBJECT_MAX];
+    *n = 0;
+    if (limit < 1 || limit > 65535) {
+        snprintf(err, errlen, "limit must be 1-65535");
+        return FW_STATUS_BAD_REQUEST;
+    }
+    /* The cursor is the last subject of the previous page; anything longer cannot be one.
+     * Its content is only compared, so no UTF-8 check is needed. */
+    if (cursor_len > FW_GALLERY_SUBJECT_MAX) {
+        snprintf(err, errlen, "cursor longer than %d bytes", FW_GALLERY_SUBJECT_MAX);
+        return FW_STATUS_BAD_REQUEST;
+    }
+    memcpy(cur, cursor, cursor_len); /* the caller may pass its `next` buffer as cursor */
+    pthread_rwlock_rdlock(&g->lock);
+    *n = galidx_list(g->ix, cur, cursor_len, limit, out, next, next_len);
+    pthread_rwlock_unlock(&g->lock);
+    return FW_STATUS_OK;
+}
+
+int fw_gallery_get(fw_gallery *g, uint64_t face_id, fw_gallery_subject *subject, void *meta,
+                   size_t *meta_len, float *desc)
+{
+    pthread_rwlock_rdlock(&g->lock);
+    int rc = galidx_get(g->ix, face_id, subject, meta, meta_len, desc);
+    pthread_rwlock_unlock(&g->lock);
+    return rc == 0 ? FW_STATUS_OK : FW_STATUS_NOT_FOUND;
+}
+
+void fw_gallery_info_get(fw_gallery *g, fw_gallery_info *info)
+{
+    info->faces = atomic_load(&g->a_faces);
+    info->subjects = atomic_load(&g->a_subjects);
+    info->mem_bytes = atomic_load(&g->a_mem);
+    info->disk_bytes = atomic_load(&g->a_disk);
+    info->last_seq = atomic_load(&g->a_last_seq);
+    info->next_face_id = atomic_load(&g->a_next_id);
+    info->compactions = atomic_load(&g->a_compactions);
+    info->write_errors = atomic_load(&g->a_write_errors);
+}
+
+/* ---- open / close ----------------------------------------------------------------------- */
+
+static void gallery_free(fw_gallery *g)
+{
+    if (g->logfd >= 0)
+        close(g->logfd);
+    if (g->lockfd >= 0)
+        close(g->lockfd); /* releases the flock */
+    if (g->dirfd >= 0)
+        close(g->dirfd);
+    galidx_free(g->ix);
+    pthread_rwlock_destroy(&g->lock);
+    pthread_mutex_destroy(&g->qmu);
+    pthread_cond_destroy(&g->qcv);
+    pthread_mutex_destroy(&g->dmu);
+    free(g->wbuf);
+    free(g->batch);
+    free(g->dir);
+    free(g);
+}
+
+int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_report *rep,
+                    char *err, size_t errlen)
+{
+    fw_gallery_report dummy;
+    unsigned char key[16];
+    pthread_rwlockattr_t ra;
+    *out = NULL;
+    if (!rep)
+        rep = &dummy;
+    memset(rep, 0, sizeof *rep);
+    if (sodium_init() < 0) {
+        snprintf(err, errlen, "libsodium failed to initialise");
+        return -1;
+    }
+    fw_gallery *g = calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    g->dirfd = g->lockfd = g->logfd = -1;
+    fw_gallery_options_default(&g->opt);
+    if (opt) {
+        fw_gallery_options d = g->opt;
+        g->opt = *opt;
+        if (!g->opt.max_faces) g->opt.max_faces = d.max_faces;
+        if (!g->opt.queue_max) g->opt.queue_max = d.queue_max;
+        if (!g->opt.batch_max) g->opt.batch_max = d.batch_max;
+        if (!g->opt.compact_min_bytes) g->opt.compact_min_bytes = d.compact_min_bytes;
+    }
+    if (g->opt.batch_max > 65536)
+        g->opt.batch_max = 65536;
+    g->opt.data_dir = NULL; /* g->dir owns the copy */
+    g->next_id = 1;
+    pthread_rwlockattr_init(&ra);
+    /* Without this glibc prefers readers, and back-to-back searches would starve the writer. */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&g->lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&g->qmu, NULL);
+    pthread_cond_init(&g->qcv, NULL);
+    pthread_mutex_init(&g->dmu, NULL);
+    randombytes_buf(key, sizeof key);
+    g->ix = galidx_new(key);
+    g->wbuf = malloc((size_t)g->opt.batch_max * GALOG_REC_MAX);
+    g->batch = malloc((size_t)g->opt.batch_max * sizeof *g->batch);
+    if (opt && opt->data_dir)
+        g->dir = strdup(opt->data_dir);
+    if (!g->ix || !g->wbuf || !g->batch || (opt && opt->data_dir && !g->dir)) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    if (g->dir && load_dir(g, rep, err, errlen) != 0)
+        goto err;
+    publish(g);
+    if (rep->truncated_bytes || rep->repaired_bytes)
+        snprintf(rep->message, sizeof rep->message,
+                 "gallery: cut a torn tail of %llu bytes; repair dropped %llu bytes in %llu places",
+                 (unsigned long long)rep->truncated_bytes, (unsigned long long)rep->repaired_bytes,
+                 (unsigned long long)rep->repaired_records);
+    if (pthread_create(&g->writer, NULL, writer_main, g) != 0) {
+        snprintf(err, errlen, "cannot start the gallery writer thread");
+        goto err;
+    }
+    g->writer_started = 1;
+    *out = g;
+    return 0;
+err:
+    gallery_free(g);
+    return -1;
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    gallery_free(h->data);
+}
+
+void fw_gallery_close(fw_gallery *g)
+{
+    if (!g)
+        return;
+    g->closing = 1;
+    pthread_mutex_lock(&g->qmu);
+    g->stopping = 1;
+    pthread_cond_signal(&g->qcv);
+    pthread_mutex_unlock(&g->qmu);
+    if (g->writer_started)
+        pthread_join(g->writer, NULL);
+    if (g->loop_attached) {
+        deliver(g); /* what the writer finished after the loop's last turn */
+        uv_close((uv_handle_t *)&g->async, on_async_closed);
+    } else {
+        gallery_free(g);
+    }
+}

@@ -1,0 +1,166 @@
+/*
+ * gallery.h — the face gallery: enroll, 1:N identify, delete, list. Searched with BLAS,
+ * durable on disk (append-only log + snapshots, group commit), no networking.
+ *
+ * Three layers, one file each:
+ *   gallery.c  this API, the writer thread, the rwlock, completions to the libuv loop
+ *   galidx.c   the in-memory index (matrix, norms, id/subject maps, ordered subjects, search)
+ *   galog.c    the on-disk formats (record codec, CRC32C, log scan/repair, snapshot)
+ * docs/gallery.md describes the formats, the crash-safety argument and the threading.
+ *
+ * Threading (who may call what):
+ *   fw_gallery_open            any thread, before anything else; blocks (loads from disk)
+ *   fw_gallery_attach_loop     the loop thread, once, before the first enroll/delete
+ *   fw_gallery_enroll, _delete_face, _delete_subject
+ *                              the loop thread; never block (a short queue mutex, no I/O, no
+ *                              rwlock); the callback runs later on the loop thread
+ *   fw_gallery_search, _list, _get
+ *                              any thread, concurrently; they take the read lock, so run
+ *                              them on worker threads, never on the loop thread
+ *   fw_gallery_info            any thread including the loop thread: atomics only, no lock
+ *   fw_gallery_close           the loop thread (or any thread when no loop is attached)
+ *
+ * Status codes are enum fw_status from fw_proto.h, so compute.c can put them on the wire as
+ * they are. Every message is one line of plain text for the client.
+ */
+#ifndef FW_GALLERY_H
+#define FW_GALLERY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#define FW_GALLERY_DIM 128          /* floats per descriptor */
+#define FW_GALLERY_SUBJECT_MAX 128  /* bytes of UTF-8, at least 1, no NUL */
+#define FW_GALLERY_META_MAX 1024    /* bytes of opaque metadata per face */
+#define FW_GALLERY_K_MAX 100        /* matches per query */
+#define FW_GALLERY_NQ_MAX 1024      /* queries per search call */
+/* Each descriptor component must be finite and within +-FW_GALLERY_VALUE_MAX: with that bound
+ * every |q|^2 + |x|^2 - 2 q.x stays finite in float, so no NaN can reach the top-k. */
+#define FW_GALLERY_VALUE_MAX 1.0e4f
+
+typedef struct fw_gallery fw_gallery;
+
+/* The write path's system calls, replaceable for fault-injection tests. Called only from the
+ * gallery's writer thread (and from fw_gallery_open). NULL members mean the real call. */
+typedef struct fw_gallery_io {
+    ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t len, off_t off);
+    int (*fdatasync)(void *ctx, int fd);
+    void *ctx;
+} fw_gallery_io;
+
+typedef struct fw_gallery_options {
+    const char *data_dir;     /* NULL: memory only (nothing survives close) */
+    int repair;               /* --repair: drop corrupt records in the middle of the log */
+    uint32_t max_faces;       /* enroll beyond this -> INTERNAL "gallery full"; 0 = 10,000,000 */
+    uint32_t queue_max;       /* enroll/delete requests waiting for the writer; 0 = 4096 */
+    uint32_t batch_max;       /* records per group commit; 0 = 512 */
+    /* Compact (snapshot + fresh log) when the log holds more than this many bytes AND more
+     * bytes than the last snapshot, so rewriting costs O(1) amortised per record. 0 = 64 MiB. */
+    uint64_t compact_min_bytes;
+    const fw_gallery_io *io;  /* NULL: real pwrite/fdatasync; must outlive the gallery */
+    /* Where the writer thread reports what happened (compactions, failed syncs). Called on the
+     * writer thread or inside fw_gallery_open. NULL: lines go to stderr. */
+    void (*log)(void *arg, const char *line);
+    void *log_arg;
+} fw_gallery_options;
+
+void fw_gallery_options_default(fw_gallery_options *o);
+
+/* What fw_gallery_open found on disk. */
+typedef struct fw_gallery_report {
+    uint64_t snapshot_faces;      /* faces loaded from the snapshot */
+    uint64_t log_records;         /* records replayed from the log */
+    uint64_t truncated_bytes;     /* torn/corrupt tail cut off the log (0 = clean) */
+    uint64_t repaired_bytes;      /* with repair: bytes of corrupt middle dropped */
+    uint64_t repaired_records;    /* with repair: undecodable stretches dropped */
+    char message[256];            /* one line summarising the above ("" when clean) */
+} fw_gallery_report;
+
+/* Open (and with data_dir, load) a gallery. Blocks: call before the loop runs. On success
+ * *out owns the gallery (fw_gallery_close frees it) and rep (may be NULL) says what was found.
+ * On failure returns -1 with one line in err; *out is NULL. A corrupt record in the middle of
+ * the log fails unless opt->repair. */
+int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_report *rep,
+                    char *err, size_t errlen);
+
+/* Create the uv_async through which the writer thread hands completions to the loop. Loop
+ * thread, once. Returns 0 or a negative libuv error. */
+int fw_gallery_attach_loop(fw_gallery *g, uv_loop_t *loop);
+
+/* Completion of an enroll or delete, on the loop thread. status is FW_STATUS_OK with value =
+ * the new face id (enroll) or the number of faces deleted (delete, >= 1), or an error status
+ * (NOT_FOUND, INTERNAL, SHUTTING_DOWN) with msg set. msg is valid during the call only. */
+typedef void (*fw_gallery_done_cb)(void *arg, int status, uint64_t value, const char *msg);
+
+/* Queue an enroll. Everything is copied; desc is FW_GALLERY_DIM floats. Returns FW_STATUS_OK
+ * when queued (cb will be called exactly once, later, on the loop thread, after the record is
+ * on disk and visible to searches), or an error status with a message in err and cb never
+ * called: BAD_REQUEST (bad subject, metadata or descriptor), BUSY (writer queue full),
+ * SHUTTING_DOWN (closing), INTERNAL (no loop attached, out of memory). */
+int fw_gallery_enroll(fw_gallery *g, const char *subject, size_t subject_len, const void *meta,
+                      size_t meta_len, const float *desc, fw_gallery_done_cb cb, void *arg,
+                      char *err, size_t errlen);
+/* Same contract. value in the callback = faces deleted; NOT_FOUND when there were none. */
+int fw_gallery_delete_face(fw_gallery *g, uint64_t face_id, fw_gallery_done_cb cb, void *arg,
+                           char *err, size_t errlen);
+int fw_gallery_delete_subject(fw_gallery *g, const char *subject, size_t subject_len,
+                              fw_gallery_done_cb cb, void *arg, char *err, size_t errlen);
+
+typedef struct fw_gallery_match {
+    uint64_t face_id;
+    float distance;                              /* Euclidean */
+    uint16_t subject_len;
+    char subject[FW_GALLERY_SUBJECT_MAX + 1];    /* copied under the lock, NUL-terminated */
+} fw_gallery_match;
+
+/* Top-k nearest faces for each of nq queries (queries: nq * FW_GALLERY_DIM floats, row-major).
+ * Only matches with distance < max_distance are returned (INFINITY: no threshold). out has
+ * room for nq * k matches: query i's are out[i*k .. i*k + counts[i] - 1], nearest first (ties
+ * by face id). Any thread; takes the read lock. Returns FW_STATUS_OK, or BAD_REQUEST (k not in
+ * 1..100, nq not in 1..1024, non-finite or out-of-range query, negative/NaN threshold) or
+ * INTERNAL (out of memory) with err set. */
+int fw_gallery_search(fw_gallery *g, const float *queries, int nq, int k, float max_distance,
+                      fw_gallery_match *out, int *counts, char *err, size_t errlen);
+
+typedef struct fw_gallery_subject {
+    uint32_t faces;
+    uint16_t subject_len;
+    char subject[FW_GALLERY_SUBJECT_MAX + 1];
+} fw_gallery_subject;
+
+/* Subjects in byte order, starting after `cursor` (cursor_len 0: from the start), at most
+ * limit (1..65535). *n = how many were written to out. next (FW_GALLERY_SUBJECT_MAX + 1 bytes)
+ * receives the cursor for the next page and *next_len its length, 0 at the end. A cursor stays
+ * valid whatever is enrolled or deleted meanwhile: every subject present for the whole listing
+ * is returned exactly once. Any thread; read lock. FW_STATUS_OK / BAD_REQUEST / INTERNAL. */
+int fw_gallery_list(fw_gallery *g, const char *cursor, size_t cursor_len, int limit,
+                    fw_gallery_subject *out, int *n, char *next, size_t *next_len,
+                    char *err, size_t errlen);
+
+/* One face, by id. Any thread; read lock. FW_STATUS_OK or NOT_FOUND. meta: room for
+ * FW_GALLERY_META_MAX bytes (may be NULL); desc: FW_GALLERY_DIM floats (may be NULL). */
+int fw_gallery_get(fw_gallery *g, uint64_t face_id, fw_gallery_subject *subject, void *meta,
+                   size_t *meta_len, float *desc);
+
+typedef struct fw_gallery_info {
+    uint64_t faces, subjects;
+    uint64_t mem_bytes;    /* heap held by the index */
+    uint64_t disk_bytes;   /* snapshot + log (0 in memory-only mode) */
+    uint64_t last_seq;     /* sequence number of the last durable record */
+    uint64_t next_face_id; /* the id the next enroll will get */
+    uint64_t compactions;  /* snapshots written since open */
+    uint64_t write_errors; /* batches that failed to reach the disk since open */
+} fw_gallery_info;
+
+/* Figures as of the last applied batch. Lock-free (atomics): safe on the loop thread. */
+void fw_gallery_info_get(fw_gallery *g, fw_gallery_info *info);
+
+/* Stop: new requests get SHUTTING_DOWN; requests already queued are written and completed
+ * (their callbacks run inside this call), then the writer thread is joined and files closed.
+ * With a loop attached, call on the loop thread and run the loop afterwards: the memory is
+ * freed once the uv_async handle has closed. g must not be used after this call. */
+void fw_gallery_close(fw_gallery *g);
+
+#endif
