@@ -3,6 +3,10 @@
  *
  * The inner loops run over channels, which are contiguous in HWC, so the compiler vectorises
  * them (the engine is built with -O3 -march=native). Heavy lifting is left to cblas_sgemm.
+ * nn_conv2d picks, in order: Winograd F(2x2,3x3) for 3x3 stride-1 convs the network prepared
+ * for it; the single live tap when the map is 1x1; a direct kernel for the detector's 3->16
+ * first layer; a plain GEMM for 1x1 convs; otherwise im2col + GEMM in blocks of pixels. Each
+ * choice is measured, see the comments at the functions.
  */
 #include "engine/nn.h"
 
@@ -307,7 +311,7 @@ static void winograd_conv(const nn_tensor *in, const nn_conv *cv, enum nn_act ac
             float *restrict y01 = y00 + cout;
             float *restrict y10 = y00 + (size_t)out->w * cout;
             float *restrict y11 = y10 + cout;
-            float r[4][4 * 64];
+            float r[4][2 * 64];
             for (size_t c0 = 0; c0 < cout; c0 += 64) {
                 size_t n = cout - c0 < 64 ? cout - c0 : 64;
                 for (int j = 0; j < 4; j++) { /* r = A^T q: rows 0, 1 of columns j */
@@ -337,7 +341,6 @@ static void winograd_conv(const nn_tensor *in, const nn_conv *cv, enum nn_act ac
             }
         }
     }
-
 }
 
 void nn_conv2d(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t, int pad_l,
@@ -373,9 +376,7 @@ void nn_conv2d(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t, in
         bias_act(out->d, npix, cv->cout, cv->b, act);
         return;
     }
-    size_t blk = NN_COL_FLOATS / k;
-    if (blk == 0)
-        blk = 1; /* never for our nets: k <= 2304 */
+    size_t blk = NN_COL_FLOATS / k; /* >= 227: k is at most 3*3*256 in these nets */
     for (size_t p0 = 0; p0 < npix; p0 += blk) {
         size_t p1 = p0 + blk < npix ? p0 + blk : npix;
         im2col_block(in, cv, stride, pad_t, pad_l, out->w, p0, p1, col);

@@ -10,7 +10,9 @@
  * row/column at the bottom/right; max pooling ignores padded cells, convolution reads them as 0.
  *
  * Convolutions are GEMMs on OpenBLAS (row-major: pixels x K times K x cout) with im2col done
- * in blocks of output pixels so the column buffer stays a fixed, cache-sized scratch.
+ * in blocks of output pixels so the column buffer stays a fixed, cache-sized scratch; 3x3
+ * stride-1 convs can run as Winograd F(2x2,3x3) instead, and a few shapes BLAS handles badly
+ * have direct kernels (nn.c says which and why).
  */
 #ifndef FW_NN_H
 #define FW_NN_H
@@ -55,7 +57,8 @@ int nn_same_pad(int in, int k, int stride, int *pad_before);
 void nn_normalize(const uint8_t *rgb, int h, int w, const float mean[3], float *out);
 
 /* out (already shaped: out->h, out->w, out->c == conv->cout) = act(conv(in) + b), with zero
- * padding pad_t/pad_l before and whatever the output size implies after. col: NN_COL_FLOATS. */
+ * padding pad_t/pad_l before and whatever the output size implies after. col: NN_COL_FLOATS.
+ * kh*kw*cin must not exceed NN_COL_FLOATS (it is at most 2304 here). */
 void nn_conv2d(const nn_tensor *in, const nn_conv *conv, int stride, int pad_t, int pad_l,
                enum nn_act act, float *col, nn_tensor *out);
 
