@@ -9,6 +9,9 @@
  *   every face the reference (face-api) found is found too (IoU >= 0.5)
  *   coordinates survive EXIF rotation and decode-time downscaling: the same face comes back
  *   at the same place (in the displayed picture's pixels) with the same descriptor
+ * and the engine API's own contract: argument checks, error codes for bad pictures, the
+ * max_faces cap, what `want` fills in, and randomly damaged real pictures through the whole
+ * pipeline (OK or BAD_IMAGE, never a crash).
  *
  * FW_SHARED (default ../shared) and FW_MODELS (default models) say where the data is. A
  * missing data set is a failure, not a skip.
@@ -485,6 +488,139 @@ static void t_downscaled_decode_coordinates(void)
     CHECK(fw_descriptor_distance(r.f0.descriptor, r.f1.descriptor) < 0.2f);
 }
 
+static void t_api_errors(void)
+{
+    fw_engine *e = NULL;
+    char err[256] = "";
+    fw_engine_options o;
+    fw_engine_options_default(&o);
+    o.detector_size = 100; /* not a multiple of 32 */
+    CHECK_EQ_INT(fw_engine_open(models_dir(), &o, &e, err, sizeof(err)), FWE_ARG);
+    CHECK(e == NULL);
+    fw_engine_options_default(&o);
+    o.align = (fw_align_mode)5;
+    CHECK_EQ_INT(fw_engine_open(models_dir(), &o, &e, err, sizeof(err)), FWE_ARG);
+    CHECK_EQ_INT(fw_engine_open("/nonexistent-models", NULL, &e, err, sizeof(err)), FWE_MODEL);
+    CHECK(e == NULL && err[0]);
+    CHECK_EQ_INT(fw_engine_open(models_dir(), NULL, &e, err, sizeof(err)), FWE_OK);
+    fw_engine_ws *ws = fw_engine_ws_new(e);
+    fw_face faces[2];
+    int n = -1;
+    const uint8_t junk[] = "GIF89a definitely not a jpeg";
+    /* a header claiming 60000 x 60000: refused before any decoding */
+    uint8_t huge[] = {0xFF, 0xD8, 0xFF, 0xC0, 0, 11, 8, 0xEA, 0x60, 0xEA, 0x60, 1, 1, 0x11, 0,
+                      0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0, 0xFF, 0xD9};
+    fw_engine_err e_null = ws ? fw_engine_analyze(e, ws, NULL, 0, 0, faces, 2, NULL, NULL, NULL, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err e_want = ws ? fw_engine_analyze(e, ws, junk, sizeof(junk), 8, faces, 2, &n, NULL, NULL, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err e_neg = ws ? fw_engine_analyze(e, ws, junk, sizeof(junk), 0, faces, -1, &n, NULL, NULL, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err e_empty = ws ? fw_engine_analyze(e, ws, junk, 0, 0, faces, 2, &n, NULL, NULL, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err e_junk = ws ? fw_engine_analyze(e, ws, junk, sizeof(junk), 0, faces, 2, &n, NULL, NULL, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err e_huge = ws ? fw_engine_analyze(e, ws, huge, sizeof(huge), 0, faces, 2, &n, NULL, NULL, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_ws_free(ws);
+    fw_engine_close(e);
+    CHECK(ws);
+    CHECK_EQ_INT(e_null, FWE_ARG);
+    CHECK_EQ_INT(e_want, FWE_ARG);
+    CHECK_EQ_INT(e_neg, FWE_ARG);
+    CHECK_EQ_INT(e_empty, FWE_BAD_IMAGE);
+    CHECK_EQ_INT(e_junk, FWE_BAD_IMAGE);
+    CHECK_EQ_INT(e_huge, FWE_TOO_LARGE);
+    CHECK_EQ_INT(n, 0);
+}
+
+/* max_faces caps the output; want = 0 gives boxes only, LANDMARKS adds points but no
+ * descriptor. group_two_people.jpg has two faces. */
+static void t_api_caps_and_wants(void)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/eval/group_two_people.jpg", shared_dir());
+    size_t len = 0;
+    char *jpeg = read_all(path, &len);
+    CHECK(jpeg);
+    fw_engine *e = NULL;
+    char err[256];
+    fw_engine_err rc = fw_engine_open(models_dir(), NULL, &e, err, sizeof(err));
+    fw_engine_ws *ws = rc == FWE_OK ? fw_engine_ws_new(e) : NULL;
+    fw_face f[4];
+    int n_all = -1, n_one = -1, n_zero = -1, n_lm = -1, w = 0, h = 0;
+    fw_timings t = {0};
+    float box_all = 0, box_one = 0, lm_none = 1, lm_some = 0, desc_lm = 1;
+    if (ws) {
+        fw_engine_analyze(e, ws, (const uint8_t *)jpeg, len, 0, f, 4, &n_all, &w, &h, &t, err, sizeof(err));
+        box_all = f[0].box[0];
+        lm_none = f[0].landmarks[0];
+        fw_engine_analyze(e, ws, (const uint8_t *)jpeg, len, 0, f, 1, &n_one, NULL, NULL, NULL, err, sizeof(err));
+        box_one = f[0].box[0];
+        fw_engine_analyze(e, ws, (const uint8_t *)jpeg, len, 0, NULL, 0, &n_zero, NULL, NULL, NULL, err, sizeof(err));
+        fw_engine_analyze(e, ws, (const uint8_t *)jpeg, len, FW_WANT_LANDMARKS, f, 4, &n_lm, NULL, NULL, NULL, err, sizeof(err));
+        lm_some = f[0].landmarks[0];
+        desc_lm = 0;
+        for (int k = 0; k < 128; k++)
+            desc_lm += fabsf(f[0].descriptor[k]);
+    }
+    fw_engine_ws_free(ws);
+    fw_engine_close(e);
+    free(jpeg);
+    CHECK_EQ_INT(rc, FWE_OK);
+    CHECK_EQ_INT(n_all, 2);
+    CHECK_EQ_INT(w, 1126);
+    CHECK_EQ_INT(h, 661);
+    CHECK(t.total_ms > 0 && t.detect_ms > 0 && t.describe_ms == 0);
+    CHECK_EQ_INT(n_one, 1);
+    CHECK(box_one == box_all); /* the best face is kept */
+    CHECK_EQ_INT(n_zero, 0);
+    CHECK_EQ_INT(n_lm, 2);
+    CHECK(lm_none == 0.f);
+    CHECK(lm_some > 0.f);
+    CHECK(desc_lm == 0.f);
+}
+
+/* Damaged copies of a real picture through the whole pipeline: decode errors are BAD_IMAGE,
+ * and whatever decodes (garbage pixels included) goes through detection, landmarks and
+ * descriptors without a crash or a sanitizer report. */
+static void t_api_damaged_pictures(void)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/eval/barack_obama_5.jpg", shared_dir());
+    size_t len = 0;
+    char *jpeg = read_all(path, &len);
+    CHECK(jpeg && len > 100);
+    uint8_t *m = malloc(len);
+    fw_engine *e = NULL;
+    char err[256];
+    fw_engine_err rc = fw_engine_open(models_dir(), NULL, &e, err, sizeof(err));
+    fw_engine_ws *ws = rc == FWE_OK ? fw_engine_ws_new(e) : NULL;
+    int unexpected = 0, decoded = 0, refused = 0;
+    uint32_t seed = 4242;
+    fw_face f[4];
+    for (int round = 0; ws && m && round < 40; round++) {
+        memcpy(m, jpeg, len);
+        for (int k = 0; k < 1 + round % 3; k++) {
+            seed = seed * 1103515245u + 12345u;
+            const size_t at = 2 + (seed >> 8) % (len - 2);
+            seed = seed * 1103515245u + 12345u;
+            m[at] = (uint8_t)(seed >> 16);
+        }
+        int n = 0;
+        fw_engine_err r = fw_engine_analyze(e, ws, m, round % 5 ? len : len / 2, FW_WANT_DESCRIPTORS,
+                                            f, 4, &n, NULL, NULL, NULL, err, sizeof(err));
+        if (r == FWE_OK)
+            decoded++;
+        else if (r == FWE_BAD_IMAGE)
+            refused++;
+        else
+            unexpected++;
+    }
+    fw_engine_ws_free(ws);
+    fw_engine_close(e);
+    free(m);
+    free(jpeg);
+    CHECK_EQ_INT(rc, FWE_OK);
+    CHECK_EQ_INT(unexpected, 0);
+    CHECK(refused >= 8); /* at least the truncated ones */
+    printf("  damaged pictures: %d decoded, %d refused\n", decoded, refused);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_one_face_per_single_picture),
     CHECK_TEST(t_pairs_similarity),
@@ -493,6 +629,9 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_reference_faces_found),
     CHECK_TEST(t_exif_rotated_picture),
     CHECK_TEST(t_downscaled_decode_coordinates),
+    CHECK_TEST(t_api_errors),
+    CHECK_TEST(t_api_caps_and_wants),
+    CHECK_TEST(t_api_damaged_pictures),
 };
 
 int main(int argc, char **argv)
