@@ -156,7 +156,12 @@ fw_nets_ws *fw_nets_ws_new(const fw_nets *nets, int max_det_size)
 {
     if (!nets || max_det_size < 32 || max_det_size > FW_DET_MAX_SIZE || max_det_size % 32 != 0)
         return NULL;
-    size_t need = tinydet_ws_floats(max_det_size);
+    /* The detector's needs grow with the size, but not strictly (its conv0 band is rounded to
+     * whole row pairs), so take the largest over every size it may be run at. */
+    size_t need = 0;
+    for (int s = 32; s <= max_det_size; s += 32)
+        if (tinydet_ws_floats(s) > need)
+            need = tinydet_ws_floats(s);
     size_t l = landmark_ws_floats(), r = recog_ws_floats();
     if (l > need)
         need = l;

@@ -100,7 +100,8 @@ double fw_tinydet_flops(int size)
 
 int fw_tinydet_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, int size, float *grid)
 {
-    if (!nets || !ws || !rgb || !grid || size < 32 || size % 32 != 0 || size > ws->max_det_size)
+    if (!nets || !ws || !rgb || !grid || size < 32 || size % 32 != 0 ||
+        size > ws->max_det_size || tinydet_ws_floats(size) > ws->cap)
         return -1;
     const tinydet_net *net = &nets->det;
     size_t act = NETS_ROUND(det_max_act(size));

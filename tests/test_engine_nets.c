@@ -280,6 +280,32 @@ static void t_detector_sizes(void)
     CHECK(ok);
 }
 
+/* One workspace for the largest size serves every smaller one (ASan sees any overrun). */
+static void t_detector_all_sizes(void)
+{
+    static const int sizes[] = { 1024, 32, 96, 608 };
+    fw_nets *nets = load_nets();
+    fw_nets_ws *ws = nets ? fw_nets_ws_new(nets, 1024) : NULL;
+    uint8_t *rgb = malloc(1024 * 1024 * 3);
+    float *grid = malloc(32 * 32 * 25 * sizeof(float));
+    int ok = ws && rgb && grid;
+    for (size_t i = 0; ok && i < 1024 * 1024 * 3; i++)
+        rgb[i] = (uint8_t)(i * 7 + i / 3072);
+    for (size_t s = 0; ok && s < sizeof sizes / sizeof sizes[0]; s++) {
+        int n = (sizes[s] / 32) * (sizes[s] / 32) * 25;
+        ok = fw_tinydet_run(nets, ws, rgb, sizes[s], grid) == 0;
+        for (int i = 0; ok && i < n; i++)
+            ok = isfinite(grid[i]);
+        if (!ok)
+            fprintf(stderr, "  size %d failed\n", sizes[s]);
+    }
+    free(rgb);
+    free(grid);
+    fw_nets_ws_free(ws);
+    fw_nets_free(nets);
+    CHECK(ok);
+}
+
 /* A hand-made 2x2 grid (size 64): two overlapping boxes and one apart. */
 static void t_decode_nms(void)
 {
@@ -726,6 +752,7 @@ static void t_load_hostile_manifest(void)
 static const struct check_test tests[] = {
     CHECK_TEST(t_recognition_golden),  CHECK_TEST(t_landmark_golden),
     CHECK_TEST(t_detector_golden),     CHECK_TEST(t_detector_sizes),
+    CHECK_TEST(t_detector_all_sizes),
     CHECK_TEST(t_decode_nms),          CHECK_TEST(t_nn_conv_paths),
     CHECK_TEST(t_nn_sepconv),          CHECK_TEST(t_nn_maxpool_same),
     CHECK_TEST(t_load_ok_copy),
