@@ -6,7 +6,8 @@
  * A request goes through, in this order (each step answers at once when it refuses):
  *   unknown opcode (or a test op without --enable-test-ops)  -> UNKNOWN_OP
  *   shutting down                                            -> SHUTTING_DOWN
- *   queue full / shedding low / byte budget / degraded low   -> BUSY + retry_after_ms
+ *   queue full / shedding low / byte budget / degraded low /
+ *   expected queue wait beyond the deadline                  -> BUSY + retry_after_ms
  *   breaker open                                             -> UNAVAILABLE + retry_after_ms
  *   body copied and parsed                                   -> BAD_REQUEST
  *   needs the models and they did not load                   -> UNAVAILABLE
@@ -491,8 +492,9 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
         return;
     }
     const fw_op *op = &ops[idx];
+    uint32_t budget = h->deadline_ms ? h->deadline_ms : cp->opt.default_deadline_ms[h->opcode];
     fw_sched_op_stats_mut(cp->sched, idx)->requests++;
-    if (fw_sched_precheck(cp->sched, c, h, idx) != 0)
+    if (fw_sched_precheck(cp->sched, c, h, idx, budget) != 0)
         return;
 
     fw_job *j = fw_job_new(h->body_len);
@@ -507,7 +509,7 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
     j->op_index = idx;
     j->env = op->cls == CLS_FACE ? &cp->face_env : NULL;
     j->degraded = cp->degraded;
-    j->budget_ms = h->deadline_ms ? h->deadline_ms : cp->opt.default_deadline_ms[h->opcode];
+    j->budget_ms = budget;
 
     if (op->parse(j, msg, sizeof msg) != 0) {
         fw_sched_answer_now(cp->sched, c, h, idx, FW_STATUS_BAD_REQUEST, msg, 0, 0);

@@ -450,26 +450,39 @@ static void deadline_timer_cb(uv_timer_t *t)
 
 /* ---- admission ----------------------------------------------------------------------------- */
 
-/* How long until a refused client should try again: the work queued ahead of it divided
- * among the workers, times the op's median run time (100 ms before anything ran). */
-static uint32_t retry_estimate(fw_sched *s, const fw_job *j)
+/* Jobs that run before a new job of priority prio under strict priority order. */
+static uint64_t jobs_ahead(const fw_sched *s, int prio)
 {
     uint64_t ahead = s->queue[FW_PRIO_HIGH].len;
-    if (j->hdr.priority != FW_PRIO_HIGH)
+    if (prio != FW_PRIO_HIGH)
         ahead += s->queue[FW_PRIO_NORMAL].len;
-    if (j->hdr.priority == FW_PRIO_LOW)
+    if (prio == FW_PRIO_LOW)
         ahead += s->queue[FW_PRIO_LOW].len;
-    const fw_hist *h = &s->stats[j->op_index].run_us;
-    uint64_t per_job_ms = h->count ? fw_hist_quantile(h, 0.5) / 1000 : 100;
-    if (per_job_ms == 0)
-        per_job_ms = 1;
-    uint64_t est = (ahead / (uint64_t)s->cfg.workers + 1) * per_job_ms;
+    return ahead;
+}
+
+/* The op's median worker time in ms, or `none` before any job of it finished. */
+static uint64_t median_run_ms(const fw_sched *s, int op_index, uint64_t none)
+{
+    const fw_hist *h = &s->stats[op_index].run_us;
+    return h->count ? fw_hist_quantile(h, 0.5) / 1000 : none;
+}
+
+/* How long until a refused client should try again: the work queued ahead of it divided
+ * among the workers, plus its own turn, at the op's median run time (100 ms before anything
+ * ran). Never 0, at most a minute. */
+static uint32_t retry_estimate(const fw_sched *s, int prio, int op_index)
+{
+    uint64_t per_job = median_run_ms(s, op_index, 100);
+    uint64_t est = (jobs_ahead(s, prio) / (uint64_t)s->cfg.workers + 1) * (per_job ? per_job : 1);
     return est > 60000 ? 60000 : (uint32_t)est;
 }
 
-/* Why a job of this priority and size cannot be queued now (NULL: it can). Pure: no state
- * changes, so fw_sched_precheck() and fw_sched_submit() agree within one loop iteration. */
-static const char *refusal(const fw_sched *s, int prio, size_t body_len)
+/* Why a job cannot be queued now (NULL: it can); msg is scratch space for the message. Pure:
+ * no state changes, so fw_sched_precheck() and fw_sched_submit() agree within one loop
+ * iteration. */
+static const char *refusal(const fw_sched *s, int prio, int op_index, size_t body_len,
+                           uint32_t budget_ms, char *msg, size_t msglen)
 {
     const fw_queue *q = &s->queue[prio];
     if (s->degraded && prio == FW_PRIO_LOW)
@@ -486,6 +499,18 @@ static const char *refusal(const fw_sched *s, int prio, size_t body_len)
      * (a worker is free) never waits, so it does not count against it */
     if (s->queued_bytes + body_len > s->cfg.queue_max_bytes && s->nfree == 0)
         return "queued request bytes at limit";
+    /* A job that would only start after its deadline is refused now rather than left to
+     * expire in the queue: the client learns it at once and can go elsewhere, and the queue
+     * does not fill with work nobody will wait for. The estimate ignores the time the running
+     * jobs still need, so it errs on the side of admitting. */
+    if (budget_ms) {
+        uint64_t wait = jobs_ahead(s, prio) / (uint64_t)s->cfg.workers * median_run_ms(s, op_index, 0);
+        if (wait > budget_ms) {
+            snprintf(msg, msglen, "expected queue wait %llu ms exceeds the %u ms deadline",
+                     (unsigned long long)wait, budget_ms);
+            return msg;
+        }
+    }
     return NULL;
 }
 
@@ -494,26 +519,24 @@ static int clamp_prio(uint8_t p)
     return p < FW_PRIO_COUNT ? p : FW_PRIO_NORMAL;
 }
 
-int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index)
+int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index, uint32_t budget_ms)
 {
     const fw_op *op = &s->ops[op_index];
+    char msg[128];
     if (s->draining || s->stopping) {
         fw_sched_answer_now(s, c, h, op_index, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
         return -1;
     }
-    fw_job probe_job; /* only what retry_estimate reads */
-    probe_job.hdr = *h;
-    probe_job.op_index = op_index;
-    const char *why = refusal(s, clamp_prio(h->priority), h->body_len);
+    int prio = clamp_prio(h->priority);
+    const char *why = refusal(s, prio, op_index, h->body_len, budget_ms, msg, sizeof msg);
     if (why) {
-        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_BUSY, why, 1, retry_estimate(s, &probe_job));
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_BUSY, why, 1, retry_estimate(s, prio, op_index));
         return -1;
     }
     /* an open breaker refuses before the body is even copied */
     const fw_breaker *b = &s->classes[op->cls].breaker;
     uint64_t now = uv_now(s->loop);
     if (b->state == FW_BREAKER_OPEN && now < b->opened_at + b->cfg.cooldown_ms) {
-        char msg[128];
         snprintf(msg, sizeof msg, "circuit breaker open for %s operations", s->classes[op->cls].name);
         fw_sched_answer_now(s, c, h, op_index, FW_STATUS_UNAVAILABLE, msg, 1,
                             (uint32_t)(b->opened_at + b->cfg.cooldown_ms - now));
@@ -538,9 +561,10 @@ void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
         fw_job_free(j);
         return;
     }
-    why = refusal(s, prio, j->body_len);
+    why = refusal(s, prio, j->op_index, j->body_len, j->budget_ms, msg, sizeof msg);
     if (why) {
-        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_BUSY, why, 1, retry_estimate(s, j));
+        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_BUSY, why, 1,
+                            retry_estimate(s, prio, j->op_index));
         fw_job_free(j);
         return;
     }

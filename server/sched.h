@@ -147,10 +147,11 @@ int fw_sched_init(fw_sched **out, uv_loop_t *loop, const fw_sched_config *cfg,
                   void *const *slot_ctx, char *err, size_t errlen);
 
 /* The checks of fw_sched_submit that need no job (shutting down, queue full, shedding, byte
- * budget, breaker open), so that a request about to be refused is refused before its body is
+ * budget, expected wait beyond budget_ms, breaker open), so that a request about to be refused is refused before its body is
  * copied. Returns 0 if the request may go on, -1 after answering it. Counts nothing but the
  * response. */
-int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index);
+int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
+                      uint32_t budget_ms);
 
 /* Admit or refuse a job (ownership passes to the scheduler either way). j->hdr, op, op_index,
  * env, degraded, budget_ms and args must be set. The caller counts the request in

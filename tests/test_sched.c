@@ -2,7 +2,8 @@
  * test_sched.c — the compute scheduler end to end, against bin/facewired started with
  * --enable-test-ops: BUSY when a queue is full, deadlines in the queue and while running,
  * priority order and the anti-starvation rule, low-priority shedding and degraded mode, the
- * circuit breaker's whole cycle, disconnects with jobs waiting and running, drain, /metrics.
+ * circuit breaker's whole cycle, disconnects with jobs waiting and running, drain, /metrics;
+ * and, without a server, the latency histogram and the breaker's state machine on a fake clock.
  *
  * Determinism: one worker (--workers 1) and a TEST_SLEEP "blocker" that holds it, so which
  * jobs wait and in which order they run follows from the order of the frames we send. The
@@ -26,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/breaker.h"
+#include "server/hist.h"
 #include "tests/check.h"
 #include "tests/tu_server.h"
 
@@ -150,6 +153,88 @@ static int info_has(const char *text, const char *line)
     return strstr(text, pat) != NULL;
 }
 
+/* ---- unit tests: histogram and breaker (no server) ------------------------------------------ */
+
+static void t_hist_quantiles_body(void)
+{
+    static fw_hist h;
+    fw_hist_reset(&h);
+    CHECK_EQ_INT(fw_hist_quantile(&h, 0.5), 0);
+    /* 1..1000 us: quantiles within the 1/16 bucket width, never above the maximum */
+    for (uint64_t v = 1; v <= 1000; v++)
+        fw_hist_record(&h, v);
+    CHECK_EQ_INT(h.count, 1000);
+    CHECK_EQ_INT(h.sum, 500500);
+    uint64_t p50 = fw_hist_quantile(&h, 0.5), p99 = fw_hist_quantile(&h, 0.99);
+    CHECK_MSG(p50 >= 500 && p50 <= 500 + 500 / 16 + 1, "p50 %llu", (unsigned long long)p50);
+    CHECK_MSG(p99 >= 990 && p99 <= 1000, "p99 %llu", (unsigned long long)p99);
+    CHECK_EQ_INT(fw_hist_quantile(&h, 1.0), 1000);
+    CHECK_EQ_INT(fw_hist_quantile(&h, 0.0), 1);
+    /* small values are exact, huge ones land in the last bucket without overflow */
+    fw_hist_reset(&h);
+    fw_hist_record(&h, 3);
+    CHECK_EQ_INT(fw_hist_quantile(&h, 0.5), 3);
+    fw_hist_record(&h, UINT64_MAX);
+    CHECK_EQ_INT(h.sum, UINT64_MAX); /* saturates */
+    CHECK(fw_hist_quantile(&h, 1.0) > (1ull << 39));
+}
+
+static void t_breaker_unit_body(void)
+{
+    fw_breaker_config cfg = { .window_ms = 1000, .min_requests = 4, .failure_pct = 50,
+                              .cooldown_ms = 200, .probes = 2 };
+    fw_breaker b;
+    uint32_t retry = 0;
+    int changed = 0;
+    fw_breaker_init(&b, &cfg);
+    /* 3 failures are below min_requests */
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(fw_breaker_record(&b, 100, 1, 0), 0);
+    CHECK_EQ_INT(b.state, FW_BREAKER_CLOSED);
+    /* they slide out of the window: 1.5 s later a failure finds only itself */
+    CHECK_EQ_INT(fw_breaker_record(&b, 1600, 1, 0), 0);
+    uint32_t r, f;
+    fw_breaker_window(&b, 1600, &r, &f);
+    CHECK_EQ_INT(r, 1);
+    CHECK_EQ_INT(f, 1);
+    /* 2 successes + 2 failures = 50%: open */
+    CHECK_EQ_INT(fw_breaker_record(&b, 1610, 0, 0), 0);
+    CHECK_EQ_INT(fw_breaker_record(&b, 1620, 0, 0), 0);
+    CHECK_EQ_INT(fw_breaker_record(&b, 1630, 1, 0), 1);
+    CHECK_EQ_INT(b.state, FW_BREAKER_OPEN);
+    CHECK_EQ_INT(fw_breaker_admit(&b, 1680, &retry, &changed), FW_BREAKER_REJECT);
+    CHECK_EQ_INT(retry, 150);
+    /* a straggler finishing while open changes nothing */
+    CHECK_EQ_INT(fw_breaker_record(&b, 1700, 1, 0), 0);
+    /* cooldown over: half-open, two probes, the third refused */
+    CHECK_EQ_INT(fw_breaker_admit(&b, 1830, &retry, &changed), FW_BREAKER_PROBE);
+    CHECK_EQ_INT(changed, 1);
+    CHECK_EQ_INT(b.state, FW_BREAKER_HALF_OPEN);
+    CHECK_EQ_INT(fw_breaker_admit(&b, 1831, &retry, &changed), FW_BREAKER_PROBE);
+    CHECK_EQ_INT(fw_breaker_admit(&b, 1832, &retry, &changed), FW_BREAKER_REJECT);
+    /* a probe that never ran gives its place back */
+    fw_breaker_cancel_probe(&b);
+    CHECK_EQ_INT(fw_breaker_admit(&b, 1833, &retry, &changed), FW_BREAKER_PROBE);
+    /* a non-probe outcome does not decide; two probe successes close */
+    CHECK_EQ_INT(fw_breaker_record(&b, 1840, 1, 0), 0);
+    CHECK_EQ_INT(fw_breaker_record(&b, 1850, 0, 1), 0);
+    CHECK_EQ_INT(fw_breaker_record(&b, 1860, 0, 1), 1);
+    CHECK_EQ_INT(b.state, FW_BREAKER_CLOSED);
+    fw_breaker_window(&b, 1860, &r, &f);
+    CHECK_EQ_INT(r, 0); /* a fresh start */
+    CHECK_EQ_INT(fw_breaker_admit(&b, 1870, &retry, &changed), FW_BREAKER_ADMIT);
+    /* open again; a failed probe re-opens with a new cooldown */
+    for (int i = 0; i < 4; i++)
+        fw_breaker_record(&b, 1900, 1, 0);
+    CHECK_EQ_INT(b.state, FW_BREAKER_OPEN);
+    CHECK_EQ_INT(fw_breaker_admit(&b, 2100, &retry, &changed), FW_BREAKER_PROBE);
+    CHECK_EQ_INT(fw_breaker_record(&b, 2150, 1, 1), 1);
+    CHECK_EQ_INT(b.state, FW_BREAKER_OPEN);
+    CHECK_EQ_INT(fw_breaker_admit(&b, 2160, &retry, &changed), FW_BREAKER_REJECT);
+    CHECK_EQ_INT(retry, 190);
+    CHECK_EQ_INT(b.opens, 3);
+}
+
 /* ---- tests --------------------------------------------------------------------------------- */
 
 static void t_test_ops_refused_without_flag_body(void)
@@ -272,6 +357,40 @@ static void t_expired_in_queue_never_runs_body(void)
     CHECK_EQ_INT(info_int(text, "op_test_sleep_expired_in_queue"), 1);
     CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 1); /* only the blocker ever ran */
     CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_deadline_exceeded"), 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* A job that would only start after its deadline is refused at once, by the estimate from the
+ * op's median run time; with a longer deadline the same job is admitted. */
+static void t_deadline_admission_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    CHECK(send_sleep(fd, 1, 200, FW_PRIO_NORMAL, 0) == 0); /* teaches the median: ~200 ms */
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(send_sleep(fd, 2, 1500, FW_PRIO_NORMAL, 0) == 0); /* runs */
+    for (uint32_t rid = 3; rid < 6; rid++)
+        CHECK(send_sleep(fd, rid, 200, FW_PRIO_NORMAL, 0) == 0); /* 3 wait: ~600 ms of work */
+    CHECK(send_sleep(fd, 6, 0, FW_PRIO_NORMAL, 300) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 6);
+    CHECK_EQ_INT(r.status, FW_STATUS_BUSY);
+    CHECK_MSG(strncmp(r.msg, "expected queue wait ", 20) == 0 &&
+              strstr(r.msg, " ms exceeds the 300 ms deadline") != NULL, "message: %s", r.msg);
+    CHECK(r.retry_after >= 600);
+    /* the high queue is empty: the same deadline fits there */
+    CHECK(send_sleep(fd, 7, 0, FW_PRIO_HIGH, 60000) == 0);
+    CHECK(send_sleep(fd, 8, 0, FW_PRIO_NORMAL, 60000) == 0);
+    static const uint32_t want[] = { 2, 7, 3, 4, 5, 8 };
+    for (int i = 0; i < 6; i++) {
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+        CHECK_EQ_INT(r.rid, want[i]);
+    }
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -706,6 +825,9 @@ static void cleanup(void)
         tu_server_stop(&srv);
 }
 
+static void t_hist_quantiles(void) { t_hist_quantiles_body(); }
+static void t_breaker_unit(void) { t_breaker_unit_body(); }
+static void t_deadline_admission(void) { t_deadline_admission_body(); cleanup(); }
 static void t_test_ops_refused_without_flag(void) { t_test_ops_refused_without_flag_body(); cleanup(); }
 static void t_test_ops_answers(void) { t_test_ops_answers_body(); cleanup(); }
 static void t_queue_full_busy(void) { t_queue_full_busy_body(); cleanup(); }
@@ -722,10 +844,13 @@ static void t_drain_grace_expires(void) { t_drain_grace_expires_body(); cleanup(
 static void t_metrics_endpoint(void) { t_metrics_endpoint_body(); cleanup(); }
 
 static const struct check_test tests[] = {
+    CHECK_TEST(t_hist_quantiles),
+    CHECK_TEST(t_breaker_unit),
     CHECK_TEST(t_test_ops_refused_without_flag),
     CHECK_TEST(t_test_ops_answers),
     CHECK_TEST(t_queue_full_busy),
     CHECK_TEST(t_expired_in_queue_never_runs),
+    CHECK_TEST(t_deadline_admission),
     CHECK_TEST(t_running_past_deadline),
     CHECK_TEST(t_priority_order),
     CHECK_TEST(t_anti_starvation),
