@@ -769,6 +769,9 @@ static int call(req *r, uint8_t opcode, fw_response *resp)
         rc = recv_frame(c, id, deadline, resp);
         if (rc != FW_OK)
             return rc;
+        if (resp->hdr.opcode != opcode) /* a response copies its request's opcode */
+            return fail(c, FW_ERR_PROTOCOL, "response to a %s request has opcode 0x%02x",
+                        fw_op_name(opcode), (unsigned)resp->hdr.opcode);
         uint16_t st = resp->hdr.status;
         if (st == FW_STATUS_OK)
             return FW_OK;

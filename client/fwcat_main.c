@@ -736,6 +736,8 @@ static int cmd_identify(fwcat *fc, int argc, char **argv)
             }
         }
     }
+    if (rc == FW_OK && res.truncated)
+        fprintf(stderr, "fwcat: more faces or matches than shown\n");
     free(faces);
     free(m);
     return ec;

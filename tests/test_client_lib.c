@@ -868,6 +868,29 @@ static void t_bad_version_and_flags(void)
     }
 }
 
+static void t_wrong_opcode(void)
+{
+    /* The right request id but another op's answer: not decoded as if it were ours. */
+    fake *f = fake_new();
+    CHECK(f);
+    fw_header h = {FW_MAGIC, FW_PROTO_VERSION, FW_OP_INFO, FW_FLAG_RESPONSE, 0, 0, 1, 0, 0};
+    fw_header_encode(&h, f->reply); /* request_id 1: the client's first */
+    f->reply_len = FW_HEADER_LEN;
+    CHECK(fake_start(f, serve_raw_then_close, AF_INET) == 0);
+    fw_client *c = client_for(f, "127.0.0.1", NULL);
+    CHECK(c);
+    fw_gallery_info g;
+    int rc = fw_gallery(c, &g);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", fw_client_errmsg(c));
+    fw_client_close(c);
+    fake_stop(f);
+    CHECK_EQ_INT(f->hdr[0].request_id, 1);
+    CHECK_EQ_INT(rc, FW_ERR_PROTOCOL);
+    CHECK_EQ_STR(msg, "response to a GALLERY_INFO request has opcode 0x02");
+    free(f);
+}
+
 static void t_closed_mid_frame(void)
 {
     fake *f = fake_new();
@@ -1374,6 +1397,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_trailing_bytes),
     CHECK_TEST(t_bad_magic),
     CHECK_TEST(t_bad_version_and_flags),
+    CHECK_TEST(t_wrong_opcode),
     CHECK_TEST(t_closed_mid_frame),
     CHECK_TEST(t_response_over_rx_buf),
     CHECK_TEST(t_connect_refused),

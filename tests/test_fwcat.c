@@ -15,6 +15,7 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -449,6 +450,220 @@ static void t_bad_image(void)
     free(r);
 }
 
+/* ---- gallery commands, against a scripted fake ------------------------------------------
+ * The server's gallery ops land in a later issue; fwcat's side of them (argument encoding,
+ * following LIST cursors, the JSON shapes, escaping of hostile subject names) is tested here
+ * against a fake in this process that answers each op with a canned body. */
+
+typedef struct gfake {
+    int lfd;
+    int port;
+    pthread_t th;
+    int nlist;                  /* LIST requests seen */
+    char cursors[4][16];        /* their cursors */
+    unsigned limits[4];
+    char enroll_subject[32], enroll_meta[32];
+    uint8_t delete_body[16];
+    size_t delete_len;
+} gfake;
+
+static int gf_read(int fd, void *p, size_t n)
+{
+    uint8_t *b = p;
+    while (n > 0) {
+        ssize_t r = read(fd, b, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        b += r, n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void gf_answer(gfake *g, int fd, const fw_header *req, const uint8_t *body, uint32_t len)
+{
+    uint8_t out[512];
+    fw_writer w;
+    fw_writer_init(&w, out + FW_HEADER_LEN, sizeof out - FW_HEADER_LEN);
+    fw_reader r;
+    fw_reader_init(&r, body, len);
+    uint16_t n;
+    const char *str;
+    switch (req->opcode) {
+    case FW_OP_LIST:
+        str = fw_get_str(&r, &n);
+        if (g->nlist < 4) {
+            snprintf(g->cursors[g->nlist], sizeof g->cursors[0], "%.*s", (int)n, str ? str : "");
+            g->limits[g->nlist] = fw_get_u16(&r);
+        }
+        g->nlist++;
+        if (n == 0) {
+            fw_put_u16(&w, 2);
+            fw_put_str(&w, "alice", 5), fw_put_u32(&w, 2);
+            fw_put_str(&w, "bob", 3), fw_put_u32(&w, 1);
+            fw_put_str(&w, "p2", 2);
+        } else {
+            fw_put_u16(&w, 1);
+            fw_put_str(&w, "q\"\xff", 3), fw_put_u32(&w, 3);
+            fw_put_str(&w, "", 0);
+        }
+        break;
+    case FW_OP_GALLERY_INFO:
+        fw_put_u64(&w, 3), fw_put_u64(&w, 3), fw_put_u64(&w, 1234), fw_put_u64(&w, 42);
+        break;
+    case FW_OP_ENROLL:
+        str = fw_get_str(&r, &n);
+        snprintf(g->enroll_subject, sizeof g->enroll_subject, "%.*s", (int)n, str ? str : "");
+        {
+            uint32_t ml;
+            const uint8_t *m = fw_get_bytes(&r, 1024, &ml);
+            snprintf(g->enroll_meta, sizeof g->enroll_meta, "%.*s", (int)ml, m ? (const char *)m : "");
+        }
+        fw_put_u64(&w, 77);
+        break;
+    case FW_OP_IDENTIFY:
+        fw_put_u16(&w, 1);
+        fw_put_f32(&w, 1), fw_put_f32(&w, 2), fw_put_f32(&w, 3), fw_put_f32(&w, 4);
+        fw_put_u16(&w, 2);
+        fw_put_str(&w, "alice", 5), fw_put_u64(&w, 11), fw_put_f32(&w, 0.25f);
+        fw_put_str(&w, "bob", 3), fw_put_u64(&w, 12), fw_put_f32(&w, 0.5f);
+        break;
+    case FW_OP_DELETE:
+        g->delete_len = len < sizeof g->delete_body ? len : sizeof g->delete_body;
+        memcpy(g->delete_body, body, g->delete_len);
+        fw_put_u32(&w, 1);
+        break;
+    default:
+        break;
+    }
+    fw_header h = *req;
+    h.flags = FW_FLAG_RESPONSE;
+    h.body_len = (uint32_t)w.len;
+    fw_header_encode(&h, out);
+    (void)tu_send_all(fd, out, FW_HEADER_LEN + w.len);
+}
+
+static void *gf_main(void *arg)
+{
+    gfake *g = arg;
+    int fd = accept(g->lfd, NULL, NULL); /* fwcat uses one connection while all goes well */
+    if (fd < 0)
+        return NULL;
+    static const size_t cap = 1u << 20;
+    uint8_t *body = malloc(cap);
+    for (;;) {
+        uint8_t hb[FW_HEADER_LEN];
+        fw_header h;
+        if (!body || gf_read(fd, hb, sizeof hb) != 0)
+            break;
+        fw_header_decode(hb, &h);
+        if (h.body_len > cap || gf_read(fd, body, h.body_len) != 0)
+            break;
+        gf_answer(g, fd, &h, body, h.body_len);
+    }
+    free(body);
+    close(fd);
+    return NULL;
+}
+
+static int gf_start(gfake *g)
+{
+    memset(g, 0, sizeof *g);
+    g->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof a;
+    if (g->lfd < 0 || bind(g->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(g->lfd, 1) != 0 ||
+        getsockname(g->lfd, (struct sockaddr *)&a, &sl) != 0 || pthread_create(&g->th, NULL, gf_main, g) != 0) {
+        if (g->lfd >= 0)
+            close(g->lfd);
+        return -1;
+    }
+    g->port = ntohs(a.sin_port);
+    return 0;
+}
+
+/* fwcat has exited, so the fake sees EOF; if fwcat never connected, a dummy connection
+ * wakes the fake's accept() instead of leaving the join hanging. */
+static void gf_finish(gfake *g)
+{
+    int d = tu_connect("127.0.0.1", g->port);
+    if (d >= 0)
+        close(d);
+    pthread_join(g->th, NULL);
+}
+
+static void t_gallery_commands_json(void)
+{
+    char pic[] = "/tmp/fwcat-pic-XXXXXX";
+    int fd = mkstemp(pic);
+    CHECK(fd >= 0);
+    int wrote = write(fd, "\xff\xd8not-decoded-by-the-fake", 24) == 24;
+    close(fd);
+    gfake *g = calloc(1, sizeof *g);
+    run *r = new_run();
+    int started = wrote && g && r && gf_start(g) == 0;
+    if (started) {
+        char port[16], input[512];
+        snprintf(port, sizeof port, "%d", g->port);
+        snprintf(input, sizeof input,
+                 "list\ngallery\nenroll 'bob b' %s --meta \"door 3\"\nidentify %s -k 2\n"
+                 "delete --face 7\ndelete --subject bob\n",
+                 pic, pic);
+        fwcat(r, 0, input, (const char *const[]){"-p", port, "--json", NULL});
+        gf_finish(g);
+        close(g->lfd);
+    }
+    unlink(pic);
+    CHECK(started);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out,
+                 "{\"subjects\":[{\"subject\":\"alice\",\"faces\":2},{\"subject\":\"bob\",\"faces\":1},"
+                 "{\"subject\":\"q\\\"\\ufffd\",\"faces\":3}]}\n"
+                 "{\"faces\":3,\"subjects\":3,\"bytes\":1234,\"last_seq\":42}\n"
+                 "{\"face_id\":77}\n"
+                 "{\"faces\":[{\"box\":[1,2,3,4],\"matches\":[{\"subject\":\"alice\",\"face_id\":11,"
+                 "\"distance\":0.25},{\"subject\":\"bob\",\"face_id\":12,\"distance\":0.5}]}]}\n"
+                 "{\"deleted\":1}\n"
+                 "{\"deleted\":1}\n");
+    /* LIST followed the cursor: two pages, the second from "p2". */
+    CHECK_EQ_INT(g->nlist, 2);
+    CHECK_EQ_STR(g->cursors[0], "");
+    CHECK_EQ_STR(g->cursors[1], "p2");
+    CHECK_EQ_INT(g->limits[0], 256);
+    CHECK_EQ_STR(g->enroll_subject, "bob b");
+    CHECK_EQ_STR(g->enroll_meta, "door 3");
+    /* the last DELETE: kind 1 (subject), str "bob" */
+    static const uint8_t del[] = {1, 0, 3, 'b', 'o', 'b'};
+    CHECK_EQ_INT(g->delete_len, sizeof del);
+    CHECK(memcmp(g->delete_body, del, sizeof del) == 0);
+    free(g);
+    free(r);
+}
+
+static void t_gallery_commands_text(void)
+{
+    gfake *g = calloc(1, sizeof *g);
+    run *r = new_run();
+    int started = g && r && gf_start(g) == 0;
+    if (started) {
+        char port[16];
+        snprintf(port, sizeof port, "%d", g->port);
+        fwcat(r, 0, "list\ngallery\n", (const char *const[]){"-p", port, NULL});
+        gf_finish(g);
+        close(g->lfd);
+    }
+    CHECK(started);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "alice 2\nbob 1\nq\"\\xff 3\n"
+                         "faces: 3\nsubjects: 3\nbytes: 1234\nlast_seq: 42\n");
+    free(g);
+    free(r);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_ping),
     CHECK_TEST(t_json_escaping),
@@ -464,6 +679,8 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_detect_embed),
     CHECK_TEST(t_verify),
     CHECK_TEST(t_bad_image),
+    CHECK_TEST(t_gallery_commands_json),
+    CHECK_TEST(t_gallery_commands_text),
 };
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
