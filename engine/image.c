@@ -349,58 +349,76 @@ void fw_resize_bilinear(const fw_image *src, fw_image *dst)
     resample(src, 0, 0, src->w, src->h, 0, 0, src->w, src->h, dst->px, dst->w, dst->h);
 }
 
+/* Source pixels summed vertically at a time (a strip of output columns); bounds the stack. */
+#define AREA_STRIP 2048
+
 void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size)
 {
     if (side <= size || size > FW_AREA_MAX_SIZE) {
         fw_sample_square(src, 0, 0, side, 0, 0, src->w, src->h, dst, size);
         return;
     }
-    /* Output column j covers source [j f, (j + 1) f): whole pixels x0+1 .. x1-1 with weight 1,
-     * the partial ends x0 and x1 with their overlap. Same table for rows (the area is square). */
-    int lo[FW_AREA_MAX_SIZE], hi[FW_AREA_MAX_SIZE];
-    float wlo[FW_AREA_MAX_SIZE], whi[FW_AREA_MAX_SIZE];
-    float row[FW_AREA_MAX_SIZE * 3], acc[FW_AREA_MAX_SIZE * 3];
+    /* Output column j covers source [j f, (j + 1) f): pixel lo[j] with weight wlo[j], whole
+     * pixels in between with weight 1, pixel hi[j] with weight whi[j]. Rows use the same
+     * table (the area is square). Columns are clipped to the picture's width (chi, cwhi: the
+     * right padding adds nothing), rows to its height in the loop. */
+    int lo[FW_AREA_MAX_SIZE], hi[FW_AREA_MAX_SIZE], chi[FW_AREA_MAX_SIZE];
+    float wlo[FW_AREA_MAX_SIZE], whi[FW_AREA_MAX_SIZE], cwhi[FW_AREA_MAX_SIZE];
+    float col[AREA_STRIP * 3];
     const double f = (double)side / size;
+    if (f + 2 > AREA_STRIP) { /* one output pixel wider than a strip: only absurd sizes */
+        fw_sample_square(src, 0, 0, side, 0, 0, src->w, src->h, dst, size);
+        return;
+    }
+    int cols = size; /* output columns that touch the picture */
     for (int j = 0; j < size; j++) {
         const double a = j * f, b = (j + 1) * f;
         lo[j] = (int)floor(a);
-        hi[j] = (int)ceil(b) - 1; /* inclusive */
+        hi[j] = (int)ceil(b) - 1;
         if (hi[j] >= side)
             hi[j] = side - 1;
         wlo[j] = (float)(lo[j] + 1 - a);
-        whi[j] = (float)(b - hi[j]);
-        if (lo[j] == hi[j])
-            wlo[j] = whi[j] = (float)(b - a);
-        if (whi[j] > 1.f)
-            whi[j] = 1.f;
+        whi[j] = (float)fmin(1.0, b - hi[j]);
+        if (lo[j] >= src->w && cols == size)
+            cols = j;
+        chi[j] = hi[j] < src->w ? hi[j] : src->w - 1;
+        cwhi[j] = hi[j] < src->w ? whi[j] : 1.f;
     }
     const float norm = (float)(1.0 / (f * f));
+    memset(dst, 0, (size_t)size * size * 3);
     for (int i = 0; i < size; i++) {
-        memset(acc, 0, sizeof(float) * 3 * (size_t)size);
-        for (int sy = lo[i]; sy <= hi[i]; sy++) {
-            if (sy >= src->h) /* the bottom padding adds nothing */
-                break;
-            const float wy = sy == lo[i] ? wlo[i] : sy == hi[i] ? whi[i] : 1.f;
-            const uint8_t *s = src->px + (size_t)sy * src->w * 3;
-            for (int j = 0; j < size; j++) {
-                float r = 0, g = 0, b = 0;
-                for (int x = lo[j]; x <= hi[j] && x < src->w; x++) {
-                    const float wx = x == lo[j] ? wlo[j] : x == hi[j] ? whi[j] : 1.f;
-                    r += wx * s[3 * x];
-                    g += wx * s[3 * x + 1];
-                    b += wx * s[3 * x + 2];
-                }
-                row[3 * j] = r;
-                row[3 * j + 1] = g;
-                row[3 * j + 2] = b;
-            }
-            for (int k = 0; k < 3 * size; k++)
-                acc[k] += wy * row[k];
-        }
+        const int last = hi[i] < src->h ? hi[i] : src->h - 1;
         uint8_t *d = dst + (size_t)i * size * 3;
-        for (int k = 0; k < 3 * size; k++) {
-            const float v = acc[k] * norm;
-            d[k] = (uint8_t)(v >= 255.f ? 255 : lrintf(v));
+        for (int j0 = 0, j1; j0 < cols; j0 = j1) {
+            for (j1 = j0 + 1; j1 < cols && chi[j1] - lo[j0] + 1 <= AREA_STRIP; j1++)
+                ;
+            /* 1. the strip's source columns summed down the rows (contiguous, vectorises) */
+            const int x0 = lo[j0], n = (chi[j1 - 1] - x0 + 1) * 3;
+            memset(col, 0, sizeof(float) * (size_t)n);
+            for (int sy = lo[i]; sy <= last; sy++) {
+                const float wy = sy == lo[i] ? wlo[i] : sy == hi[i] ? whi[i] : 1.f;
+                const uint8_t *s = src->px + ((size_t)sy * src->w + (size_t)x0) * 3;
+                for (int k = 0; k < n; k++)
+                    col[k] += wy * s[k];
+            }
+            /* 2. each output column: its span of that row, weighted at the ends */
+            for (int j = j0; j < j1; j++) {
+                const float *p = col + (lo[j] - x0) * 3, *q = col + (chi[j] - x0) * 3;
+                float acc[3] = {wlo[j] * p[0], wlo[j] * p[1], wlo[j] * p[2]};
+                if (q > p) {
+                    for (const float *x = p + 3; x < q; x += 3) {
+                        acc[0] += x[0];
+                        acc[1] += x[1];
+                        acc[2] += x[2];
+                    }
+                    for (int c = 0; c < 3; c++)
+                        acc[c] += cwhi[j] * q[c];
+                }
+                for (int c = 0; c < 3; c++) {
+                    const float v = acc[c] * norm;
+                    d[3 * j + c] = (uint8_t)(v >= 255.f ? 255 : lrintf(v));
+                }
+            }
         }
     }
 }

@@ -85,7 +85,7 @@ void fw_resize_bilinear(const fw_image *src, fw_image *dst);
  * and bottom) reduced to size x size by area averaging: each output pixel is the mean of the
  * side/size x side/size source area it covers. For side <= size, or size above
  * FW_AREA_MAX_SIZE, it falls back to fw_sample_square (enlarging needs no low-pass).
- * No allocation: the scratch lives on the stack (about 40 KB). */
+ * No allocation: the scratch lives on the stack (about 50 KB). */
 #define FW_AREA_MAX_SIZE 1024
 void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size);
 

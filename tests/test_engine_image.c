@@ -650,6 +650,41 @@ static void t_area_square(void)
     CHECK_EQ_INT(big[0], 90);
 }
 
+/* Against a direct (slow, double) integral of each output pixel's area, on a random picture
+ * wider than one 2048-pixel strip, with a non-integer factor and padding at the bottom. */
+static void t_area_square_vs_integral(void)
+{
+    const int w = 3001, h = 1200, size = 64;
+    uint8_t *px = malloc((size_t)w * h * 3), *d = malloc((size_t)size * size * 3);
+    CHECK(px && d);
+    uint32_t seed = 99;
+    for (size_t i = 0; i < (size_t)w * h * 3; i++) {
+        seed = seed * 1103515245u + 12345u;
+        px[i] = (uint8_t)(seed >> 20);
+    }
+    fw_image src = {px, w, h};
+    fw_area_square(&src, w, d, size);
+    const double f = (double)w / size;
+    int worst = 0;
+    for (int i = 0; i < size; i += 7)
+        for (int j = 0; j < size; j += 5) {
+            double acc = 0;
+            for (int y = (int)floor(i * f); y < (int)ceil((i + 1) * f) && y < h; y++) {
+                const double wy = fmin(y + 1, (i + 1) * f) - fmax(y, i * f);
+                for (int x = (int)floor(j * f); x < (int)ceil((j + 1) * f) && x < w; x++) {
+                    const double wx = fmin(x + 1, (j + 1) * f) - fmax(x, j * f);
+                    acc += wx * wy * px[((size_t)y * w + x) * 3 + 1];
+                }
+            }
+            const int want = (int)lrint(acc / (f * f));
+            const int diff = abs(want - d[(i * size + j) * 3 + 1]);
+            worst = diff > worst ? diff : worst;
+        }
+    free(px);
+    free(d);
+    CHECK_MSG(worst <= 1, "off by %d", worst);
+}
+
 static void t_crop_outside(void)
 {
     uint8_t s[2 * 2 * 3], d[3 * 3 * 3];
@@ -840,6 +875,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_resize_tf_semantics),
     CHECK_TEST(t_sample_square_pads),
     CHECK_TEST(t_area_square),
+    CHECK_TEST(t_area_square_vs_integral),
     CHECK_TEST(t_crop_outside),
     CHECK_TEST(t_warp_affine),
     CHECK_TEST(t_square_chip),
