@@ -16,8 +16,8 @@
  *   fw_client_close(c);
  *
  * MEMORY. fw_client_open() allocates exactly one block of fw_client_footprint(cfg) bytes
- * (the connection state plus rx_buf_size plus tx_buf_size), or none at all when the caller
- * passes that block in cfg.mem. Nothing else is allocated by the library, ever; the only
+ * (the connection state, under 1 KiB, plus rx_buf_size plus tx_buf_size: about 261 KiB with
+ * the defaults), or none at all when the caller passes that block in cfg.mem. Nothing else is allocated by the library, ever; the only
  * allocation on the way is the C library's own inside getaddrinfo() during a connect.
  *   - tx_buf_size bounds the fixed-size part of a request (header, lengths, descriptors,
  *     strings). Large payloads (JPEG bytes, fw_send() bodies) are not copied: they are sent
@@ -40,8 +40,10 @@
  * the connection as it was.
  *
  * TIMEOUTS. Every call is bounded by cfg.timeout_ms, counted from its start and covering
- * everything it does (connect, send, wait, retries and their back-off sleeps). The socket is
- * non-blocking inside and every wait is a poll() with the time left.
+ * everything it does (send, wait, retries and their back-off sleeps); fw_client_connect() by
+ * connect_timeout_ms. The socket is non-blocking inside and every wait is a poll() with the
+ * time left. The one wait no library can bound is name resolution inside getaddrinfo(): a
+ * device that must never wait on DNS passes a numeric address as cfg.host.
  *
  * RESULT LIFETIME. Pointers a call returns (ping echo, info text, subject names, cursors,
  * fw_response.body) point into the connection's receive buffer. They stay valid until the
@@ -100,10 +102,12 @@ const char *fw_strerror(int rc);
  * Attempt n (n = 1 after the first failure) sleeps
  *     max(retry_after_ms from the server, random in [0, min(max_ms, base_ms << (n-1))])
  * ("full jitter"), and gives up, returning the last status, when max_attempts is reached or
- * when the sleep plus a new attempt cannot finish before the call's own timeout_ms. */
+ * when the sleep would reach the call's own timeout_ms. Other statuses are never retried. A
+ * call whose arguments point into the previous result (see RESULT LIFETIME) is not retried
+ * either: the receive buffer those bytes live in is reused while it waits. */
 typedef struct fw_retry_policy {
     int enabled;            /* 0 = never retry (default) */
-    uint32_t max_attempts;  /* total attempts including the first; default 5 */
+    uint32_t max_attempts;  /* total attempts including the first; default 5 (0 acts as 1) */
     uint32_t base_ms;       /* default 50 */
     uint32_t max_ms;        /* cap of the exponential part; default 2000 */
     uint32_t seed;          /* jitter PRNG seed; 0 = derived from time and address */

@@ -1112,6 +1112,9 @@ int main(int argc, char **argv)
             if (parse_u64(argv[++i], UINT32_MAX, &ms) != 0 || ms == 0)
                 return usage_error(&fc, "bad --timeout %s", argv[i]);
             fc.cfg.timeout_ms = (uint32_t)ms;
+        } else if (!has_val && (strcmp(a, "-h") == 0 || strcmp(a, "--host") == 0 || strcmp(a, "-p") == 0 ||
+                                strcmp(a, "--port") == 0 || strcmp(a, "--timeout") == 0)) {
+            return usage_error(&fc, "%s needs a value", a);
         } else if (strcmp(a, "--") == 0) {
             i++;
             break;

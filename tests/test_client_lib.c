@@ -38,7 +38,8 @@ struct fake {
     uint16_t status;
     uint8_t reply[BODY_CAP];
     size_t reply_len;
-    int busy_first;          /* serve_busy_then_ok: BUSY this many times first */
+    int busy_first;          /* serve_busy_then_ok: answer busy_status this many times first */
+    uint16_t busy_status;    /* 0 = BUSY */
     uint32_t retry_after;
     /* what it received, read by the test after fake_stop() */
     int nreq;
@@ -254,7 +255,7 @@ static void serve_silence(fake *f, int fd)
     }
 }
 
-/* BUSY (with retry_after) busy_first times, then OK with an echo. */
+/* BUSY or busy_status (with retry_after) busy_first times, then OK with an echo. */
 static void serve_busy_then_ok(fake *f, int fd)
 {
     int i;
@@ -265,7 +266,7 @@ static void serve_busy_then_ok(fake *f, int fd)
             fw_writer_init(&w, b, sizeof b);
             fw_put_str(&w, "queue full", 10);
             fw_put_u32(&w, f->retry_after);
-            if (reply(fd, &f->hdr[i], FW_STATUS_BUSY, b, w.len) != 0)
+            if (reply(fd, &f->hdr[i], f->busy_status ? f->busy_status : FW_STATUS_BUSY, b, w.len) != 0)
                 return;
         } else if (reply(fd, &f->hdr[i], FW_STATUS_OK, f->body[i], f->body_len[i]) != 0) {
             return;
@@ -1180,6 +1181,50 @@ static void t_retry_busy_then_ok(void)
     free(f);
 }
 
+static void t_retry_unavailable(void)
+{
+    fake *f = fake_new();
+    CHECK(f);
+    f->busy_first = 1;
+    f->busy_status = FW_STATUS_UNAVAILABLE;
+    f->retry_after = 3;
+    CHECK(fake_start(f, serve_busy_then_ok, AF_INET) == 0);
+    fw_client_config cfg;
+    fw_client_config_init(&cfg);
+    cfg.retry.enabled = 1;
+    cfg.retry.base_ms = 1;
+    fw_client *c = client_for(f, "127.0.0.1", &cfg);
+    CHECK(c);
+    int rc = fw_ping(c, "u", 1, NULL, NULL);
+    fw_client_close(c);
+    fake_stop(f);
+    CHECK_EQ_INT(rc, FW_OK);
+    CHECK_EQ_INT(f->nreq, 2);
+    free(f);
+}
+
+static void t_retry_not_for_other_statuses(void)
+{
+    /* INTERNAL is an answer, not a request to come back later: never retried. */
+    fake *f = fake_new();
+    CHECK(f);
+    f->status = FW_STATUS_INTERNAL;
+    f->reply_len = fw_error_body(f->reply, sizeof f->reply, "test failure");
+    CHECK(fake_start(f, serve_canned, AF_INET) == 0);
+    fw_client_config cfg;
+    fw_client_config_init(&cfg);
+    cfg.retry.enabled = 1;
+    cfg.retry.base_ms = 1;
+    fw_client *c = client_for(f, "127.0.0.1", &cfg);
+    CHECK(c);
+    int rc = fw_test_fail(c);
+    fw_client_close(c);
+    fake_stop(f);
+    CHECK_EQ_INT(rc, FW_STATUS_INTERNAL);
+    CHECK_EQ_INT(f->nreq, 1);
+    free(f);
+}
+
 static void t_retry_off_by_default(void)
 {
     fake *f = fake_new();
@@ -1245,6 +1290,106 @@ static void t_retry_max_attempts(void)
     CHECK_EQ_INT(rc, FW_STATUS_BUSY);
     CHECK_EQ_INT(f->nreq, 3);
     free(f);
+}
+
+/* ---- tests: decoders on hostile bodies (no sockets) -------------------------------------- */
+
+static fw_response ok_response(const uint8_t *body, size_t len)
+{
+    fw_response r;
+    memset(&r, 0, sizeof r);
+    r.hdr.status = FW_STATUS_OK;
+    r.body = body;
+    r.body_len = (uint32_t)len;
+    return r;
+}
+
+/* Every decoder on one body: each must say OK or MALFORMED and stay inside its arrays. */
+static int decode_all(const uint8_t *body, size_t len, int *oks)
+{
+    fw_response r = ok_response(body, len);
+    fw_face faces[2];
+    fw_image_result ir;
+    fw_verify_result vr;
+    fw_identify_face idf[2];
+    fw_match m[3];
+    fw_identify_result idr;
+    fw_subject subj[2];
+    fw_list_result lr;
+    int rcs[4] = {fw_decode_image(&r, len % 2, faces, 2, &ir), fw_decode_verify(&r, &vr),
+                  fw_decode_identify(&r, idf, 2, m, 3, &idr), fw_decode_list(&r, subj, 2, &lr)};
+    for (int i = 0; i < 4; i++) {
+        if (rcs[i] != FW_OK && rcs[i] != FW_ERR_MALFORMED)
+            return 0;
+        *oks += rcs[i] == FW_OK;
+    }
+    if (rcs[0] == FW_OK && ir.nstored > 2)
+        return 0;
+    if (rcs[2] == FW_OK) {
+        size_t used = 0;
+        for (size_t i = 0; i < idr.nstored; i++)
+            used += idf[i].nstored;
+        if (idr.nstored > 2 || used > 3)
+            return 0;
+    }
+    if (rcs[3] == FW_OK && lr.nstored > 2)
+        return 0;
+    return 1;
+}
+
+static void t_decoders_survive_garbage(void)
+{
+    uint8_t buf[700];
+    uint32_t x = 12345;
+    int oks = 0;
+    for (int it = 0; it < 3000; it++) {
+        size_t len = (size_t)(it % (int)sizeof buf);
+        for (size_t i = 0; i < len; i++) {
+            x = x * 1103515245u + 12345u;
+            /* small values make plausible counts and lengths, so deep paths are reached */
+            buf[i] = (uint8_t)((x >> 16) % (it % 3 == 0 ? 256 : 4));
+        }
+        CHECK_MSG(decode_all(buf, len, &oks), "iteration %d", it);
+    }
+    CHECK(oks > 0); /* some random bodies decode: the OK paths were exercised too */
+}
+
+static void t_every_truncation_is_malformed(void)
+{
+    /* A valid IDENTIFY and LIST body, cut at every length short of the whole. */
+    uint8_t idb[256], lsb[128];
+    fw_writer w;
+    fw_writer_init(&w, idb, sizeof idb);
+    fw_put_u16(&w, 1);
+    fw_put_f32(&w, 1), fw_put_f32(&w, 2), fw_put_f32(&w, 3), fw_put_f32(&w, 4);
+    fw_put_u16(&w, 2);
+    fw_put_str(&w, "alice", 5), fw_put_u64(&w, 1), fw_put_f32(&w, 0.5f);
+    fw_put_str(&w, "bo", 2), fw_put_u64(&w, 2), fw_put_f32(&w, 0.7f);
+    size_t idlen = w.len;
+    fw_writer_init(&w, lsb, sizeof lsb);
+    fw_put_u16(&w, 1);
+    fw_put_str(&w, "alice", 5), fw_put_u32(&w, 2);
+    fw_put_str(&w, "next", 4);
+    size_t lslen = w.len;
+    fw_identify_face f[1];
+    fw_match m[2];
+    fw_identify_result idr;
+    fw_subject subj[1];
+    fw_list_result lr;
+    for (size_t n = 0; n <= idlen; n++) {
+        fw_response r = ok_response(idb, n);
+        CHECK_EQ_INT(fw_decode_identify(&r, f, 1, m, 2, &idr), n == idlen ? FW_OK : FW_ERR_MALFORMED);
+    }
+    CHECK(idr.nfaces == 1 && f[0].nstored == 2 && m[1].face_id == 2);
+    for (size_t n = 0; n <= lslen; n++) {
+        fw_response r = ok_response(lsb, n);
+        CHECK_EQ_INT(fw_decode_list(&r, subj, 1, &lr), n == lslen ? FW_OK : FW_ERR_MALFORMED);
+    }
+    CHECK(lr.next_cursor_len == 4 && memcmp(lr.next_cursor, "next", 4) == 0);
+    /* a status other than OK is handed back, not decoded */
+    fw_response r = ok_response(lsb, lslen);
+    r.hdr.status = FW_STATUS_NOT_FOUND;
+    CHECK_EQ_INT(fw_decode_list(&r, subj, 1, &lr), FW_STATUS_NOT_FOUND);
 }
 
 /* ---- tests: configuration and memory ----------------------------------------------------- */
@@ -1408,9 +1553,13 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_pipelined_rx_full),
     CHECK_TEST(t_decode_helpers_on_recv),
     CHECK_TEST(t_retry_busy_then_ok),
+    CHECK_TEST(t_retry_unavailable),
+    CHECK_TEST(t_retry_not_for_other_statuses),
     CHECK_TEST(t_retry_off_by_default),
     CHECK_TEST(t_retry_bounded_by_deadline),
     CHECK_TEST(t_retry_max_attempts),
+    CHECK_TEST(t_decoders_survive_garbage),
+    CHECK_TEST(t_every_truncation_is_malformed),
     CHECK_TEST(t_caller_memory),
     CHECK_TEST(t_bad_config),
     CHECK_TEST(t_not_connected),
