@@ -155,7 +155,7 @@ static int replay_cb(void *arg, const galog_rec *r, char *err, size_t errlen)
         return -1;
     }
     if (galidx_faces(g->ix) >= g->opt.max_faces) {
-        snprintf(err, errlen, "more faces on disk than --gallery-max-faces (%u)",
+        snprintf(err, errlen, "more faces on disk than the configured maximum (%u)",
                  g->opt.max_faces);
         return -1;
     }

@@ -607,6 +607,63 @@ static void t_close_flushes(void)
     CHECK_EQ_INT(uv_loop_close(&t.loop), 0);
 }
 
+/* ---- the record codec ------------------------------------------------------------------- */
+
+static void t_record_codec(void)
+{
+    uint8_t buf[GALOG_REC_MAX];
+    galog_rec r, back;
+    size_t used, len;
+    CHECK_EQ_INT(galog_crc32c(0, "123456789", 9), 0xe3069283u); /* the CRC-32C check value */
+    memset(&r, 0, sizeof r);
+    r.type = GALOG_ENROLL;
+    r.seq = 77;
+    r.face_id = 0x0102030405060708ULL;
+    r.subject = "Zo\xC3\xAB";
+    r.subject_len = 4;
+    r.meta = "meta";
+    r.meta_len = 4;
+    desc_for(5, r.desc);
+    len = galog_encode(&r, buf);
+    CHECK_EQ_INT(len, galog_rec_size(&r));
+    CHECK_EQ_INT(galog_decode(buf, len, &back, &used), 0);
+    CHECK_EQ_INT(used, len);
+    CHECK(back.type == GALOG_ENROLL && back.seq == 77 && back.face_id == r.face_id);
+    CHECK(back.subject_len == 4 && memcmp(back.subject, r.subject, 4) == 0);
+    CHECK(back.meta_len == 4 && memcmp(back.meta, "meta", 4) == 0);
+    CHECK(memcmp(back.desc, r.desc, sizeof r.desc) == 0);
+    /* Every cut and every single flipped bit is refused (CRC-32C catches all 1-bit errors). */
+    for (size_t cut = 0; cut < len; cut++)
+        CHECK(galog_decode(buf, cut, &back, &used) == -1);
+    for (size_t bit = 0; bit < len * 8; bit++) {
+        buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        int rc = galog_decode(buf, len, &back, &used);
+        buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        CHECK_MSG(rc == -1, "bit %zu flipped and still decoded", bit);
+    }
+    /* A record whose checksum is right but whose fields are not is still refused. */
+    r.type = GALOG_DELETE_SUBJECT;
+    r.subject = "\xC0\xAF";
+    r.subject_len = 2;
+    len = galog_encode(&r, buf);
+    CHECK_EQ_INT(galog_decode(buf, len, &back, &used), -1);
+    r.type = GALOG_DELETE_FACE;
+    r.face_id = 0;
+    len = galog_encode(&r, buf);
+    CHECK_EQ_INT(galog_decode(buf, len, &back, &used), -1);
+    r.face_id = 9;
+    len = galog_encode(&r, buf);
+    CHECK_EQ_INT(galog_decode(buf, len, &back, &used), 0);
+    CHECK(back.type == GALOG_DELETE_FACE && back.face_id == 9);
+    /* Garbage: never a crash, never a record. */
+    uint64_t st = 1;
+    for (int i = 0; i < 20000; i++) {
+        for (size_t j = 0; j < 64; j++)
+            buf[j] = (uint8_t)splitmix(&st);
+        CHECK(galog_decode(buf, (size_t)(splitmix(&st) % 65), &back, &used) == -1);
+    }
+}
+
 /* ---- durability ------------------------------------------------------------------------- */
 
 static void t_restart(void)
@@ -848,6 +905,46 @@ static void t_corrupt_middle(void)
     fw_gallery_info info;
     fw_gallery_info_get(t.g, &info);
     CHECK_EQ_INT(info.faces, 9);
+    CHECK_EQ_INT(info.next_face_id, 11);
+    tg_close(&t);
+    rm_dir(dir);
+}
+
+static void t_snapshot_damaged(void)
+{
+    char dir[64], want[300];
+    tg t;
+    float d[DIM];
+    uint64_t id;
+    make_tmpdir(dir, sizeof dir);
+    fw_gallery_options o = durable(dir);
+    o.log = quiet_log;
+    o.compact_min_bytes = 4096; /* one compaction after the 8th record, none after */
+    CHECK(tg_open(&t, &o) == 0);
+    for (int i = 0; i < 10; i++) {
+        char s[8];
+        snprintf(s, sizeof s, "f%d", i);
+        desc_for((uint64_t)i, d);
+        CHECK_EQ_INT(enroll(&t, s, NULL, d, &id, NULL), FW_STATUS_OK);
+    }
+    tg_close(&t);
+    CHECK_EQ_INT(file_size(dir, GALOG_SNAP_NAME), GALOG_SNAP_HDR + 8 * REC + GALOG_SNAP_TRAILER);
+    off_t bad = GALOG_SNAP_HDR + 3 * REC;
+    CHECK(patch_file(dir, GALOG_SNAP_NAME, bad + 100, 0) == 0);
+    CHECK(tg_open(&t, &o) != 0);
+    snprintf(want, sizeof want, "gallery.snap: damaged record at offset %lld (face 3 of 8); "
+             "start with --repair to keep the faces before it", (long long)bad);
+    CHECK_EQ_STR(t.err, want);
+    o.repair = 1;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(t.rep.snapshot_faces, 3);
+    CHECK_EQ_INT(t.rep.log_records, 2);
+    tg_close(&t);
+    o.repair = 0;
+    CHECK(tg_open(&t, &o) == 0); /* repair rewrote a clean snapshot */
+    fw_gallery_info info;
+    fw_gallery_info_get(t.g, &info);
+    CHECK_EQ_INT(info.faces, 5);
     CHECK_EQ_INT(info.next_face_id, 11);
     tg_close(&t);
     rm_dir(dir);
@@ -1299,11 +1396,13 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_list_paging),
     CHECK_TEST(t_batch_dependencies),
     CHECK_TEST(t_close_flushes),
+    CHECK_TEST(t_record_codec),
     CHECK_TEST(t_restart),
     CHECK_TEST(t_compaction),
     CHECK_TEST(t_torn_tail),
     CHECK_TEST(t_corrupt_last_record),
     CHECK_TEST(t_corrupt_middle),
+    CHECK_TEST(t_snapshot_damaged),
     CHECK_TEST(t_bad_headers),
     CHECK_TEST(t_write_failure),
     CHECK_TEST(t_tmpfs_full),
