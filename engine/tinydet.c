@@ -8,9 +8,10 @@
  *   pool with TF "same" padding (stride 2, the last one stride 1)      ... S/32
  *   conv8   1x1 512->25, no activation: 5 anchors x (tx, ty, tw, th, score logit)
  *
- * conv0's output is the largest tensor of the net (16 channels at nearly full resolution), so
- * conv0 and the first pool run together a band of rows at a time and only the pooled result
- * is ever stored whole.
+ * The convolutions' outputs before their stride-2 pools are the largest tensors of the net
+ * (conv0's: 16 channels at nearly full resolution), so each of those convolutions runs with
+ * its pool a band of rows at a time and only the pooled maps are ever stored whole: the
+ * workspace is half as large, and the band stays in cache between conv and pool.
  */
 #include "engine/nets_impl.h"
 
@@ -56,33 +57,57 @@ void tinydet_free(tinydet_net *net)
     nets_conv_free(&net->conv8);
 }
 
-/* Rows pairs of conv0 output computed per band: as many as fit the column scratch. */
-static int conv0_band_pairs(int size)
+/* The largest activations of this net are the outputs of conv0..conv4 before their 2x2/2 max
+ * pools. Those run a band of rows at a time, so only the pooled maps are ever stored whole;
+ * a band is as many row pairs as fit DET_BAND_FLOATS (1 MB: stays in L2). */
+#define DET_BAND_FLOATS ((size_t)1 << 18)
+
+static int band_pairs(int w, int c)
 {
-    int per_pair = 2 * (size - 2) * 27;
-    int r = (int)(NN_COL_FLOATS / (size_t)per_pair);
-    return r < 1 ? 1 : r;
+    size_t r = DET_BAND_FLOATS / ((size_t)2 * (size_t)w * (size_t)c);
+    return r < 1 ? 1 : (int)r; /* >= 8 here: w <= 1022 at c = 16, w <= 511 at c = 32 */
 }
 
-/* Largest activation of the ping-pong pair, from the same arithmetic as tinydet_forward(). */
+/* Largest map of the ping-pong pair, from the same arithmetic as fw_tinydet_run(). */
 static size_t det_max_act(int size)
 {
     size_t best = (size_t)size * (size_t)size * 3;
-    int h = (size - 2) / 2;
+    int h = (size - 2) / 2; /* after conv0 + pool */
     for (int i = 0; i < 5; i++) {
-        size_t conv = (size_t)h * (size_t)h * (size_t)det_channels[i + 2];
-        if (conv > best)
-            best = conv;
+        size_t m = (size_t)h * (size_t)h * (size_t)det_channels[i + 1]; /* conv[i]'s input */
+        if (m > best)
+            best = m;
         if (i < 4)
             h = (h + 1) / 2;
     }
-    return best;
+    size_t last = (size_t)h * (size_t)h * 512; /* conv5's output, pooled at stride 1 */
+    return last > best ? last : best;
 }
 
 size_t tinydet_ws_floats(int size)
 {
-    size_t band = (size_t)2 * (size_t)conv0_band_pairs(size) * (size_t)(size - 2) * 16;
-    return 2 * NETS_ROUND(det_max_act(size)) + NETS_ROUND(NN_COL_FLOATS) + NETS_ROUND(band);
+    return 2 * NETS_ROUND(det_max_act(size)) + NETS_ROUND(NN_COL_FLOATS) +
+           NETS_ROUND(DET_BAND_FLOATS);
+}
+
+/* out = maxpool2x2/2(leaky(sepconv(in))), "same" padding on both, one band of rows at a time
+ * through band. A band's conv rows [r0, r1) need input rows r0-1 .. r1: the view below starts
+ * there, padded above only at the top edge and below only where it ends at the map's edge. */
+static void sepconv_pool(const nn_tensor *in, const nn_sepconv *sc, float *col, float *band,
+                         nn_tensor *out)
+{
+    int pairs = band_pairs(in->w, sc->cout);
+    size_t row = (size_t)in->w * (size_t)in->c;
+    for (int y = 0; y < out->h; y += pairs) {
+        int n = out->h - y < pairs ? out->h - y : pairs;
+        int r0 = 2 * y, r1 = 2 * (y + n) < in->h ? 2 * (y + n) : in->h;
+        int v0 = r0 > 0 ? r0 - 1 : 0, v1 = r1 + 1 < in->h ? r1 + 1 : in->h;
+        nn_tensor src = { in->d + (size_t)v0 * row, v1 - v0, in->w, in->c };
+        nn_tensor conv = { band, r1 - r0, in->w, sc->cout };
+        nn_sepconv2d(&src, sc, 1, r0 == 0 ? 1 : 0, 1, NN_ACT_LEAKY, col, &conv);
+        nn_tensor dst = { out->d + (size_t)y * (size_t)out->w * (size_t)out->c, n, out->w, out->c };
+        nn_maxpool(&conv, 2, 2, 0, 0, &dst);
+    }
 }
 
 double fw_tinydet_flops(int size)
@@ -112,29 +137,33 @@ int fw_tinydet_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, int 
 
     /* conv0 + leaky + 2x2/2 max pool, band by band. S-2 is even (S is a multiple of 32), so
      * this pool needs no padding. */
-    int c0 = size - 2, p0 = c0 / 2, pairs = conv0_band_pairs(size);
-    nn_tensor pooled = { b, p0, p0, 16 };
+    int c0 = size - 2, p0 = c0 / 2, pairs = band_pairs(c0, 16);
+    nn_tensor cur = { b, p0, p0, 16 };
     for (int y = 0; y < p0; y += pairs) {
         int n = p0 - y < pairs ? p0 - y : pairs;
         nn_tensor src = { in.d + (size_t)(2 * y) * (size_t)size * 3, 2 * n + 2, size, 3 };
         nn_tensor conv = { band, 2 * n, c0, 16 };
         nn_conv2d(&src, &net->conv0, 1, 0, 0, NN_ACT_LEAKY, col, &conv);
-        nn_tensor dst = { pooled.d + (size_t)y * (size_t)p0 * 16, n, p0, 16 };
+        nn_tensor dst = { cur.d + (size_t)y * (size_t)p0 * 16, n, p0, 16 };
         nn_maxpool(&conv, 2, 2, 0, 0, &dst);
     }
 
-    nn_tensor cur = pooled;
+    /* conv1..conv4 with their pools, ping-ponging between a and b. */
     float *other = a;
-    for (int i = 0; i < 5; i++) {
-        nn_tensor conv = { other, cur.h, cur.w, net->conv[i].cout };
-        nn_sepconv2d(&cur, &net->conv[i], 1, 1, 1, NN_ACT_LEAKY, col, &conv);
-        int stride = i < 4 ? 2 : 1, pad;
-        int oh = nn_same_pad(conv.h, 2, stride, &pad);
-        nn_tensor pool = { cur.d, oh, oh, conv.c };
-        nn_maxpool(&conv, 2, stride, pad, pad, &pool);
-        other = conv.d;
+    for (int i = 0; i < 4; i++) {
+        int oh = (cur.h + 1) / 2;
+        nn_tensor pool = { other, oh, oh, net->conv[i].cout };
+        sepconv_pool(&cur, &net->conv[i], col, band, &pool);
+        other = cur.d;
         cur = pool;
     }
+    /* conv5 (S/32 square, 512 channels) and its stride-1 pool, which pads bottom/right. */
+    nn_tensor c5 = { other, cur.h, cur.w, 512 };
+    nn_sepconv2d(&cur, &net->conv[4], 1, 1, 1, NN_ACT_LEAKY, col, &c5);
+    int pad, ph = nn_same_pad(c5.h, 2, 1, &pad);
+    nn_tensor p5 = { cur.d, ph, ph, 512 };
+    nn_maxpool(&c5, 2, 1, pad, pad, &p5);
+    cur = p5;
     nn_tensor out = { grid, cur.h, cur.w, 5 * FW_DET_ANCHORS };
     nn_conv2d(&cur, &net->conv8, 1, 0, 0, NN_ACT_NONE, col, &out);
     return 0;
