@@ -39,7 +39,8 @@ int fw_nets_load(const char *dir, fw_nets **out, char *err, size_t errlen);
 void fw_nets_free(fw_nets *nets);
 
 /* A workspace big enough for the detector at input sizes up to max_det_size (multiple of 32,
- * 32..1024) and for the other two nets. NULL on out of memory or a bad size. */
+ * 32..1024) and for the other two nets. NULL on out of memory or a bad size. Size: about
+ * 8.6 MB for max_det_size 416, 37 MB for 1024 (at least the 4.1 MB the recognition net needs). */
 fw_nets_ws *fw_nets_ws_new(const fw_nets *nets, int max_det_size);
 void fw_nets_ws_free(fw_nets_ws *ws);
 
