@@ -17,7 +17,8 @@
  *
  * MEMORY. fw_client_open() allocates exactly one block of fw_client_footprint(cfg) bytes
  * (the connection state, under 1 KiB, plus rx_buf_size plus tx_buf_size: about 261 KiB with
- * the defaults), or none at all when the caller passes that block in cfg.mem. Nothing else is allocated by the library, ever; the only
+ * the defaults), or none at all when the caller passes that block in cfg.mem (any alignment;
+ * it must outlive the client). Nothing else is allocated by the library, ever; the only
  * allocation on the way is the C library's own inside getaddrinfo() during a connect.
  *   - tx_buf_size bounds the fixed-size part of a request (header, lengths, descriptors,
  *     strings). Large payloads (JPEG bytes, fw_send() bodies) are not copied: they are sent
@@ -129,7 +130,9 @@ typedef struct fw_client_config {
     void *mem;                 /* optional caller block of >= fw_client_footprint() bytes; */
     size_t mem_size;           /*   NULL = one malloc in fw_client_open() */
     fw_retry_policy retry;
-    const void *secure;        /* secure session parameters (later issue); must be NULL */
+    const void *secure;        /* secure session parameters (later issue); until then
+                                  non-NULL makes fw_client_connect() fail FW_ERR_UNSUPPORTED
+                                  rather than silently talk plaintext */
 } fw_client_config;
 
 typedef struct fw_client fw_client; /* opaque; owned by the library */

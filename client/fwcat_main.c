@@ -353,7 +353,6 @@ static int ensure_connected(fwcat *fc)
     return rc == FW_OK ? 0 : report(fc, rc);
 }
 
-
 static int cmd_ping(fwcat *fc, int argc, char **argv)
 {
     char text[FW_PING_MAX_BODY];

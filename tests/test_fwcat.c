@@ -465,6 +465,7 @@ typedef struct gfake {
     char enroll_subject[32], enroll_meta[32];
     uint8_t delete_body[16];
     size_t delete_len;
+    int pings;                  /* PING: the first is answered BUSY, retry_after 1 ms */
 } gfake;
 
 static int gf_read(int fd, void *p, size_t n)
@@ -490,7 +491,17 @@ static void gf_answer(gfake *g, int fd, const fw_header *req, const uint8_t *bod
     fw_reader_init(&r, body, len);
     uint16_t n;
     const char *str;
+    uint16_t status = FW_STATUS_OK;
     switch (req->opcode) {
+    case FW_OP_PING:
+        if (g->pings++ == 0) {
+            status = FW_STATUS_BUSY;
+            fw_put_str(&w, "queue full", 10);
+            fw_put_u32(&w, 1);
+        } else {
+            fw_put_raw(&w, body, len < 64 ? len : 64);
+        }
+        break;
     case FW_OP_LIST:
         str = fw_get_str(&r, &n);
         if (g->nlist < 4) {
@@ -539,6 +550,7 @@ static void gf_answer(gfake *g, int fd, const fw_header *req, const uint8_t *bod
     }
     fw_header h = *req;
     h.flags = FW_FLAG_RESPONSE;
+    h.status = status;
     h.body_len = (uint32_t)w.len;
     fw_header_encode(&h, out);
     (void)tu_send_all(fd, out, FW_HEADER_LEN + w.len);
@@ -664,6 +676,41 @@ static void t_gallery_commands_text(void)
     free(r);
 }
 
+static void t_busy_and_retry(void)
+{
+    gfake *g = calloc(1, sizeof *g);
+    run *r = new_run();
+    CHECK(g && r);
+    char port[16];
+    /* without --retry: the BUSY answer is the result, exit 1 */
+    CHECK(gf_start(g) == 0);
+    snprintf(port, sizeof port, "%d", g->port);
+    fwcat(r, 0, "ping x\nping y\n", (const char *const[]){"-p", port, NULL});
+    gf_finish(g);
+    close(g->lfd);
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->err, "fwcat: BUSY: queue full (retry after 1 ms)\n");
+    CHECK_EQ_STR(r->out, "y\n");
+    CHECK(gf_start(g) == 0);
+    snprintf(port, sizeof port, "%d", g->port);
+    fwcat(r, 0, NULL, (const char *const[]){"-p", port, "--json", "ping", "x", NULL});
+    gf_finish(g);
+    close(g->lfd);
+    CHECK_EQ_INT(r->status, 1);
+    CHECK_EQ_STR(r->out, "{\"error\":\"queue full\",\"status\":\"BUSY\",\"retry_after_ms\":1}\n");
+    /* with --retry: backs off, asks again, OK */
+    CHECK(gf_start(g) == 0);
+    snprintf(port, sizeof port, "%d", g->port);
+    fwcat(r, 0, NULL, (const char *const[]){"-p", port, "--retry", "ping", "x", NULL});
+    gf_finish(g);
+    close(g->lfd);
+    CHECK_EQ_INT(r->status, 0);
+    CHECK_EQ_STR(r->out, "x\n");
+    CHECK_EQ_INT(g->pings, 2);
+    free(g);
+    free(r);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_ping),
     CHECK_TEST(t_json_escaping),
@@ -681,6 +728,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_bad_image),
     CHECK_TEST(t_gallery_commands_json),
     CHECK_TEST(t_gallery_commands_text),
+    CHECK_TEST(t_busy_and_retry),
 };
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
