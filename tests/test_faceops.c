@@ -6,6 +6,7 @@
  * going on, pictures without a face, every malformed body with its exact message, pipelined
  * requests over two workers, degraded mode, and descriptor-only VERIFY without models.
  */
+// run-under: tsan
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -109,9 +110,12 @@ static int read_resp(int fd, resp *r)
     return 0;
 }
 
+/* Every request carries a deadline of ten minutes: the ops' defaults (seconds) are meant for
+ * production, not for eight EMBEDs queued on two workers under ThreadSanitizer. */
 static int send_req(int fd, uint8_t op, uint32_t rid, const void *body, size_t len)
 {
     fw_header h = tu_request(op, rid, (uint32_t)len);
+    h.deadline_ms = 600000;
     return tu_send_frame(fd, &h, body);
 }
 
