@@ -219,23 +219,35 @@ static double iou(const fw_det_box *a, const fw_det_box *b)
     return uni > 0 ? inter / uni : 0;
 }
 
-/* Detector on ws->det_in; with detect_mirror also on its mirror image, the two lists merged
- * by the same IoU suppression the detector uses. Boxes (detector pixels) go to ws->boxes,
- * best first; returns their count (<= cap), or -1 if a net failed.
+/* A candidate scoring at least this fraction of the threshold, and not overlapping a face
+ * above it, makes detect() look at the mirror image too. */
+#define MIRROR_FLOOR 0.6f
+
+/* Detector on ws->det_in; with detect_mirror, when the direct pass saw a borderline candidate
+ * (between MIRROR_FLOOR x threshold and the threshold), also on the mirror image, the two
+ * lists merged by the same IoU suppression the detector uses. Boxes (detector pixels) go to
+ * ws->boxes, best first; returns their count (<= cap), or -1 if a net failed.
  *
  * Why the mirror: the tiny detector's score for a face near the threshold swings with where
  * the face falls on its 32-pixel grid; the mirror image puts the face elsewhere on the grid.
- * On the eval set it is what finds the faces face-api misses at 0.5 (docs/engine.md). */
+ * On the eval set it is what finds the faces face-api misses at 0.5 (docs/engine.md). Why
+ * only for borderline candidates: a picture whose faces all score well (most of them) does
+ * not pay for a second pass. */
 static int detect(const fw_engine *e, fw_engine_ws *ws, int cap)
 {
     const fw_engine_options *o = &e->opts;
     const int S = o->detector_size;
     if (fw_tinydet_run(e->nets, ws->nets, ws->det_in, S, ws->grid) != 0)
         return -1;
-    int n = fw_tinydet_decode(ws->grid, S, o->score_threshold, o->iou_threshold, ws->boxes, cap);
-    if (n < 0)
-        n = 0;
-    if (!o->detect_mirror)
+    /* Candidates down to MIRROR_FLOOR x threshold: the ones at or above the threshold come
+     * first (best first, and the suppression is greedy by score, so they are exactly what a
+     * decode at the threshold would give); any below it is a borderline face. */
+    const float floor_score = o->detect_mirror ? MIRROR_FLOOR * o->score_threshold : o->score_threshold;
+    int nlow = fw_tinydet_decode(ws->grid, S, floor_score, o->iou_threshold, ws->boxes, cap);
+    int n = 0;
+    while (n < nlow && ws->boxes[n].score >= o->score_threshold)
+        n++;
+    if (!o->detect_mirror || nlow == n)
         return n;
     for (int y = 0; y < S; y++) {
         uint8_t *l = ws->det_in + (size_t)y * S * 3, *r = l + (size_t)(S - 1) * 3;

@@ -45,8 +45,10 @@ typedef struct fw_engine_options {
     int max_dimension;     /* per side; default 20000 */
     int max_faces;         /* at most this many faces per picture; default 32 */
     fw_align_mode align;   /* default FW_ALIGN_SIMILARITY */
-    int detect_mirror;     /* also run the detector on the mirror image and merge: finds
-                              borderline faces, costs a second detector pass; default 1 */
+    int detect_mirror;     /* when the detector saw a borderline candidate (score between 0.6 x
+                              and 1 x score_threshold), run it on the mirror image too and merge:
+                              finds faces near the threshold, a second pass only for those
+                              pictures; default 1 */
 } fw_engine_options;
 
 void fw_engine_options_default(fw_engine_options *o);
