@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,4 +349,222 @@ int fw_keys_write_symmetric(const char *path, char *err, size_t errcap)
     sodium_memzero(key, sizeof key);
     sodium_memzero(line, sizeof line);
     return rc;
+}
+
+/* ---- policy for the connection layer ------------------------------------------------------ */
+
+int fw_security_open(fw_security *sec, const char *server_key, const char *authorized_path,
+                     int require_secure, char *err, size_t errcap)
+{
+    if (!sec) {
+        if (err && errcap)
+            snprintf(err, errcap, "invalid argument");
+        return -1;
+    }
+    memset(sec, 0, sizeof *sec);
+    sec->require_secure = require_secure ? 1 : 0;
+    sec->authorized_path = authorized_path;
+    if (!server_key) {
+        if (authorized_path || require_secure) {
+            if (err && errcap)
+                snprintf(err, errcap, "%s needs --server-key",
+                         authorized_path ? "--authorized-keys" : "--require-secure");
+            return -1;
+        }
+        return 0;
+    }
+    if (!authorized_path) {
+        if (err && errcap)
+            snprintf(err, errcap, "--server-key needs --authorized-keys (the devices allowed in)");
+        return -1;
+    }
+    if (fw_secure_load_identity(server_key, &sec->id, err, errcap) != 0)
+        goto err;
+    size_t n_bad = 0;
+    if (fw_keys_load_authorized(authorized_path, &sec->keys, &n_bad, err, errcap) != 0)
+        goto err;
+    if (n_bad > 0) /* err holds "path:line: reason" of the first */
+        goto err;
+    sec->enabled = 1;
+    return 0;
+err:
+    fw_security_close(sec);
+    return -1;
+}
+
+int fw_security_reload(fw_security *sec, size_t *n_bad, char *err, size_t errcap)
+{
+    if (n_bad)
+        *n_bad = 0;
+    if (!sec || !sec->enabled || !sec->authorized_path) {
+        if (err && errcap)
+            snprintf(err, errcap, "no --authorized-keys to reload");
+        return -1;
+    }
+    fw_authorized_keys fresh;
+    if (fw_keys_load_authorized(sec->authorized_path, &fresh, n_bad, err, errcap) != 0)
+        return -1;
+    fw_keys_free_authorized(&sec->keys);
+    sec->keys = fresh;
+    return 0;
+}
+
+int fw_security_revoked(const fw_security *sec, const fw_secure_session *s)
+{
+    const uint8_t *pk = fw_secure_peer_key(s);
+    return sec && pk && !fw_authorized_keys_contains(&sec->keys, pk);
+}
+
+void fw_security_close(fw_security *sec)
+{
+    if (!sec)
+        return;
+    fw_keys_free_authorized(&sec->keys);
+    sodium_memzero(&sec->id, sizeof sec->id);
+    sec->enabled = 0;
+}
+
+int fw_security_addr_is_loopback(const struct sockaddr *sa)
+{
+    if (!sa)
+        return 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)sa;
+        const uint8_t *b = a->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(b, in6addr_loopback.s6_addr, 16) == 0)
+            return 1;
+        return memcmp(b, mapped, 12) == 0 && b[12] == 127;
+    }
+    return 0;
+}
+
+fw_sec_verdict fw_security_check(const fw_security *sec, fw_secure_session *s, fw_header *h,
+                                 const uint8_t *body, uint8_t **plain, const char **why)
+{
+    *plain = NULL;
+    *why = NULL;
+    int sealed = (h->flags & FW_FLAG_SEALED) != 0;
+    fw_sec_state st = fw_secure_state(s);
+
+    if (h->opcode == FW_OP_HELLO || h->opcode == FW_OP_AUTH) {
+        if (!sec->enabled) {
+            *why = "secure sessions are not enabled on this server";
+            return sealed ? FW_SECV_CLOSE : FW_SECV_UNAUTHORIZED;
+        }
+        if (st == FW_SEC_ESTABLISHED || st == FW_SEC_FAILED) {
+            *why = "handshake message in an established session";
+            return FW_SECV_CLOSE;
+        }
+        return FW_SECV_HANDSHAKE;
+    }
+    switch (st) {
+    case FW_SEC_ESTABLISHED: {
+        if (!sealed) {
+            *why = "plaintext frame in a secure session";
+            return FW_SECV_CLOSE;
+        }
+        if (h->body_len < FW_SECURE_TAG_LEN) {
+            *why = fw_secure_strerror(FW_SEC_E_OPEN);
+            return FW_SECV_CLOSE;
+        }
+        size_t plen = h->body_len - FW_SECURE_TAG_LEN, got = 0;
+        uint8_t *p = malloc(plen ? plen : 1);
+        if (!p) {
+            *why = "out of memory opening a sealed frame";
+            return FW_SECV_CLOSE;
+        }
+        uint8_t ad[FW_HEADER_LEN];
+        fw_header_encode(h, ad); /* the encoding is a bijection: these are the bytes received */
+        int rc = fw_secure_open(s, ad, body, h->body_len, p, plen, &got);
+        if (rc != FW_SEC_OK) {
+            free(p);
+            *why = fw_secure_strerror(rc);
+            return FW_SECV_CLOSE;
+        }
+        h->flags &= (uint8_t)~FW_FLAG_SEALED;
+        h->body_len = (uint32_t)got;
+        *plain = p;
+        return FW_SECV_OPENED;
+    }
+    case FW_SEC_NONE:
+        if (sealed) {
+            *why = "sealed frame before a secure session";
+            return FW_SECV_CLOSE;
+        }
+        if (sec->require_secure) {
+            *why = "secure session required";
+            return FW_SECV_UNAUTHORIZED;
+        }
+        return FW_SECV_PASS;
+    default:
+        /* HELLO answered, AUTH expected: anything else breaks the handshake. */
+        *why = "expected AUTH after HELLO";
+        return FW_SECV_CLOSE;
+    }
+}
+
+static void answer_error(fw_sec_answer *ans, uint16_t status, const char *msg)
+{
+    ans->status = status;
+    ans->msg = msg;
+    ans->body_len = 0;
+    ans->close_after = 1;
+}
+
+void fw_security_handshake(const fw_security *sec, fw_secure_session *s, const fw_header *h,
+                           const uint8_t *body, fw_sec_answer *ans)
+{
+    memset(ans, 0, sizeof *ans);
+    ans->status = FW_STATUS_OK;
+    if (h->opcode == FW_OP_HELLO) {
+        if (fw_secure_state(s) != FW_SEC_NONE) {
+            answer_error(ans, FW_STATUS_BAD_REQUEST, "HELLO repeated");
+            return;
+        }
+        if (h->flags & FW_FLAG_SEALED) {
+            answer_error(ans, FW_STATUS_BAD_REQUEST, "HELLO must not be sealed");
+            return;
+        }
+        if (fw_secure_session_init(s, 1) != FW_SEC_OK) {
+            answer_error(ans, FW_STATUS_INTERNAL, "libsodium failed to initialise");
+            return;
+        }
+        int rc = fw_secure_server_on_hello(s, &sec->id, body, h->body_len, ans->body);
+        if (rc != FW_SEC_OK) {
+            answer_error(ans, rc == FW_SEC_E_VERSION ? FW_STATUS_UNSUPPORTED_VERSION
+                                                     : FW_STATUS_BAD_REQUEST,
+                         fw_secure_strerror(rc));
+            return;
+        }
+        ans->body_len = FW_SECURE_HELLO_RESP_LEN;
+        return;
+    }
+    if (h->opcode != FW_OP_AUTH) {
+        answer_error(ans, FW_STATUS_BAD_REQUEST, "not a handshake message");
+        return;
+    }
+    if (fw_secure_state(s) != FW_SEC_AWAIT_AUTH) {
+        answer_error(ans, FW_STATUS_BAD_REQUEST, "AUTH before HELLO");
+        return;
+    }
+    uint8_t ad[FW_HEADER_LEN];
+    fw_header_encode(h, ad);
+    int rc = fw_secure_server_on_auth(s, &sec->keys, ad, body, h->body_len);
+    if (rc == FW_SEC_OK)
+        return; /* empty OK, sealed by the reply path */
+    answer_error(ans,
+                 rc == FW_SEC_E_UNKNOWN_KEY || rc == FW_SEC_E_SIGNATURE ? FW_STATUS_UNAUTHORIZED
+                                                                        : FW_STATUS_BAD_REQUEST,
+                 rc == FW_SEC_E_SIGNATURE ? "client signature does not verify"
+                                          : fw_secure_strerror(rc));
+}
+
+size_t fw_security_overhead(const fw_secure_session *s)
+{
+    return fw_secure_state(s) == FW_SEC_ESTABLISHED ? FW_SECURE_TAG_LEN : 0;
 }

@@ -1,7 +1,9 @@
 /*
- * keys.h — the server's key files: `facewired keygen PREFIX`, the authorized-keys list
- * (--authorized-keys, reloaded on SIGHUP) and the symmetric key of the gallery at rest
- * (--gallery-key). The formats are in docs/security.md; the one-line codecs and the
+ * keys.h — the server's key files and security policy: `facewired keygen PREFIX`, the
+ * authorized-keys list (--authorized-keys, reloaded on SIGHUP), the symmetric key of the
+ * gallery at rest (--gallery-key), and fw_security: what the connection layer asks about each
+ * request (pass, open, handshake, refuse, close), so that adopting secure sessions there is a
+ * few calls. The formats are in docs/security.md; the one-line codecs and the
  * permission-checked reader live in client/fw_secure.c because devices load their own keys
  * with libfacewire too.
  *
@@ -18,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "client/fw_secure.h"
 
@@ -55,5 +58,71 @@ int fw_keys_load_symmetric(const char *path, uint8_t key[FW_SECURE_SYMKEY_LEN], 
 
 /* Write a fresh random symmetric key file (mode 0600, never overwriting). */
 int fw_keys_write_symmetric(const char *path, char *err, size_t errcap);
+
+/* ---- policy for the connection layer ------------------------------------------------------ */
+
+/* The server's security state. Owned by the server (loop thread); `keys` is replaced by
+ * fw_security_reload(), so nothing may keep a pointer into it across a reload. */
+typedef struct fw_security {
+    int enabled;                   /* a server key is loaded: HELLO / AUTH are served */
+    int require_secure;            /* --require-secure */
+    fw_secure_identity id;         /* the server's identity */
+    fw_authorized_keys keys;       /* owned; sorted */
+    const char *authorized_path;   /* not owned (argv); NULL = nobody is authorized */
+} fw_security;
+
+/* Load the server key (NULL: secure sessions off) and the authorized keys. A bad line in the
+ * authorized-keys file is a start-up error here ("path:line: reason"). require_secure without
+ * a server key is refused too. 0, or -1 with err. */
+int fw_security_open(fw_security *sec, const char *server_key, const char *authorized_path,
+                     int require_secure, char *err, size_t errcap);
+
+/* SIGHUP: re-read the authorized-keys file. Bad lines are skipped (*n_bad, err describes the
+ * first): a typo must never keep a revoked key alive. If the file cannot be read at all the
+ * old list stays and -1 is returned with err. */
+int fw_security_reload(fw_security *sec, size_t *n_bad, char *err, size_t errcap);
+
+/* After a reload: must this established session be closed (its key is no longer listed)? */
+int fw_security_revoked(const fw_security *sec, const fw_secure_session *s);
+
+void fw_security_close(fw_security *sec); /* wipes the identity, frees the list */
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. Plaintext is only allowed on these unless
+ * --insecure-plaintext. */
+int fw_security_addr_is_loopback(const struct sockaddr *sa);
+
+/* What the connection layer does with a complete request frame (header checked, body read). */
+typedef enum fw_sec_verdict {
+    FW_SECV_PASS = 0,     /* dispatch the frame as it is (plaintext allowed here) */
+    FW_SECV_OPENED,       /* it was sealed and is now open: dispatch (*h, *plain); free(*plain) */
+    FW_SECV_HANDSHAKE,    /* HELLO or AUTH: call fw_security_handshake() */
+    FW_SECV_UNAUTHORIZED, /* answer UNAUTHORIZED with *why; the connection goes on */
+    FW_SECV_CLOSE         /* close now without an answer; *why is for the log */
+} fw_sec_verdict;
+
+/* Decide about one request. For a sealed frame in an established session the body is opened
+ * into *plain (malloc'd, at least one byte, owned by the caller) and *h rewritten to describe
+ * the plaintext (SEALED cleared, body_len = plaintext length): from there on the request is
+ * handled exactly like a plaintext one, and its response is sealed by the reply path. */
+fw_sec_verdict fw_security_check(const fw_security *sec, fw_secure_session *s, fw_header *h,
+                                 const uint8_t *body, uint8_t **plain, const char **why);
+
+/* The answer to a HELLO or AUTH request. */
+typedef struct fw_sec_answer {
+    uint16_t status;        /* OK, or the error status to answer with */
+    const char *msg;        /* error message (static) when status != OK */
+    uint8_t body[FW_SECURE_HELLO_RESP_LEN];
+    size_t body_len;        /* OK body: the HELLO response, or 0 for AUTH */
+    int close_after;        /* close once this answer is flushed */
+} fw_sec_answer;
+
+/* Run the handshake step for request (h, body) and say what to answer. A successful AUTH
+ * establishes the session: its empty OK answer must go through the sealing reply path like
+ * every later response. A failure leaves the session FAILED: answer in plaintext, then close. */
+void fw_security_handshake(const fw_security *sec, fw_secure_session *s, const fw_header *h,
+                           const uint8_t *body, fw_sec_answer *ans);
+
+/* Bytes a response grows by when sealed in this session (0 or the tag length). */
+size_t fw_security_overhead(const fw_secure_session *s);
 
 #endif

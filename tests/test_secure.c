@@ -9,9 +9,11 @@
  */
 #include "check.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -972,6 +974,272 @@ static void t_symmetric_key_file(void)
     unlink(p);
 }
 
+/* ---- the server's policy (fw_security) ------------------------------------------------------ */
+
+/* Write a server key, a device key and an authorized-keys file naming the device. */
+static int policy_files(char *skey, char *ak, size_t cap, fw_secure_identity *server,
+                        fw_secure_identity *device, const char *extra)
+{
+    const char *d = tmpdir();
+    char prefix[300], err[1024], line[200], text[1024];
+    snprintf(prefix, sizeof prefix, "%s/srv", d);
+    snprintf(skey, cap, "%s.key", prefix);
+    unlink(skey);
+    snprintf(text, sizeof text, "%s.pub", prefix);
+    unlink(text);
+    if (fw_keys_keygen(prefix, NULL, server, err, sizeof err) != 0)
+        return -1;
+    fw_secure_identity_generate(device, NULL);
+    fw_secure_format_key_line(FW_SECURE_PUB_TAG, device->pk, "dev", line, sizeof line);
+    snprintf(ak, cap, "%s/ak-policy", d);
+    snprintf(text, sizeof text, "# fleet\n%s%s", line, extra ? extra : "");
+    return write_file(ak, text, 0644);
+}
+
+static void t_security_open_errors(void)
+{
+    fw_security sec;
+    char err[1024], want[1024], skey[330], ak[330];
+    fw_secure_identity server, device;
+    CHECK_EQ_INT(fw_security_open(&sec, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_EQ_INT(sec.enabled, 0);
+    fw_security_close(&sec);
+    CHECK_EQ_INT(fw_security_open(&sec, NULL, NULL, 1, err, sizeof err), -1);
+    CHECK_EQ_STR(err, "--require-secure needs --server-key");
+    CHECK_EQ_INT(fw_security_open(&sec, NULL, "ak", 0, err, sizeof err), -1);
+    CHECK_EQ_STR(err, "--authorized-keys needs --server-key");
+    CHECK_EQ_INT(fw_security_open(&sec, "k", NULL, 0, err, sizeof err), -1);
+    CHECK_EQ_STR(err, "--server-key needs --authorized-keys (the devices allowed in)");
+
+    /* a bad line is a start-up error naming the line */
+    CHECK_EQ_INT(policy_files(skey, ak, sizeof skey, &server, &device, "facewire-ed25519 x\n"), 0);
+    CHECK_EQ_INT(fw_security_open(&sec, skey, ak, 0, err, sizeof err), -1);
+    snprintf(want, sizeof want, "%s:3: bad key length", ak);
+    CHECK_EQ_STR(err, want);
+    CHECK_EQ_INT(sec.enabled, 0);
+    /* a server key others can read */
+    CHECK_EQ_INT(policy_files(skey, ak, sizeof skey, &server, &device, NULL), 0);
+    CHECK_EQ_INT(chmod(skey, 0640), 0);
+    CHECK_EQ_INT(fw_security_open(&sec, skey, ak, 0, err, sizeof err), -1);
+    snprintf(want, sizeof want,
+             "%s: permissions 0640 are too open: a secret key must not be accessible by group "
+             "or others (chmod 600)", skey);
+    CHECK_EQ_STR(err, want);
+    CHECK_EQ_INT(chmod(skey, 0600), 0);
+    CHECK_EQ_INT(fw_security_open(&sec, skey, ak, 1, err, sizeof err), 0);
+    CHECK_EQ_INT(sec.enabled, 1);
+    CHECK(memcmp(sec.id.pk, server.pk, 32) == 0);
+    CHECK(fw_authorized_keys_contains(&sec.keys, device.pk));
+    fw_security_close(&sec);
+}
+
+/* What conn.c sees over one connection, request by request. */
+static void t_security_connection_flow(void)
+{
+    fw_security sec;
+    char err[1024], skey[330], ak[330];
+    fw_secure_identity server, device;
+    CHECK_EQ_INT(policy_files(skey, ak, sizeof skey, &server, &device, NULL), 0);
+    CHECK_EQ_INT(fw_security_open(&sec, skey, ak, 1, err, sizeof err), 0);
+
+    fw_secure_session conn, cli; /* the server's per-connection session and the device's */
+    memset(&conn, 0, sizeof conn);
+    fw_secure_session_init(&cli, 0);
+    uint8_t *plain = NULL;
+    const char *why = NULL;
+
+    /* --require-secure: a plaintext PING before the handshake is refused, the connection lives */
+    fw_header h = req_header(FW_OP_PING, 1);
+    h.body_len = 2;
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, (const uint8_t *)"hi", &plain, &why),
+                 FW_SECV_UNAUTHORIZED);
+    CHECK_EQ_STR(why, "secure session required");
+
+    /* HELLO */
+    uint8_t hello[FW_SECURE_HELLO_LEN];
+    CHECK_EQ_INT(fw_secure_client_hello(&cli, hello), 0);
+    h = req_header(FW_OP_HELLO, 2);
+    h.body_len = sizeof hello;
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, hello, &plain, &why), FW_SECV_HANDSHAKE);
+    fw_sec_answer ans;
+    fw_security_handshake(&sec, &conn, &h, hello, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_OK);
+    CHECK_EQ_INT(ans.body_len, FW_SECURE_HELLO_RESP_LEN);
+    CHECK_EQ_INT(ans.close_after, 0);
+    CHECK_EQ_INT(fw_security_overhead(&conn), 0); /* HELLO's answer goes out in plaintext */
+
+    /* AUTH */
+    uint8_t auth[FW_SECURE_AUTH_FRAME_LEN];
+    fw_header ah = req_header(FW_OP_AUTH, 3);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&cli, &device, server.pk, ans.body,
+                                                    ans.body_len, &ah, auth), 0);
+    fw_header_decode(auth, &h);
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, auth + FW_HEADER_LEN, &plain, &why),
+                 FW_SECV_HANDSHAKE);
+    fw_security_handshake(&sec, &conn, &h, auth + FW_HEADER_LEN, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_OK);
+    CHECK_EQ_INT(ans.body_len, 0);
+    CHECK_EQ_INT(fw_security_overhead(&conn), FW_SECURE_TAG_LEN);
+    /* the reply path seals the empty OK; the device opens it */
+    uint8_t f[128];
+    size_t n = 0;
+    fw_header r = req_header(FW_OP_AUTH, 3);
+    r.flags = FW_FLAG_RESPONSE;
+    CHECK_EQ_INT(fw_secure_seal(&conn, &r, NULL, 0, f, sizeof f, &n), 0);
+    CHECK_EQ_INT(fw_secure_client_on_auth_response(&cli, f, f + FW_HEADER_LEN, n - FW_HEADER_LEN), 0);
+
+    /* a sealed PING is opened and handed on as plaintext */
+    n = seal_ping(&cli, 4, "sealed hi", f, sizeof f);
+    fw_header_decode(f, &h);
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, f + FW_HEADER_LEN, &plain, &why),
+                 FW_SECV_OPENED);
+    CHECK(plain != NULL);
+    CHECK_EQ_INT(h.body_len, 9);
+    CHECK_EQ_INT(h.flags & FW_FLAG_SEALED, 0);
+    CHECK(memcmp(plain, "sealed hi", 9) == 0);
+    free(plain);
+    plain = NULL;
+    /* a second HELLO inside the session closes it */
+    h = req_header(FW_OP_HELLO, 5);
+    h.body_len = sizeof hello;
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, hello, &plain, &why), FW_SECV_CLOSE);
+    CHECK_EQ_STR(why, "handshake message in an established session");
+
+    /* SIGHUP after the device's line was removed: its session must go */
+    CHECK(!fw_security_revoked(&sec, &conn));
+    CHECK_EQ_INT(write_file(ak, "# nobody\n", 0644), 0);
+    size_t n_bad = 9;
+    CHECK_EQ_INT(fw_security_reload(&sec, &n_bad, err, sizeof err), 0);
+    CHECK_EQ_INT(n_bad, 0);
+    CHECK(fw_security_revoked(&sec, &conn));
+    /* an unreadable file keeps the list as it was */
+    unlink(ak);
+    CHECK_EQ_INT(fw_security_reload(&sec, &n_bad, err, sizeof err), -1);
+    CHECK_EQ_INT(sec.keys.n, 0);
+
+    /* a plaintext frame in an established session closes it */
+    pair p;
+    pair_init(&p);
+    CHECK_EQ_INT(pair_handshake(&p), 0);
+    fw_secure_session conn2 = p.s;
+    h = req_header(FW_OP_PING, 9);
+    CHECK_EQ_INT(fw_security_check(&sec, &conn2, &h, NULL, &plain, &why), FW_SECV_CLOSE);
+    CHECK_EQ_STR(why, "plaintext frame in a secure session");
+    /* and a tampered sealed one */
+    n = seal_ping(&p.c, 10, "x", f, sizeof f);
+    f[FW_HEADER_LEN] ^= 1;
+    fw_header_decode(f, &h);
+    CHECK_EQ_INT(fw_security_check(&sec, &conn2, &h, f + FW_HEADER_LEN, &plain, &why),
+                 FW_SECV_CLOSE);
+    CHECK_EQ_STR(why, "sealed frame failed authentication");
+    CHECK(plain == NULL);
+    fw_security_close(&sec);
+}
+
+static void t_security_handshake_refusals(void)
+{
+    fw_security sec;
+    char err[1024], skey[330], ak[330];
+    fw_secure_identity server, device, stranger;
+    CHECK_EQ_INT(policy_files(skey, ak, sizeof skey, &server, &device, NULL), 0);
+    CHECK_EQ_INT(fw_security_open(&sec, skey, ak, 0, err, sizeof err), 0);
+    fw_secure_identity_generate(&stranger, NULL);
+
+    fw_secure_session conn, cli;
+    fw_sec_answer ans;
+    uint8_t *plain;
+    const char *why;
+    uint8_t hello[FW_SECURE_HELLO_LEN], auth[FW_SECURE_AUTH_FRAME_LEN];
+    fw_header h, ah = req_header(FW_OP_AUTH, 3);
+
+    /* without --require-secure plaintext requests pass */
+    memset(&conn, 0, sizeof conn);
+    h = req_header(FW_OP_INFO, 1);
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, NULL, &plain, &why), FW_SECV_PASS);
+    /* a sealed request before any handshake */
+    h.flags = FW_FLAG_SEALED;
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, NULL, &plain, &why), FW_SECV_CLOSE);
+    CHECK_EQ_STR(why, "sealed frame before a secure session");
+
+    /* an unknown device: UNAUTHORIZED, then close */
+    memset(&conn, 0, sizeof conn);
+    fw_secure_session_init(&cli, 0);
+    CHECK_EQ_INT(fw_secure_client_hello(&cli, hello), 0);
+    h = req_header(FW_OP_HELLO, 2);
+    h.body_len = sizeof hello;
+    fw_security_handshake(&sec, &conn, &h, hello, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_OK);
+    CHECK_EQ_INT(fw_secure_client_on_hello_response(&cli, &stranger, server.pk, ans.body,
+                                                    ans.body_len, &ah, auth), 0);
+    /* anything but AUTH now breaks the handshake */
+    fw_header other = req_header(FW_OP_PING, 4);
+    fw_secure_session copy = conn;
+    CHECK_EQ_INT(fw_security_check(&sec, &copy, &other, NULL, &plain, &why), FW_SECV_CLOSE);
+    CHECK_EQ_STR(why, "expected AUTH after HELLO");
+    fw_header_decode(auth, &h);
+    fw_security_handshake(&sec, &conn, &h, auth + FW_HEADER_LEN, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_UNAUTHORIZED);
+    CHECK_EQ_STR(ans.msg, "unknown client key");
+    CHECK_EQ_INT(ans.close_after, 1);
+    CHECK_EQ_INT(fw_security_overhead(&conn), 0); /* the refusal goes out in plaintext */
+
+    /* AUTH before HELLO; a truncated HELLO; another version */
+    memset(&conn, 0, sizeof conn);
+    fw_security_handshake(&sec, &conn, &h, auth + FW_HEADER_LEN, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_BAD_REQUEST);
+    CHECK_EQ_STR(ans.msg, "AUTH before HELLO");
+    memset(&conn, 0, sizeof conn);
+    h = req_header(FW_OP_HELLO, 2);
+    h.body_len = 10;
+    fw_security_handshake(&sec, &conn, &h, hello, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_BAD_REQUEST);
+    CHECK_EQ_STR(ans.msg, "malformed handshake message");
+    CHECK_EQ_INT(ans.close_after, 1);
+    memset(&conn, 0, sizeof conn);
+    h.body_len = sizeof hello;
+    hello[0] = 7;
+    fw_security_handshake(&sec, &conn, &h, hello, &ans);
+    CHECK_EQ_INT(ans.status, FW_STATUS_UNSUPPORTED_VERSION);
+    CHECK_EQ_STR(ans.msg, "unsupported handshake version");
+    fw_security_close(&sec);
+
+    /* a server without keys answers HELLO with UNAUTHORIZED and stays plaintext */
+    CHECK_EQ_INT(fw_security_open(&sec, NULL, NULL, 0, err, sizeof err), 0);
+    memset(&conn, 0, sizeof conn);
+    CHECK_EQ_INT(fw_security_check(&sec, &conn, &h, hello, &plain, &why), FW_SECV_UNAUTHORIZED);
+    CHECK_EQ_STR(why, "secure sessions are not enabled on this server");
+    fw_security_close(&sec);
+    unlink(skey);
+    unlink(ak);
+}
+
+static void t_loopback_rule(void)
+{
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+    memset(&v4, 0, sizeof v4);
+    memset(&v6, 0, sizeof v6);
+    v4.sin_family = AF_INET;
+    v6.sin6_family = AF_INET6;
+    static const struct { const char *a; int lo; } c4[] = {
+        {"127.0.0.1", 1}, {"127.255.0.9", 1}, {"0.0.0.0", 0}, {"10.0.0.5", 0},
+        {"128.0.0.1", 0}, {"192.168.1.127", 0},
+    };
+    for (size_t i = 0; i < sizeof c4 / sizeof c4[0]; i++) {
+        CHECK(inet_pton(AF_INET, c4[i].a, &v4.sin_addr) == 1);
+        CHECK_MSG(fw_security_addr_is_loopback((struct sockaddr *)&v4) == c4[i].lo, "%s", c4[i].a);
+    }
+    static const struct { const char *a; int lo; } c6[] = {
+        {"::1", 1}, {"::ffff:127.0.0.1", 1}, {"::", 0}, {"::ffff:10.0.0.1", 0},
+        {"fe80::1", 0}, {"::2", 0},
+    };
+    for (size_t i = 0; i < sizeof c6 / sizeof c6[0]; i++) {
+        CHECK(inet_pton(AF_INET6, c6[i].a, &v6.sin6_addr) == 1);
+        CHECK_MSG(fw_security_addr_is_loopback((struct sockaddr *)&v6) == c6[i].lo, "%s", c6[i].a);
+    }
+    CHECK_EQ_INT(fw_security_addr_is_loopback(NULL), 0);
+}
+
 static void t_cleanup(void)
 {
     /* remove what the file tests left (they unlink as they go; the directory remains) */
@@ -1015,6 +1283,10 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_secret_key_permissions),
     CHECK_TEST(t_authorized_keys_file),
     CHECK_TEST(t_symmetric_key_file),
+    CHECK_TEST(t_security_open_errors),
+    CHECK_TEST(t_security_connection_flow),
+    CHECK_TEST(t_security_handshake_refusals),
+    CHECK_TEST(t_loopback_rule),
     CHECK_TEST(t_cleanup),
 };
 
