@@ -7,14 +7,17 @@
  * the models into a fresh temporary directory, break one thing, and assert the exact error.
  * The nn_* tests check every convolution path (im2col GEMM, 1x1, Winograd, the direct 3->16
  * kernel, the 1x1-map shortcut, separable) against a naive loop on shapes, strides and
- * paddings the golden networks do not all reach.
+ * paddings the golden networks do not all reach. Several threads share one fw_nets (each with
+ * its own workspace), hence the TSan run.
  */
+// run-under: tsan
 #include "engine/nets.h"
 #include "engine/nn.h"
 #include "tests/check.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +255,81 @@ static void t_detector_golden(void)
     cJSON_Delete(man);
     CHECK(ok);
     CHECK(count == ncases);
+}
+
+/* ---- one fw_nets, several threads ---------------------------------------------------------- */
+
+/* Each thread has its own workspace and runs all three nets on its own inputs; the results
+ * must be exactly what one thread alone computes (the model is shared read-only). */
+struct share_job {
+    const fw_nets *nets;
+    const uint8_t *rec, *lm, *det;
+    float desc[128], marks[136], grid[13 * 13 * 25];
+    int rc;
+};
+
+static void *share_thread(void *arg)
+{
+    struct share_job *j = arg;
+    fw_nets_ws *ws = fw_nets_ws_new(j->nets, 416);
+    j->rc = -1;
+    for (int rep = 0; ws && rep < 3; rep++) {
+        if (fw_recog_run(j->nets, ws, j->rec, j->desc) != 0 ||
+            fw_landmark68_run(j->nets, ws, j->lm, j->marks) != 0 ||
+            fw_tinydet_run(j->nets, ws, j->det, 416, j->grid) != 0)
+            break;
+        j->rc = rep == 2 ? 0 : -1;
+    }
+    fw_nets_ws_free(ws);
+    return NULL;
+}
+
+static void t_threads_share_nets(void)
+{
+    enum { N = 3 };
+    static const char *const rec[N] = { "recognition/chip00.rgb", "recognition/chip01.rgb",
+                                        "recognition/chip02.rgb" };
+    static const char *const lm[N] = { "landmark68/chip00.rgb", "landmark68/chip01.rgb",
+                                       "landmark68/chip02.rgb" };
+    static const char *const det[N] = { "tiny_detector/sample1.rgb", "tiny_detector/sample2.rgb",
+                                        "tiny_detector/sample3.rgb" };
+    fw_nets *nets = load_nets();
+    struct share_job *jobs = calloc(2 * N, sizeof *jobs); /* N threaded, then N alone */
+    void *bufs[3 * N] = { 0 };
+    int ok = nets && jobs;
+    for (int i = 0; ok && i < N; i++) {
+        bufs[3 * i] = golden_file(rec[i], 150 * 150 * 3);
+        bufs[3 * i + 1] = golden_file(lm[i], 112 * 112 * 3);
+        bufs[3 * i + 2] = golden_file(det[i], 416 * 416 * 3);
+        ok = bufs[3 * i] && bufs[3 * i + 1] && bufs[3 * i + 2];
+        for (int k = 0; k < 2; k++) {
+            struct share_job *j = &jobs[k * N + i];
+            j->nets = nets;
+            j->rec = bufs[3 * i];
+            j->lm = bufs[3 * i + 1];
+            j->det = bufs[3 * i + 2];
+        }
+    }
+    pthread_t th[N];
+    int started = 0;
+    for (; ok && started < N; started++)
+        if (pthread_create(&th[started], NULL, share_thread, &jobs[started]) != 0)
+            break;
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    ok = ok && started == N;
+    for (int i = 0; ok && i < N; i++) {
+        share_thread(&jobs[N + i]);
+        const struct share_job *t = &jobs[i], *a = &jobs[N + i];
+        ok = t->rc == 0 && a->rc == 0 && memcmp(t->desc, a->desc, sizeof t->desc) == 0 &&
+             memcmp(t->marks, a->marks, sizeof t->marks) == 0 &&
+             memcmp(t->grid, a->grid, sizeof t->grid) == 0;
+    }
+    for (int i = 0; i < 3 * N; i++)
+        free(bufs[i]);
+    free(jobs);
+    fw_nets_free(nets);
+    CHECK(ok);
 }
 
 /* ---- API edges ---------------------------------------------------------------------------- */
@@ -752,7 +830,7 @@ static void t_load_hostile_manifest(void)
 static const struct check_test tests[] = {
     CHECK_TEST(t_recognition_golden),  CHECK_TEST(t_landmark_golden),
     CHECK_TEST(t_detector_golden),     CHECK_TEST(t_detector_sizes),
-    CHECK_TEST(t_detector_all_sizes),
+    CHECK_TEST(t_detector_all_sizes),  CHECK_TEST(t_threads_share_nets),
     CHECK_TEST(t_decode_nms),          CHECK_TEST(t_nn_conv_paths),
     CHECK_TEST(t_nn_sepconv),          CHECK_TEST(t_nn_maxpool_same),
     CHECK_TEST(t_load_ok_copy),
