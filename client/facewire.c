@@ -634,6 +634,18 @@ static int req_send(req *r, uint8_t opcode, uint32_t *id, uint64_t deadline)
     return rc;
 }
 
+/* Pipelined sending: send the built request and return its id, without waiting. */
+static int send_built(req *r, uint8_t opcode, uint32_t *request_id)
+{
+    fw_client *c = r->c;
+    int rc = req_finish(r);
+    if (rc == FW_OK)
+        rc = req_send(r, opcode, request_id, now_ms() + c->timeout_ms);
+    if (rc == FW_OK)
+        release_claim(c);
+    return rc;
+}
+
 /* ---- public pipelined API ---------------------------------------------------------------- */
 
 static int begin_call(fw_client *c)
@@ -659,12 +671,7 @@ int fw_send(fw_client *c, uint8_t opcode, const void *body, size_t len, uint32_t
     req r;
     req_begin(&r, c);
     req_ref(&r, body, len);
-    rc = req_finish(&r);
-    if (rc == FW_OK)
-        rc = req_send(&r, opcode, request_id, now_ms() + c->timeout_ms);
-    if (rc == FW_OK)
-        release_claim(c);
-    return rc;
+    return send_built(&r, opcode, request_id);
 }
 
 int fw_send_raw(fw_client *c, const void *bytes, size_t len)
@@ -936,25 +943,58 @@ int fw_decode_image(const fw_response *r, int with_descriptors, fw_face *faces, 
     return FW_OK;
 }
 
+/* Each op's request is built by one build_*() function, shared by the synchronous call and
+ * its fw_send_*() flavour, so the two can never encode differently. */
+static int build_image(req *r, uint8_t op, const void *jpeg, size_t len)
+{
+    if (!jpeg || len == 0)
+        return fail(r->c, FW_ERR_INVALID, "%s: empty JPEG", fw_op_name(op));
+    if (over_u32(len))
+        return fail(r->c, FW_ERR_TOO_LARGE, "JPEG over 4 GiB");
+    fw_put_u32(&r->w, (uint32_t)len);
+    req_ref(r, jpeg, len);
+    return FW_OK;
+}
+
 static int image_op(fw_client *c, uint8_t op, const void *jpeg, size_t len, fw_face *faces, size_t max_faces,
                     fw_image_result *out)
 {
     int rc = begin_call(c);
     if (rc != FW_OK)
         return rc;
-    if (!jpeg || len == 0 || !out || (max_faces && !faces))
-        return fail(c, FW_ERR_INVALID, "%s: empty JPEG or NULL result", fw_op_name(op));
-    if (over_u32(len))
-        return fail(c, FW_ERR_TOO_LARGE, "JPEG over 4 GiB");
+    if (!out || (max_faces && !faces))
+        return fail(c, FW_ERR_INVALID, "%s: NULL result", fw_op_name(op));
     req r;
     req_begin(&r, c);
-    fw_put_u32(&r.w, (uint32_t)len);
-    req_ref(&r, jpeg, len);
+    if ((rc = build_image(&r, op, jpeg, len)) != FW_OK)
+        return rc;
     fw_response resp;
     rc = call(&r, op, &resp);
     if (rc != FW_OK)
         return rc;
     return decoded(c, fw_decode_image(&resp, op == FW_OP_EMBED, faces, max_faces, out), op);
+}
+
+static int image_send(fw_client *c, uint8_t op, const void *jpeg, size_t len, uint32_t *request_id)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    req r;
+    req_begin(&r, c);
+    if ((rc = build_image(&r, op, jpeg, len)) != FW_OK)
+        return rc;
+    return send_built(&r, op, request_id);
+}
+
+int fw_send_detect(fw_client *c, const void *jpeg, size_t len, uint32_t *request_id)
+{
+    return image_send(c, FW_OP_DETECT, jpeg, len, request_id);
+}
+
+int fw_send_embed(fw_client *c, const void *jpeg, size_t len, uint32_t *request_id)
+{
+    return image_send(c, FW_OP_EMBED, jpeg, len, request_id);
 }
 
 int fw_detect(fw_client *c, const void *jpeg, size_t len, fw_face *faces, size_t max_faces, fw_image_result *out)
@@ -982,6 +1022,27 @@ int fw_decode_verify(const fw_response *r, fw_verify_result *out)
     return fw_reader_done(&rd) && same <= 1 ? FW_OK : FW_ERR_MALFORMED;
 }
 
+static int build_verify(req *r, const fw_input *a, const fw_input *b, const float *threshold)
+{
+    int rc;
+    if ((rc = put_input(r, a, "input a")) != FW_OK || (rc = put_input(r, b, "input b")) != FW_OK)
+        return rc;
+    put_threshold(r, threshold);
+    return FW_OK;
+}
+
+int fw_send_verify(fw_client *c, const fw_input *a, const fw_input *b, const float *threshold, uint32_t *request_id)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    req r;
+    req_begin(&r, c);
+    if ((rc = build_verify(&r, a, b, threshold)) != FW_OK)
+        return rc;
+    return send_built(&r, FW_OP_VERIFY, request_id);
+}
+
 int fw_verify(fw_client *c, const fw_input *a, const fw_input *b, const float *threshold, fw_verify_result *out)
 {
     int rc = begin_call(c);
@@ -991,14 +1052,54 @@ int fw_verify(fw_client *c, const fw_input *a, const fw_input *b, const float *t
         return fail(c, FW_ERR_INVALID, "NULL result");
     req r;
     req_begin(&r, c);
-    if ((rc = put_input(&r, a, "input a")) != FW_OK || (rc = put_input(&r, b, "input b")) != FW_OK)
+    if ((rc = build_verify(&r, a, b, threshold)) != FW_OK)
         return rc;
-    put_threshold(&r, threshold);
     fw_response resp;
     rc = call(&r, FW_OP_VERIFY, &resp);
     if (rc != FW_OK)
         return rc;
     return decoded(c, fw_decode_verify(&resp, out), FW_OP_VERIFY);
+}
+
+static int build_enroll(req *r, const char *subject, const void *meta, size_t meta_len, const fw_input *in)
+{
+    size_t slen = subject ? strlen(subject) : 0;
+    if (slen == 0 || slen > FW_SUBJECT_MAX)
+        return fail(r->c, FW_ERR_INVALID, "subject must be 1..%d bytes", FW_SUBJECT_MAX);
+    if (meta_len > FW_METADATA_MAX || (meta_len && !meta))
+        return fail(r->c, FW_ERR_INVALID, "metadata must be at most %d bytes", FW_METADATA_MAX);
+    fw_put_str(&r->w, subject, slen);
+    fw_put_bytes(&r->w, meta, (uint32_t)meta_len);
+    return put_input(r, in, "input");
+}
+
+int fw_send_enroll(fw_client *c, const char *subject, const void *meta, size_t meta_len, const fw_input *in,
+                   uint32_t *request_id)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    req r;
+    req_begin(&r, c);
+    if ((rc = build_enroll(&r, subject, meta, meta_len, in)) != FW_OK)
+        return rc;
+    return send_built(&r, FW_OP_ENROLL, request_id);
+}
+
+int fw_decode_enroll(const fw_response *r, uint64_t *face_id)
+{
+    if (!r)
+        return FW_ERR_INVALID;
+    if (r->hdr.status != FW_STATUS_OK)
+        return r->hdr.status;
+    fw_reader rd;
+    fw_reader_init(&rd, r->body, r->body_len);
+    uint64_t id = fw_get_u64(&rd);
+    if (!fw_reader_done(&rd))
+        return FW_ERR_MALFORMED;
+    if (face_id)
+        *face_id = id;
+    return FW_OK;
 }
 
 int fw_enroll(fw_client *c, const char *subject, const void *meta, size_t meta_len, const fw_input *in,
@@ -1007,29 +1108,15 @@ int fw_enroll(fw_client *c, const char *subject, const void *meta, size_t meta_l
     int rc = begin_call(c);
     if (rc != FW_OK)
         return rc;
-    size_t slen = subject ? strlen(subject) : 0;
-    if (slen == 0 || slen > FW_SUBJECT_MAX)
-        return fail(c, FW_ERR_INVALID, "subject must be 1..%d bytes", FW_SUBJECT_MAX);
-    if (meta_len > FW_METADATA_MAX || (meta_len && !meta))
-        return fail(c, FW_ERR_INVALID, "metadata must be at most %d bytes", FW_METADATA_MAX);
     req r;
     req_begin(&r, c);
-    fw_put_str(&r.w, subject, slen);
-    fw_put_bytes(&r.w, meta, (uint32_t)meta_len);
-    if ((rc = put_input(&r, in, "input")) != FW_OK)
+    if ((rc = build_enroll(&r, subject, meta, meta_len, in)) != FW_OK)
         return rc;
     fw_response resp;
     rc = call(&r, FW_OP_ENROLL, &resp);
     if (rc != FW_OK)
         return rc;
-    fw_reader rd;
-    fw_reader_init(&rd, resp.body, resp.body_len);
-    uint64_t id = fw_get_u64(&rd);
-    if ((rc = expect_done(c, &rd, FW_OP_ENROLL)) != FW_OK)
-        return rc;
-    if (face_id)
-        *face_id = id;
-    return FW_OK;
+    return decoded(c, fw_decode_enroll(&resp, face_id), FW_OP_ENROLL);
 }
 
 int fw_decode_identify(const fw_response *r, fw_identify_face *faces, size_t max_faces, fw_match *matches,
@@ -1075,22 +1162,42 @@ int fw_decode_identify(const fw_response *r, fw_identify_face *faces, size_t max
     return FW_OK;
 }
 
+static int build_identify(req *r, const fw_input *in, unsigned k, const float *threshold)
+{
+    if (k < 1 || k > FW_IDENTIFY_MAX_K)
+        return fail(r->c, FW_ERR_INVALID, "k must be 1..%d", FW_IDENTIFY_MAX_K);
+    int rc = put_input(r, in, "input");
+    if (rc != FW_OK)
+        return rc;
+    fw_put_u16(&r->w, (uint16_t)k);
+    put_threshold(r, threshold);
+    return FW_OK;
+}
+
+int fw_send_identify(fw_client *c, const fw_input *in, unsigned k, const float *threshold, uint32_t *request_id)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    req r;
+    req_begin(&r, c);
+    if ((rc = build_identify(&r, in, k, threshold)) != FW_OK)
+        return rc;
+    return send_built(&r, FW_OP_IDENTIFY, request_id);
+}
+
 int fw_identify(fw_client *c, const fw_input *in, unsigned k, const float *threshold, fw_identify_face *faces,
                 size_t max_faces, fw_match *matches, size_t max_matches, fw_identify_result *out)
 {
     int rc = begin_call(c);
     if (rc != FW_OK)
         return rc;
-    if (k < 1 || k > FW_IDENTIFY_MAX_K)
-        return fail(c, FW_ERR_INVALID, "k must be 1..%d", FW_IDENTIFY_MAX_K);
     if (!out || (max_faces && !faces) || (max_matches && !matches))
         return fail(c, FW_ERR_INVALID, "NULL result");
     req r;
     req_begin(&r, c);
-    if ((rc = put_input(&r, in, "input")) != FW_OK)
+    if ((rc = build_identify(&r, in, k, threshold)) != FW_OK)
         return rc;
-    fw_put_u16(&r.w, (uint16_t)k);
-    put_threshold(&r, threshold);
     fw_response resp;
     rc = call(&r, FW_OP_IDENTIFY, &resp);
     if (rc != FW_OK)

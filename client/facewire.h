@@ -294,12 +294,27 @@ int fw_gallery(fw_client *c, fw_gallery_info *out);
 int fw_test_sleep(fw_client *c, uint32_t ms);
 int fw_test_fail(fw_client *c);
 
+/* ---- pipelined flavours of the face ops ---------------------------------------------------
+ * The same request as the synchronous call (same checks, same bytes), sent without waiting:
+ * keep the returned id, fw_recv() the answer, decode it with the fw_decode_*() below. The
+ * caller's JPEG / descriptor memory is only read during the call. No retry policy here: a
+ * BUSY answer is the caller's to handle. */
+int fw_send_detect(fw_client *c, const void *jpeg, size_t len, uint32_t *request_id);
+int fw_send_embed(fw_client *c, const void *jpeg, size_t len, uint32_t *request_id);
+int fw_send_verify(fw_client *c, const fw_input *a, const fw_input *b, const float *threshold,
+                   uint32_t *request_id);
+int fw_send_enroll(fw_client *c, const char *subject, const void *meta, size_t meta_len,
+                   const fw_input *in, uint32_t *request_id);
+int fw_send_identify(fw_client *c, const fw_input *in, unsigned k, const float *threshold,
+                     uint32_t *request_id);
+
 /* ---- decoders, for responses received with fw_recv() -------------------------------------
  * They return FW_OK, FW_ERR_MALFORMED (body does not match the layout) or, for a response
  * whose status is not OK, that status. They never touch the connection. */
 int fw_decode_image(const fw_response *r, int with_descriptors, fw_face *faces,
                     size_t max_faces, fw_image_result *out);
 int fw_decode_verify(const fw_response *r, fw_verify_result *out);
+int fw_decode_enroll(const fw_response *r, uint64_t *face_id);
 int fw_decode_identify(const fw_response *r, fw_identify_face *faces, size_t max_faces,
                        fw_match *matches, size_t max_matches, fw_identify_result *out);
 int fw_decode_list(const fw_response *r, fw_subject *subjects, size_t max_subjects,

@@ -319,6 +319,33 @@ static size_t image_body(uint8_t *buf, size_t cap, int n, int with_desc)
 
 static const uint8_t jpeg_stub[] = {0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 0xFF, 0xD9};
 
+/* Read four requests, then answer them last first, each with a canned body for its op. */
+static void serve_ops_reversed(fake *f, int fd)
+{
+    for (int k = 0; k < 4; k++)
+        if (read_request(f, fd) < 0)
+            return;
+    for (int i = 3; i >= 0; i--) {
+        uint8_t b[2048];
+        fw_writer w;
+        fw_writer_init(&w, b, sizeof b);
+        switch (f->hdr[i].opcode) {
+        case FW_OP_EMBED: w.len = image_body(b, sizeof b, 1, 1); break;
+        case FW_OP_VERIFY: fw_put_f32(&w, 0.3f), fw_put_u8(&w, 1), fw_put_f32(&w, 0.6f); break;
+        case FW_OP_IDENTIFY:
+            fw_put_u16(&w, 1);
+            fw_put_f32(&w, 0), fw_put_f32(&w, 0), fw_put_f32(&w, 0), fw_put_f32(&w, 0);
+            fw_put_u16(&w, 0);
+            break;
+        case FW_OP_ENROLL: fw_put_u64(&w, 5); break;
+        default: break;
+        }
+        if (reply(fd, &f->hdr[i], FW_STATUS_OK, b, w.len) != 0)
+            return;
+    }
+    serve_echo(f, fd);
+}
+
 /* ---- tests: every op's encoding and decoding --------------------------------------------- */
 
 static void t_ping_roundtrip(void)
@@ -1097,6 +1124,59 @@ static void t_pipelined_out_of_order(void)
     free(f);
 }
 
+static void t_pipelined_face_ops(void)
+{
+    fake *f = fake_new();
+    CHECK(f && fake_start(f, serve_ops_reversed, AF_INET) == 0);
+    fw_client *c = client_for(f, "127.0.0.1", NULL);
+    CHECK(c);
+    float desc[FW_DESCRIPTOR_DIM] = {0.5f};
+    fw_input in = fw_input_descriptor(desc), jp = fw_input_jpeg(jpeg_stub, sizeof jpeg_stub);
+    float thr = 0.55f;
+    uint32_t id[4];
+    int rs = fw_send_embed(c, jpeg_stub, sizeof jpeg_stub, &id[0]);
+    rs |= fw_send_verify(c, &jp, &in, &thr, &id[1]);
+    rs |= fw_send_identify(c, &in, 3, NULL, &id[2]);
+    rs |= fw_send_enroll(c, "carol", NULL, 0, &in, &id[3]);
+    int bad_k = fw_send_identify(c, &in, 0, NULL, &id[0]); /* refused before sending */
+    /* Answers arrive last first; take them in send order and decode each. */
+    fw_response r;
+    fw_face face;
+    fw_image_result ir;
+    fw_verify_result vr;
+    fw_identify_face idf;
+    fw_identify_result idr;
+    uint64_t face_id = 0;
+    int d0 = fw_recv(c, id[0], &r) == FW_OK ? fw_decode_image(&r, 1, &face, 1, &ir) : -100;
+    int d1 = fw_recv(c, id[1], &r) == FW_OK ? fw_decode_verify(&r, &vr) : -100;
+    int d2 = fw_recv(c, id[2], &r) == FW_OK ? fw_decode_identify(&r, &idf, 1, NULL, 0, &idr) : -100;
+    int d3 = fw_recv(c, id[3], &r) == FW_OK ? fw_decode_enroll(&r, &face_id) : -100;
+    fw_client_close(c);
+    fake_stop(f);
+    CHECK_EQ_INT(rs, FW_OK);
+    CHECK_EQ_INT(bad_k, FW_ERR_INVALID);
+    CHECK_EQ_INT(d0, FW_OK);
+    CHECK_EQ_INT(d1, FW_OK);
+    CHECK_EQ_INT(d2, FW_OK);
+    CHECK_EQ_INT(d3, FW_OK);
+    CHECK(ir.nfaces == 1 && face.descriptor[0] == face_val(0, 141));
+    CHECK(vr.distance == 0.3f && vr.same && vr.threshold == 0.6f);
+    CHECK(idr.nfaces == 1 && idf.nmatches == 0);
+    CHECK(face_id == 5);
+    CHECK_EQ_INT(f->nreq, 4);
+    CHECK_EQ_INT(f->hdr[0].opcode, FW_OP_EMBED);
+    CHECK_EQ_INT(f->hdr[1].opcode, FW_OP_VERIFY);
+    CHECK_EQ_INT(f->hdr[2].opcode, FW_OP_IDENTIFY);
+    CHECK_EQ_INT(f->hdr[3].opcode, FW_OP_ENROLL);
+    /* the VERIFY request: JPEG input, descriptor input, threshold */
+    CHECK_EQ_INT(f->body_len[1], 1 + 4 + sizeof jpeg_stub + 1 + 4 * FW_DESCRIPTOR_DIM + 5);
+    CHECK_EQ_INT(f->body[1][f->body_len[1] - 5], 1);
+    /* the IDENTIFY request: descriptor input, k = 3, no threshold */
+    CHECK_EQ_INT(f->body_len[2], 1 + 4 * FW_DESCRIPTOR_DIM + 2 + 5);
+    CHECK_EQ_INT(fw_rd16(f->body[2] + 1 + 4 * FW_DESCRIPTOR_DIM), 3);
+    free(f);
+}
+
 static void t_pipelined_rx_full(void)
 {
     /* Responses nobody asks for fill the buffer: a clear error, not a hang or overflow. */
@@ -1550,6 +1630,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_request_over_tx_buf),
     CHECK_TEST(t_connect_timeout),
     CHECK_TEST(t_pipelined_out_of_order),
+    CHECK_TEST(t_pipelined_face_ops),
     CHECK_TEST(t_pipelined_rx_full),
     CHECK_TEST(t_decode_helpers_on_recv),
     CHECK_TEST(t_retry_busy_then_ok),
