@@ -9,6 +9,7 @@
  *   every face the reference (face-api) found is found too (IoU >= 0.5)
  *   coordinates survive EXIF rotation and decode-time downscaling: the same face comes back
  *   at the same place (in the displayed picture's pixels) with the same descriptor
+ * bin/facewire's JSON and exit codes (FW_BIN, default bin, says where it is),
  * and the engine API's own contract: argument checks, error codes for bad pictures, the
  * max_faces cap, what `want` fills in, and randomly damaged real pictures through the whole
  * pipeline (OK or BAD_IMAGE, never a crash).
@@ -18,6 +19,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -621,6 +623,83 @@ static void t_api_damaged_pictures(void)
     printf("  damaged pictures: %d decoded, %d refused\n", decoded, refused);
 }
 
+static const char *bin_dir(void)
+{
+    const char *s = getenv("FW_BIN");
+    return s && *s ? s : "bin";
+}
+
+/* Run a shell command, keep at most cap-1 bytes of its stdout; returns the exit status or -1. */
+static int run_cmd(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    while (fgetc(p) != EOF) /* drain the rest */
+        ;
+    const int st = pclose(p);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void t_cli(void)
+{
+    char cmd[2048];
+    const size_t cap = 1 << 20;
+    char *out = malloc(cap);
+    CHECK(out);
+    const char *E = shared_dir(), *M = models_dir(), *B = bin_dir();
+    /* embed: one JSON object per picture per line, an error object for the missing one */
+    snprintf(cmd, sizeof(cmd), "'%s/facewire' embed --json --timings --models '%s' "
+             "'%s/eval/barack_obama_5.jpg' /nonexistent.jpg 2>/dev/null", B, M, E);
+    const int st_embed = run_cmd(cmd, out, cap);
+    char *nl = strchr(out, '\n');
+    if (nl)
+        *nl = 0;
+    cJSON *a = cJSON_Parse(out), *b = nl ? cJSON_Parse(nl + 1) : NULL;
+    const cJSON *faces = cJSON_GetObjectItemCaseSensitive(a, "faces");
+    const cJSON *f0 = cJSON_GetArrayItem(faces, 0);
+    const int ok_a = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(a, "width")) == 320 &&
+                     cJSON_GetArraySize(faces) == 1 &&
+                     cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(f0, "box")) == 4 &&
+                     cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(f0, "landmarks")) == 68 &&
+                     cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(f0, "descriptor")) == 128 &&
+                     cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(
+                         cJSON_GetObjectItemCaseSensitive(a, "timings_ms"), "total"));
+    const int ok_b = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(b, "error")) &&
+                     !strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "image")), "/nonexistent.jpg");
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    /* compare: 0 same, 1 different, 2 error */
+    snprintf(cmd, sizeof(cmd), "'%s/facewire' compare --models '%s' '%s/eval/barack_obama_1.jpg' "
+             "'%s/eval/barack_obama_5.jpg' 2>/dev/null", B, M, E, E);
+    const int st_same = run_cmd(cmd, out, cap);
+    const int said_same = strstr(out, "same") != NULL;
+    snprintf(cmd, sizeof(cmd), "'%s/facewire' compare --json --models '%s' '%s/eval/barack_obama_1.jpg' "
+             "'%s/eval/joe_biden_1.jpg' 2>/dev/null", B, M, E, E);
+    const int st_diff = run_cmd(cmd, out, cap);
+    cJSON *c = cJSON_Parse(out);
+    const int json_diff = cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(c, "same")) &&
+                          cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(c, "distance")) >= 0.6;
+    cJSON_Delete(c);
+    snprintf(cmd, sizeof(cmd), "'%s/facewire' compare --models '%s' '%s/eval/barack_obama_1.jpg' "
+             "'%s/eval/labels.json' 2>/dev/null", B, M, E, E);
+    const int st_err = run_cmd(cmd, out, cap);
+    snprintf(cmd, sizeof(cmd), "'%s/facewire' detect --size 100 x.jpg 2>/dev/null", B);
+    const int st_usage = run_cmd(cmd, out, cap);
+    free(out);
+    CHECK_EQ_INT(st_embed, 2);
+    CHECK(ok_a);
+    CHECK(ok_b);
+    CHECK_EQ_INT(st_same, 0);
+    CHECK(said_same);
+    CHECK_EQ_INT(st_diff, 1);
+    CHECK(json_diff);
+    CHECK_EQ_INT(st_err, 2);
+    CHECK_EQ_INT(st_usage, 2);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_one_face_per_single_picture),
     CHECK_TEST(t_pairs_similarity),
@@ -632,6 +711,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_api_errors),
     CHECK_TEST(t_api_caps_and_wants),
     CHECK_TEST(t_api_damaged_pictures),
+    CHECK_TEST(t_cli),
 };
 
 int main(int argc, char **argv)
