@@ -72,6 +72,15 @@ static uint32_t cooldown_left(const fw_breaker *b, uint64_t now)
     return left == 0 ? 1 : (uint32_t)left;
 }
 
+int fw_breaker_fail_fast(fw_breaker *b, uint64_t now, uint32_t *retry_after_ms)
+{
+    if (b->state != FW_BREAKER_OPEN || now >= b->opened_at + b->cfg.cooldown_ms)
+        return 0;
+    *retry_after_ms = cooldown_left(b, now);
+    b->rejected++;
+    return 1;
+}
+
 fw_breaker_verdict fw_breaker_admit(fw_breaker *b, uint64_t now, uint32_t *retry_after_ms,
                                     int *changed)
 {

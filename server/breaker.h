@@ -68,6 +68,11 @@ void fw_breaker_init(fw_breaker *b, const fw_breaker_config *cfg);
 fw_breaker_verdict fw_breaker_admit(fw_breaker *b, uint64_t now, uint32_t *retry_after_ms,
                                     int *changed);
 
+/* The cheap question asked before a request's body is even copied: 1 if the breaker is open
+ * and still cooling down, so the request is refused (and counted) without being admitted;
+ * *retry_after_ms is then set. 0 otherwise (then ask fw_breaker_admit). */
+int fw_breaker_fail_fast(fw_breaker *b, uint64_t now, uint32_t *retry_after_ms);
+
 /* Report an outcome. probe: the verdict of the admission was PROBE. Returns 1 when the state
  * changed (the caller logs the transition and reads b->state). */
 int fw_breaker_record(fw_breaker *b, uint64_t now, int failure, int probe);

@@ -159,7 +159,10 @@ static void write_done_cb(uv_write_t *w, int status)
     mconn_close(w->data);
 }
 
-static void respond(mconn *mc, int code, const char *reason, const char *body, size_t body_len)
+/* Send the response and close. head_only (a HEAD request): the headers a GET would get,
+ * Content-Length included, and no body. */
+static void respond(mconn *mc, int code, const char *reason, const char *body, size_t body_len,
+                    int head_only)
 {
     char head[256];
     int hn = snprintf(head, sizeof head,
@@ -173,6 +176,8 @@ static void respond(mconn *mc, int code, const char *reason, const char *body, s
     mc->responding = 1;
     uv_read_stop((uv_stream_t *)&mc->tcp);
     uv_timer_stop(&mc->timer);
+    if (head_only)
+        body_len = 0;
     mc->resp = malloc((size_t)hn + body_len);
     if (!mc->resp) {
         mconn_close(mc);
@@ -189,7 +194,7 @@ static void respond(mconn *mc, int code, const char *reason, const char *body, s
 
 static void respond_text(mconn *mc, int code, const char *reason, const char *text)
 {
-    respond(mc, code, reason, text, strlen(text));
+    respond(mc, code, reason, text, strlen(text), 0);
 }
 
 static int on_url_cb(http_parser *p, const char *at, size_t len)
@@ -244,9 +249,7 @@ static void serve(mconn *mc)
         respond_text(mc, 500, "Internal Server Error", "out of memory\n");
         return;
     }
-    if (mc->parser.method == HTTP_HEAD)
-        sb.len = 0; /* HEAD: same headers, no body; Content-Length then says 0, which is allowed */
-    respond(mc, 200, "OK", sb.p ? sb.p : "", sb.len);
+    respond(mc, 200, "OK", sb.p ? sb.p : "", sb.len, mc->parser.method == HTTP_HEAD);
     fw_sb_free(&sb);
 }
 

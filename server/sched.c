@@ -534,12 +534,10 @@ int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
         return -1;
     }
     /* an open breaker refuses before the body is even copied */
-    const fw_breaker *b = &s->classes[op->cls].breaker;
-    uint64_t now = uv_now(s->loop);
-    if (b->state == FW_BREAKER_OPEN && now < b->opened_at + b->cfg.cooldown_ms) {
+    uint32_t retry;
+    if (fw_breaker_fail_fast(&s->classes[op->cls].breaker, uv_now(s->loop), &retry)) {
         snprintf(msg, sizeof msg, "circuit breaker open for %s operations", s->classes[op->cls].name);
-        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_UNAVAILABLE, msg, 1,
-                            (uint32_t)(b->opened_at + b->cfg.cooldown_ms - now));
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_UNAVAILABLE, msg, 1, retry);
         return -1;
     }
     return 0;

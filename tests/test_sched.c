@@ -204,6 +204,11 @@ static void t_breaker_unit_body(void)
     CHECK_EQ_INT(b.state, FW_BREAKER_OPEN);
     CHECK_EQ_INT(fw_breaker_admit(&b, 1680, &retry, &changed), FW_BREAKER_REJECT);
     CHECK_EQ_INT(retry, 150);
+    retry = 0;
+    CHECK_EQ_INT(fw_breaker_fail_fast(&b, 1690, &retry), 1);
+    CHECK_EQ_INT(retry, 140);
+    CHECK_EQ_INT(b.rejected, 2);
+    CHECK_EQ_INT(fw_breaker_fail_fast(&b, 1830, &retry), 0); /* cooled down: ask admit */
     /* a straggler finishing while open changes nothing */
     CHECK_EQ_INT(fw_breaker_record(&b, 1700, 1, 0), 0);
     /* cooldown over: half-open, two probes, the third refused */
@@ -778,6 +783,22 @@ static void t_metrics_endpoint_body(void)
     CHECK(strstr(out, "\nfacewire_breaker_state{class=\"test\"} 0\n") != NULL);
     CHECK(strstr(out, "\nfacewire_queue_depth{priority=\"low\"} 0\n") != NULL);
     CHECK(strstr(out, "facewire_run_seconds_count{op=\"TEST_SLEEP\"} 1\n") != NULL);
+
+    /* HEAD: the same headers, no body */
+    size_t get_len = strlen(out);
+    const char *cl = strstr(out, "Content-Length: ");
+    CHECK(cl != NULL);
+    long full = atol(cl + 16);
+    CHECK(full > 0);
+    const char *head = "HEAD /metrics HTTP/1.1\r\n\r\n";
+    CHECK(http(port, head, strlen(head), out, sizeof out) == 0);
+    CHECK_MSG(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %.80s", out);
+    cl = strstr(out, "Content-Length: ");
+    CHECK(cl != NULL);
+    CHECK(atol(cl + 16) >= full); /* counters only grow between the two scrapes */
+    const char *end = strstr(out, "\r\n\r\n");
+    CHECK(end != NULL && end[4] == '\0');
+    CHECK(get_len > strlen(out));
 
     const char *other = "GET /other HTTP/1.1\r\n\r\n";
     CHECK(http(port, other, strlen(other), out, sizeof out) == 0);
