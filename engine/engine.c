@@ -5,7 +5,9 @@
  *   decode      image.c: header checked against the limits first, EXIF orientation applied,
  *               big pictures reduced in the IDCT (see FW_DECODE_MIN_LONG below)
  *   detect      the picture zero-padded to a square on the right/bottom and resized to the
- *               detector size (face-api's toBatchTensor(size, false)); boxes scaled back
+ *               detector size (face-api's toBatchTensor(size, false)), area-averaged rather
+ *               than sampled when that is a reduction; a second pass on the mirror image
+ *               when the first saw a borderline face (detect() below); boxes scaled back
  *   landmarks   each box, floored, padded to a centred square, resized to 112 (face-api's
  *               extractFaceTensors + toBatchTensor(112, true)); points mapped back through
  *               the same square. Unlike face-api the box is not clipped to the picture first:
@@ -244,6 +246,8 @@ static int detect(const fw_engine *e, fw_engine_ws *ws, int cap)
      * decode at the threshold would give); any below it is a borderline face. */
     const float floor_score = o->detect_mirror ? MIRROR_FLOOR * o->score_threshold : o->score_threshold;
     int nlow = fw_tinydet_decode(ws->grid, S, floor_score, o->iou_threshold, ws->boxes, cap);
+    if (nlow < 0)
+        nlow = 0;
     int n = 0;
     while (n < nlow && ws->boxes[n].score >= o->score_threshold)
         n++;
