@@ -80,7 +80,7 @@ EXAMPLE_SRC := $(wildcard client/examples/*.c)
 TU_SRC      := $(wildcard tests/tu_*.c)
 TEST_CLIENT := $(wildcard tests/test_client_*.c)
 TEST_OTHER  := $(filter-out $(TEST_CLIENT),$(wildcard tests/test_*.c))
-TSAN_TESTS  := $(notdir $(basename $(shell grep -l '^// run-under: tsan' $(TEST_OTHER) /dev/null 2>/dev/null)))
+TSAN_TESTS  := $(notdir $(basename $(shell grep -l '^// run-under: tsan' $(TEST_CLIENT) $(TEST_OTHER) /dev/null 2>/dev/null)))
 
 o = $(patsubst %.c,$(OBJ)/%.o,$(1))
 

@@ -11,6 +11,7 @@
  * Synchronisation is only by sockets and pthread_join: the fake serves until the client
  * closes its end, and its captures are read after the join.
  */
+// run-under: tsan
 #include "check.h"
 #include "client/facewire.h"
 
