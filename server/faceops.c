@@ -133,11 +133,16 @@ static uint16_t status_of(fw_engine_err e)
     }
 }
 
-/* The engine and workspace this job uses: the small detector in degraded mode. */
+/* The engine and workspace this job uses: the small detector in degraded mode. The small
+ * engine's workspace is made on the first degraded job a slot runs (here, on the worker: the
+ * slot belongs to this job until it returns), so a server that never degrades never pays for
+ * it; if it cannot be made, the job runs on the full-size detector. */
 static void pick_engine(const fw_job *j, const fw_engine **e, fw_engine_ws **ws)
 {
     const fw_face_env *env = j->env;
     fw_face_slot *fs = j->slot->ctx;
+    if (j->degraded && env->engine_small && !fs->ws_small)
+        fs->ws_small = fw_engine_ws_new(env->engine_small);
     if (j->degraded && env->engine_small && fs->ws_small) {
         *e = env->engine_small;
         *ws = fs->ws_small;
@@ -267,12 +272,7 @@ fw_face_slot *fw_face_slot_new(const fw_face_env *env)
     fs->ws = fw_engine_ws_new(env->engine);
     if (!fs->faces || !fs->ws)
         goto err;
-    if (env->engine_small) {
-        fs->ws_small = fw_engine_ws_new(env->engine_small);
-        if (!fs->ws_small)
-            goto err;
-    }
-    return fs;
+    return fs; /* ws_small: on first use, see pick_engine() */
 err:
     fw_face_slot_free(fs);
     return NULL;

@@ -26,10 +26,11 @@ typedef struct fw_face_env {
     float verify_threshold;
 } fw_face_env;
 
-/* Per worker slot: workspaces for both engines and the faces buffer. Owned by compute. */
+/* Per worker slot: workspaces for both engines and the faces buffer. Owned by compute; used
+ * by the one job that holds the slot. */
 typedef struct fw_face_slot {
     fw_engine_ws *ws;
-    fw_engine_ws *ws_small;
+    fw_engine_ws *ws_small;  /* made by the first degraded job on this slot; may stay NULL */
     fw_face *faces;  /* max_faces entries */
     int max_faces;
 } fw_face_slot;
