@@ -3,8 +3,8 @@
  * between searches and mutations, completions to the libuv loop, start-up recovery.
  *
  * The life of an enroll: the loop thread validates and copies it into a request and appends
- * it to the writer queue (a mutex held for a few pointer writes: the loop never waits on I/O or
- * on the rwlock). The writer thread takes every queued request (up to batch_max), checks each
+ * it to the writer queue (a mutex the writer holds only to unlink at most a batch of pointers,
+ * about a microsecond: the loop never waits on I/O or on the rwlock). The writer thread takes every queued request (up to batch_max), checks each
  * against the index and the earlier requests of the batch, reserves all the memory applying
  * will need, appends all their records with one write and one fdatasync, then takes the write
  * lock once and applies them (O(1) each, nothing can fail there), and hands the finished
@@ -830,7 +830,8 @@ int fw_gallery_list(fw_gallery *g, const char *cursor, size_t cursor_len, int li
         snprintf(err, errlen, "cursor longer than %d bytes", FW_GALLERY_SUBJECT_MAX);
         return FW_STATUS_BAD_REQUEST;
     }
-    memcpy(cur, cursor, cursor_len); /* the caller may pass its `next` buffer as cursor */
+    if (cursor_len) /* the caller may pass its `next` buffer as the cursor: copy it first */
+        memcpy(cur, cursor, cursor_len);
     pthread_rwlock_rdlock(&g->lock);
     *n = galidx_list(g->ix, cur, cursor_len, limit, out, next, next_len);
     pthread_rwlock_unlock(&g->lock);
