@@ -141,8 +141,7 @@ echo
 echo "1. PING throughput (rps; p99 in us)"
 printf "  %-12s %12s %10s %12s %10s %8s %7s\n" "conns x P" "facewired" "p99" "redis" "p99" "ratio" "errors"
 for row in "${ROWS[@]}"; do
-    set -- $row
-    c=$1 p=$2
+    read -r c p <<<"$row"
     best_fw=0 best_fw_p99=0 best_rd=0 best_rd_p99=0 errs=0
     for _ in $(seq "$REPEAT"); do
         out=$(fw_run "$c" "$p") || true
