@@ -291,6 +291,26 @@ static void unqueue(fw_sched *s, fw_job *j)
     s->queued_bytes -= j->body_len;
 }
 
+/* ---- estimates ----------------------------------------------------------------------------- */
+
+/* Jobs that run before a new job of priority prio under strict priority order. */
+static uint64_t jobs_ahead(const fw_sched *s, int prio)
+{
+    uint64_t ahead = s->queue[FW_PRIO_HIGH].len;
+    if (prio != FW_PRIO_HIGH)
+        ahead += s->queue[FW_PRIO_NORMAL].len;
+    if (prio == FW_PRIO_LOW)
+        ahead += s->queue[FW_PRIO_LOW].len;
+    return ahead;
+}
+
+/* The op's median worker time in ms, or `none` before any job of it finished. */
+static uint64_t median_run_ms(const fw_sched *s, int op_index, uint64_t none)
+{
+    const fw_hist *h = &s->stats[op_index].run_us;
+    return h->count ? fw_hist_quantile(h, 0.5) / 1000 : none;
+}
+
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
 static void work_cb(uv_work_t *w)
@@ -370,14 +390,31 @@ static int pick_priority(fw_sched *s)
     return pick;
 }
 
-static void expire_waiting(fw_sched *s, fw_job *j)
+static void expire_waiting(fw_sched *s, fw_job *j, const char *msg)
 {
     unqueue(s, j);
     heap_remove(s, j);
     breaker_forget(s, j);
     s->stats[j->op_index].expired_in_queue++;
-    job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, "deadline exceeded while queued", 0, 0);
+    job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, msg, 0, 0);
     fw_job_free(j);
+}
+
+/* Never start what nobody waits for any more, nor what can no longer finish in time: a job
+ * whose budget would have covered the op's median run time, but whose remaining budget no
+ * longer does, would most likely be answered DEADLINE_EXCEEDED anyway after holding a worker
+ * that a job with time left could have used. (A job whose whole budget is below the median
+ * is still tried: the client asked for it, and its picture may be a small one.) */
+static const char *too_late(const fw_sched *s, const fw_job *j, uint64_t now)
+{
+    if (!j->deadline)
+        return NULL;
+    if (j->deadline <= now)
+        return "deadline exceeded while queued";
+    uint64_t median = median_run_ms(s, j->op_index, 0);
+    if (median && j->budget_ms >= median && j->deadline - now < median)
+        return "deadline exceeded while queued (too little time left to run)";
+    return NULL;
 }
 
 static void start_job(fw_sched *s, fw_job *j)
@@ -415,8 +452,9 @@ static void dispatch(fw_sched *s)
         if (p < 0)
             break;
         fw_job *j = s->queue[p].head;
-        if (j->deadline && j->deadline <= now) {
-            expire_waiting(s, j); /* never start what nobody waits for any more */
+        const char *late = too_late(s, j, now);
+        if (late) {
+            expire_waiting(s, j, late);
             continue;
         }
         unqueue(s, j);
@@ -433,11 +471,18 @@ static void deadline_timer_cb(uv_timer_t *t)
     while (s->heap_len && s->heap[0]->deadline <= now) {
         fw_job *j = s->heap[0];
         if (j->state == FW_JOB_WAITING) {
-            expire_waiting(s, j);
+            expire_waiting(s, j, "deadline exceeded while queued");
         } else {
             heap_remove(s, j);
             s->stats[j->op_index].timed_out++;
-            breaker_record(s, j, 1);
+            /* The breaker hears of it only if the job ran for at least half its budget: one
+             * that spent its budget queueing and then overran says the server is loaded,
+             * which admission control answers, not that the stage is broken. */
+            uint64_t ran_ms = (uv_hrtime() / 1000 - j->t_started_us) / 1000;
+            if (ran_ms * 2 >= j->budget_ms)
+                breaker_record(s, j, 1);
+            else
+                breaker_forget(s, j);
             char msg[96];
             snprintf(msg, sizeof msg, "deadline exceeded while running (budget %u ms)", j->budget_ms);
             job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, msg, 0, 0);
@@ -449,24 +494,6 @@ static void deadline_timer_cb(uv_timer_t *t)
 }
 
 /* ---- admission ----------------------------------------------------------------------------- */
-
-/* Jobs that run before a new job of priority prio under strict priority order. */
-static uint64_t jobs_ahead(const fw_sched *s, int prio)
-{
-    uint64_t ahead = s->queue[FW_PRIO_HIGH].len;
-    if (prio != FW_PRIO_HIGH)
-        ahead += s->queue[FW_PRIO_NORMAL].len;
-    if (prio == FW_PRIO_LOW)
-        ahead += s->queue[FW_PRIO_LOW].len;
-    return ahead;
-}
-
-/* The op's median worker time in ms, or `none` before any job of it finished. */
-static uint64_t median_run_ms(const fw_sched *s, int op_index, uint64_t none)
-{
-    const fw_hist *h = &s->stats[op_index].run_us;
-    return h->count ? fw_hist_quantile(h, 0.5) / 1000 : none;
-}
 
 /* How long until a refused client should try again: the work queued ahead of it divided
  * among the workers, plus its own turn, at the op's median run time (100 ms before anything
@@ -499,15 +526,19 @@ static const char *refusal(const fw_sched *s, int prio, int op_index, size_t bod
      * (a worker is free) never waits, so it does not count against it */
     if (s->queued_bytes + body_len > s->cfg.queue_max_bytes && s->nfree == 0)
         return "queued request bytes at limit";
-    /* A job that would only start after its deadline is refused now rather than left to
+    /* A job that would not finish before its deadline is refused now rather than left to
      * expire in the queue: the client learns it at once and can go elsewhere, and the queue
-     * does not fill with work nobody will wait for. The estimate ignores the time the running
-     * jobs still need, so it errs on the side of admitting. */
-    if (budget_ms) {
-        uint64_t wait = jobs_ahead(s, prio) / (uint64_t)s->cfg.workers * median_run_ms(s, op_index, 0);
-        if (wait > budget_ms) {
-            snprintf(msg, msglen, "expected queue wait %llu ms exceeds the %u ms deadline",
-                     (unsigned long long)wait, budget_ms);
+     * does not fill with work nobody will wait for. Estimate: the jobs ahead shared among the
+     * workers, then its own run, each at the op's median. It ignores what the running jobs
+     * still need, so it errs on the side of admitting; and with nobody ahead a job is always
+     * tried. */
+    uint64_t ahead = jobs_ahead(s, prio);
+    if (budget_ms && ahead > 0) {
+        uint64_t median = median_run_ms(s, op_index, 0);
+        uint64_t done = (ahead / (uint64_t)s->cfg.workers + 1) * median;
+        if (done > budget_ms) {
+            snprintf(msg, msglen, "expected completion in %llu ms exceeds the %u ms deadline",
+                     (unsigned long long)done, budget_ms);
             return msg;
         }
     }

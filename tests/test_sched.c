@@ -384,7 +384,7 @@ static void t_deadline_admission_body(void)
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.rid, 6);
     CHECK_EQ_INT(r.status, FW_STATUS_BUSY);
-    CHECK_MSG(strncmp(r.msg, "expected queue wait ", 20) == 0 &&
+    CHECK_MSG(strncmp(r.msg, "expected completion in ", 23) == 0 &&
               strstr(r.msg, " ms exceeds the 300 ms deadline") != NULL, "message: %s", r.msg);
     CHECK(r.retry_after >= 600);
     /* the high queue is empty: the same deadline fits there */
