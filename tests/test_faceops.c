@@ -660,7 +660,7 @@ static void t_no_models_body(void)
 {
     const char *args[] = { "--models", "/nonexistent/facewire-models", NULL };
     CHECK(tu_server_start(&srv, args) == 0);
-    CHECK(tu_server_log_has(&srv, "msg=\"models not loaded: face operations will answer UNAVAILABLE\""));
+    CHECK(tu_server_wait_log(&srv, "msg=\"models not loaded: face operations will answer UNAVAILABLE\""));
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     static uint8_t b[2048];

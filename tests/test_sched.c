@@ -570,7 +570,7 @@ static void t_breaker_cycle_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
     CHECK(info(fd, text, sizeof text) == 0);
     CHECK(info_has(text, "breaker_test_state: open"));
-    CHECK(tu_server_log_has(&srv, "msg=\"circuit breaker transition\" class=test from=closed to=open"));
+    CHECK(tu_server_wait_log(&srv, "msg=\"circuit breaker transition\" class=test from=closed to=open"));
 
     /* after the cooldown: half-open, 2 probes admitted, a third refused while they run */
     CHECK(sleep_until_admitted(fd, 7, &r) == 0);
@@ -590,7 +590,7 @@ static void t_breaker_cycle_body(void)
     /* both probes succeeded: closed */
     CHECK(info(fd, text, sizeof text) == 0);
     CHECK(info_has(text, "breaker_test_state: closed"));
-    CHECK(tu_server_log_has(&srv, "class=test from=half-open to=closed"));
+    CHECK(tu_server_wait_log(&srv, "class=test from=half-open to=closed"));
 
     /* open again, then a failing probe re-opens it */
     for (uint32_t rid = 20; rid < 24; rid++) {
@@ -617,9 +617,53 @@ static void t_breaker_cycle_body(void)
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
     CHECK_EQ_STR(r.msg, "circuit breaker open for test operations");
-    CHECK(tu_server_log_has(&srv, "class=test from=half-open to=open"));
+    CHECK(tu_server_wait_log(&srv, "class=test from=half-open to=open"));
     CHECK(info(fd, text, sizeof text) == 0);
     CHECK_EQ_INT(info_int(text, "breaker_test_opens"), 3);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* A job that spent most of its budget waiting and then overran is an overload symptom, not a
+ * broken stage: its timeout does not count against the breaker. One that ran past its
+ * deadline on its own does. (The breaker opens at 1 failure in 5, the window's size either
+ * way, so the one counted failure shows which timeout counted.) */
+static void t_breaker_ignores_queueing_timeouts_body(void)
+{
+    CHECK(start("--breaker-min-requests", "1", "--breaker-failure-pct", "15", NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    char text[16384];
+    for (uint32_t rid = 1; rid <= 3; rid++) { /* a median run time of ~0 ms */
+        CHECK(send_sleep(fd, rid, 0, FW_PRIO_NORMAL, 0) == 0);
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    }
+    CHECK(send_sleep(fd, 4, 600, FW_PRIO_NORMAL, 0) == 0);   /* blocker */
+    CHECK(send_sleep(fd, 5, 700, FW_PRIO_NORMAL, 1000) == 0); /* waits ~600, runs ~400 of 1000 */
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 4);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 5);
+    CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(r.msg, "deadline exceeded while running (budget 1000 ms)");
+    /* counted, 1 failure in 5 (>= 15%) would have opened it */
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK(info_has(text, "breaker_test_state: closed"));
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_timed_out"), 1);
+    /* once job 5's worker is back (this one queues behind it), the worker is free */
+    CHECK(send_sleep(fd, 6, 0, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    /* the same overrun without the wait counts: ran 100 of 100 ms; 1 failure in 6 opens it */
+    CHECK(send_sleep(fd, 7, 400, FW_PRIO_NORMAL, 100) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 7);
+    CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(r.msg, "deadline exceeded while running (budget 100 ms)");
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK(info_has(text, "breaker_test_state: open"));
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -849,6 +893,7 @@ static void cleanup(void)
 static void t_hist_quantiles(void) { t_hist_quantiles_body(); }
 static void t_breaker_unit(void) { t_breaker_unit_body(); }
 static void t_deadline_admission(void) { t_deadline_admission_body(); cleanup(); }
+static void t_breaker_ignores_queueing_timeouts(void) { t_breaker_ignores_queueing_timeouts_body(); cleanup(); }
 static void t_test_ops_refused_without_flag(void) { t_test_ops_refused_without_flag_body(); cleanup(); }
 static void t_test_ops_answers(void) { t_test_ops_answers_body(); cleanup(); }
 static void t_queue_full_busy(void) { t_queue_full_busy_body(); cleanup(); }
@@ -878,6 +923,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_shed_low_first),
     CHECK_TEST(t_degraded_mode),
     CHECK_TEST(t_breaker_cycle),
+    CHECK_TEST(t_breaker_ignores_queueing_timeouts),
     CHECK_TEST(t_disconnect_with_jobs),
     CHECK_TEST(t_drain_completes_jobs),
     CHECK_TEST(t_drain_grace_expires),
