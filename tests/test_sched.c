@@ -544,7 +544,7 @@ static int sleep_until_admitted(int fd, uint32_t rid, resp *r)
 
 static void t_breaker_cycle_body(void)
 {
-    CHECK(start("--breaker-min-requests", "4", "--breaker-cooldown-ms", "300",
+    CHECK(start("--breaker-min-requests", "4", "--breaker-cooldown-ms", "1000",
                 "--breaker-probes", "2") == 0);
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
@@ -564,7 +564,7 @@ static void t_breaker_cycle_body(void)
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
     CHECK_EQ_STR(r.msg, "circuit breaker open for test operations");
-    CHECK(r.retry_after > 0 && r.retry_after <= 300);
+    CHECK(r.retry_after > 0 && r.retry_after <= 1000);
     CHECK(send_req(fd, FW_OP_TEST_FAIL, 6, 0, 0, NULL, 0) == 0);
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
@@ -601,7 +601,7 @@ static void t_breaker_cycle_body(void)
     CHECK(send_sleep(fd, 24, 0, FW_PRIO_NORMAL, 0) == 0);
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
-    sleep_ms((unsigned)(r.retry_after > 0 ? r.retry_after : 300) + 20);
+    sleep_ms((unsigned)(r.retry_after > 0 ? r.retry_after : 1000) + 20);
     int admitted = 0;
     for (int tries = 0; tries < 50 && !admitted; tries++) {
         CHECK(send_req(fd, FW_OP_TEST_FAIL, 25, 0, 0, NULL, 0) == 0);
