@@ -500,6 +500,9 @@ static void conn_update(fw_conn *c)
     } else if (!want && c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = 0;
+        if (conn_paused(c))
+            fw_log_debug(&s->log, "reading paused", "conn=%llu jobs=%u unsent_bytes=%zu",
+                         (unsigned long long)c->id, c->jobs, c->out_len + c->out_inflight);
     }
 
     /* The clock runs only while we are reading: a frame stalled because we paused is ours. */

@@ -544,7 +544,9 @@ static void frame_timeout_body(tu_server *s)
 static void t_partial_frame_timeout(void) { with_server(frame_timeout_args, frame_timeout_body); }
 
 /* Output backpressure: a client that writes much faster than it reads. With --max-output
- * 64k the server must pause reading rather than buffer, and still answer everything. */
+ * 64k the server must stop reading from it (it logs "reading paused") instead of buffering
+ * the 25 MiB of answers, and still answer everything once the client reads. The client
+ * reads nothing until the server has paused: without the pause, the log line never comes. */
 struct writer_arg {
     int fd;
     int n;
@@ -567,15 +569,16 @@ static void *writer_thread(void *p)
     return NULL;
 }
 
-static const char *const backpressure_args[] = {"--max-output", "64k", NULL};
+static const char *const backpressure_args[] = {"--max-output", "64k", "--log-level", "debug", NULL};
 
 static void backpressure_body(tu_server *s)
 {
     int fd = tu_connect_server(s);
     CHECK(fd >= 0);
-    struct writer_arg w = {.fd = fd, .n = 400, .len = 32 * 1024, .ok = 0};
+    struct writer_arg w = {.fd = fd, .n = 800, .len = 32 * 1024, .ok = 0};
     pthread_t th;
     CHECK(pthread_create(&th, NULL, writer_thread, &w) == 0);
+    int paused = tu_server_wait_log(s, "msg=\"reading paused\"");
     int got = 0, ok = 1;
     for (; got < w.n && ok; got++) {
         fw_header rh;
@@ -585,6 +588,7 @@ static void backpressure_body(tu_server *s)
         free(body);
     }
     pthread_join(th, NULL);
+    CHECK(paused);
     CHECK(w.ok);
     CHECK_MSG(ok, "response %d wrong", got - 1);
     CHECK_EQ_INT(got, w.n);
@@ -592,6 +596,67 @@ static void backpressure_body(tu_server *s)
     close(fd);
 }
 static void t_output_backpressure(void) { with_server(backpressure_args, backpressure_body); }
+
+/* Jobs backpressure: with --conn-max-jobs 2 the connection stops being read at two jobs in
+ * compute, so a pipelined burst of 20 never overflows a queue of 4 (which would answer
+ * BUSY): all 20 are answered OK. */
+static const char *const jobs_args[] = {"--enable-test-ops", "--conn-max-jobs", "2", "--queue-normal", "4",
+                                        "--workers", "1", NULL};
+
+static void jobs_backpressure_body(tu_server *s)
+{
+    enum { N = 20 };
+    uint8_t buf[N * (FW_HEADER_LEN + 4)];
+    size_t len = 0;
+    for (uint32_t i = 0; i < N; i++) {
+        fw_header h = tu_request(FW_OP_TEST_SLEEP, i, 4);
+        fw_header_encode(&h, buf + len);
+        fw_be32(buf + len + FW_HEADER_LEN, 1); /* 1 ms */
+        len += FW_HEADER_LEN + 4;
+    }
+    int fd = tu_connect_server(s);
+    CHECK(fd >= 0);
+    CHECK(tu_send_all(fd, buf, len) == 0);
+    for (int i = 0; i < N; i++) {
+        fw_header rh;
+        uint8_t *body = NULL;
+        CHECK_EQ_INT(tu_read_frame(fd, &rh, &body), 1);
+        free(body);
+        CHECK_MSG(rh.status == FW_STATUS_OK, "request %u answered %s", rh.request_id, fw_status_name(rh.status));
+    }
+    CHECK(ping(fd, 100));
+    close(fd);
+}
+static void t_jobs_backpressure(void) { with_server(jobs_args, jobs_backpressure_body); }
+
+/* A client that half-closes after sending still gets every answer, then the server closes. */
+static const char *const test_ops_args[] = {"--enable-test-ops", NULL};
+
+static void half_close_body(tu_server *s)
+{
+    int fd = tu_connect_server(s);
+    CHECK(fd >= 0);
+    uint8_t ms[4];
+    fw_be32(ms, 100);
+    fw_header sleep_h = tu_request(FW_OP_TEST_SLEEP, 1, 4), ping_h = tu_request(FW_OP_PING, 2, 0);
+    CHECK(tu_send_frame(fd, &sleep_h, ms) == 0);
+    CHECK(tu_send_frame(fd, &ping_h, NULL) == 0);
+    CHECK(shutdown(fd, SHUT_WR) == 0);
+    int seen = 0;
+    for (int i = 0; i < 2; i++) {
+        fw_header rh;
+        uint8_t *body = NULL;
+        CHECK_EQ_INT(tu_read_frame(fd, &rh, &body), 1);
+        free(body);
+        CHECK_EQ_INT(rh.status, FW_STATUS_OK);
+        CHECK(rh.request_id == 1 || rh.request_id == 2);
+        seen |= 1 << rh.request_id;
+    }
+    CHECK_EQ_INT(seen, 6);
+    CHECK_EQ_INT(tu_wait_closed(fd), 1);
+    close(fd);
+}
+static void t_half_close_gets_answers(void) { with_server(test_ops_args, half_close_body); }
 
 static const char *const ipv6_args[] = {"--listen", "[::1]:0", "--listen", "127.0.0.1:0", NULL};
 
@@ -736,6 +801,8 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_idle_timeout),
     CHECK_TEST(t_partial_frame_timeout),
     CHECK_TEST(t_output_backpressure),
+    CHECK_TEST(t_jobs_backpressure),
+    CHECK_TEST(t_half_close_gets_answers),
     CHECK_TEST(t_ipv6_listener),
     CHECK_TEST(t_command_line),
     CHECK_TEST(t_shutdown_idle_connections),
