@@ -16,7 +16,10 @@
 #   DUR=5        seconds per measurement
 #   REPEAT=1     measurements per row and server; the best of them is printed
 #   IDLE=10000   idle connections for part 2
+#   IDLE_PAIRS=3 without/with measurements in part 2 (medians compared)
 #   SKIP_REDIS=1 only facewired
+#   NICE=-10     run both servers and all clients at this nice level (negative needs root):
+#                other work on the machine then disturbs the figures less; both sides alike
 #   FACEWIRED_ARGS="..."  extra server flags
 # Needs: bin/facewired, bin/fwload, redis-server and redis-benchmark (Debian redis-server,
 # redis-tools), and a descriptor limit (ulimit -Hn) above IDLE + 100 for the server.
@@ -28,9 +31,12 @@ DUR=${DUR:-5}
 REPEAT=${REPEAT:-1}
 IDLE=${IDLE:-10000}
 SKIP_REDIS=${SKIP_REDIS:-0}
+NICE=${NICE:-0}
 FACEWIRED_ARGS=${FACEWIRED_ARGS:-}
 ROWS=("50 1" "50 16" "1000 1")
 
+# Every process this script measures runs through $run, so NICE applies to all of them.
+run=(nice -n "$NICE")
 FWLOAD=$top/bin/fwload
 FACEWIRED=$top/bin/facewired
 die() { echo "bench_eventloop: $*" >&2; exit 1; }
@@ -79,8 +85,11 @@ free_port() {
 }
 
 json_field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p"; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # utime + stime, in clock ticks
+hz=$(getconf CLK_TCK)
+us_per_req() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" 'BEGIN { if (n > 0) printf "%.2f", (b - a) * 1e6 / hz / n; else print "-" }'; }
 vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "-" }'; }
 max_of() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 >= b + 0) ? a : b }'; }
 
 # ---- servers ---------------------------------------------------------------------------------
@@ -89,7 +98,7 @@ start_facewired() {
     local log=$tmp/facewired-$1.log
     mkdir -p "$tmp/data-$1"
     # shellcheck disable=SC2086  # FACEWIRED_ARGS is a list of flags
-    "$FACEWIRED" --listen 127.0.0.1:0 --data "$tmp/data-$1" --models "$2" \
+    "${run[@]}" "$FACEWIRED" --listen 127.0.0.1:0 --data "$tmp/data-$1" --models "$2" \
         --max-connections $((IDLE + 1100)) --idle-timeout-ms 0 $FACEWIRED_ARGS >"$log" 2>&1 &
     fw_pid=$!
     wait_for 30 grep -q 'msg="listening"' "$log" || { cat "$log" >&2; die "facewired did not start"; }
@@ -112,57 +121,68 @@ start_facewired throughput "$top/models"
 
 if [ "$SKIP_REDIS" != 1 ]; then
     redis_port=$(free_port) || die "no free port for redis"
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    "${run[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients $((IDLE + 1100)) --logfile "$tmp/redis.log" --dir "$tmp" &
     redis_pid=$!
     wait_for 20 redis-cli -p "$redis_port" ping || die "redis-server did not start (see its log)"
 fi
 
 echo "bench_eventloop: $(date -u +%FT%TZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "  facewired pid $fw_pid port $fw_port; redis ${redis_pid:-skipped} port ${redis_port:--}; ${DUR}s per run, best of $REPEAT"
+echo "  facewired pid $fw_pid port $fw_port; redis ${redis_pid:-skipped} port ${redis_port:--}; ${DUR}s per run, best of $REPEAT, nice $NICE"
 
 # fw_run C P EXTRA...: one fwload run, the JSON line on stdout.
 fw_run() {
     local c=$1 p=$2; shift 2
-    "$FWLOAD" -p "$fw_port" -c "$c" -P "$p" -d "$DUR" --op ping --json --no-progress "$@"
+    "${run[@]}" "$FWLOAD" -p "$fw_port" -c "$c" -P "$p" -d "$DUR" --op ping --json --no-progress "$@"
 }
 
 # redis_run C P N: "rps p99_ms" of redis-benchmark's PING_MBULK (its --csv line).
 redis_run() {
-    redis-benchmark -p "$redis_port" -t ping_mbulk -c "$1" -P "$2" -n "$3" --csv |
+    "${run[@]}" redis-benchmark -p "$redis_port" -t ping_mbulk -c "$1" -P "$2" -n "$3" --csv |
         tr -d '"' | awk -F, '$1 == "PING_MBULK" { print $2, $7 }'
 }
 
 # Warm-up: the server's first connections pay for page faults and allocator growth.
-"$FWLOAD" -p "$fw_port" -c 50 -P 16 -n 200000 --json --no-progress >/dev/null 2>&1 || true
+"${run[@]}" "$FWLOAD" -p "$fw_port" -c 50 -P 16 -n 200000 --json --no-progress >/dev/null 2>&1 || true
 
 # ---- 1. PING throughput ---------------------------------------------------------------------
+# Besides rps, each server's CPU time per request (user + system, from /proc/PID/stat over
+# the run): on a machine shared with other work the rps of a run swings with their load, but
+# the CPU a server spends per request hardly does, so it is the steadier comparison.
 echo
-echo "1. PING throughput (rps; p99 in us)"
-printf "  %-12s %12s %10s %12s %10s %8s %7s\n" "conns x P" "facewired" "p99" "redis" "p99" "ratio" "errors"
+echo "1. PING throughput: rps, p99 latency (us), server CPU per request (us)"
+printf "  %-9s %10s %8s %6s | %10s %8s %6s | %9s %9s %6s\n" "conns x P" "facewired" "p99" "cpu" \
+    "redis" "p99" "cpu" "rps ratio" "cpu ratio" "errors"
 for row in "${ROWS[@]}"; do
     read -r c p <<<"$row"
-    best_fw=0 best_fw_p99=0 best_rd=0 best_rd_p99=0 errs=0
+    best_fw=0 fw_p99=0 fw_cpu=- best_rd=0 rd_p99=0 rd_cpu=- errs=0
     for _ in $(seq "$REPEAT"); do
+        t0=$(cpu_ticks "$fw_pid")
         out=$(fw_run "$c" "$p") || true
+        t1=$(cpu_ticks "$fw_pid")
         rps=$(echo "$out" | json_field rps); rps=${rps:-0}
         e=$(echo "$out" | json_field errors); errs=$((errs + ${e:-1}))
         if [ "$(max_of "$rps" "$best_fw")" = "$rps" ]; then
-            best_fw=$rps; best_fw_p99=$(echo "$out" | json_field p99_us)
+            best_fw=$rps; fw_p99=$(echo "$out" | json_field p99_us)
+            fw_cpu=$(us_per_req "$t0" "$t1" "$(echo "$out" | json_field answered)")
         fi
         if [ "$SKIP_REDIS" != 1 ]; then
             # As many requests as facewired answered in DUR, so both run about as long.
             n=$(awk -v r="$rps" -v d="$DUR" 'BEGIN { n = int(r * d); if (n < 100000) n = 100000; print n }')
+            t0=$(cpu_ticks "$redis_pid")
             read -r rrps rp99 < <(redis_run "$c" "$p" "$n") || true
+            t1=$(cpu_ticks "$redis_pid")
             rrps=${rrps:-0}
             if [ "$(max_of "$rrps" "$best_rd")" = "$rrps" ]; then
-                best_rd=$rrps; best_rd_p99=$(awk -v m="${rp99:-0}" 'BEGIN { printf "%.0f", m * 1000 }')
+                best_rd=$rrps; rd_p99=$(awk -v m="${rp99:-0}" 'BEGIN { printf "%.0f", m * 1000 }')
+                rd_cpu=$(us_per_req "$t0" "$t1" "$n")
             fi
         fi
     done
-    printf "  %-12s %12.0f %10s %12.0f %10s %8s %7s\n" "${c}x${p}" "$best_fw" "$best_fw_p99" \
-        "$best_rd" "$best_rd_p99" "$(ratio "$best_fw" "$best_rd")" "$errs"
+    printf "  %-9s %10.0f %8.0f %6s | %10.0f %8s %6s | %9s %9s %6s\n" "${c}x${p}" "$best_fw" "$fw_p99" \
+        "$fw_cpu" "$best_rd" "$rd_p99" "$rd_cpu" "$(ratio "$best_fw" "$best_rd")" "$(ratio "$rd_cpu" "$fw_cpu")" "$errs"
 done
+echo "  rps ratio = facewired / redis (goal >= 1); cpu ratio = redis / facewired (> 1: facewired is cheaper)"
 
 # ---- 2. idle connections --------------------------------------------------------------------
 # A fresh server, and one without models: both the 1000x1 row and model loading leave freed
@@ -174,33 +194,53 @@ mkdir -p "$tmp/no-models"
 start_facewired idle "$tmp/no-models"
 echo
 echo "2. $IDLE idle connections (a fresh facewired without models, pid $fw_pid port $fw_port)"
-base=$(fw_run 50 1) || true # also the warm-up of this server
-rss0=$(vmrss_kib "$fw_pid")
-# Hold the idle connections for as long as the measurement needs, then some.
-"$FWLOAD" -p "$fw_port" -c 0 --idle-connections "$IDLE" -d $((DUR * 3 + 60)) --json --no-progress \
-    >"$tmp/hold.json" 2>"$tmp/hold.err" &
-hold_pid=$!
-if ! wait_for 60 grep -q 'connections established' "$tmp/hold.err"; then
-    cat "$tmp/hold.err" >&2; die "the idle connections were not established in 60 s"
-fi
-held=$(sed -n 's/^fwload: \([0-9]*\) of .*/\1/p' "$tmp/hold.err")
-# fwload counts a connection when the kernel completes it; the server may not have accepted
-# it yet. Its own count says when it has.
-wait_for 30 server_has "${held:-0}" || echo "  warning: the server reports $(server_connections) connections, not $held"
-seen=$(server_connections)
-rss1=$(vmrss_kib "$fw_pid")
-with=$(fw_run 50 1) || true
-kill -INT "$hold_pid" 2>/dev/null || true
-wait "$hold_pid" 2>/dev/null || true
-hold_pid=''
-hold_errors=$(json_field errors <"$tmp/hold.json")
 
-p99a=$(echo "$base" | json_field p99_us)
-p99b=$(echo "$with" | json_field p99_us)
-printf "  connections held: %s of %s, server counts %s (errors reported by the holder: %s)\n" \
-    "${held:-0}" "$IDLE" "$seen" "${hold_errors:-?}"
+# hold_start: a second fwload opens IDLE connections and keeps them until hold_stop; returns
+# once the server itself counts them (fwload sees a connection when the kernel completes it,
+# before the server has accepted it). Sets held and seen.
+hold_start() {
+    "$FWLOAD" -p "$fw_port" -c 0 --idle-connections "$IDLE" -d $((DUR * 4 + 120)) --json --no-progress \
+        >"$tmp/hold.json" 2>"$tmp/hold.err" &
+    hold_pid=$!
+    if ! wait_for 60 grep -q 'connections established' "$tmp/hold.err"; then
+        cat "$tmp/hold.err" >&2; die "the idle connections were not established in 60 s"
+    fi
+    held=$(sed -n 's/^fwload: \([0-9]*\) of .*/\1/p' "$tmp/hold.err")
+    wait_for 30 server_has "${held:-0}" || echo "  warning: the server counts $(server_connections) connections, not $held"
+    seen=$(server_connections)
+}
+hold_stop() {
+    kill -INT "$hold_pid" 2>/dev/null || true
+    wait "$hold_pid" 2>/dev/null || true
+    hold_pid=''
+    hold_errors=$((hold_errors + $(json_field errors <"$tmp/hold.json" || echo 1)))
+    # The server drops them when it reads the EOFs; wait so the next "without" is clean.
+    wait_for 30 server_has_at_most 1 || true
+}
+server_has_at_most() { local n; n=$(server_connections); [ "$n" = '?' ] || [ "${n:-0}" -le "$1" ]; }
+
+# Alternate without/with IDLE_PAIRS times, so drift in the machine's load hits both sides;
+# compare the medians. The RSS is read around the first hold only (later ones reuse memory).
+IDLE_PAIRS=${IDLE_PAIRS:-3}
+hold_errors=0
+fw_run 50 1 >/dev/null || true # warm-up of this server
+p99_without=() p99_with=() rps_without=() rps_with=()
+for i in $(seq "$IDLE_PAIRS"); do
+    out=$(fw_run 50 1) || true
+    p99_without+=("$(echo "$out" | json_field p99_us)"); rps_without+=("$(echo "$out" | json_field rps)")
+    [ "$i" = 1 ] && rss0=$(vmrss_kib "$fw_pid")
+    hold_start
+    [ "$i" = 1 ] && { rss1=$(vmrss_kib "$fw_pid"); held1=$held seen1=$seen; }
+    out=$(fw_run 50 1) || true
+    p99_with+=("$(echo "$out" | json_field p99_us)"); rps_with+=("$(echo "$out" | json_field rps)")
+    hold_stop
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+printf "  connections held: %s of %s, server counted %s (errors reported by the holders: %s)\n" \
+    "${held1:-0}" "$IDLE" "$seen1" "$hold_errors"
 printf "  facewired VmRSS: %s KiB -> %s KiB: %s bytes per connection (goal <= 4096)\n" "$rss0" "$rss1" \
-    "$(awk -v a="$rss0" -v b="$rss1" -v n="${held:-0}" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "-" }')"
-printf "  PING 50x1 without: %8.0f rps  p99 %s us\n" "$(echo "$base" | json_field rps)" "$p99a"
-printf "  PING 50x1 with:    %8.0f rps  p99 %s us  (ratio %s, goal <= 2)\n" "$(echo "$with" | json_field rps)" "$p99b" \
-    "$(ratio "$p99b" "$p99a")"
+    "$(awk -v a="$rss0" -v b="$rss1" -v n="${held1:-0}" 'BEGIN { if (n > 0) printf "%.0f", (b - a) * 1024 / n; else print "-" }')"
+printf "  PING 50x1 p99 (us) without: %s  median %s   (rps %s)\n" "${p99_without[*]}" "$(median "${p99_without[@]}")" "${rps_without[*]}"
+printf "  PING 50x1 p99 (us) with:    %s  median %s   (rps %s)\n" "${p99_with[*]}" "$(median "${p99_with[@]}")" "${rps_with[*]}"
+printf "  p99 ratio with/without (medians): %s (goal <= 2)\n" "$(ratio "$(median "${p99_with[@]}")" "$(median "${p99_without[@]}")")"
