@@ -23,13 +23,14 @@ trap 'rm -rf "$out"' EXIT
 echo "reference: node anchor.js ($iters iterations)..." >&2
 node "$ref/anchor.js" "$shared/golden" "$pic" "$iters" > "$out/ref.jsonl"
 echo "facewire: bench_nets, bench_pipeline..." >&2
-"$top/bin/bench_nets" --golden "$shared/golden" --models "$top/models" --iterations "$iters" > "$out/fw.jsonl"
+FW_SHARED="$shared" FW_MODELS="$top/models" "$top/bin/bench_nets" "$iters" > "$out/fw.jsonl"
 "$top/bin/bench_pipeline" --models "$top/models" --iterations "$iters" "$pic" >> "$out/fw.jsonl"
 
 node - "$out/ref.jsonl" "$out/fw.jsonl" <<'JS'
 const fs = require('fs');
 const read = f => fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map(JSON.parse).filter(o => o.what);
-const ref = Object.fromEntries(read(process.argv[2]).map(o => [o.what, o]));
+const alias = { tiny_detector_416: 'tinydet_416' };
+const ref = Object.fromEntries(read(process.argv[2]).map(o => [alias[o.what] || o.what, o]));
 const fw = read(process.argv[3]);
 console.log('what                           reference_ms  facewire_ms   ratio  facewire_GFLOP/s');
 for (const o of fw) {
