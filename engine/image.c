@@ -469,14 +469,30 @@ void fw_warp_affine(const fw_image *src, const double m[6], uint8_t *dst, int dw
     if (n > 16)
         n = 16;
     const float inv = 1.0f / (float)(n * n);
+    const size_t stride = (size_t)src->w * 3;
+    const double xmax = src->w - 1, ymax = src->h - 1;
+    /* sub-sample b of pixel u sits at u + (b + 0.5) / n - 0.5: consecutive ones are 1/n apart */
+    const double sx = m[0] / n, sy = m[3] / n;
     for (int v = 0; v < dh; v++) {
         for (int u = 0; u < dw; u++) {
             float acc[3] = {0, 0, 0};
             for (int a = 0; a < n; a++) {
-                const double sv = v + (a + 0.5) / n - 0.5;
-                for (int b = 0; b < n; b++) {
-                    const double su = u + (b + 0.5) / n - 0.5;
-                    sample_add(src, m[0] * su + m[1] * sv + m[2], m[3] * su + m[4] * sv + m[5], acc);
+                const double sv = v + (a + 0.5) / n - 0.5, su = u + 0.5 / n - 0.5;
+                double x = m[0] * su + m[1] * sv + m[2], y = m[3] * su + m[4] * sv + m[5];
+                for (int b = 0; b < n; b++, x += sx, y += sy) {
+                    if (x >= 0 && y >= 0 && x < xmax && y < ymax) {
+                        /* inside: all four neighbours exist, no checks per tap */
+                        const int x0 = (int)x, y0 = (int)y;
+                        const float fx = (float)(x - x0), fy = (float)(y - y0);
+                        const uint8_t *p = src->px + (size_t)y0 * stride + (size_t)x0 * 3, *q = p + stride;
+                        for (int c = 0; c < 3; c++) {
+                            const float top = p[c] + (p[c + 3] - p[c]) * fx;
+                            const float bot = q[c] + (q[c + 3] - q[c]) * fx;
+                            acc[c] += top + (bot - top) * fy;
+                        }
+                    } else {
+                        sample_add(src, x, y, acc);
+                    }
                 }
             }
             uint8_t *d = dst + ((size_t)v * dw + u) * 3;
