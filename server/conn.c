@@ -113,7 +113,8 @@ static uint8_t *conn_reply_begin(fw_conn *c, const fw_header *req, uint16_t stat
     if (!c || c->closing || c->failed || c->lingering)
         return NULL;
     size_t need = FW_HEADER_LEN + len;
-    if (len > UINT32_MAX || need > SIZE_MAX - c->out_len)
+    /* One uv_buf_t carries the whole batch, and its length is an unsigned int. */
+    if (len > UINT32_MAX || need > UINT32_MAX - c->out_len)
         goto err;
     need += c->out_len;
     if (need > c->out_cap) {
@@ -508,7 +509,9 @@ static void conn_update(fw_conn *c)
     /* The clock runs only while we are reading: a frame stalled because we paused is ours. */
     int mid_frame = c->in_state == FW_IN_BODY || c->in_state == FW_IN_SKIP ||
                     (c->in_state == FW_IN_HEADER && c->hlen > 0);
-    int track = c->lingering || (s->cfg.frame_timeout_ms > 0 && c->reading && mid_frame);
+    /* A connection closing after an error gets the same deadline to take its answer: a
+     * client that never reads it must not hold the connection forever. */
+    int track = c->lingering || c->close_after_flush || (s->cfg.frame_timeout_ms > 0 && c->reading && mid_frame);
     if (track && !fw_link_linked(&c->by_frame_start)) {
         c->frame_started = conn_now(c);
         fw_link_append(&s->by_frame_start, &c->by_frame_start);
@@ -707,10 +710,10 @@ void fw_conn_sweep(fw_server *s, uint64_t now)
         fw_conn *c = fw_container_of(s->by_frame_start.next, fw_conn, by_frame_start);
         if (now - c->frame_started < frame_ms)
             break;
-        fw_log_info(&s->log, c->lingering ? "linger timeout" : "partial frame timeout",
+        fw_log_info(&s->log, c->lingering || c->close_after_flush ? "linger timeout" : "partial frame timeout",
                     "conn=%llu after_ms=%llu", (unsigned long long)c->id,
                     (unsigned long long)(now - c->frame_started));
-        fw_conn_close(c, c->lingering ? "linger timeout" : "frame timeout");
+        fw_conn_close(c, c->lingering || c->close_after_flush ? "linger timeout" : "frame timeout");
     }
 
     if (s->cfg.idle_timeout_ms == 0)

@@ -403,7 +403,6 @@ static int listener_open(fw_server *s, fw_listener *l, const char *spec)
     char err[160];
     int r;
 
-    l->srv = s;
     snprintf(l->addr, sizeof l->addr, "%s", spec);
     if (parse_listen(spec, &ss, err, sizeof err) != 0) {
         fw_log_error(&s->log, "bad listen address", "error=\"%s\"", err);
@@ -411,13 +410,15 @@ static int listener_open(fw_server *s, fw_listener *l, const char *spec)
     }
     uv_tcp_init(s->loop, &l->tcp);
     l->tcp.data = l;
+    l->srv = s; /* from here on close_listeners() closes it */
     s->listeners_open++;
     /* IPV6ONLY so that [::]:P and 0.0.0.0:P can both be given. */
     r = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&l->tcp, FW_LISTEN_BACKLOG, on_connection);
     if (r != 0) {
-        fw_log_error(&s->log, "cannot listen", "addr=%s err=%s", spec, uv_err_name(r));
+        fw_log_error(&s->log, "cannot listen", "addr=%s err=%s error=\"%s\"", spec, uv_err_name(r),
+                     uv_strerror(r));
         return -1;
     }
     format_sockname(&l->tcp, l->addr, sizeof l->addr);

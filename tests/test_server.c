@@ -37,8 +37,11 @@ static void with_server(const char *const *args, void (*body)(tu_server *s))
     }
     body(s);
     int status = tu_server_stop(s);
+    /* The loop closed with no handle left open (each closed exactly once). */
+    int clean = strstr(s->log, "handles open") == NULL && strstr(s->log, "msg=\"stopped\"") != NULL;
     free(s);
     CHECK_EQ_INT(status, 0);
+    CHECK(clean);
 }
 
 /* Read one response and require: RESPONSE flag, the opcode and id, the status, and (when
@@ -700,6 +703,9 @@ static void t_command_line(void)
         CHECK_EQ_INT(tu_run("facewired", bad[i].args, out, sizeof out), 2);
         CHECK_MSG(strstr(out, bad[i].msg) != NULL, "case %zu: \"%s\" not in: %s", i, bad[i].msg, out);
     }
+    static const char *const version[] = {"--version", NULL};
+    CHECK_EQ_INT(tu_run("facewired", version, out, sizeof out), 0);
+    CHECK(strncmp(out, "facewired ", 10) == 0);
     /* A valid address that cannot be bound is a start failure: exit 1. */
     static const char *const unbindable[] = {"--listen", "192.0.2.1:1", NULL};
     CHECK_EQ_INT(tu_run("facewired", unbindable, out, sizeof out), 1);
