@@ -130,15 +130,23 @@ fi
 echo "bench_eventloop: $(date -u +%FT%TZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  facewired pid $fw_pid port $fw_port; redis ${redis_pid:-skipped} port ${redis_port:--}; ${DUR}s per run, best of $REPEAT, nice $NICE"
 
+# timed CMD...: runs CMD; its user+system CPU seconds go to $tmp/time (when /usr/bin/time
+# exists), to tell whether a client, rather than its server, limited a row.
+timed() {
+    rm -f "$tmp/time"
+    if [ -x /usr/bin/time ]; then /usr/bin/time -f '%U %S' -o "$tmp/time" "$@"; else "$@"; fi
+}
+client_us() { [ -s "$tmp/time" ] || { echo -; return; }; awk -v n="$1" 'END { if (n > 0) printf "%.2f", ($1 + $2) * 1e6 / n; else print "-" }' "$tmp/time"; }
+
 # fw_run C P EXTRA...: one fwload run, the JSON line on stdout.
 fw_run() {
     local c=$1 p=$2; shift 2
-    "${run[@]}" "$FWLOAD" -p "$fw_port" -c "$c" -P "$p" -d "$DUR" --op ping --json --no-progress "$@"
+    timed "${run[@]}" "$FWLOAD" -p "$fw_port" -c "$c" -P "$p" -d "$DUR" --op ping --json --no-progress "$@"
 }
 
 # redis_run C P N: "rps p99_ms" of redis-benchmark's PING_MBULK (its --csv line).
 redis_run() {
-    "${run[@]}" redis-benchmark -p "$redis_port" -t ping_mbulk -c "$1" -P "$2" -n "$3" --csv |
+    timed "${run[@]}" redis-benchmark -p "$redis_port" -t ping_mbulk -c "$1" -P "$2" -n "$3" --csv |
         tr -d '"' | awk -F, '$1 == "PING_MBULK" { print $2, $7 }'
 }
 
@@ -150,12 +158,12 @@ redis_run() {
 # the run): on a machine shared with other work the rps of a run swings with their load, but
 # the CPU a server spends per request hardly does, so it is the steadier comparison.
 echo
-echo "1. PING throughput: rps, p99 latency (us), server CPU per request (us)"
-printf "  %-9s %10s %8s %6s | %10s %8s %6s | %9s %9s %6s\n" "conns x P" "facewired" "p99" "cpu" \
-    "redis" "p99" "cpu" "rps ratio" "cpu ratio" "errors"
+echo "1. PING throughput: rps, p99 latency (us), CPU per request (us) of the server and of its client"
+printf "  %-9s %10s %8s %6s %6s | %10s %8s %6s %6s | %9s %9s %6s\n" "conns x P" "facewired" "p99" "cpu" "client" \
+    "redis" "p99" "cpu" "client" "rps ratio" "cpu ratio" "errors"
 for row in "${ROWS[@]}"; do
     read -r c p <<<"$row"
-    best_fw=0 fw_p99=0 fw_cpu=- best_rd=0 rd_p99=0 rd_cpu=- errs=0
+    best_fw=0 fw_p99=0 fw_cpu=- fw_cli=- best_rd=0 rd_p99=0 rd_cpu=- rd_cli=- errs=0
     for _ in $(seq "$REPEAT"); do
         t0=$(cpu_ticks "$fw_pid")
         out=$(fw_run "$c" "$p") || true
@@ -165,6 +173,7 @@ for row in "${ROWS[@]}"; do
         if [ "$(max_of "$rps" "$best_fw")" = "$rps" ]; then
             best_fw=$rps; fw_p99=$(echo "$out" | json_field p99_us)
             fw_cpu=$(us_per_req "$t0" "$t1" "$(echo "$out" | json_field answered)")
+            fw_cli=$(client_us "$(echo "$out" | json_field answered)")
         fi
         if [ "$SKIP_REDIS" != 1 ]; then
             # As many requests as facewired answered in DUR, so both run about as long.
@@ -176,11 +185,13 @@ for row in "${ROWS[@]}"; do
             if [ "$(max_of "$rrps" "$best_rd")" = "$rrps" ]; then
                 best_rd=$rrps; rd_p99=$(awk -v m="${rp99:-0}" 'BEGIN { printf "%.0f", m * 1000 }')
                 rd_cpu=$(us_per_req "$t0" "$t1" "$n")
+                rd_cli=$(client_us "$n")
             fi
         fi
     done
-    printf "  %-9s %10.0f %8.0f %6s | %10.0f %8s %6s | %9s %9s %6s\n" "${c}x${p}" "$best_fw" "$fw_p99" \
-        "$fw_cpu" "$best_rd" "$rd_p99" "$rd_cpu" "$(ratio "$best_fw" "$best_rd")" "$(ratio "$rd_cpu" "$fw_cpu")" "$errs"
+    printf "  %-9s %10.0f %8.0f %6s %6s | %10.0f %8s %6s %6s | %9s %9s %6s\n" "${c}x${p}" "$best_fw" "$fw_p99" \
+        "$fw_cpu" "$fw_cli" "$best_rd" "$rd_p99" "$rd_cpu" "$rd_cli" "$(ratio "$best_fw" "$best_rd")" \
+        "$(ratio "$rd_cpu" "$fw_cpu")" "$errs"
 done
 echo "  rps ratio = facewired / redis (goal >= 1); cpu ratio = redis / facewired (> 1: facewired is cheaper)"
 
