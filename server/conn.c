@@ -49,6 +49,7 @@ typedef struct fw_write_req {
 } fw_write_req;
 
 static void conn_update(fw_conn *c);
+static void conn_flush(fw_conn *c);
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
@@ -427,6 +428,14 @@ static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         size_t n = (size_t)nread, used = 0;
         if (conn_backlog_left(c) == 0)
             used = conn_consume(c, p, n);
+        /* Parsing stopped at the output cap: write now, and go on if the socket took it, so
+         * that reading pauses only when the client really is not keeping up. */
+        while (used < n && !c->closing && c->out_len > 0) {
+            conn_flush(c);
+            if (c->closing || conn_paused(c))
+                break;
+            used += conn_consume(c, p + used, n - used);
+        }
         if (used < n && !c->closing && conn_stash(c, p + used, n - used) != 0)
             c->failed = 1;
     }

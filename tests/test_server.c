@@ -228,6 +228,92 @@ static void byte_at_a_time_body(tu_server *s)
 }
 static void t_byte_at_a_time(void) { with_server(NULL, byte_at_a_time_body); }
 
+/* A stream of mixed frames — echoes of many sizes, empty bodies, rejected headers whose
+ * bodies must be skipped, unknown opcodes — cut into pseudo-random chunks of 1 to 700 bytes,
+ * so frame boundaries fall at every point of the header, the body and the skipped body. */
+struct chunk_writer {
+    int fd;
+    const uint8_t *buf;
+    size_t len;
+    int ok;
+};
+
+static void *chunk_writer_thread(void *p)
+{
+    struct chunk_writer *w = p;
+    uint32_t rng = 12345;
+    w->ok = 1;
+    for (size_t off = 0; off < w->len && w->ok;) {
+        rng = rng * 1103515245u + 12345u;
+        size_t k = 1 + (rng >> 16) % 700;
+        if (k > w->len - off)
+            k = w->len - off;
+        w->ok = tu_send_all(w->fd, w->buf + off, k) == 0;
+        off += k;
+    }
+    return NULL;
+}
+
+static void random_chunks_body(tu_server *s)
+{
+    enum { N = 600 };
+    static uint16_t want_status[N];
+    static uint32_t want_len[N];
+    size_t cap = (size_t)N * (FW_HEADER_LEN + 3000), len = 0;
+    uint8_t *buf = malloc(cap);
+    CHECK(buf != NULL);
+    for (uint32_t i = 0; i < N; i++) {
+        fw_header h = tu_request(FW_OP_PING, i, 0);
+        want_status[i] = FW_STATUS_OK;
+        switch (i % 6) {
+        case 0: h.body_len = (i * 7) % 50; break;
+        case 1: break; /* empty PING */
+        case 2: h.flags = 0x80; h.body_len = 13; want_status[i] = FW_STATUS_BAD_REQUEST; break;
+        case 3: h.opcode = 0x66; h.body_len = 5; want_status[i] = FW_STATUS_UNKNOWN_OP; break;
+        case 4: h.priority = 3; want_status[i] = FW_STATUS_BAD_REQUEST; break;
+        case 5: h.body_len = 3000; break;
+        }
+        want_len[i] = want_status[i] == FW_STATUS_OK ? h.body_len : 0;
+        fw_header_encode(&h, buf + len);
+        for (uint32_t b = 0; b < h.body_len; b++)
+            buf[len + FW_HEADER_LEN + b] = (uint8_t)(i + b);
+        len += FW_HEADER_LEN + h.body_len;
+    }
+    int fd = tu_connect_server(s);
+    struct chunk_writer w = {.fd = fd, .buf = buf, .len = len, .ok = 0};
+    pthread_t th;
+    int started = fd >= 0 && pthread_create(&th, NULL, chunk_writer_thread, &w) == 0;
+    int got = 0, ok = started;
+    unsigned char seen[N];
+    memset(seen, 0, sizeof seen);
+    for (; got < N && ok; got++) {
+        fw_header rh;
+        uint8_t *body = NULL;
+        ok = tu_read_frame(fd, &rh, &body) == 1 && rh.request_id < N && !seen[rh.request_id] &&
+             rh.status == want_status[rh.request_id];
+        if (ok && rh.status == FW_STATUS_OK) {
+            ok = rh.body_len == want_len[rh.request_id];
+            for (uint32_t b = 0; ok && b < rh.body_len; b++)
+                ok = body[b] == (uint8_t)(rh.request_id + b);
+        }
+        if (ok)
+            seen[rh.request_id] = 1;
+        else
+            fprintf(stderr, "  response %d: id %u status %s len %u\n", got, rh.request_id,
+                    fw_status_name(rh.status), rh.body_len);
+        free(body);
+    }
+    if (started)
+        pthread_join(th, NULL);
+    free(buf);
+    CHECK(started);
+    CHECK(w.ok);
+    CHECK(ok);
+    CHECK(ping(fd, N));
+    close(fd);
+}
+static void t_random_chunks(void) { with_server(NULL, random_chunks_body); }
+
 /* A 64 KiB PING (the largest allowed) and a 1 MiB body for compute: bodies spanning many
  * reads, including the direct-into-body reads for large remainders. */
 static void large_bodies_body(tu_server *s)
@@ -791,10 +877,42 @@ static void t_shutdown_with_work_in_flight(void)
     CHECK_EQ_INT(status, 0);
 }
 
+/* A client that never reads its answers must not keep the server from exiting: connections
+ * that cannot be flushed are closed after the grace period plus a flush allowance, and the
+ * server exits 0. The writer offers 64 MiB of PINGs, more than the kernel buffers on both
+ * sides plus --max-output can hold, so it can only end by the server closing on it. */
+static void t_shutdown_with_stuck_client(void)
+{
+    static const char *const args[] = {"--grace-ms", "100", "--max-output", "64k", "--log-level", "debug", NULL};
+    tu_server *s = calloc(1, sizeof *s);
+    CHECK(s != NULL);
+    if (tu_server_start(s, args) != 0) {
+        free(s);
+        CHECK(0);
+    }
+    int fd = tu_connect_server(s);
+    struct writer_arg w = {.fd = fd, .n = 2048, .len = 32 * 1024, .ok = 0};
+    pthread_t th;
+    int started = fd >= 0 && pthread_create(&th, NULL, writer_thread, &w) == 0;
+    int paused = started && tu_server_wait_log(s, "msg=\"reading paused\"");
+    tu_server_kill(s, SIGTERM);
+    int status = tu_server_wait(s);
+    if (started)
+        pthread_join(th, NULL);
+    free(s);
+    if (fd >= 0)
+        close(fd);
+    CHECK(started);
+    CHECK(paused);
+    CHECK_EQ_INT(status, 0);
+    CHECK_MSG(!w.ok, "the server read 64 MiB from a client that never read an answer");
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_ping_info),
     CHECK_TEST(t_pipelined_1000),
     CHECK_TEST(t_byte_at_a_time),
+    CHECK_TEST(t_random_chunks),
     CHECK_TEST(t_large_bodies),
     CHECK_TEST(t_many_connections),
     CHECK_TEST(t_bad_magic_closes),
@@ -813,6 +931,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_command_line),
     CHECK_TEST(t_shutdown_idle_connections),
     CHECK_TEST(t_shutdown_with_work_in_flight),
+    CHECK_TEST(t_shutdown_with_stuck_client),
 };
 
 int main(int argc, char **argv)
