@@ -204,10 +204,18 @@ static int parse_deadline_pair(fw_compute_options *o, const char *v, char *err, 
     o->deadline_set[op] = 1;
     return 1;
 bad:
-    snprintf(err, errlen, "--deadline-ms: \"%s\" is not OP=MS (e.g. EMBED=3000; 0 = no deadline)", v);
+    snprintf(err, errlen, "\"%s\" is not OP=MS (e.g. EMBED=3000; 0 = no deadline)", v);
     return -1;
 }
 
+/* Flags of ours that take a value, other than the integer ones in int_flags. */
+static const char *const value_flags[] = { "--deadline-ms", "--default-deadline-ms",
+                                           "--queue-max-bytes", "--verify-threshold",
+                                           "--metrics-listen" };
+
+/* Messages leave out the flag's name: the caller prefixes it. A flag of ours given without
+ * its value returns 1 with *takes_value set and nothing changed, so the caller reports the
+ * missing value in its own words. */
 int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *value,
                           int *takes_value, char *err, size_t errlen)
 {
@@ -217,8 +225,10 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         const int_flag *f = &int_flags[i];
         if (strcmp(flag, f->name) != 0)
             continue;
-        if (!value || parse_long(value, f->lo, f->hi, &x) != 0) {
-            snprintf(err, errlen, "%s: expected an integer in %ld..%ld", flag, f->lo, f->hi);
+        if (!value)
+            return 1;
+        if (parse_long(value, f->lo, f->hi, &x) != 0) {
+            snprintf(err, errlen, "expected an integer in %ld..%ld, not \"%s\"", f->lo, f->hi, value);
             return -1;
         }
         if (f->is_u32)
@@ -227,31 +237,30 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
             *(int *)(void *)((char *)o + f->off) = (int)x;
         return 1;
     }
-    if (strcmp(flag, "--enable-test-ops") == 0 || strcmp(flag, "--degraded") == 0) {
+    if (strcmp(flag, "--enable-test-ops") == 0) {
         *takes_value = 0;
-        if (flag[2] == 'e')
-            o->enable_test_ops = 1;
-        else
-            o->start_degraded = 1;
+        o->enable_test_ops = 1;
         return 1;
     }
-    if (!value) {
-        /* every remaining flag of ours takes a value; say so if it is one of them */
-        static const char *const with_value[] = { "--deadline-ms", "--default-deadline-ms",
-            "--queue-max-bytes", "--verify-threshold", "--metrics-listen" };
-        for (size_t i = 0; i < sizeof with_value / sizeof with_value[0]; i++)
-            if (strcmp(flag, with_value[i]) == 0) {
-                snprintf(err, errlen, "%s needs a value", flag);
-                return -1;
-            }
+    if (strcmp(flag, "--degraded") == 0) {
+        *takes_value = 0;
+        o->start_degraded = 1;
+        return 1;
+    }
+    int ours = 0;
+    for (size_t i = 0; i < sizeof value_flags / sizeof value_flags[0]; i++)
+        ours |= strcmp(flag, value_flags[i]) == 0;
+    if (!ours) {
         *takes_value = 0;
         return 0;
     }
+    if (!value)
+        return 1;
     if (strcmp(flag, "--deadline-ms") == 0)
         return parse_deadline_pair(o, value, err, errlen);
     if (strcmp(flag, "--default-deadline-ms") == 0) {
         if (parse_long(value, 0, 86400000, &x) != 0) {
-            snprintf(err, errlen, "%s: expected milliseconds in 0..86400000", flag);
+            snprintf(err, errlen, "expected milliseconds in 0..86400000, not \"%s\"", value);
             return -1;
         }
         /* every op without its own --deadline-ms, whatever the order of the flags */
@@ -265,7 +274,7 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         errno = 0;
         unsigned long long b = strtoull(value, &end, 10);
         if (errno || end == value || *end != '\0' || b < 1024 || value[0] == '-') {
-            snprintf(err, errlen, "%s: expected a byte count >= 1024", flag);
+            snprintf(err, errlen, "expected a byte count >= 1024, not \"%s\"", value);
             return -1;
         }
         o->queue_max_bytes = b;
@@ -275,18 +284,17 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         char *end;
         float t = strtof(value, &end);
         if (end == value || *end != '\0' || !isfinite(t) || t <= 0) {
-            snprintf(err, errlen, "%s: expected a positive number", flag);
+            snprintf(err, errlen, "expected a positive number, not \"%s\"", value);
             return -1;
         }
         o->verify_threshold = t;
         return 1;
     }
-    if (strcmp(flag, "--metrics-listen") == 0) {
-        o->metrics_listen = value;
-        return 1;
-    }
-    *takes_value = 0;
-    return 0;
+    struct sockaddr_storage ss; /* --metrics-listen: refuse a bad address now, not at start */
+    if (fw_metrics_parse_addr(value, &ss, err, errlen) != 0)
+        return -1;
+    o->metrics_listen = value;
+    return 1;
 }
 
 void fw_compute_usage(FILE *out)
@@ -575,6 +583,7 @@ static void render_info(fw_compute *cp, fw_sb *b)
         const fw_op_stats *st = fw_sched_op_stats(s, i);
         char n[32];
         lower(n, sizeof n, ops[i].name);
+        fw_sb_printf(b, "op_%s_default_deadline_ms: %u\n", n, cp->opt.default_deadline_ms[ops[i].opcode]);
         fw_sb_printf(b, "op_%s_requests: %llu\n", n, (unsigned long long)st->requests);
         for (int k = 0; k < FW_STATUS_COUNT; k++) {
             if (!st->responses[k])

@@ -326,7 +326,7 @@ static void connection_cb(uv_stream_t *server, int status)
         mconn_close(mc);
 }
 
-static int parse_hostport(const char *hp, struct sockaddr_storage *ss, char *err, size_t errlen)
+int fw_metrics_parse_addr(const char *hp, struct sockaddr_storage *ss, char *err, size_t errlen)
 {
     char host[64];
     const char *colon, *hstart = hp;
@@ -356,7 +356,7 @@ static int parse_hostport(const char *hp, struct sockaddr_storage *ss, char *err
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
         return 0;
 bad:
-    snprintf(err, errlen, "--metrics-listen: \"%s\" is not HOST:PORT with a numeric host", hp);
+    snprintf(err, errlen, "%s is not HOST:PORT with a numeric host (127.0.0.1:9100, [::1]:9100)", hp);
     return -1;
 }
 
@@ -372,7 +372,7 @@ int fw_metrics_start(uv_loop_t *loop, const char *hostport, fw_metrics_render_fn
 {
     struct sockaddr_storage ss;
     *out = NULL;
-    if (parse_hostport(hostport, &ss, err, errlen) != 0)
+    if (fw_metrics_parse_addr(hostport, &ss, err, errlen) != 0)
         return -1;
     fw_metrics *m = calloc(1, sizeof *m);
     if (!m) {

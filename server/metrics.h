@@ -43,6 +43,10 @@ void fw_sb_free(fw_sb *b); /* dynamic only */
 typedef struct fw_metrics fw_metrics;
 typedef void (*fw_metrics_render_fn)(void *arg, fw_sb *out);
 
+/* Parse "HOST:PORT" / "[V6]:PORT" (numeric host) into ss. 0, or -1 with a message. */
+struct sockaddr_storage;
+int fw_metrics_parse_addr(const char *hostport, struct sockaddr_storage *ss, char *err, size_t errlen);
+
 /* Listen on hostport ("127.0.0.1:9100", "[::1]:9100"; port 0 picks one, logged as
  * msg="metrics listening" addr=...). render(arg, out) runs on the loop thread per scrape.
  * Returns 0, or -1 with a message. log may be NULL. */

@@ -668,6 +668,45 @@ static void t_breaker_ignores_queueing_timeouts_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* Compute's flags: bad values refused at parse time with exit 2 and a precise message; a
+ * per-op default deadline applies when the header has none, whatever the flag order. */
+static void t_compute_flags_body(void)
+{
+    static const struct {
+        const char *args[4];
+        const char *want;
+    } bad[] = {
+        { { "--workers", "0", NULL }, "--workers: expected an integer in 1..256, not \"0\"" },
+        { { "--queue-low", "x", NULL }, "--queue-low: expected an integer in 0..1000000, not \"x\"" },
+        { { "--breaker-failure-pct", "101", NULL }, "--breaker-failure-pct: expected an integer in 1..100" },
+        { { "--deadline-ms", "NOPE=5", NULL }, "--deadline-ms: \"NOPE=5\" is not OP=MS" },
+        { { "--deadline-ms", "embed", NULL }, "--deadline-ms: \"embed\" is not OP=MS" },
+        { { "--verify-threshold", "-1", NULL }, "--verify-threshold: expected a positive number" },
+        { { "--metrics-listen", "localhost", NULL }, "--metrics-listen: localhost is not HOST:PORT" },
+        { { "--workers", NULL }, "--workers needs a value" },
+    };
+    static char out[8192];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ_INT(tu_run("facewired", bad[i].args, out, sizeof out), 2);
+        CHECK_MSG(strstr(out, bad[i].want) != NULL, "want \"%s\" in: %s", bad[i].want, out);
+    }
+
+    CHECK(start("--deadline-ms", "test_sleep=100", "--default-deadline-ms", "5000", NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_default_deadline_ms"), 100);
+    CHECK_EQ_INT(info_int(text, "op_test_fail_default_deadline_ms"), 5000);
+    resp r;
+    CHECK(send_sleep(fd, 1, 1000, FW_PRIO_NORMAL, 0) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
+    CHECK_EQ_STR(r.msg, "deadline exceeded while running (budget 100 ms)");
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
 /* Close a socket with a reset, so the server sees the connection fail at once rather than a
  * half-close it would wait to answer. */
 static void close_reset(int fd)
@@ -893,6 +932,7 @@ static void cleanup(void)
 static void t_hist_quantiles(void) { t_hist_quantiles_body(); }
 static void t_breaker_unit(void) { t_breaker_unit_body(); }
 static void t_deadline_admission(void) { t_deadline_admission_body(); cleanup(); }
+static void t_compute_flags(void) { t_compute_flags_body(); cleanup(); }
 static void t_breaker_ignores_queueing_timeouts(void) { t_breaker_ignores_queueing_timeouts_body(); cleanup(); }
 static void t_test_ops_refused_without_flag(void) { t_test_ops_refused_without_flag_body(); cleanup(); }
 static void t_test_ops_answers(void) { t_test_ops_answers_body(); cleanup(); }
@@ -914,6 +954,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_breaker_unit),
     CHECK_TEST(t_test_ops_refused_without_flag),
     CHECK_TEST(t_test_ops_answers),
+    CHECK_TEST(t_compute_flags),
     CHECK_TEST(t_queue_full_busy),
     CHECK_TEST(t_expired_in_queue_never_runs),
     CHECK_TEST(t_deadline_admission),
