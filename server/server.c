@@ -238,7 +238,10 @@ static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FIL
 
 int fw_server_parse_args(fw_server_config *cfg, int argc, char **argv, FILE *out, FILE *errf)
 {
-    const char *prog = argc > 0 && argv[0] ? argv[0] : "facewired";
+    const char *prog = argc > 0 && argv[0] && *argv[0] ? argv[0] : "facewired";
+    const char *slash = strrchr(prog, '/');
+    if (slash && slash[1])
+        prog = slash + 1; /* messages and usage name the program, not its path */
     char err[256];
     char name[64];
 
