@@ -231,6 +231,10 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
             snprintf(err, errlen, "expected an integer in %ld..%ld, not \"%s\"", f->lo, f->hi, value);
             return -1;
         }
+        if (x % 32 != 0 && strstr(f->name, "detector-size")) {
+            snprintf(err, errlen, "the detector input must be a multiple of 32, not %ld", x);
+            return -1;
+        }
         if (f->is_u32)
             *(uint32_t *)(void *)((char *)o + f->off) = (uint32_t)x;
         else
@@ -566,6 +570,7 @@ static void render_info(fw_compute *cp, fw_sb *b)
                      fw_sched_get_config(s)->queue_cap[p]);
     fw_sb_printf(b, "compute_queued_bytes: %llu\n", (unsigned long long)fw_sched_queued_bytes(s));
     fw_sb_printf(b, "compute_degraded: %d\n", cp->degraded);
+    fw_sb_printf(b, "compute_degraded_toggles: %llu\n", (unsigned long long)cp->degraded_toggles);
     fw_sb_printf(b, "compute_models_loaded: %d\n", cp->engine != NULL);
     fw_sb_printf(b, "compute_unknown_ops: %llu\n", (unsigned long long)cp->unknown_ops);
     for (int c = 0; c < fw_sched_nclasses(s); c++) {

@@ -524,6 +524,7 @@ static void t_degraded_mode_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(info(fd, text, sizeof text) == 0);
     CHECK_EQ_INT(info_int(text, "compute_degraded"), 0);
+    CHECK_EQ_INT(info_int(text, "compute_degraded_toggles"), 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -684,6 +685,7 @@ static void t_compute_flags_body(void)
         { { "--verify-threshold", "-1", NULL }, "--verify-threshold: expected a positive number" },
         { { "--metrics-listen", "localhost", NULL }, "--metrics-listen: localhost is not HOST:PORT" },
         { { "--workers", NULL }, "--workers needs a value" },
+        { { "--detector-size", "400", NULL }, "--detector-size: the detector input must be a multiple of 32, not 400" },
     };
     static char out[8192];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
