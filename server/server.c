@@ -394,12 +394,6 @@ static void on_connection(uv_stream_t *listener, int status)
     fw_conn_accept(l->srv, listener);
 }
 
-static void on_listener_closed(uv_handle_t *h)
-{
-    fw_listener *l = h->data;
-    l->srv->listeners_open--;
-}
-
 static int listener_open(fw_server *s, fw_listener *l, const char *spec)
 {
     struct sockaddr_storage ss;
@@ -414,7 +408,6 @@ static int listener_open(fw_server *s, fw_listener *l, const char *spec)
     uv_tcp_init(s->loop, &l->tcp);
     l->tcp.data = l;
     l->srv = s; /* from here on close_listeners() closes it */
-    s->listeners_open++;
     /* IPV6ONLY so that [::]:P and 0.0.0.0:P can both be given. */
     r = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
     if (r == 0)
@@ -433,16 +426,10 @@ static void close_listeners(fw_server *s)
 {
     for (int i = 0; i < s->n_listeners; i++)
         if (s->listeners[i].srv && !uv_is_closing((uv_handle_t *)&s->listeners[i].tcp))
-            uv_close((uv_handle_t *)&s->listeners[i].tcp, on_listener_closed);
+            uv_close((uv_handle_t *)&s->listeners[i].tcp, NULL); /* freed by fw_server_free */
 }
 
 /* ---- loop handles -------------------------------------------------------------------------- */
-
-static void on_handle_closed(uv_handle_t *h)
-{
-    fw_server *s = h->data;
-    s->handles_open--;
-}
 
 static void close_handles(fw_server *s)
 {
@@ -450,7 +437,7 @@ static void close_handles(fw_server *s)
                          (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (hs[i]->data == s && !uv_is_closing(hs[i]))
-            uv_close(hs[i], on_handle_closed);
+            uv_close(hs[i], NULL); /* embedded in fw_server: nothing to free */
 }
 
 /* Everything is answered and every connection gone: close the rest so uv_run returns. */
@@ -587,19 +574,16 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
     uv_check_init(loop, &s->flush);
     uv_idle_init(loop, &s->nudge);
     s->sweep.data = s->flush.data = s->nudge.data = s;
-    s->handles_open = 3;
     if ((r = uv_signal_init(loop, &s->sigint)) != 0) {
         fw_log_error(&s->log, "cannot watch signals", "err=%s", uv_err_name(r));
         goto err;
     }
     s->sigint.data = s;
-    s->handles_open++;
     if ((r = uv_signal_init(loop, &s->sigterm)) != 0) {
         fw_log_error(&s->log, "cannot watch signals", "err=%s", uv_err_name(r));
         goto err;
     }
     s->sigterm.data = s;
-    s->handles_open++;
 
     s->read_buf = malloc(FW_READ_BUF_SIZE);
     if (!s->read_buf) {

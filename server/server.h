@@ -67,7 +67,7 @@ typedef struct fw_server_config {
 
 typedef struct fw_listener {
     uv_tcp_t tcp;
-    struct fw_server *srv;
+    struct fw_server *srv; /* NULL until tcp is initialised (then it must be closed) */
     char addr[64]; /* the bound address, "127.0.0.1:7420" or "[::1]:7420" */
 } fw_listener;
 
@@ -79,13 +79,12 @@ typedef struct fw_server {
 
     fw_listener *listeners; /* owned array of n_listeners; freed by fw_server_free */
     int n_listeners;
-    int listeners_open; /* handles not yet closed */
 
     uv_timer_t sweep;    /* idle / partial-frame / shutdown deadlines */
     uv_check_t flush;    /* after each poll: service queued connections (one write per batch) */
     uv_idle_t nudge;     /* active while connections are queued: keeps poll from blocking */
     uv_signal_t sigint, sigterm;
-    int handles_open;    /* of the five above, those not yet closed */
+    /* A handle above is initialised (and must be closed) iff its data points to the server. */
 
     /* Connections. Every open one is on `by_activity` (least recently active first); those in
      * the middle of a frame are also on `by_frame_start` (oldest first); those with work for
