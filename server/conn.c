@@ -284,8 +284,9 @@ static void conn_body_done(fw_conn *c)
 }
 
 /* Parse p[0..n). Returns how many bytes were used: all of them, unless parsing paused at a
- * frame boundary (the caller keeps the rest in the backlog). */
-static size_t conn_consume(fw_conn *c, const uint8_t *p, size_t n)
+ * frame boundary (the caller keeps the rest in the backlog). `no_pause` ignores the caps,
+ * for a bounded input that must be answered now (a backlog at shutdown). */
+static size_t conn_consume(fw_conn *c, const uint8_t *p, size_t n, int no_pause)
 {
     size_t off = 0;
     while (off < n) {
@@ -317,7 +318,7 @@ static size_t conn_consume(fw_conn *c, const uint8_t *p, size_t n)
                 /* A frame boundary: the place to pause, and the previous frame's partial-frame
                  * clock stops here (conn_update starts a new one if this frame is cut short). */
                 fw_link_unlink(&c->by_frame_start);
-                if (conn_paused(c))
+                if (!no_pause && conn_paused(c))
                     return off;
                 if (n - off >= FW_HEADER_LEN) {
                     /* Fast path: the header is here whole; so, often, is the body. */
@@ -427,14 +428,14 @@ static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
         const uint8_t *p = (const uint8_t *)buf->base;
         size_t n = (size_t)nread, used = 0;
         if (conn_backlog_left(c) == 0)
-            used = conn_consume(c, p, n);
+            used = conn_consume(c, p, n, 0);
         /* Parsing stopped at the output cap: write now, and go on if the socket took it, so
          * that reading pauses only when the client really is not keeping up. */
         while (used < n && !c->closing && c->out_len > 0) {
             conn_flush(c);
             if (c->closing || conn_paused(c))
                 break;
-            used += conn_consume(c, p + used, n - used);
+            used += conn_consume(c, p + used, n - used, 0);
         }
         if (used < n && !c->closing && conn_stash(c, p + used, n - used) != 0)
             c->failed = 1;
@@ -604,9 +605,11 @@ void fw_conn_service(fw_conn *c)
         fw_conn_close(c, "internal error");
         return;
     }
-    /* One backlog pass per service, so a busy pipelining client cannot starve the rest. */
-    if (conn_backlog_left(c) > 0 && !conn_paused(c)) {
-        size_t used = conn_consume(c, c->backlog + c->backlog_off, conn_backlog_left(c));
+    /* One backlog pass per service, so a busy pipelining client cannot starve the rest.
+     * Once the server has drained, the requests still waiting here are answered at once
+     * (SHUTTING_DOWN, by compute or by PING) rather than dropped with the connection. */
+    if (conn_backlog_left(c) > 0 && (s->drained || !conn_paused(c))) {
+        size_t used = conn_consume(c, c->backlog + c->backlog_off, conn_backlog_left(c), s->drained);
         if (c->closing)
             return;
         c->backlog_off += used;
