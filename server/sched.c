@@ -304,11 +304,24 @@ static uint64_t jobs_ahead(const fw_sched *s, int prio)
     return ahead;
 }
 
-/* The op's median worker time in ms, or `none` before any job of it finished. */
-static uint64_t median_run_ms(const fw_sched *s, int op_index, uint64_t none)
+/* The op's recent worker time in ms (rounded up), or `none` before any job of it finished.
+ * A moving average rather than the all-time median: under overload the run time itself grows
+ * (the workers share the cores with everything else), and estimates from the quiet past
+ * admit work that then misses its deadline. */
+static uint64_t recent_run_ms(const fw_sched *s, int op_index, uint64_t none)
 {
-    const fw_hist *h = &s->stats[op_index].run_us;
-    return h->count ? fw_hist_quantile(h, 0.5) / 1000 : none;
+    const fw_op_stats *st = &s->stats[op_index];
+    return st->run_us.count ? (st->run_ewma_us + 999) / 1000 : none;
+}
+
+/* When a new job of priority prio would finish: the jobs ahead of it and itself, `workers` at
+ * a time, plus half a run for the jobs running now when no worker is free, all at the op's
+ * recent run time. It assumes the jobs ahead cost what this op costs. */
+static uint64_t completion_estimate_ms(const fw_sched *s, int prio, uint64_t per_job)
+{
+    uint64_t w = (uint64_t)s->cfg.workers;
+    uint64_t rounds = (jobs_ahead(s, prio) + w) / w;
+    return rounds * per_job + (s->nfree == 0 ? per_job / 2 : 0);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
@@ -334,7 +347,16 @@ static void after_work_cb(uv_work_t *w, int status)
     st->running--;
     s->free_slots[s->nfree++] = j->slot->index;
     j->slot = NULL;
-    fw_hist_record(&st->run_us, uv_hrtime() / 1000 - j->t_started_us);
+    uint64_t ran_us = uv_hrtime() / 1000 - j->t_started_us;
+    /* EWMA with weight 1/8, as TCP's smoothed RTT: recent enough to follow load changes
+     * within a few jobs, smooth enough that one odd picture does not swing admission */
+    if (st->run_us.count == 0)
+        st->run_ewma_us = ran_us;
+    else if (ran_us >= st->run_ewma_us)
+        st->run_ewma_us += (ran_us - st->run_ewma_us) / 8;
+    else
+        st->run_ewma_us -= (st->run_ewma_us - ran_us) / 8;
+    fw_hist_record(&st->run_us, ran_us);
     heap_remove(s, j);
 
     if (!j->answered && !s->stopping) {
@@ -401,9 +423,9 @@ static void expire_waiting(fw_sched *s, fw_job *j, const char *msg)
 }
 
 /* Never start what nobody waits for any more, nor what can no longer finish in time: a job
- * whose budget would have covered the op's median run time, but whose remaining budget no
+ * whose budget would have covered the op's recent run time, but whose remaining budget no
  * longer does, would most likely be answered DEADLINE_EXCEEDED anyway after holding a worker
- * that a job with time left could have used. (A job whose whole budget is below the median
+ * that a job with time left could have used. (A job whose whole budget is below the run time
  * is still tried: the client asked for it, and its picture may be a small one.) */
 static const char *too_late(const fw_sched *s, const fw_job *j, uint64_t now)
 {
@@ -411,8 +433,8 @@ static const char *too_late(const fw_sched *s, const fw_job *j, uint64_t now)
         return NULL;
     if (j->deadline <= now)
         return "deadline exceeded while queued";
-    uint64_t median = median_run_ms(s, j->op_index, 0);
-    if (median && j->budget_ms >= median && j->deadline - now < median)
+    uint64_t run = recent_run_ms(s, j->op_index, 0);
+    if (run && j->budget_ms >= run && j->deadline - now < run)
         return "deadline exceeded while queued (too little time left to run)";
     return NULL;
 }
@@ -495,14 +517,12 @@ static void deadline_timer_cb(uv_timer_t *t)
 
 /* ---- admission ----------------------------------------------------------------------------- */
 
-/* How long until a refused client should try again: the work queued ahead of it divided
- * among the workers, plus its own turn, at the op's median run time (100 ms before anything
- * ran). Never 0, at most a minute. */
+/* How long until a refused client should try again: when a job sent now would complete
+ * (100 ms per job before anything ran). Never 0, at most a minute. */
 static uint32_t retry_estimate(const fw_sched *s, int prio, int op_index)
 {
-    uint64_t per_job = median_run_ms(s, op_index, 100);
-    uint64_t est = (jobs_ahead(s, prio) / (uint64_t)s->cfg.workers + 1) * (per_job ? per_job : 1);
-    return est > 60000 ? 60000 : (uint32_t)est;
+    uint64_t est = completion_estimate_ms(s, prio, recent_run_ms(s, op_index, 100));
+    return est < 1 ? 1 : est > 60000 ? 60000 : (uint32_t)est;
 }
 
 /* Why a job cannot be queued now (NULL: it can); msg is scratch space for the message. Pure:
@@ -528,14 +548,9 @@ static const char *refusal(const fw_sched *s, int prio, int op_index, size_t bod
         return "queued request bytes at limit";
     /* A job that would not finish before its deadline is refused now rather than left to
      * expire in the queue: the client learns it at once and can go elsewhere, and the queue
-     * does not fill with work nobody will wait for. Estimate: the jobs ahead shared among the
-     * workers, then its own run, each at the op's median. It ignores what the running jobs
-     * still need, so it errs on the side of admitting; and with nobody ahead a job is always
-     * tried. */
-    uint64_t ahead = jobs_ahead(s, prio);
-    if (budget_ms && ahead > 0) {
-        uint64_t median = median_run_ms(s, op_index, 0);
-        uint64_t done = (ahead / (uint64_t)s->cfg.workers + 1) * median;
+     * does not fill with work nobody will wait for. With nobody ahead a job is always tried. */
+    if (budget_ms && jobs_ahead(s, prio) > 0) {
+        uint64_t done = completion_estimate_ms(s, prio, recent_run_ms(s, op_index, 0));
         if (done > budget_ms) {
             snprintf(msg, msglen, "expected completion in %llu ms exceeds the %u ms deadline",
                      (unsigned long long)done, budget_ms);

@@ -133,6 +133,7 @@ typedef struct fw_op_stats {
     uint32_t running;
     fw_hist wait_us;                       /* queue wait of the jobs that started */
     fw_hist run_us;                        /* worker time of the jobs that finished */
+    uint64_t run_ewma_us;                  /* moving average of the same (admission estimates) */
 } fw_op_stats;
 
 typedef struct fw_class_info {
