@@ -23,15 +23,20 @@
  * and always in degraded mode. A queued job is never evicted to make room: it was promised a
  * place, and answering it BUSY after it waited would waste the client's time twice.
  * A byte budget over all waiting bodies bounds memory (a 16 MiB JPEG per slot adds up).
+ *
+ * Deadlines: a job whose estimated completion (jobs ahead, `workers` at a time, at the op's
+ * recent run time) is past its deadline is answered BUSY at admission; a waiting job whose
+ * deadline passes is answered DEADLINE_EXCEEDED by the timer and never runs, and so is one
+ * that reaches a worker with less time left than the op's recent run time. A running job
+ * answered at its deadline counts as a breaker failure only if it ran for half its budget.
  */
 #include "server/sched.h"
-
-#include "server/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "server/log.h"
 
 #define HEAP_NONE SIZE_MAX
 
