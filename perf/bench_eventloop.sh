@@ -15,7 +15,8 @@
 # Usage: perf/bench_eventloop.sh            (after `make`; about 1 minute)
 #   DUR=5        seconds per measurement
 #   REPEAT=1     measurements per row and server; the best of them is printed
-#   IDLE=10000   idle connections for part 2
+#   ROWS="50x1 50x16 1000x1"  the rows of part 1 (connections x pipeline depth)
+#   IDLE=10000   idle connections for part 2; IDLE=0 skips part 2
 #   IDLE_PAIRS=3 without/with measurements in part 2 (medians compared)
 #   SKIP_REDIS=1 only facewired
 #   NICE=-10     run both servers and all clients at this nice level (negative needs root):
@@ -33,7 +34,7 @@ IDLE=${IDLE:-10000}
 SKIP_REDIS=${SKIP_REDIS:-0}
 NICE=${NICE:-0}
 FACEWIRED_ARGS=${FACEWIRED_ARGS:-}
-ROWS=("50 1" "50 16" "1000 1")
+read -r -a ROWS <<<"${ROWS:-50x1 50x16 1000x1}"
 
 # Every process this script measures runs through $run, so NICE applies to all of them.
 run=(nice -n "$NICE")
@@ -74,11 +75,13 @@ wait_for() {
     return 1
 }
 
-# A loopback port nobody listens on (redis cannot pick its own the way facewired can).
+# A loopback port nobody listens on (redis cannot pick its own the way facewired can), below
+# the kernel's ephemeral range so that no client socket holds it either.
 free_port() {
-    local p
+    local p lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
     for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (lo > 12000 ? lo - 10000 : 2000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
     done
     return 1
@@ -124,7 +127,7 @@ if [ "$SKIP_REDIS" != 1 ]; then
     "${run[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients $((IDLE + 1100)) --logfile "$tmp/redis.log" --dir "$tmp" &
     redis_pid=$!
-    wait_for 20 redis-cli -p "$redis_port" ping || die "redis-server did not start (see its log)"
+    wait_for 20 redis-cli -p "$redis_port" ping || { tail -n 5 "$tmp/redis.log" >&2; die "redis-server did not start"; }
 fi
 
 echo "bench_eventloop: $(date -u +%FT%TZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -162,7 +165,7 @@ echo "1. PING throughput: rps, p99 latency (us), CPU per request (us) of the ser
 printf "  %-9s %10s %8s %6s %6s | %10s %8s %6s %6s | %9s %9s %6s\n" "conns x P" "facewired" "p99" "cpu" "client" \
     "redis" "p99" "cpu" "client" "rps ratio" "cpu ratio" "errors"
 for row in "${ROWS[@]}"; do
-    read -r c p <<<"$row"
+    c=${row%x*} p=${row#*x}
     best_fw=0 fw_p99=0 fw_cpu=- fw_cli=- best_rd=0 rd_p99=0 rd_cpu=- rd_cli=- errs=0
     for _ in $(seq "$REPEAT"); do
         t0=$(cpu_ticks "$fw_pid")
@@ -196,6 +199,7 @@ done
 echo "  rps ratio = facewired / redis (goal >= 1); cpu ratio = redis / facewired (> 1: facewired is cheaper)"
 
 # ---- 2. idle connections --------------------------------------------------------------------
+[ "$IDLE" -gt 0 ] || exit 0
 # A fresh server, and one without models: both the 1000x1 row and model loading leave freed
 # but resident memory in the heap, which new connections reuse without growing the RSS (with
 # models loaded, 10,000 connections showed ~8 bytes each: the measurement saw nothing). PING

@@ -240,6 +240,7 @@ static void on_write_done(uv_write_t *req, int status)
         return;
     }
     pump(c);
+    check_done(c->app); /* pump may have lost the connection */
 }
 
 static int hungry_push(fwl *app, fwl_conn *c)
