@@ -175,7 +175,7 @@ static void respond(mconn *mc, int code, const char *reason, const char *body, s
                       body_len);
     mc->responding = 1;
     uv_read_stop((uv_stream_t *)&mc->tcp);
-    uv_timer_stop(&mc->timer);
+    /* the timer keeps running: a scraper that never reads its response is closed on time too */
     if (head_only)
         body_len = 0;
     mc->resp = malloc((size_t)hn + body_len);

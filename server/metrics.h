@@ -5,10 +5,10 @@
  *
  * The listener knows nothing about what it serves: on each GET /metrics it calls the render
  * callback (loop thread) for the body. Other paths get 404, other methods 405, malformed or
- * oversized requests 400; the connection closes after every response. A connection that does
- * not complete its request within FW_METRICS_TIMEOUT_MS is closed, and at most
- * FW_METRICS_MAX_CONNS are open at once (more are closed on accept), so a slow or hostile
- * scraper cannot hold the loop's resources.
+ * oversized requests 400; the connection closes after every response. A connection is closed
+ * FW_METRICS_TIMEOUT_MS after it was accepted whatever its state (request not complete, or
+ * response not read), and at most FW_METRICS_MAX_CONNS are open at once (more are closed on
+ * accept), so a slow or hostile scraper cannot hold the loop's resources.
  */
 #ifndef FW_METRICS_H
 #define FW_METRICS_H
