@@ -351,6 +351,60 @@ int fw_keys_write_symmetric(const char *path, char *err, size_t errcap)
     return rc;
 }
 
+/* ---- records at rest ----------------------------------------------------------------------- */
+
+_Static_assert(crypto_aead_xchacha20poly1305_ietf_NPUBBYTES == FW_REC_NONCE_LEN, "nonce size");
+_Static_assert(crypto_aead_xchacha20poly1305_ietf_ABYTES == FW_SECURE_TAG_LEN, "tag size");
+_Static_assert(crypto_aead_xchacha20poly1305_ietf_KEYBYTES == FW_SECURE_SYMKEY_LEN, "key size");
+
+int fw_keys_record_seal(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *ad, size_t adlen,
+                        const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (!key || !out || !out_len || (!in && len) || (!ad && adlen) ||
+        len > SIZE_MAX - FW_REC_OVERHEAD || cap < len + FW_REC_OVERHEAD)
+        return -1;
+    if (sodium_init() < 0)
+        return -1;
+    randombytes_buf(out, FW_REC_NONCE_LEN);
+    unsigned long long clen = 0;
+    crypto_aead_xchacha20poly1305_ietf_encrypt(out + FW_REC_NONCE_LEN, &clen, in, len, ad, adlen,
+                                               NULL, out, key);
+    *out_len = FW_REC_NONCE_LEN + (size_t)clen;
+    return 0;
+}
+
+int fw_keys_record_open(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *ad, size_t adlen,
+                        const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (!key || !in || !out_len || (!ad && adlen) || len < FW_REC_OVERHEAD ||
+        cap < len - FW_REC_OVERHEAD || (!out && cap))
+        return -1;
+    if (sodium_init() < 0)
+        return -1;
+    unsigned long long mlen = 0;
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &mlen, NULL, in + FW_REC_NONCE_LEN,
+                                                   len - FW_REC_NONCE_LEN, ad, adlen, in,
+                                                   key) != 0) {
+        if (cap)
+            sodium_memzero(out, len - FW_REC_OVERHEAD);
+        return -1;
+    }
+    *out_len = (size_t)mlen;
+    return 0;
+}
+
+void fw_keys_key_check(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *file_id,
+                       size_t id_len, uint8_t kcv[FW_REC_KCV_LEN])
+{
+    static const char label[] = "facewire gallery key check";
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, key, FW_SECURE_SYMKEY_LEN, FW_REC_KCV_LEN);
+    crypto_generichash_update(&st, (const uint8_t *)label, sizeof label - 1);
+    crypto_generichash_update(&st, file_id, id_len);
+    crypto_generichash_final(&st, kcv, FW_REC_KCV_LEN);
+    sodium_memzero(&st, sizeof st);
+}
+
 /* ---- policy for the connection layer ------------------------------------------------------ */
 
 int fw_security_open(fw_security *sec, const char *server_key, const char *authorized_path,

@@ -59,6 +59,29 @@ int fw_keys_load_symmetric(const char *path, uint8_t key[FW_SECURE_SYMKEY_LEN], 
 /* Write a fresh random symmetric key file (mode 0600, never overwriting). */
 int fw_keys_write_symmetric(const char *path, char *err, size_t errcap);
 
+/* ---- records at rest (the gallery's --gallery-key; docs/security.md "Gallery at rest") ---- */
+
+/* One encrypted record: a random 24-byte nonce, the XChaCha20-Poly1305 ciphertext, the
+ * 16-byte tag. A random nonce per record cannot repeat, whatever a crash makes the writer
+ * redo; `ad` (not stored) binds the record to its place: the file's id, its sequence number. */
+#define FW_REC_NONCE_LEN 24
+#define FW_REC_OVERHEAD (FW_REC_NONCE_LEN + FW_SECURE_TAG_LEN)
+#define FW_REC_KCV_LEN 16
+
+/* Encrypt len bytes of `in` into out (cap >= len + FW_REC_OVERHEAD); *out_len gets the size.
+ * in and out must not overlap. 0, or -1 (cap too small). */
+int fw_keys_record_seal(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *ad, size_t adlen,
+                        const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
+/* Decrypt what fw_keys_record_seal wrote (same key and ad) into out (cap >= len -
+ * FW_REC_OVERHEAD). -1 if it is too short, was changed, or the key or ad differ; out is
+ * then zeroed. */
+int fw_keys_record_open(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *ad, size_t adlen,
+                        const uint8_t *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
+/* Key check value for a file header: BLAKE2b-128(key, "facewire gallery key check" ||
+ * file_id). A mismatch at open is "wrong --gallery-key", told apart from corruption. */
+void fw_keys_key_check(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *file_id,
+                       size_t id_len, uint8_t kcv[FW_REC_KCV_LEN]);
+
 /* ---- policy for the connection layer ------------------------------------------------------ */
 
 /* The server's security state. Owned by the server (loop thread); `keys` is replaced by
