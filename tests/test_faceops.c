@@ -430,6 +430,13 @@ static void t_bad_images_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_BAD_IMAGE);
     CHECK(r.msg[0] != '\0');
     resp_free(&r);
+    /* a JPEG whose header has a marker libjpeg refuses: the decoder must recover from the
+     * error, so the next picture on the same worker slot (sequential requests reuse it) is
+     * still decoded (checked at the end) */
+    static const uint8_t badmarker[] = { 0, 0, 0, 10, 0xFF, 0xD8, 0xFF, 0xF9, 0x00, 0x04, 0x00, 0x00, 0xFF, 0xD9 };
+    CHECK(roundtrip(fd, FW_OP_DETECT, badmarker, sizeof badmarker, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_BAD_IMAGE);
+    resp_free(&r);
     /* a real JPEG cut in the middle of its data */
     size_t jl, bl;
     uint8_t *jpeg = eval_pic("barack_obama_1.jpg", &jl);
@@ -479,7 +486,8 @@ static void t_bad_images_body(void)
     CHECK_EQ_STR(r.msg, "no face in input a");
     resp_free(&r);
     /* the server goes on */
-    CHECK(analyze(fd, FW_OP_DETECT, "kit_harington_2.jpg", &f, &r) == 0);
+    rc = analyze(fd, FW_OP_DETECT, "kit_harington_2.jpg", &f, &r);
+    CHECK_MSG(rc == 0, "a good picture after the bad ones: status %u %s", r.status, r.msg);
     resp_free(&r);
     CHECK_EQ_INT(f.n, 1);
     /* client errors are not failures for the breaker */
@@ -492,7 +500,7 @@ static void t_bad_images_body(void)
     memcpy(text, ib, n);
     text[n] = '\0';
     free(ib);
-    CHECK_MSG(strstr(text, "\nbreaker_face_window: 6 requests, 0 failures\n") != NULL, "INFO:\n%s", text);
+    CHECK_MSG(strstr(text, "\nbreaker_face_window: 7 requests, 0 failures\n") != NULL, "INFO:\n%s", text);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -692,6 +700,52 @@ static void t_no_models_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* Hostile bodies: random bytes (a fixed seed, so a failure replays) with plausible prefixes,
+ * for each face op. Every one gets one of the statuses a bad input may get, and the server
+ * keeps serving. */
+static void t_random_bodies_body(void)
+{
+    CHECK(start_with(NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    static uint8_t b[4096];
+    static const uint8_t ops3[] = { FW_OP_DETECT, FW_OP_EMBED, FW_OP_VERIFY };
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    resp r;
+    for (int i = 0; i < 300; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        uint8_t op = ops3[x % 3];
+        size_t n = (size_t)((x >> 8) % sizeof b);
+        for (size_t k = 0; k < n; k++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            b[k] = (uint8_t)x;
+        }
+        size_t len = n;
+        /* a third of them with a consistent length prefix (and a JPEG SOI), so they get past
+         * the framing checks and reach the decoder */
+        if (n >= 8 && i % 3 == 0) {
+            size_t at = op == FW_OP_VERIFY ? 1 : 0;
+            if (op == FW_OP_VERIFY)
+                b[0] = 0;
+            fw_be32(b + at, (uint32_t)(n - at - 4));
+            b[at + 4] = 0xFF;
+            b[at + 5] = 0xD8;
+        }
+        CHECK(roundtrip(fd, op, b, len, &r) == 0);
+        CHECK_MSG(r.status == FW_STATUS_BAD_REQUEST || r.status == FW_STATUS_BAD_IMAGE ||
+                  r.status == FW_STATUS_NO_FACE || r.status == FW_STATUS_OK,
+                  "body %d (op 0x%02X, %zu bytes): status %u %s", i, op, len, r.status, r.msg);
+        resp_free(&r);
+    }
+    static faces f;
+    int rc = analyze(fd, FW_OP_DETECT, "rose_leslie_2.jpg", &f, &r);
+    CHECK_MSG(rc == 0, "after the random bodies: status %u %s", r.status, r.msg);
+    resp_free(&r);
+    CHECK_EQ_INT(f.n, 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
 static void cleanup(void)
 {
     if (srv.pid > 0)
@@ -708,6 +762,7 @@ T(t_malformed_bodies)
 T(t_pipelined_embeds)
 T(t_degraded_detector)
 T(t_no_models)
+T(t_random_bodies)
 
 static const struct check_test tests[] = {
     CHECK_TEST(t_detect_layout),
@@ -719,6 +774,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_pipelined_embeds),
     CHECK_TEST(t_degraded_detector),
     CHECK_TEST(t_no_models),
+    CHECK_TEST(t_random_bodies),
 };
 
 int main(int argc, char **argv)
