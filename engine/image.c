@@ -50,11 +50,22 @@ fw_decoder *fw_decoder_new(void)
     return d;
 }
 
+/* libjpeg-turbo 2.1 leaves a TurboJPEG handle unusable after some failures (a header it
+ * rejects, e.g. an unsupported marker, makes every later picture fail too): one hostile JPEG
+ * would poison the worker that decoded it for everyone after. So a failed decode throws the
+ * handle away; the next call makes a new one (and reports out-of-memory if it cannot). */
+static void decoder_reset(fw_decoder *d)
+{
+    tjDestroy(d->tj);
+    d->tj = tjInitDecompress();
+}
+
 void fw_decoder_free(fw_decoder *d)
 {
     if (!d)
         return;
-    tjDestroy(d->tj);
+    if (d->tj)
+        tjDestroy(d->tj);
     free(d->buf);
     free(d->rot);
     free(d);
@@ -209,8 +220,13 @@ fw_engine_err fw_decode_jpeg(fw_decoder *d, const uint8_t *jpeg, size_t len,
         return FWE_TOO_LARGE;
     }
     int w = 0, h = 0, subsamp = 0, cs = 0;
+    if (!d->tj && !(d->tj = tjInitDecompress())) {
+        set_err(err, errlen, "%s", "out of memory for the JPEG decoder");
+        return FWE_NOMEM;
+    }
     if (tjDecompressHeader3(d->tj, jpeg, (unsigned long)len, &w, &h, &subsamp, &cs) != 0) {
         set_err(err, errlen, "bad JPEG header: %s", tjGetErrorStr2(d->tj));
+        decoder_reset(d);
         return FWE_BAD_IMAGE;
     }
     if (w <= 0 || h <= 0) {
@@ -248,6 +264,7 @@ fw_engine_err fw_decode_jpeg(fw_decoder *d, const uint8_t *jpeg, size_t len,
     if (tjDecompress2(d->tj, jpeg, (unsigned long)len, d->buf, sw, 0, sh, pf,
                       TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0) {
         set_err(err, errlen, "corrupt JPEG: %s", tjGetErrorStr2(d->tj));
+        decoder_reset(d);
         return FWE_BAD_IMAGE;
     }
     if (cmyk) {

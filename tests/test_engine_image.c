@@ -185,6 +185,35 @@ static void t_decode_truncated(void)
     CHECK_MSG(!bad_ok, "prefix of %zu bytes was not refused", first_ok_prefix);
 }
 
+/* A header libjpeg-turbo rejects (here an unsupported marker 0xF9) used to leave the
+ * decoder's TurboJPEG handle failing every later picture: one hostile upload would poison the
+ * worker thread that owns the decoder. The same decoder must decode a good picture next. */
+static void t_decode_recovers_after_bad_header(void)
+{
+    uint8_t *px = quadrants(32, 32);
+    CHECK(px);
+    size_t len = 0;
+    uint8_t *jpg = make_jpeg(px, 32, 32, TJPF_RGB, TJSAMP_420, 0, 90, &len);
+    free(px);
+    CHECK(jpg);
+    static const uint8_t bad_marker[] = {0xFF, 0xD8, 0xFF, 0xF9, 0x00, 0x04, 0x00, 0x00,
+                                         0xFF, 0xD9};
+    fw_decoder *d = fw_decoder_new();
+    fw_image im;
+    char err[128] = "";
+    fw_engine_err before = d ? fw_decode_jpeg(d, jpg, len, &LIM, &im, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err bad = d ? fw_decode_jpeg(d, bad_marker, sizeof bad_marker, &LIM, &im, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err after1 = d ? fw_decode_jpeg(d, jpg, len, &LIM, &im, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_engine_err after2 = d ? fw_decode_jpeg(d, jpg, len, &LIM, &im, NULL, err, sizeof(err)) : FWE_NOMEM;
+    fw_decoder_free(d);
+    free(jpg);
+    CHECK_EQ_INT(before, FWE_OK);
+    CHECK_EQ_INT(bad, FWE_BAD_IMAGE);
+    CHECK_EQ_INT(after1, FWE_OK);
+    CHECK_EQ_INT(after2, FWE_OK);
+    CHECK_EQ_INT(im.w, 32);
+}
+
 static void t_decode_corrupt(void)
 {
     uint8_t *px = quadrants(64, 64);
@@ -863,7 +892,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_decode_roundtrip),
     CHECK_TEST(t_decode_empty_and_garbage),
     CHECK_TEST(t_decode_truncated),
-    CHECK_TEST(t_decode_corrupt),
+    CHECK_TEST(t_decode_recovers_after_bad_header), CHECK_TEST(t_decode_corrupt),
     CHECK_TEST(t_decode_huge_header),
     CHECK_TEST(t_decode_mutations),
     CHECK_TEST(t_decode_cmyk),
