@@ -46,6 +46,8 @@
 #define FWL_TICK_MS 100        /* timeouts, progress, connect window */
 #define FWL_SLOT_BITS 12
 #define FWL_SLOT_MASK ((1u << FWL_SLOT_BITS) - 1)
+_Static_assert(FWL_MAX_PIPELINE <= (1u << FWL_SLOT_BITS), "a slot index must fit the request_id's low bits");
+_Static_assert(FWL_MAX_PIPELINE <= 65536, "free_slots holds slot indices as uint16_t");
 
 enum conn_state { C_NEW, C_CONNECTING, C_READY, C_CLOSING };
 enum slot_state { S_FREE, S_SENT, S_ABANDONED };
