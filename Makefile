@@ -5,7 +5,7 @@
 #   make run             deps + models + build, then start facewired on 127.0.0.1:7420
 #   make deps            install missing Debian packages (root) or print the command
 #   make models          fetch the pinned face-api weights into models/ and check sha256
-#   make perf            build the benchmarks; perf/run.sh runs them
+#   make perf            build the benchmarks; perf/bench_*.sh run them (perf/README.md)
 #   make fuzz            run the libFuzzer harnesses for a bounded time
 #   make install PREFIX=/usr/local DESTDIR=
 #   make SAN=address,undefined   a sanitizer build into build/san-address-undefined/

@@ -5,6 +5,11 @@
 set -eu
 missing=""
 for p in $DEB_PKGS; do
+    # npm may come from outside Debian (a NodeSource or image-provided node): a working npm
+    # command is what fetching the models needs, whichever package provides it.
+    if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then
+        continue
+    fi
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 [ -z "$missing" ] && exit 0

@@ -6,7 +6,7 @@
  *
  * For each network: 3 warm-up passes, then `runs` timed passes; prints one JSON line
  *   {"what":"recognition_150","median_ms":..,"min_ms":..,"gflops":..,"runs":..}
- * where gflops is the network's FLOP count (fw_*_flops) over the median time. perf/run.sh
+ * where gflops is the network's FLOP count (fw_*_flops) over the median time. perf/bench_engine.sh
  * puts these beside the TF.js reference's numbers.
  */
 #include "engine/nets.h"
