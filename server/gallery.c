@@ -34,6 +34,7 @@
 #include "fw_proto.h"
 #include "server/galidx.h"
 #include "server/gallery.h"
+#include "server/galmerge.h"
 #include "server/galog.h"
 
 typedef struct greq {
@@ -78,9 +79,22 @@ struct fw_gallery {
     pthread_t writer;
     int writer_started;
 
+    /* the compactor thread (see galmerge.h); c_* under cmu */
+    pthread_t compactor;
+    int compactor_started;
+    pthread_mutex_t cmu;
+    pthread_cond_t ccv;
+    int c_pending, c_busy, c_finished, c_ok, c_quit;
+    uint64_t c_next_id;
+    galmerge_result c_res;
+    unsigned char key[16];         /* keys subject hashes; immutable after open */
+
     /* writer-private (and fw_gallery_open's, before the writer exists) */
     uint64_t last_seq, next_id;
     uint64_t log_off, snap_bytes, compact_retry_at;
+    uint64_t old_bytes;            /* size of GALOG_LOG_OLD while it exists */
+    int old_segment;               /* GALOG_LOG_OLD exists: a compaction is due or running */
+    int compaction_off;            /* a rotation could not be undone: none until restart */
     uint8_t *wbuf;
     greq **batch;
     int log_broken;
@@ -119,7 +133,7 @@ static void publish(fw_gallery *g)
     atomic_store(&g->a_faces, galidx_faces(g->ix));
     atomic_store(&g->a_subjects, galidx_subjects(g->ix));
     atomic_store(&g->a_mem, galidx_mem_bytes(g->ix));
-    atomic_store(&g->a_disk, g->dir ? g->snap_bytes + g->log_off : 0);
+    atomic_store(&g->a_disk, g->dir ? g->snap_bytes + g->old_bytes + g->log_off : 0);
     atomic_store(&g->a_last_seq, g->last_seq);
     atomic_store(&g->a_next_id, g->next_id);
 }
@@ -262,6 +276,42 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
     }
     g->last_seq = after_seq;
 
+    /* A closed segment whose background compaction did not finish: it comes before the live
+     * log. Compacting at once (below) folds it into a snapshot and removes it. */
+    fd = openat(g->dirfd, GALOG_LOG_OLD, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno != ENOENT) {
+        snprintf(err, errlen, "open " GALOG_LOG_OLD ": %s", strerror(errno));
+        return -1;
+    }
+    if (fd >= 0) {
+        galog_scan sc;
+        if (map_file(fd, &map, &len) != 0) {
+            snprintf(err, errlen, "read " GALOG_LOG_OLD ": %s", strerror(errno));
+            goto err;
+        }
+        if (galog_scan_log(map ? map : (const uint8_t *)"", len, after_seq, g->opt.repair,
+                           replay_cb, g, &sc, err, errlen) != 0) {
+            /* Name the file: galog's messages speak of the live log. */
+            char inner[256];
+            snprintf(inner, sizeof inner, "%s", err);
+            snprintf(err, errlen, GALOG_LOG_OLD " (closed segment): %s", inner);
+            goto err;
+        }
+        if (map)
+            munmap((void *)map, len);
+        map = NULL;
+        close(fd);
+        fd = -1;
+        rep->log_records += sc.records;
+        rep->truncated_bytes += sc.truncated;
+        rep->repaired_bytes += sc.dropped_bytes;
+        rep->repaired_records += sc.dropped_runs;
+        if (sc.last_seq > g->last_seq)
+            g->last_seq = sc.last_seq;
+        after_seq = g->last_seq;
+        need_compact = 1;
+    }
+
     fd = openat(g->dirfd, GALOG_LOG_NAME, O_RDWR | O_CLOEXEC);
     if (fd < 0 && errno != ENOENT) {
         snprintf(err, errlen, "open " GALOG_LOG_NAME ": %s", strerror(errno));
@@ -279,9 +329,9 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         if (map)
             munmap((void *)map, len);
         map = NULL;
-        rep->log_records = sc.records;
-        rep->repaired_bytes = sc.dropped_bytes;
-        rep->repaired_records = sc.dropped_runs;
+        rep->log_records += sc.records;
+        rep->repaired_bytes += sc.dropped_bytes;
+        rep->repaired_records += sc.dropped_runs;
         if (sc.last_seq > g->last_seq)
             g->last_seq = sc.last_seq;
         if (sc.end < GALOG_LOG_HDR || sc.last_seq < after_seq) {
@@ -297,7 +347,7 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
                     snprintf(err, errlen, "truncate " GALOG_LOG_NAME ": %s", strerror(errno));
                     goto err;
                 }
-                rep->truncated_bytes = sc.truncated;
+                rep->truncated_bytes += sc.truncated;
                 glog(g, GALOG_LOG_NAME ": cut a torn or corrupt tail of %llu bytes at offset %llu",
                      (unsigned long long)sc.truncated, (unsigned long long)sc.end);
             }
@@ -329,7 +379,7 @@ err:
     return -1;
 }
 
-/* ---- compaction (writer thread, or open) ------------------------------------------------ */
+/* ---- compaction ------------------------------------------------------------------------ */
 
 typedef struct snap_ctx {
     galog_snap_writer *w;
@@ -345,16 +395,15 @@ static int snap_visit(void *arg, uint64_t face_id, const char *subject, size_t s
                           c->errlen);
 }
 
-/* Snapshot the index, then start an empty log. The writer is the only mutator, so it reads
- * the index without the lock while searches go on. Crash at any point leaves a loadable state:
- * see docs/gallery.md. */
+/* At start-up (after a repair, or to fold in a closed segment): snapshot the index from
+ * memory, start an empty log, drop the closed segment. Crash at any point leaves a loadable
+ * state: see docs/gallery.md. */
 static int compact(fw_gallery *g, char *err, size_t errlen)
 {
     galog_snap_writer w;
     snap_ctx c = { &w, err, errlen };
     uint64_t bytes = 0;
-    if (galog_snap_begin(&w, g->dirfd, g->opt.io, g->last_seq, g->next_id, galidx_faces(g->ix),
-                         err, errlen) != 0 ||
+    if (galog_snap_begin(&w, g->dirfd, g->opt.io, g->last_seq, g->next_id, err, errlen) != 0 ||
         galidx_visit(g->ix, snap_visit, &c) != 0 ||
         galog_snap_commit(&w, &bytes, err, errlen) != 0) {
         galog_snap_abort(&w);
@@ -369,26 +418,133 @@ static int compact(fw_gallery *g, char *err, size_t errlen)
     close(g->logfd);
     g->logfd = fd;
     g->log_off = GALOG_LOG_HDR;
+    if (unlinkat(g->dirfd, GALOG_LOG_OLD, 0) == 0)
+        fsync(g->dirfd);
     atomic_fetch_add(&g->a_compactions, 1);
     return 0;
 }
 
+/* Close the live log as GALOG_LOG_OLD and start a new one after the last record (writer
+ * thread, between batches: everything in the old one is synced). */
+static int rotate(fw_gallery *g)
+{
+    char err[256];
+    if (renameat(g->dirfd, GALOG_LOG_NAME, g->dirfd, GALOG_LOG_OLD) != 0) {
+        glog(g, "compaction: cannot close the log segment: %s", strerror(errno));
+        return -1;
+    }
+    int fd = -1;
+    if (fsync(g->dirfd) != 0)
+        snprintf(err, sizeof err, "sync directory: %s", strerror(errno));
+    else
+        fd = galog_log_create(g->dirfd, g->opt.io, g->last_seq, err, sizeof err);
+    if (fd < 0) {
+        /* Put the live log back under its name. If even that fails we go on appending to it
+         * under the old-segment name (the next start reads it first, then creates a log), but
+         * never compact it while it is live. */
+        if (renameat(g->dirfd, GALOG_LOG_OLD, g->dirfd, GALOG_LOG_NAME) != 0 ||
+            fsync(g->dirfd) != 0) {
+            g->compaction_off = 1;
+            glog(g, "compaction: %s; the log cannot be renamed back (%s): no compaction until "
+                 "restart", err, strerror(errno));
+        } else {
+            glog(g, "compaction: cannot start a new log: %s", err);
+        }
+        return -1;
+    }
+    close(g->logfd);
+    g->logfd = fd;
+    g->old_bytes = g->log_off;
+    g->log_off = GALOG_LOG_HDR;
+    g->old_segment = 1;
+    return 0;
+}
+
+static void compactor_submit(fw_gallery *g)
+{
+    pthread_mutex_lock(&g->cmu);
+    g->c_pending = 1;
+    g->c_next_id = g->next_id;
+    pthread_cond_signal(&g->ccv);
+    pthread_mutex_unlock(&g->cmu);
+}
+
+/* Writer thread, after each batch: collect a finished compaction; start one when the log has
+ * outgrown both compact_min_bytes and the last snapshot (O(1) amortised rewriting per record). */
 static void maybe_compact(fw_gallery *g)
 {
-    if (!g->dir || g->log_broken || g->log_off < g->opt.compact_min_bytes ||
-        g->log_off < g->snap_bytes || g->log_off < g->compact_retry_at)
+    if (!g->dir || g->log_broken || g->compaction_off)
         return;
-    char err[256];
-    uint64_t t0 = uv_hrtime();
-    if (compact(g, err, sizeof err) != 0) {
-        g->compact_retry_at = g->log_off + g->opt.compact_min_bytes;
-        glog(g, "compaction failed, will retry later: %s", err);
-    } else {
-        g->compact_retry_at = 0;
-        glog(g, "compacted: snapshot of %u faces, %llu bytes, %.1f ms", galidx_faces(g->ix),
-             (unsigned long long)g->snap_bytes, (double)(uv_hrtime() - t0) / 1e6);
+    pthread_mutex_lock(&g->cmu);
+    if (g->c_finished) {
+        g->c_finished = 0;
+        if (g->c_ok) {
+            g->snap_bytes = g->c_res.snap_bytes;
+            g->old_segment = 0;
+            g->old_bytes = 0;
+            g->compact_retry_at = 0;
+        } else {
+            g->compact_retry_at = g->log_off + g->opt.compact_min_bytes;
+        }
     }
+    int busy = g->c_pending || g->c_busy;
+    pthread_mutex_unlock(&g->cmu);
+    if (busy)
+        return;
+    if (g->old_segment) { /* the last merge failed: retry after a while */
+        if (g->log_off >= g->compact_retry_at)
+            compactor_submit(g);
+        return;
+    }
+    if (g->log_off < g->opt.compact_min_bytes || g->log_off < g->snap_bytes ||
+        g->log_off < g->compact_retry_at)
+        return;
+    if (rotate(g) != 0) {
+        g->compact_retry_at = g->log_off + g->opt.compact_min_bytes;
+        return;
+    }
+    compactor_submit(g);
     publish(g);
+}
+
+/* The compactor thread: merges snapshot + closed segment into a new snapshot from the files
+ * (galmerge.c), while the writer goes on with the live log. */
+static void *compactor_main(void *arg)
+{
+    fw_gallery *g = arg;
+    pthread_mutex_lock(&g->cmu);
+    for (;;) {
+        while (!g->c_pending && !g->c_quit)
+            pthread_cond_wait(&g->ccv, &g->cmu);
+        if (!g->c_pending)
+            break; /* quitting, nothing left to do */
+        g->c_pending = 0;
+        g->c_busy = 1;
+        uint64_t next_id = g->c_next_id;
+        pthread_mutex_unlock(&g->cmu);
+
+        galmerge_result res;
+        char err[256];
+        uint64_t t0 = uv_hrtime();
+        int rc = galmerge_run(g->dirfd, g->opt.io, g->key, next_id, &res, err, sizeof err);
+        if (rc == 0) {
+            atomic_fetch_add(&g->a_compactions, 1);
+            glog(g, "compacted in the background: snapshot of %llu faces up to seq %llu, %llu "
+                 "bytes, %.1f ms", (unsigned long long)res.faces,
+                 (unsigned long long)res.last_seq, (unsigned long long)res.snap_bytes,
+                 (double)(uv_hrtime() - t0) / 1e6);
+        } else {
+            glog(g, "compaction failed, will retry later: %s", err);
+        }
+
+        pthread_mutex_lock(&g->cmu);
+        g->c_busy = 0;
+        g->c_finished = 1;
+        g->c_ok = rc == 0;
+        g->c_res = res;
+    }
+    pthread_mutex_unlock(&g->cmu);
+    return NULL;
 }
 
 /* ---- the writer thread ------------------------------------------------------------------ */
@@ -861,8 +1017,21 @@ void fw_gallery_info_get(fw_gallery *g, fw_gallery_info *info)
 
 /* ---- open / close ----------------------------------------------------------------------- */
 
+static void stop_compactor(fw_gallery *g)
+{
+    if (!g->compactor_started)
+        return;
+    pthread_mutex_lock(&g->cmu); /* lets a submitted or running merge finish */
+    g->c_quit = 1;
+    pthread_cond_signal(&g->ccv);
+    pthread_mutex_unlock(&g->cmu);
+    pthread_join(g->compactor, NULL);
+    g->compactor_started = 0;
+}
+
 static void gallery_free(fw_gallery *g)
 {
+    stop_compactor(g);
     if (g->logfd >= 0)
         close(g->logfd);
     if (g->lockfd >= 0)
@@ -874,6 +1043,8 @@ static void gallery_free(fw_gallery *g)
     pthread_mutex_destroy(&g->qmu);
     pthread_cond_destroy(&g->qcv);
     pthread_mutex_destroy(&g->dmu);
+    pthread_mutex_destroy(&g->cmu);
+    pthread_cond_destroy(&g->ccv);
     free(g->wbuf);
     free(g->batch);
     free(g->dir);
@@ -884,7 +1055,6 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
                     char *err, size_t errlen)
 {
     fw_gallery_report dummy;
-    unsigned char key[16];
     pthread_rwlockattr_t ra;
     *out = NULL;
     if (!rep)
@@ -921,8 +1091,10 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
     pthread_mutex_init(&g->qmu, NULL);
     pthread_cond_init(&g->qcv, NULL);
     pthread_mutex_init(&g->dmu, NULL);
-    randombytes_buf(key, sizeof key);
-    g->ix = galidx_new(key);
+    pthread_mutex_init(&g->cmu, NULL);
+    pthread_cond_init(&g->ccv, NULL);
+    randombytes_buf(g->key, sizeof g->key);
+    g->ix = galidx_new(g->key);
     g->wbuf = malloc((size_t)g->opt.batch_max * GALOG_REC_MAX);
     g->batch = malloc((size_t)g->opt.batch_max * sizeof *g->batch);
     if (opt && opt->data_dir)
@@ -939,6 +1111,13 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
                  "gallery: cut a torn tail of %llu bytes; repair dropped %llu bytes in %llu places",
                  (unsigned long long)rep->truncated_bytes, (unsigned long long)rep->repaired_bytes,
                  (unsigned long long)rep->repaired_records);
+    if (g->dir) {
+        if (pthread_create(&g->compactor, NULL, compactor_main, g) != 0) {
+            snprintf(err, errlen, "cannot start the gallery compactor thread");
+            goto err;
+        }
+        g->compactor_started = 1;
+    }
     if (pthread_create(&g->writer, NULL, writer_main, g) != 0) {
         snprintf(err, errlen, "cannot start the gallery writer thread");
         goto err;
@@ -967,6 +1146,7 @@ void fw_gallery_close(fw_gallery *g)
     pthread_mutex_unlock(&g->qmu);
     if (g->writer_started)
         pthread_join(g->writer, NULL);
+    stop_compactor(g);
     if (g->loop_attached) {
         deliver(g); /* what the writer finished after the loop's last turn */
         uv_close((uv_handle_t *)&g->async, on_async_closed);

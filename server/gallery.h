@@ -6,6 +6,7 @@
  *   gallery.c  this API, the writer thread, the rwlock, completions to the libuv loop
  *   galidx.c   the in-memory index (matrix, norms, id/subject maps, ordered subjects, search)
  *   galog.c    the on-disk formats (record codec, CRC32C, log scan/repair, snapshot)
+ *   galmerge.c background compaction: old snapshot + closed log -> new snapshot, from files
  * docs/gallery.md describes the formats, the crash-safety argument and the threading.
  *
  * Threading (who may call what):
@@ -56,12 +57,15 @@ typedef struct fw_gallery_options {
     uint32_t max_faces;       /* enroll beyond this -> INTERNAL "gallery full"; 0 = 10,000,000 */
     uint32_t queue_max;       /* enroll/delete requests waiting for the writer; 0 = 4096 */
     uint32_t batch_max;       /* records per group commit; 0 = 512 */
-    /* Compact (snapshot + fresh log) when the log holds more than this many bytes AND more
-     * bytes than the last snapshot, so rewriting costs O(1) amortised per record. 0 = 64 MiB. */
+    /* Compact when the log holds more than this many bytes AND more bytes than the last
+     * snapshot, so rewriting costs O(1) amortised per record: the writer closes the log (a
+     * rename and a new file) and the compactor thread merges snapshot + closed log into a new
+     * snapshot from the files, while enrolls go on. 0 = 64 MiB. */
     uint64_t compact_min_bytes;
     const fw_gallery_io *io;  /* NULL: real pwrite/fdatasync; must outlive the gallery */
-    /* Where the writer thread reports what happened (compactions, failed syncs). Called on the
-     * writer thread or inside fw_gallery_open. NULL: lines go to stderr. */
+    /* Where the gallery reports what happened (compactions, failed syncs, cut tails). Called on
+     * the writer thread, the compactor thread or inside fw_gallery_open, so it must be
+     * thread-safe (one line per call). NULL: lines go to stderr. */
     void (*log)(void *arg, const char *line);
     void *log_arg;
 } fw_gallery_options;
@@ -150,7 +154,7 @@ typedef struct fw_gallery_info {
     uint64_t disk_bytes;   /* snapshot + log (0 in memory-only mode) */
     uint64_t last_seq;     /* sequence number of the last durable record */
     uint64_t next_face_id; /* the id the next enroll will get */
-    uint64_t compactions;  /* snapshots written since open */
+    uint64_t compactions;  /* snapshots written since open (start-up and background) */
     uint64_t write_errors; /* batches that failed to reach the disk since open */
 } fw_gallery_info;
 
@@ -158,7 +162,9 @@ typedef struct fw_gallery_info {
 void fw_gallery_info_get(fw_gallery *g, fw_gallery_info *info);
 
 /* Stop: new requests get SHUTTING_DOWN; requests already queued are written and completed
- * (their callbacks run inside this call), then the writer thread is joined and files closed.
+ * (their callbacks run inside this call), then the writer thread is joined, a compaction in
+ * progress is let finish (seconds for millions of faces; a kill instead is safe too: the next
+ * start finishes it), and files are closed.
  * With a loop attached, call on the loop thread and run the loop afterwards: the memory is
  * freed once the uv_async handle has closed. g must not be used after this call. */
 void fw_gallery_close(fw_gallery *g);

@@ -250,8 +250,8 @@ int galog_scan_log(const uint8_t *buf, size_t len, uint64_t after_seq, int repai
     }
     res->start_seq = get64(buf + 8);
     if (res->start_seq > after_seq && !repair) {
-        snprintf(err, errlen, GALOG_LOG_NAME ": starts after seq %llu but the snapshot ends at "
-                 "seq %llu: records are missing; start with --repair to accept the loss",
+        snprintf(err, errlen, GALOG_LOG_NAME ": starts after seq %llu but the records before it "
+                 "end at seq %llu: records are missing; start with --repair to accept the loss",
                  (unsigned long long)res->start_seq, (unsigned long long)after_seq);
         return -1;
     }
@@ -346,6 +346,15 @@ int galog_load_snapshot(const uint8_t *buf, size_t len, int repair, galog_rec_fn
     return 0;
 }
 
+int galog_snap_peek(const uint8_t *buf, size_t len, uint64_t *last_seq)
+{
+    if (len < GALOG_SNAP_HDR || memcmp(buf, "FWGSNP01", 8) != 0 ||
+        galog_crc32c(0, buf, 36) != get32(buf + 36))
+        return -1;
+    *last_seq = get64(buf + 8);
+    return 0;
+}
+
 /* ---- writing ---------------------------------------------------------------------------- */
 
 int galog_write_all(const fw_gallery_io *io, int fd, const void *buf, size_t len, off_t off)
@@ -418,13 +427,24 @@ static int snap_flush(galog_snap_writer *w, char *err, size_t errlen)
     return 0;
 }
 
+static void snap_header(uint8_t *h, uint64_t last_seq, uint64_t next_face_id, uint64_t faces)
+{
+    memcpy(h, "FWGSNP01", 8);
+    put64(h + 8, last_seq);
+    put64(h + 16, next_face_id);
+    put64(h + 24, faces);
+    put32(h + 32, 0);
+    put32(h + 36, galog_crc32c(0, h, 36));
+}
+
 int galog_snap_begin(galog_snap_writer *w, int dirfd, const fw_gallery_io *io, uint64_t last_seq,
-                     uint64_t next_face_id, uint64_t faces, char *err, size_t errlen)
+                     uint64_t next_face_id, char *err, size_t errlen)
 {
     memset(w, 0, sizeof *w);
     w->dirfd = dirfd;
     w->io = io;
-    w->expected = faces;
+    w->last_seq = last_seq;
+    w->next_face_id = next_face_id;
     w->buf = malloc(SNAP_BUF);
     if (!w->buf) {
         snprintf(err, errlen, "snapshot: out of memory");
@@ -437,13 +457,7 @@ int galog_snap_begin(galog_snap_writer *w, int dirfd, const fw_gallery_io *io, u
         snprintf(err, errlen, "create " GALOG_SNAP_TMP ": %s", strerror(errno));
         return -1;
     }
-    uint8_t *h = w->buf;
-    memcpy(h, "FWGSNP01", 8);
-    put64(h + 8, last_seq);
-    put64(h + 16, next_face_id);
-    put64(h + 24, faces);
-    put32(h + 32, 0);
-    put32(h + 36, galog_crc32c(0, h, 36));
+    snap_header(w->buf, last_seq, next_face_id, 0); /* the count is patched in at commit */
     w->used = GALOG_SNAP_HDR;
     return 0;
 }
@@ -469,11 +483,7 @@ int galog_snap_add(galog_snap_writer *w, uint64_t face_id, const char *subject, 
 
 int galog_snap_commit(galog_snap_writer *w, uint64_t *bytes, char *err, size_t errlen)
 {
-    if (w->faces != w->expected) {
-        snprintf(err, errlen, "snapshot: %llu faces written, %llu announced",
-                 (unsigned long long)w->faces, (unsigned long long)w->expected);
-        return -1;
-    }
+    uint8_t h[GALOG_SNAP_HDR];
     if (w->cap - w->used < GALOG_SNAP_TRAILER && snap_flush(w, err, errlen) != 0)
         return -1;
     uint8_t *t = w->buf + w->used;
@@ -483,6 +493,11 @@ int galog_snap_commit(galog_snap_writer *w, uint64_t *bytes, char *err, size_t e
     w->used += GALOG_SNAP_TRAILER;
     if (snap_flush(w, err, errlen) != 0)
         return -1;
+    snap_header(h, w->last_seq, w->next_face_id, w->faces);
+    if (galog_write_all(w->io, w->fd, h, sizeof h, 0) != 0) {
+        snprintf(err, errlen, "write " GALOG_SNAP_TMP ": %s", strerror(errno));
+        return -1;
+    }
     if (galog_datasync(w->io, w->fd) != 0) {
         snprintf(err, errlen, "sync " GALOG_SNAP_TMP ": %s", strerror(errno));
         return -1;

@@ -23,6 +23,7 @@
 
 #define GALOG_LOG_NAME "gallery.log"
 #define GALOG_LOG_TMP "gallery.log.tmp"
+#define GALOG_LOG_OLD "gallery.log.old"  /* a closed log segment being compacted */
 #define GALOG_SNAP_NAME "gallery.snap"
 #define GALOG_SNAP_TMP "gallery.snap.tmp"
 #define GALOG_LOCK_NAME "LOCK"
@@ -94,6 +95,9 @@ typedef struct galog_snap_info {
 int galog_load_snapshot(const uint8_t *buf, size_t len, int repair, galog_rec_fn fn, void *arg,
                         galog_snap_info *info, char *err, size_t errlen);
 
+/* The header of a snapshot image: 0 and its last_seq, or -1 if it is not a valid header. */
+int galog_snap_peek(const uint8_t *buf, size_t len, uint64_t *last_seq);
+
 /* ---- writing ---------------------------------------------------------------------------- */
 
 /* Write all of buf at off through io (NULL = real pwrite), retrying short writes and EINTR.
@@ -107,19 +111,20 @@ int galog_datasync(const fw_gallery_io *io, int fd);
 int galog_log_create(int dirfd, const fw_gallery_io *io, uint64_t start_seq, char *err,
                      size_t errlen);
 
-/* Snapshot writer: begin creates GALOG_SNAP_TMP, add appends faces, commit writes the trailer,
- * syncs, renames over GALOG_SNAP_NAME and syncs the directory; abort removes the temp file.
- * Returns 0 or -1 with err (then call abort). */
+/* Snapshot writer: begin creates GALOG_SNAP_TMP, add appends faces, commit writes the trailer
+ * and the final header (the face count is known only then), syncs, renames over
+ * GALOG_SNAP_NAME and syncs the directory; abort removes the temp file. Returns 0 or -1 with
+ * err (then call abort). */
 typedef struct galog_snap_writer {
     int dirfd, fd;
     const fw_gallery_io *io;
     off_t off;
-    uint64_t faces, expected;
+    uint64_t faces, last_seq, next_face_id;
     uint8_t *buf;
     size_t used, cap;
 } galog_snap_writer;
 int galog_snap_begin(galog_snap_writer *w, int dirfd, const fw_gallery_io *io, uint64_t last_seq,
-                     uint64_t next_face_id, uint64_t faces, char *err, size_t errlen);
+                     uint64_t next_face_id, char *err, size_t errlen);
 int galog_snap_add(galog_snap_writer *w, uint64_t face_id, const char *subject, size_t subject_len,
                    const void *meta, size_t meta_len, const float *desc, char *err, size_t errlen);
 int galog_snap_commit(galog_snap_writer *w, uint64_t *bytes, char *err, size_t errlen);
