@@ -277,7 +277,7 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
     g->last_seq = after_seq;
 
     /* A closed segment whose background compaction did not finish: it comes before the live
-     * log. Compacting at once (below) folds it into a snapshot and removes it. */
+     * log. The compactor merges it as soon as it starts (from the files, like any merge). */
     fd = openat(g->dirfd, GALOG_LOG_OLD, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno != ENOENT) {
         snprintf(err, errlen, "open " GALOG_LOG_OLD ": %s", strerror(errno));
@@ -302,6 +302,8 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         map = NULL;
         close(fd);
         fd = -1;
+        g->old_segment = 1;
+        g->old_bytes = len;
         rep->log_records += sc.records;
         rep->truncated_bytes += sc.truncated;
         rep->repaired_bytes += sc.dropped_bytes;
@@ -309,7 +311,6 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         if (sc.last_seq > g->last_seq)
             g->last_seq = sc.last_seq;
         after_seq = g->last_seq;
-        need_compact = 1;
     }
 
     fd = openat(g->dirfd, GALOG_LOG_NAME, O_RDWR | O_CLOEXEC);
@@ -395,9 +396,9 @@ static int snap_visit(void *arg, uint64_t face_id, const char *subject, size_t s
                           c->errlen);
 }
 
-/* At start-up (after a repair, or to fold in a closed segment): snapshot the index from
- * memory, start an empty log, drop the closed segment. Crash at any point leaves a loadable
- * state: see docs/gallery.md. */
+/* At start-up after a repair: snapshot the index from memory, start an empty log, drop any
+ * closed segment (the snapshot covers it). Crash at any point leaves a loadable state: see
+ * docs/gallery.md. */
 static int compact(fw_gallery *g, char *err, size_t errlen)
 {
     galog_snap_writer w;
@@ -420,6 +421,8 @@ static int compact(fw_gallery *g, char *err, size_t errlen)
     g->log_off = GALOG_LOG_HDR;
     if (unlinkat(g->dirfd, GALOG_LOG_OLD, 0) == 0)
         fsync(g->dirfd);
+    g->old_segment = 0;
+    g->old_bytes = 0;
     atomic_fetch_add(&g->a_compactions, 1);
     return 0;
 }
@@ -1117,6 +1120,8 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
             goto err;
         }
         g->compactor_started = 1;
+        if (g->old_segment) /* left by a crash in the middle of a compaction */
+            compactor_submit(g);
     }
     if (pthread_create(&g->writer, NULL, writer_main, g) != 0) {
         snprintf(err, errlen, "cannot start the gallery writer thread");
