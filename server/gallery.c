@@ -304,6 +304,10 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         fd = -1;
         g->old_segment = 1;
         g->old_bytes = len;
+        /* A segment is synced before it is closed, so a bad tail here means damage (only
+         * --repair gets this far with one): rewrite everything from memory below. */
+        if (sc.truncated || sc.dropped_bytes)
+            need_compact = 1;
         rep->log_records += sc.records;
         rep->truncated_bytes += sc.truncated;
         rep->repaired_bytes += sc.dropped_bytes;
@@ -359,6 +363,11 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         if (sc.dropped_bytes) {
             glog(g, GALOG_LOG_NAME ": --repair dropped %llu corrupt bytes in %llu places",
                  (unsigned long long)sc.dropped_bytes, (unsigned long long)sc.dropped_runs);
+            need_compact = 1;
+        }
+        if (sc.start_seq > after_seq) { /* --repair accepted missing records */
+            glog(g, GALOG_LOG_NAME ": --repair accepted the loss of records %llu to %llu",
+                 (unsigned long long)after_seq + 1, (unsigned long long)sc.start_seq);
             need_compact = 1;
         }
     }

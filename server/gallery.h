@@ -43,8 +43,9 @@
 
 typedef struct fw_gallery fw_gallery;
 
-/* The write path's system calls, replaceable for fault-injection tests. Called only from the
- * gallery's writer thread (and from fw_gallery_open). NULL members mean the real call. */
+/* The write path's system calls, replaceable for fault-injection tests. Called from the
+ * gallery's writer and compactor threads, possibly at the same time, and from
+ * fw_gallery_open. NULL members mean the real call. */
 typedef struct fw_gallery_io {
     ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t len, off_t off);
     int (*fdatasync)(void *ctx, int fd);
