@@ -1204,6 +1204,68 @@ static void t_write_failure(void)
     rm_dir(dir);
 }
 
+/* An io hook that can hold the writer inside pwrite, to fill its queue deterministically. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, open;
+} gate;
+
+static ssize_t gate_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t off)
+{
+    gate *gt = ctx;
+    pthread_mutex_lock(&gt->mu);
+    gt->entered++;
+    pthread_cond_broadcast(&gt->cv);
+    while (!gt->open)
+        pthread_cond_wait(&gt->cv, &gt->mu);
+    pthread_mutex_unlock(&gt->mu);
+    return pwrite(fd, buf, len, off);
+}
+
+static void t_queue_full(void)
+{
+    char dir[64], err[128];
+    tg t;
+    float d[DIM];
+    result r[3];
+    gate gt = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 1 };
+    fw_gallery_io io = { gate_pwrite, NULL, &gt };
+    memset(r, 0, sizeof r);
+    make_tmpdir(dir, sizeof dir);
+    fw_gallery_options o = durable(dir);
+    o.io = &io;
+    o.queue_max = 2;
+    CHECK(tg_open(&t, &o) == 0);
+    desc_for(1, d);
+    pthread_mutex_lock(&gt.mu);
+    gt.open = 0;
+    int before = gt.entered;
+    pthread_mutex_unlock(&gt.mu);
+    CHECK_EQ_INT(fw_gallery_enroll(t.g, "q", 1, NULL, 0, d, on_done, &r[0], err, sizeof err), 0);
+    pthread_mutex_lock(&gt.mu); /* the writer took it and is now held inside pwrite */
+    while (gt.entered == before)
+        pthread_cond_wait(&gt.cv, &gt.mu);
+    pthread_mutex_unlock(&gt.mu);
+    CHECK_EQ_INT(fw_gallery_enroll(t.g, "q", 1, NULL, 0, d, on_done, &r[1], err, sizeof err), 0);
+    CHECK_EQ_INT(fw_gallery_enroll(t.g, "q", 1, NULL, 0, d, on_done, &r[2], err, sizeof err), 0);
+    result extra = { 0 };
+    CHECK_EQ_INT(fw_gallery_enroll(t.g, "q", 1, NULL, 0, d, on_done, &extra, err, sizeof err),
+                 FW_STATUS_BUSY);
+    CHECK_EQ_STR(err, "gallery write queue full (2 waiting)");
+    pthread_mutex_lock(&gt.mu);
+    gt.open = 1;
+    pthread_cond_broadcast(&gt.cv);
+    pthread_mutex_unlock(&gt.mu);
+    for (int i = 0; i < 3; i++) {
+        wait_for(&t, &r[i]);
+        CHECK_EQ_INT(r[i].status, FW_STATUS_OK);
+    }
+    CHECK_EQ_INT(extra.fired, 0); /* a refused request never gets a callback */
+    tg_close(&t);
+    rm_dir(dir);
+}
+
 /* A real full file system. Needs root and mount(2); says so loudly when it cannot run. */
 static void t_tmpfs_full(void)
 {
@@ -1551,6 +1613,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_snapshot_damaged),
     CHECK_TEST(t_bad_headers),
     CHECK_TEST(t_write_failure),
+    CHECK_TEST(t_queue_full),
     CHECK_TEST(t_tmpfs_full),
     CHECK_TEST(t_kill9_during_enrolls),
     CHECK_TEST(t_identify_races_enroll_delete),
