@@ -89,6 +89,15 @@ typedef struct fwl_conn {
     unsigned iovcap;
 } fwl_conn;
 
+/* The latency of the answers of one status, two ways. from_t0 is the run's definition (from
+ * the intended send time in open loop); from_send starts when the request was handed to the
+ * kernel, so it leaves out the pacer's own lateness (up to its 1 ms tick) and the wait for a
+ * free slot: what the server and the network took. Identical in closed loop. */
+typedef struct fwl_lat {
+    fwh from_t0;
+    fwh from_send;
+} fwl_lat;
+
 typedef struct fwl_stats {
     uint64_t sent, answered, late, events;
     uint64_t status[FW_STATUS_COUNT + 1]; /* last one: any status we do not know */
@@ -132,7 +141,11 @@ typedef struct fwl {
     size_t h_head, h_len;
 
     fwl_stats st;
-    fwh *lat_all, *lat_ok, *lat_interval; /* owned */
+    fwh *lat_all, *lat_interval; /* owned */
+    /* owned, [FW_STATUS_COUNT + 1], indexed like st.status: latency per answer status,
+     * because under overload the statuses have nothing in common (a BUSY is answered at once,
+     * an OK waited in the queue and ran) and one mixed distribution describes neither */
+    fwl_lat *lat_status;
     uint64_t progress_last_t, progress_last_answered;
     int show_progress;
     uint8_t *readbuf; /* owned, FWL_READBUF bytes, shared by every connection's reads */
@@ -376,14 +389,15 @@ static int on_reply(fwl_conn *c, const fw_header *h, const uint8_t *body, uint64
         if (!fw_get_str(&r, &n))
             protocol_error(c, "error reply without a message", 0);
     }
-    app->st.status[h->status < FW_STATUS_COUNT ? h->status : FW_STATUS_COUNT]++;
+    unsigned si = h->status < FW_STATUS_COUNT ? h->status : FW_STATUS_COUNT;
+    app->st.status[si]++;
     app->st.answered++;
     uint64_t lat = now > sl->t0 ? now - sl->t0 : 0;
     fwh_record(app->lat_all, lat);
     if (app->show_progress)
         fwh_record(app->lat_interval, lat);
-    if (h->status == FW_STATUS_OK)
-        fwh_record(app->lat_ok, lat);
+    fwh_record(&app->lat_status[si].from_t0, lat);
+    fwh_record(&app->lat_status[si].from_send, now > sl->t_sent ? now - sl->t_sent : 0);
     app->t_last_reply = now;
     return 0;
 }
@@ -603,8 +617,11 @@ static void on_pacer(uv_timer_t *t)
     if (app->phase != P_RUNNING)
         return;
     uint64_t now = now_ns();
+    /* Request k is due at t_start + k/rate, so those due by now are k = 0 .. floor(el*rate):
+     * one more than floor(el*rate). (Counting only floor(el*rate) sent every request one
+     * interval late and charged that interval as latency: 3.3 ms at 300 rps.) */
     double due_f = (double)(now - app->t_start) / app->ns_per_req;
-    uint64_t due = (uint64_t)due_f;
+    uint64_t due = (uint64_t)due_f + 1;
     if (app->opt.requests && due > app->opt.requests)
         due = app->opt.requests;
     while (app->scheduled < due) {
@@ -834,6 +851,7 @@ static void report_json(const fwl *app)
     const fwl_stats *s = &app->st;
     double secs = run_seconds(app);
     const fwh *h = app->lat_all;
+    const fwh *ok = &app->lat_status[FW_STATUS_OK].from_t0;
     printf("{\"rps\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, "
            "\"p999_us\": %.1f, \"max_us\": %.1f, \"status\": {",
            secs > 0 ? (double)s->answered / secs : 0.0, fwh_percentile(h, 50) / 1e3,
@@ -851,12 +869,29 @@ static void report_json(const fwl *app)
            ", \"answered\": %" PRIu64 ", \"ok_p50_us\": %.1f, \"ok_p99_us\": %.1f, "
            "\"error_kinds\": {\"connect\": %" PRIu64 ", \"disconnect\": %" PRIu64
            ", \"protocol\": %" PRIu64 ", \"timeout\": %" PRIu64 ", \"overflow\": %" PRIu64
-           "}, \"unsent\": %" PRIu64 "}\n",
+           "}, \"unsent\": %" PRIu64 ", \"status_latency_us\": {",
            errors_total(s), app->established_active, secs, app->established_idle, app->opt.pipeline,
            app->opt.rate > 0 ? "open" : "closed", s->sent, s->answered,
-           fwh_percentile(app->lat_ok, 50) / 1e3, fwh_percentile(app->lat_ok, 99) / 1e3,
+           fwh_percentile(ok, 50) / 1e3, fwh_percentile(ok, 99) / 1e3,
            s->err_connect, s->err_disconnect, s->err_protocol, s->err_timeout, s->err_overflow,
            s->unsent);
+    /* Latency by status, for every status that was answered: an overload test reads the
+     * OK figures against the deadline and the BUSY figures against "refused at once". */
+    first = 1;
+    for (unsigned i = 0; i <= FW_STATUS_COUNT; i++) {
+        const fwh *sh = &app->lat_status[i].from_t0, *ss = &app->lat_status[i].from_send;
+        if (sh->total == 0)
+            continue;
+        printf("%s\"%s\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, "
+               "\"max\": %.1f, \"from_send_p50\": %.1f, \"from_send_p99\": %.1f, "
+               "\"from_send_max\": %.1f}",
+               first ? "" : ", ", status_label(i), fwh_percentile(sh, 50) / 1e3,
+               fwh_percentile(sh, 90) / 1e3, fwh_percentile(sh, 99) / 1e3,
+               fwh_percentile(sh, 99.9) / 1e3, (double)sh->max / 1e3,
+               fwh_percentile(ss, 50) / 1e3, fwh_percentile(ss, 99) / 1e3, (double)ss->max / 1e3);
+        first = 0;
+    }
+    printf("}}\n");
 }
 
 static void print_latency(const char *label, const fwh *h)
@@ -889,8 +924,19 @@ static void report_text(const fwl *app)
     printf("  requests   %" PRIu64 " sent, %" PRIu64 " answered in %.3f s: %.1f rps\n", s->sent,
            s->answered, secs, secs > 0 ? (double)s->answered / secs : 0.0);
     print_latency("latency", app->lat_all);
-    if (app->lat_ok->total != app->lat_all->total)
-        print_latency("OK only", app->lat_ok);
+    /* by status, when there is more than one (otherwise it would repeat the line above) */
+    if (app->lat_status[FW_STATUS_OK].from_t0.total != app->lat_all->total) {
+        for (unsigned i = 0; i <= FW_STATUS_COUNT; i++) {
+            const fwl_lat *l = &app->lat_status[i];
+            if (l->from_t0.total == 0)
+                continue;
+            print_latency(status_label(i), &l->from_t0);
+            if (app->opt.rate > 0)
+                printf("  %-10s from the send: p50 %.1f  p99 %.1f  max %.1f\n", "",
+                       fwh_percentile(&l->from_send, 50) / 1e3,
+                       fwh_percentile(&l->from_send, 99) / 1e3, (double)l->from_send.max / 1e3);
+        }
+    }
     printf("  status    ");
     for (unsigned i = 0; i <= FW_STATUS_COUNT; i++)
         if (s->status[i])
@@ -1189,7 +1235,7 @@ static void app_free(fwl *app)
     free(app->queue);
     free(app->hungry);
     free(app->lat_all);
-    free(app->lat_ok);
+    free(app->lat_status);
     free(app->lat_interval);
     free(app->readbuf);
     fwl_ops_free(&app->ops);
@@ -1230,10 +1276,10 @@ int main(int argc, char **argv)
     app->nconns = o->connections + o->idle_connections;
     app->conns = calloc(app->nconns, sizeof *app->conns);
     app->lat_all = malloc(sizeof(fwh));
-    app->lat_ok = malloc(sizeof(fwh));
+    app->lat_status = malloc((FW_STATUS_COUNT + 1) * sizeof *app->lat_status);
     app->lat_interval = malloc(sizeof(fwh));
     app->readbuf = malloc(FWL_READBUF);
-    if (!app->conns || !app->lat_all || !app->lat_ok || !app->lat_interval || !app->readbuf) {
+    if (!app->conns || !app->lat_all || !app->lat_status || !app->lat_interval || !app->readbuf) {
         fprintf(stderr, "fwload: out of memory for %u connections\n", app->nconns);
         goto err;
     }
@@ -1248,7 +1294,10 @@ int main(int argc, char **argv)
         app->ns_per_req = 1e9 / o->rate;
     }
     fwh_reset(app->lat_all);
-    fwh_reset(app->lat_ok);
+    for (unsigned i = 0; i <= FW_STATUS_COUNT; i++) {
+        fwh_reset(&app->lat_status[i].from_t0);
+        fwh_reset(&app->lat_status[i].from_send);
+    }
     fwh_reset(app->lat_interval);
     for (unsigned i = 0; i < app->nconns; i++) {
         fwl_conn *c = &app->conns[i];
