@@ -211,17 +211,11 @@ static int read_all(const char *path, size_t max, char **buf, size_t *len, char 
     }
     for (;;) {
         if (have == cap) {
-            if (cap > max) {
-                set_err(err, errcap, path, "file too large");
-                goto err;
-            }
+            /* Grow up to max + 1 bytes: one byte past max is how "too large" shows (below),
+             * so a full buffer here is always under the limit. */
             size_t ncap = cap ? cap * 2 : 4096;
             if (ncap > max + 1)
-                ncap = max + 1; /* room for one byte past max: that is how "too large" shows */
-            if (ncap <= cap) {
-                set_err(err, errcap, path, "file too large");
-                goto err;
-            }
+                ncap = max + 1;
             char *np = realloc(p, ncap + 1);
             if (!np) {
                 set_err(err, errcap, path, "out of memory");
@@ -555,6 +549,9 @@ fw_sec_verdict fw_security_check(const fw_security *sec, fw_secure_session *s, f
             return FW_SECV_UNAUTHORIZED;
         }
         return FW_SECV_PASS;
+    case FW_SEC_FAILED:
+        *why = "secure session failed";
+        return FW_SECV_CLOSE;
     default:
         /* HELLO answered, AUTH expected: anything else breaks the handshake. */
         *why = "expected AUTH after HELLO";
