@@ -16,6 +16,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "server/galidx.h"
 
@@ -41,6 +42,11 @@ typedef struct meta_block {
 struct galidx {
     unsigned char key[crypto_shorthash_KEYBYTES];
     uint32_t n, cap;
+    /* The per-row arrays live in one mapping reserved for max_faces rows (address space only;
+     * pages are touched as rows are added), so they never move and never get copied. NULL:
+     * the mapping was refused (strict overcommit, ulimit -v) and they grow by doubling. */
+    void *region;
+    size_t region_len;
     float *x;                /* cap x DIM, 64-byte aligned */
     float *norms;            /* |x|^2 per row */
     uint64_t *ids;
@@ -146,12 +152,43 @@ static float sqnorm(const float *v)
 
 /* ---- life cycle ------------------------------------------------------------------------- */
 
-galidx *galidx_new(const unsigned char key[16])
+static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+/* Carve the per-row arrays out of one MAP_NORESERVE mapping for max_faces rows. */
+static void reserve_rows(galidx *ix, uint32_t max_faces)
+{
+    size_t m = max_faces, off[6], len = 0;
+    size_t sz[6] = { DIM * sizeof(float), sizeof(float), sizeof(uint64_t),
+                     sizeof(galidx_subj *), sizeof(uint32_t), sizeof(void *) };
+    if (!max_faces)
+        return;
+    for (int i = 0; i < 6; i++) {
+        off[i] = len;
+        len = align_up(len + m * sz[i], 4096);
+    }
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    char *b = p;
+    ix->region = p;
+    ix->region_len = len;
+    ix->x = (float *)(void *)(b + off[0]);
+    ix->norms = (float *)(void *)(b + off[1]);
+    ix->ids = (uint64_t *)(void *)(b + off[2]);
+    ix->subj = (galidx_subj **)(void *)(b + off[3]);
+    ix->spos = (uint32_t *)(void *)(b + off[4]);
+    ix->meta = (void **)(void *)(b + off[5]);
+    ix->cap = max_faces;
+}
+
+galidx *galidx_new(const unsigned char key[16], uint32_t max_faces)
 {
     galidx *ix = calloc(1, sizeof *ix);
     if (!ix)
         return NULL;
     memcpy(ix->key, key, sizeof ix->key);
+    reserve_rows(ix, max_faces);
     return ix;
 }
 
@@ -171,12 +208,16 @@ void galidx_free(galidx *ix)
         free(ix->meta[r]);
     for (uint32_t i = 0; i < ix->smap_cap; i++)
         galidx_subj_free(ix->smap[i]);
-    free(ix->x);
-    free(ix->norms);
-    free(ix->ids);
-    free(ix->subj);
-    free(ix->spos);
-    free(ix->meta);
+    if (ix->region) {
+        munmap(ix->region, ix->region_len);
+    } else {
+        free(ix->x);
+        free(ix->norms);
+        free(ix->ids);
+        free(ix->subj);
+        free(ix->spos);
+        free(ix->meta);
+    }
     free(ix->idmap);
     free(ix->smap);
     free(ix);
@@ -190,8 +231,10 @@ uint64_t galidx_mem_bytes(const galidx *ix)
 {
     uint64_t per_row = DIM * sizeof(float) + sizeof(float) + sizeof(uint64_t) +
                        sizeof(galidx_subj *) + sizeof(uint32_t) + sizeof(void *);
-    /* Subjects' row lists are counted at 4 bytes a face: their capacity is writer-private. */
-    return sizeof *ix + (uint64_t)ix->cap * per_row + (uint64_t)ix->idmap_cap * 16 +
+    /* Subjects' row lists are counted at 4 bytes a face: their capacity is writer-private. In
+     * the reserved mapping only the rows in use have been touched. */
+    uint64_t rows = ix->region ? ix->n : ix->cap;
+    return sizeof *ix + rows * per_row + (uint64_t)ix->idmap_cap * 16 +
            (uint64_t)ix->smap_cap * sizeof(galidx_subj *) + ix->meta_bytes + ix->subj_bytes +
            (uint64_t)ix->n * sizeof(uint32_t);
 }
@@ -417,6 +460,8 @@ int galidx_grow_prepare(const galidx *ix, uint64_t faces, uint64_t subjects, gal
     memset(gr, 0, sizeof *gr);
     if (faces > UINT32_MAX / 4 || subjects > UINT32_MAX / 4)
         return -1;
+    if (faces > ix->cap && ix->region)
+        return -1; /* beyond max_faces: the caller checks before */
     if (faces > ix->cap) {
         uint32_t cap = pow2_at_least(faces, 64);
         uint32_t n = ix->n;

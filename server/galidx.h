@@ -2,7 +2,7 @@
  * galidx.h — the gallery's in-memory index. Not thread-aware: gallery.c holds the rwlock.
  *
  * Layout: one contiguous row-major float32 matrix (a row of FW_GALLERY_DIM floats per face,
- * 64-byte aligned) with parallel per-row arrays (squared norm, face id, subject, position in
+ * page-aligned, reserved for max_faces rows) with parallel per-row arrays (squared norm, face id, subject, position in
  * the subject's row list, metadata). Deleting a face swap-removes its row (the last row moves
  * into the hole), so the matrix stays dense for BLAS. Two open-addressing hash maps written
  * here: face id -> row, subject -> subject record; a treap orders subjects for LIST cursors.
@@ -27,8 +27,11 @@ typedef struct galidx galidx;
 typedef struct galidx_subj galidx_subj;
 
 /* key: 16 random bytes keying the subject hash (SipHash), so clients cannot flood one bucket
- * chain or unbalance the treap. NULL on out of memory. */
-galidx *galidx_new(const unsigned char key[16]);
+ * chain or unbalance the treap. max_faces: address space is reserved for that many rows up
+ * front (MAP_NORESERVE: memory is used only as rows are added), so growing never copies the
+ * matrix; if the reservation is refused the arrays grow by doubling instead. NULL on out of
+ * memory. */
+galidx *galidx_new(const unsigned char key[16], uint32_t max_faces);
 void galidx_free(galidx *ix);
 
 uint32_t galidx_faces(const galidx *ix);

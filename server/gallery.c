@@ -1106,7 +1106,7 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
     pthread_mutex_init(&g->cmu, NULL);
     pthread_cond_init(&g->ccv, NULL);
     randombytes_buf(g->key, sizeof g->key);
-    g->ix = galidx_new(g->key);
+    g->ix = galidx_new(g->key, g->opt.max_faces);
     g->wbuf = malloc((size_t)g->opt.batch_max * GALOG_REC_MAX);
     g->batch = malloc((size_t)g->opt.batch_max * sizeof *g->batch);
     if (opt && opt->data_dir)

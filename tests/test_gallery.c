@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "fw_proto.h"
+#include "server/galidx.h"
 #include "server/gallery.h"
 #include "server/galog.h"
 #include "tests/check.h"
@@ -469,6 +470,50 @@ static void t_topk_vs_bruteforce(void)
     free(q);
     free(ids);
     free(alive);
+}
+
+/* The index on its own with no address-space reservation (max_faces 0): the per-row arrays
+ * grow by doubling and copying, which is what a box with strict overcommit gets. */
+static void t_index_doubling(void)
+{
+    enum { N = 700 };
+    unsigned char key[16] = { 1, 2, 3 };
+    galidx *ix = galidx_new(key, 0);
+    float *gal = malloc((size_t)N * DIM * sizeof(float));
+    CHECK(ix && gal);
+    for (int i = 0; i < N; i++) {
+        galidx_grow gr;
+        char s[16];
+        int oom;
+        snprintf(s, sizeof s, "s%d", i % 7);
+        desc_for(5000 + (uint64_t)i, gal + (size_t)i * DIM);
+        CHECK(galidx_grow_prepare(ix, (uint64_t)galidx_faces(ix) + 1,
+                                  (uint64_t)galidx_subjects(ix) + 1, &gr) == 0);
+        galidx_grow_commit(ix, &gr);
+        galidx_grow_release(&gr);
+        galidx_subj *sj = galidx_find_subject(ix, s, strlen(s));
+        if (!sj)
+            sj = galidx_subj_new(ix, s, strlen(s));
+        CHECK(sj && galidx_subj_reserve(sj, 1) == 0);
+        galidx_apply_enroll(ix, (uint64_t)i + 1, sj, galidx_meta_new("m", 1, &oom),
+                            gal + (size_t)i * DIM);
+    }
+    CHECK_EQ_INT(galidx_faces(ix), N);
+    CHECK_EQ_INT(galidx_subjects(ix), 7);
+    CHECK_EQ_INT(galidx_apply_delete_subject(ix, "s3", 2), N / 7);
+    CHECK_EQ_INT(galidx_apply_delete_face(ix, 1), 1);
+    CHECK_EQ_INT(galidx_apply_delete_face(ix, 1), 0);
+    fw_gallery_match m[5];
+    int cnt;
+    for (int i = 0; i < N; i += 97) {
+        int gone = i == 0 || i % 7 == 3;
+        CHECK_EQ_INT(galidx_search(ix, gal + (size_t)i * DIM, 1, 5, INFINITY, m, &cnt), 0);
+        CHECK_EQ_INT(cnt, 5);
+        CHECK(gone ? m[0].face_id != (uint64_t)i + 1
+                   : (m[0].face_id == (uint64_t)i + 1 && m[0].distance == 0.0f));
+    }
+    galidx_free(ix);
+    free(gal);
 }
 
 static void t_k_beyond_count(void)
@@ -1672,6 +1717,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_bad_input),
     CHECK_TEST(t_search_empty),
     CHECK_TEST(t_topk_vs_bruteforce),
+    CHECK_TEST(t_index_doubling),
     CHECK_TEST(t_k_beyond_count),
     CHECK_TEST(t_threshold),
     CHECK_TEST(t_list_paging),
