@@ -14,6 +14,7 @@
 #include <float.h>
 #include <math.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -160,7 +161,7 @@ static void reserve_rows(galidx *ix, uint32_t max_faces)
     size_t m = max_faces, off[6], len = 0;
     size_t sz[6] = { DIM * sizeof(float), sizeof(float), sizeof(uint64_t),
                      sizeof(galidx_subj *), sizeof(uint32_t), sizeof(void *) };
-    if (!max_faces)
+    if (!max_faces || m > SIZE_MAX / 1024) /* 32-bit address space: no reservation */
         return;
     for (int i = 0; i < 6; i++) {
         off[i] = len;
