@@ -63,7 +63,7 @@ static void make_tmpdir(char *buf, size_t len)
 
 static void rm_dir(const char *dir)
 {
-    static const char *names[] = { GALOG_LOG_NAME, GALOG_LOG_TMP, GALOG_SNAP_NAME,
+    static const char *names[] = { GALOG_LOG_NAME, GALOG_LOG_TMP, GALOG_LOG_OLD, GALOG_SNAP_NAME,
                                    GALOG_SNAP_TMP, GALOG_LOCK_NAME };
     char p[512];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
