@@ -62,6 +62,7 @@ struct galidx {
     galidx_subj *root;       /* treap */
     uint64_t meta_bytes, subj_bytes;
     uint64_t max_id;
+    float max_norm;          /* largest |x|^2 ever added: bounds the rounding error of a scan */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -580,6 +581,8 @@ void galidx_apply_enroll(galidx *ix, uint64_t face_id, galidx_subj *s, void *met
         s->pending--;
     memcpy(ix->x + (size_t)r * DIM, desc, DIM * sizeof(float));
     ix->norms[r] = sqnorm(desc);
+    if (ix->norms[r] > ix->max_norm)
+        ix->max_norm = ix->norms[r];
     ix->ids[r] = face_id;
     ix->subj[r] = s;
     ix->spos[r] = s->n;
@@ -706,22 +709,26 @@ int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_dis
     if (block > 16384)
         block = 16384;
     float thr2 = INFINITY;
-    if (!isinf(max_distance)) /* relaxed by a few ulps; the exact test is on the sqrt below */
-        thr2 = max_distance * max_distance * (1.0f + 8 * FLT_EPSILON);
+    if (!isinf(max_distance))
+        thr2 = max_distance * max_distance;
 
     uint32_t n = ix->n;
     float *dots = malloc((size_t)nq * (n < block ? (n ? n : 1) : block) * sizeof(float));
     hent *heaps = malloc((size_t)nq * k * sizeof(hent));
-    float *qn = malloc((size_t)nq * 2 * sizeof(float)); /* |q|^2, then the bound */
+    float *qn = malloc((size_t)nq * 3 * sizeof(float)); /* |q|^2, the bound, the threshold */
     int *hn = calloc((size_t)nq, sizeof(int));
     if (!dots || !heaps || !qn || !hn) {
         free(dots); free(heaps); free(qn); free(hn);
         return -1;
     }
-    float *bound = qn + nq;
+    float *bound = qn + nq, *thr = qn + 2 * nq;
     for (int i = 0; i < nq; i++) {
         qn[i] = sqnorm(q + (size_t)i * DIM);
-        bound[i] = thr2;
+        /* The scan's squared distances are off by up to ~DIM * eps * (|q|^2 + |x|^2) (float
+         * dot products, cancellation): let everything that close to the threshold through;
+         * the exact test is on the recomputed distance below. */
+        thr[i] = thr2 + 256 * FLT_EPSILON * (qn[i] + ix->max_norm);
+        bound[i] = thr[i];
     }
 
     for (uint32_t off = 0; off < n; off += block) {
@@ -737,7 +744,7 @@ int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_dis
         for (int i = 0; i < nq; i++) {
             const float *c = dots + (size_t)i * b;
             hent *h = heaps + (size_t)i * k;
-            float qni = qn[i], bd = bound[i];
+            float qni = qn[i], bd = bound[i], ti = thr[i];
             int cnt = hn[i];
             for (uint32_t j = 0; j < b; j++) {
                 float d = qni + nb[j] + c[j];
@@ -751,7 +758,7 @@ int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_dis
                 } else {
                     h[0] = e;
                     heap_sift_down(h, k, 0);
-                    bd = h[0].d < thr2 ? h[0].d : thr2;
+                    bd = h[0].d < ti ? h[0].d : ti;
                 }
             }
             bound[i] = bd;

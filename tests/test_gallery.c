@@ -570,6 +570,46 @@ static void t_threshold(void)
     tg_close(&t);
 }
 
+/* Large descriptors make |q|^2 + |x|^2 - 2 q.x cancel badly: the threshold must still be
+ * decided on the true distance, not on the scan's rounded one. */
+static void t_threshold_large_norms(void)
+{
+    tg t;
+    float q[DIM], x[DIM];
+    fw_gallery_match m[4];
+    int cnt, hits = 0, misses = 0;
+    CHECK(tg_open(&t, NULL) == 0);
+    for (int f = 0; f < 200; f++) { /* 200 faces at distance ~0.5 from their query */
+        desc_for(7000 + (uint64_t)f, x);
+        for (int c = 0; c < DIM; c++)
+            x[c] = 7.5f + 2.5f * x[c]; /* |x|^2 ~ 7,000 */
+        x[f % DIM] += 0.5f;
+        char s[16];
+        snprintf(s, sizeof s, "big%d", f);
+        CHECK_EQ_INT(enroll(&t, s, NULL, x, NULL, NULL), FW_STATUS_OK);
+    }
+    for (int f = 0; f < 200; f++) {
+        desc_for(7000 + (uint64_t)f, q);
+        for (int c = 0; c < DIM; c++)
+            q[c] = 7.5f + 2.5f * q[c];
+        double exact = 0; /* the same sum the gallery does for its survivors */
+        desc_for(7000 + (uint64_t)f, x);
+        for (int c = 0; c < DIM; c++)
+            x[c] = 7.5f + 2.5f * x[c];
+        x[f % DIM] += 0.5f;
+        for (int c = 0; c < DIM; c++)
+            exact += ((double)q[c] - x[c]) * ((double)q[c] - x[c]);
+        float d = (float)sqrt(exact);
+        CHECK_EQ_INT(search1(&t, q, 1, nextafterf(d, INFINITY), m, &cnt), FW_STATUS_OK);
+        hits += cnt == 1 && m[0].distance == d;
+        CHECK_EQ_INT(search1(&t, q, 1, d, m, &cnt), FW_STATUS_OK); /* strict: not < itself */
+        misses += cnt == 0;
+    }
+    CHECK_EQ_INT(hits, 200);
+    CHECK_EQ_INT(misses, 200);
+    tg_close(&t);
+}
+
 static void t_list_paging(void)
 {
     tg t;
@@ -1720,6 +1760,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_index_doubling),
     CHECK_TEST(t_k_beyond_count),
     CHECK_TEST(t_threshold),
+    CHECK_TEST(t_threshold_large_norms),
     CHECK_TEST(t_list_paging),
     CHECK_TEST(t_batch_dependencies),
     CHECK_TEST(t_close_flushes),
