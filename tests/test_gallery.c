@@ -1356,6 +1356,93 @@ static void t_write_failure(void)
     rm_dir(dir);
 }
 
+/* An io hook failing only the compactor's snapshot writes (recognised by the file name). */
+typedef struct snapfail {
+    atomic_int fail;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int failed_lines, compacted_lines;
+} snapfail;
+
+static ssize_t snapfail_pwrite(void *ctx, int fd, const void *buf, size_t len, off_t off)
+{
+    snapfail *sf = ctx;
+    char link[64], path[512];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    path[n > 0 ? n : 0] = '\0';
+    if (atomic_load(&sf->fail) && strstr(path, GALOG_SNAP_TMP)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return pwrite(fd, buf, len, off);
+}
+
+static void snapfail_log(void *arg, const char *line)
+{
+    snapfail *sf = arg;
+    pthread_mutex_lock(&sf->mu);
+    if (strncmp(line, "compaction failed", 17) == 0)
+        sf->failed_lines++;
+    if (strncmp(line, "compacted", 9) == 0)
+        sf->compacted_lines++;
+    pthread_cond_broadcast(&sf->cv);
+    pthread_mutex_unlock(&sf->mu);
+}
+
+/* A merge that fails (disk full for the new snapshot) leaves the closed segment in place and
+ * costs no request anything; the writer retries later and the retry folds it in. */
+static void t_compaction_failure(void)
+{
+    char dir[64];
+    tg t;
+    float d[DIM];
+    uint64_t ids[60];
+    snapfail sf;
+    memset(&sf, 0, sizeof sf);
+    pthread_mutex_init(&sf.mu, NULL);
+    pthread_cond_init(&sf.cv, NULL);
+    atomic_store(&sf.fail, 1);
+    fw_gallery_io io = { snapfail_pwrite, NULL, &sf };
+    make_tmpdir(dir, sizeof dir);
+    fw_gallery_options o = durable(dir);
+    o.io = &io;
+    o.log = snapfail_log;
+    o.log_arg = &sf;
+    o.compact_min_bytes = 4096;
+    CHECK(tg_open(&t, &o) == 0);
+    int i = 0;
+    for (; i < 10; i++) { /* past the first rotation */
+        desc_for((uint64_t)i, d);
+        CHECK_EQ_INT(enroll(&t, "c", NULL, d, &ids[i], NULL), FW_STATUS_OK);
+    }
+    pthread_mutex_lock(&sf.mu);
+    while (!sf.failed_lines)
+        pthread_cond_wait(&sf.cv, &sf.mu);
+    pthread_mutex_unlock(&sf.mu);
+    CHECK(file_size(dir, GALOG_LOG_OLD) > 0);
+    CHECK_EQ_INT(file_size(dir, GALOG_SNAP_TMP), -1); /* the half snapshot was removed */
+    atomic_store(&sf.fail, 0);
+    for (; i < 60; i++) { /* > compact_min_bytes more log: the writer retries the merge */
+        desc_for((uint64_t)i, d);
+        CHECK_EQ_INT(enroll(&t, "c", NULL, d, &ids[i], NULL), FW_STATUS_OK);
+    }
+    tg_close(&t);
+    CHECK(sf.compacted_lines >= 1);
+    CHECK_EQ_INT(file_size(dir, GALOG_LOG_OLD), -1);
+    o.io = NULL;
+    o.log = quiet_log;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK(t.rep.snapshot_faces >= 10);
+    fw_gallery_info info;
+    fw_gallery_info_get(t.g, &info);
+    CHECK_EQ_INT(info.faces, 60);
+    tg_close(&t);
+    pthread_mutex_destroy(&sf.mu);
+    pthread_cond_destroy(&sf.cv);
+    rm_dir(dir);
+}
+
 /* An io hook that can hold the writer inside pwrite, to fill its queue deterministically. */
 typedef struct gate {
     pthread_mutex_t mu;
@@ -1777,6 +1864,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_bad_headers),
     CHECK_TEST(t_write_failure),
     CHECK_TEST(t_queue_full),
+    CHECK_TEST(t_compaction_failure),
     CHECK_TEST(t_tmpfs_full),
     CHECK_TEST(t_kill9_during_enrolls),
     CHECK_TEST(t_identify_races_enroll_delete),
