@@ -42,6 +42,8 @@ typedef struct fwl_opts {
     const char *image;         /* --image: JPEG for EMBED */
     uint8_t priority;          /* --priority 0..2 */
     uint32_t deadline_ms;      /* --deadline-ms, 0 = server default */
+    uint32_t late_ms;          /* --late-ms: OK answers later than this are counted; 0 = off
+                                * (defaults to deadline_ms) */
     uint32_t timeout_ms;       /* --timeout-ms: a reply later than this is an error */
     uint32_t connect_timeout_ms;
     unsigned connect_batch;    /* connects in progress at once */

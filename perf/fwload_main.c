@@ -103,9 +103,9 @@ typedef struct fwl_stats {
     uint64_t status[FW_STATUS_COUNT + 1]; /* last one: any status we do not know */
     uint64_t err_connect, err_disconnect, err_protocol, err_timeout, err_overflow;
     uint64_t unsent; /* open loop: still queued when the run ended */
-    /* With --deadline-ms: OK answers that came later than the deadline, from the intended
-     * send time and from the send. Counted per answer, exactly: the histograms' buckets are
-     * 4 ms wide at 1 s, too coarse to tell 999 ms from 1001. */
+    /* With --late-ms (or --deadline-ms): OK answers that came later than that, from the
+     * intended send time and from the send. Counted per answer, exactly: the histograms'
+     * buckets are 4 ms wide at 1 s, too coarse to tell 999 ms from 1001. */
     uint64_t ok_late, ok_late_from_send;
     char first_connect_error[96];
     char first_protocol_error[96];
@@ -403,8 +403,8 @@ static int on_reply(fwl_conn *c, const fw_header *h, const uint8_t *body, uint64
     uint64_t lat_send = now > sl->t_sent ? now - sl->t_sent : 0;
     fwh_record(&app->lat_status[si].from_t0, lat);
     fwh_record(&app->lat_status[si].from_send, lat_send);
-    if (h->status == FW_STATUS_OK && app->opt.deadline_ms) {
-        uint64_t dl = (uint64_t)app->opt.deadline_ms * 1000000u;
+    if (h->status == FW_STATUS_OK && app->opt.late_ms) {
+        uint64_t dl = (uint64_t)app->opt.late_ms * 1000000u;
         app->st.ok_late += lat > dl;
         app->st.ok_late_from_send += lat_send > dl;
     }
@@ -880,13 +880,13 @@ static void report_json(const fwl *app)
            "\"error_kinds\": {\"connect\": %" PRIu64 ", \"disconnect\": %" PRIu64
            ", \"protocol\": %" PRIu64 ", \"timeout\": %" PRIu64 ", \"overflow\": %" PRIu64
            "}, \"unsent\": %" PRIu64 ", \"deadline_ms\": %" PRIu32
-           ", \"ok_past_deadline\": %" PRIu64 ", \"ok_past_deadline_from_send\": %" PRIu64
+           ", \"late_ms\": %" PRIu32 ", \"ok_late\": %" PRIu64 ", \"ok_late_from_send\": %" PRIu64
            ", \"status_latency_us\": {",
            errors_total(s), app->established_active, secs, app->established_idle, app->opt.pipeline,
            app->opt.rate > 0 ? "open" : "closed", s->sent, s->answered,
            fwh_percentile(ok, 50) / 1e3, fwh_percentile(ok, 99) / 1e3,
            s->err_connect, s->err_disconnect, s->err_protocol, s->err_timeout, s->err_overflow,
-           s->unsent, app->opt.deadline_ms, s->ok_late, s->ok_late_from_send);
+           s->unsent, app->opt.deadline_ms, app->opt.late_ms, s->ok_late, s->ok_late_from_send);
     /* Latency by status, for every status that was answered: an overload test reads the
      * OK figures against the deadline and the BUSY figures against "refused at once". */
     first = 1;
@@ -949,9 +949,9 @@ static void report_text(const fwl *app)
                        fwh_percentile(&l->from_send, 99) / 1e3, (double)l->from_send.max / 1e3);
         }
     }
-    if (app->opt.deadline_ms)
-        printf("  OK later than the %" PRIu32 " ms deadline: %" PRIu64 " (from the send: %" PRIu64
-               ")\n", app->opt.deadline_ms, s->ok_late, s->ok_late_from_send);
+    if (app->opt.late_ms)
+        printf("  OK later than %" PRIu32 " ms: %" PRIu64 " (from the send: %" PRIu64 ")\n",
+               app->opt.late_ms, s->ok_late, s->ok_late_from_send);
     printf("  status    ");
     for (unsigned i = 0; i <= FW_STATUS_COUNT; i++)
         if (s->status[i])
@@ -1002,6 +1002,8 @@ static void usage(FILE *out)
         "                         latency counted from each request's intended send time\n"
         "  --priority P           0 normal, 1 high, 2 low (default 0)\n"
         "  --deadline-ms MS       deadline_ms of every request (default 0: server default)\n"
+        "  --late-ms MS           count the OK answers later than MS (default: --deadline-ms;\n"
+        "                         e.g. against a server whose deadlines are off)\n"
         "  --timeout-ms MS        a request unanswered this long is an error (default 10000)\n"
         "  --connect-timeout-ms MS  (default 5000)\n"
         "  --connect-batch N      connects in progress at once (default 200)\n"
@@ -1049,7 +1051,7 @@ static int parse_double(const char *s, double lo, double hi, double *out)
 
 enum {
     O_OP = 256, O_MIX, O_BODY, O_SLEEP, O_IMAGE, O_RATE, O_PRIO, O_DEADLINE, O_TIMEOUT,
-    O_CTIMEOUT, O_CBATCH, O_IDLE, O_MAXRESP, O_MAXBACKLOG, O_JSON, O_PROGRESS, O_NOPROGRESS,
+    O_CTIMEOUT, O_CBATCH, O_LATE, O_IDLE, O_MAXRESP, O_MAXBACKLOG, O_JSON, O_PROGRESS, O_NOPROGRESS,
     O_HELP
 };
 
@@ -1065,6 +1067,7 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
         {"rate", required_argument, NULL, O_RATE},
         {"priority", required_argument, NULL, O_PRIO},
         {"deadline-ms", required_argument, NULL, O_DEADLINE},
+        {"late-ms", required_argument, NULL, O_LATE},
         {"timeout-ms", required_argument, NULL, O_TIMEOUT},
         {"connect-timeout-ms", required_argument, NULL, O_CTIMEOUT},
         {"connect-batch", required_argument, NULL, O_CBATCH},
@@ -1082,7 +1085,7 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
         .op = "ping", .sleep_ms = 10, .timeout_ms = 10000, .connect_timeout_ms = 5000,
         .connect_batch = 200, .max_response = 1u << 20, .max_backlog = 1u << 20,
     };
-    int have_d = 0, have_n = 0, have_op = 0;
+    int have_d = 0, have_n = 0, have_op = 0, have_late = 0;
     int ch;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":h:p:c:P:d:n:", longopts, NULL)) != -1) {
@@ -1132,6 +1135,11 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
             if (parse_u64(optarg, 0, UINT32_MAX, &v)) bad = "--deadline-ms: want a u32";
             o->deadline_ms = (uint32_t)v;
             break;
+        case O_LATE:
+            if (parse_u64(optarg, 0, UINT32_MAX, &v)) bad = "--late-ms: want a u32";
+            o->late_ms = (uint32_t)v;
+            have_late = 1;
+            break;
         case O_TIMEOUT:
             if (parse_u64(optarg, 1, 3600000, &v)) bad = "--timeout-ms: want 1..3600000";
             o->timeout_ms = (uint32_t)v;
@@ -1176,6 +1184,8 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
         fprintf(stderr, "fwload: unexpected argument '%s' (see --help)\n", argv[optind]);
         return -1;
     }
+    if (!have_late)
+        o->late_ms = o->deadline_ms;
     if (have_d == have_n) {
         fprintf(stderr, "fwload: give exactly one of -d SECONDS and -n REQUESTS\n");
         return -1;
