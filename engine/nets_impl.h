@@ -35,13 +35,19 @@ typedef struct landmark_net {
 
 #define RECOG_RES_BLOCKS 14
 
+/* A recognition conv: scale layer folded in, and either conv.wu (Winograd) or wp set. */
+typedef struct recog_conv {
+    nn_conv conv;
+    float *wp;            /* NULL, or conv.w packed by nn_conv_pack (owned) */
+} recog_conv;
+
 typedef struct recog_block {
-    nn_conv conv1, conv2; /* scale layers folded in */
+    recog_conv conv1, conv2;
     int down;             /* conv1 is 3x3 stride 2 "valid" plus the pooled shortcut */
 } recog_block;
 
 typedef struct recog_net {
-    nn_conv conv32_down;  /* 7x7 stride 2 "valid", scale folded */
+    recog_conv conv32_down; /* 7x7 stride 2 "valid" */
     recog_block block[RECOG_RES_BLOCKS];
     float *fc;            /* 256 x 128, no bias */
 } recog_net;

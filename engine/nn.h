@@ -33,8 +33,9 @@ typedef struct nn_conv {
     int kh, kw, cin, cout;
     float *w; /* owned by the network that holds it */
     float *b; /* cout floats, owned likewise */
-    float *wu; /* NULL, or the Winograd F(2x2,3x3) transform of w (16 x cin x cout, owned
-                * likewise): 3x3 stride-1 pad-1 convolutions then take that path */
+    float *wu; /* NULL, or the Winograd F(2x2,3x3) transform of w (16 matrices cin x cout,
+                * each packed for nn.c's own GEMM; owned likewise): 3x3 stride-1 pad-1
+                * convolutions then take that path */
 } nn_conv;
 
 /* Depthwise (3x3, multiplier 1) followed by pointwise (1x1) and a bias, as tf.separableConv2d
@@ -61,6 +62,19 @@ void nn_normalize(const uint8_t *rgb, int h, int w, const float mean[3], float *
  * kh*kw*cin must not exceed NN_COL_FLOATS (it is at most 2304 here). */
 void nn_conv2d(const nn_tensor *in, const nn_conv *conv, int stride, int pad_t, int pad_l,
                enum nn_act act, float *col, nn_tensor *out);
+
+/* Floats a k x n matrix takes packed for nn.c's GEMM (n rounded up to its panel width). */
+size_t nn_packed_floats(size_t k, size_t n);
+
+/* conv->w packed for nn.c's own GEMM (nn_conv2d_packed), in a new malloc'd array the caller
+ * owns and frees; NULL when out of memory. */
+float *nn_conv_pack(const nn_conv *conv);
+
+/* nn_conv2d with wp = nn_conv_pack(conv): the im2col and 1x1 GEMMs then run on nn.c's own
+ * kernel over those pre-packed weights, with bias and activation applied as it stores,
+ * instead of on cblas_sgemm (which repacks the weights on every call). wp may be NULL. */
+void nn_conv2d_packed(const nn_tensor *in, const nn_conv *conv, const float *wp, int stride,
+                      int pad_t, int pad_l, enum nn_act act, float *col, nn_tensor *out);
 
 /* Prepares conv (3x3) for the Winograd path: fills conv->wu. 0, or -1 on out of memory. */
 int nn_conv_winograd_prepare(nn_conv *conv);

@@ -46,13 +46,22 @@ static const struct {
 
 #define REC_ACT ((size_t)72 * 72 * 32) /* the largest activation: conv32_down's output */
 
+static void recog_conv_free(recog_conv *rc)
+{
+    nets_conv_free(&rc->conv);
+    free(rc->wp);
+    rc->wp = NULL;
+}
+
 /* prefix/conv/{filters,bias} and prefix/scale/{weights,biases}, folded into one conv:
  * ((x*w + b) * s + t) = x*(w*s) + (b*s + t). */
 static int take_scaled_conv(fw_model *m, const char *prefix, int k, int cin, int cout,
-                            int winograd, nn_conv *out, char *err, size_t errlen)
+                            int winograd, recog_conv *rc, char *err, size_t errlen)
 {
     char name[300];
     const float *s, *t;
+    nn_conv *out = &rc->conv;
+    rc->wp = NULL;
     snprintf(name, sizeof name, "%s/conv", prefix);
     if (nets_take_conv(m, name, "filters", k, k, cin, cout, out, err, errlen) != 0)
         return -1;
@@ -68,14 +77,15 @@ static int take_scaled_conv(fw_model *m, const char *prefix, int k, int cin, int
             out->w[r * (size_t)cout + (size_t)o] *= s[o];
     for (int o = 0; o < cout; o++)
         out->b[o] = out->b[o] * s[o] + t[o];
-    /* The stride-1 3x3 convs on the larger maps run as Winograd (nn.c). */
-    if (k == 3 && winograd && nn_conv_winograd_prepare(out) != 0) {
+    /* The stride-1 3x3 convs on the larger maps run as Winograd (nn.c), the others on
+     * weights packed for nn.c's GEMM; both are packed the same way. */
+    if (k == 3 && winograd ? nn_conv_winograd_prepare(out) != 0 : !(rc->wp = nn_conv_pack(out))) {
         snprintf(err, errlen, "%s: out of memory", m->label);
         goto err;
     }
     return 0;
 err:
-    nets_conv_free(out);
+    recog_conv_free(rc);
     return -1;
 }
 
@@ -108,10 +118,10 @@ err:
 
 void recog_free(recog_net *net)
 {
-    nets_conv_free(&net->conv32_down);
+    recog_conv_free(&net->conv32_down);
     for (int i = 0; i < RECOG_RES_BLOCKS; i++) {
-        nets_conv_free(&net->block[i].conv1);
-        nets_conv_free(&net->block[i].conv2);
+        recog_conv_free(&net->block[i].conv1);
+        recog_conv_free(&net->block[i].conv2);
     }
     free(net->fc);
     net->fc = NULL;
@@ -161,6 +171,13 @@ static void down_sum(const nn_tensor *x, const nn_tensor *conv, nn_tensor *out)
     }
 }
 
+/* All convs here pad alike on every side. */
+static void conv(const nn_tensor *in, const recog_conv *rc, int stride, int pad,
+                 enum nn_act act, float *col, nn_tensor *out)
+{
+    nn_conv2d_packed(in, &rc->conv, rc->wp, stride, pad, pad, act, col, out);
+}
+
 int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float out[128])
 {
     if (!nets || !ws || !rgb || !out || ws->cap < recog_ws_floats())
@@ -173,7 +190,7 @@ int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float 
     nn_tensor in = { buf[1], FW_RECOG_SIZE, FW_RECOG_SIZE, 3 };
     nn_normalize(rgb, in.h, in.w, rec_mean, in.d);
     nn_tensor c0 = { buf[0], 72, 72, 32 };
-    nn_conv2d(&in, &net->conv32_down, 2, 0, 0, NN_ACT_RELU, col, &c0);
+    conv(&in, &net->conv32_down, 2, 0, NN_ACT_RELU, col, &c0);
     nn_tensor x = { buf[1], 35, 35, 32 };
     nn_maxpool(&c0, 3, 2, 0, 0, &x);
 
@@ -182,11 +199,11 @@ int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float 
     for (int i = 0; i < RECOG_RES_BLOCKS; i++) {
         const recog_block *b = &net->block[i];
         float *p = buf[(xi + 1) % 3], *q = buf[(xi + 2) % 3];
-        int cout = b->conv1.cout;
+        int cout = b->conv1.conv.cout;
         if (!b->down) {
             nn_tensor t1 = { p, x.h, x.w, cout }, t2 = { q, x.h, x.w, cout };
-            nn_conv2d(&x, &b->conv1, 1, 1, 1, NN_ACT_RELU, col, &t1);
-            nn_conv2d(&t1, &b->conv2, 1, 1, 1, NN_ACT_NONE, col, &t2);
+            conv(&x, &b->conv1, 1, 1, NN_ACT_RELU, col, &t1);
+            conv(&t1, &b->conv2, 1, 1, NN_ACT_NONE, col, &t2);
             size_t n = (size_t)x.h * (size_t)x.w * (size_t)cout;
             nn_add(t2.d, x.d, n);
             nn_relu(t2.d, n);
@@ -195,8 +212,8 @@ int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float 
         } else {
             int oh = (x.h - 3) / 2 + 1, ph = (x.h - 2) / 2 + 1;
             nn_tensor t1 = { p, oh, oh, cout }, t2 = { q, oh, oh, cout };
-            nn_conv2d(&x, &b->conv1, 2, 0, 0, NN_ACT_RELU, col, &t1);
-            nn_conv2d(&t1, &b->conv2, 1, 1, 1, NN_ACT_NONE, col, &t2);
+            conv(&x, &b->conv1, 2, 0, NN_ACT_RELU, col, &t1);
+            conv(&t1, &b->conv2, 1, 1, NN_ACT_NONE, col, &t2);
             nn_tensor sum = { p, ph, ph, cout };
             down_sum(&x, &t2, &sum);
             x = sum;
