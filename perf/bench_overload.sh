@@ -41,6 +41,9 @@
 #                           the open-loop rows (enough that requests never wait for a slot)
 #   NICE=0                  run the servers and fwload at this nice level (negative needs
 #                           root): other work on the machine then disturbs the figures less
+#   BIN=bin                 where facewired, fwload and fwcat are (e.g. a build of a given
+#                           commit, while others rebuild bin/ under your feet); models/ and
+#                           the rest still come from this tree
 # Needs: bin/facewired, bin/fwload, bin/fwcat (make), python3 (the table), models/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,9 +64,10 @@ PIPE=${PIPE:-256}
 NICE=${NICE:-0}
 run=(nice -n "$NICE")
 
-FWLOAD=$top/bin/fwload
-FACEWIRED=$top/bin/facewired
-FWCAT=$top/bin/fwcat
+BIN=${BIN:-$top/bin}
+FWLOAD=$BIN/fwload
+FACEWIRED=$BIN/facewired
+FWCAT=$BIN/fwcat
 die() { echo "bench_overload: $*" >&2; exit 1; }
 for b in "$FWLOAD" "$FACEWIRED" "$FWCAT"; do [ -x "$b" ] || die "$b missing: run make"; done
 command -v python3 >/dev/null || die "python3 missing (it prints the table)"
