@@ -35,10 +35,10 @@ typedef struct landmark_net {
 
 #define RECOG_RES_BLOCKS 14
 
-/* A recognition conv: scale layer folded in, and either conv.wu (Winograd) or wp set. */
+/* A recognition conv: scale layer folded in, weights packed for nn.c's GEMM. */
 typedef struct recog_conv {
     nn_conv conv;
-    float *wp;            /* NULL, or conv.w packed by nn_conv_pack (owned) */
+    nn_packed pk;         /* owned; pk.w NULL until loaded */
 } recog_conv;
 
 typedef struct recog_block {

@@ -288,7 +288,7 @@ static void gemm_packed(size_t m, size_t n, size_t k, const float *a, size_t lda
     }
 }
 
-float *nn_conv_pack(const nn_conv *cv)
+static float *gemm_weights(const nn_conv *cv)
 {
     size_t k = (size_t)cv->kh * (size_t)cv->kw * (size_t)cv->cin, n = (size_t)cv->cout;
     float *p = calloc(nn_packed_floats(k, n), sizeof(float));
@@ -301,159 +301,236 @@ float *nn_conv_pack(const nn_conv *cv)
 }
 
 /*
- * Winograd F(2x2, 3x3): each 2x2 block of output comes from a 4x4 input tile d as
- * Y = A^T [ (G g G^T) .* (B^T d B) ] A, so a 3x3 convolution becomes 16 independent GEMMs
- * (one per tile position, tiles x cin times cin x cout) with 16 instead of 36 multiplies per
- * output block: 2.25x fewer FLOPs, paid for with two cheap elementwise transforms.
- *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
- *   A^T = [1 1 1 0; 0 1 -1 -1]
+ * Winograd F(m x m, 3x3), m = 2 or 4: each m x m block of output comes from an a x a input
+ * tile d (a = m + 2) as Y = A^T [ (G g G^T) .* (B^T d B) ] A, so a 3x3 convolution becomes
+ * a*a independent GEMMs (one per tile position: tiles x cin times cin x cout) with a*a
+ * instead of 9*m*m multiplies per output block: 2.25x fewer for F(2x2), 4x for F(4x4).
+ *   F(2x2): B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+ *           A^T = [1 1 1 0; 0 1 -1 -1]
+ *   F(4x4) (Lavin & Gray; points 0, +-1, +-2 and infinity):
+ *           B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+ *                  0 4 0 -5 0 1]
+ *           G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ *           A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * F(4x4)'s larger constants cost some accuracy (still ~1e-6 relative in float32) and its
+ * transformed weights are 36/16 the size of F(2x2)'s, so it pays only where enough tiles
+ * reuse each weight: the network picks per layer (recog.c).
+ *
+ * The tiles are processed in blocks: transform a block's inputs, run the a*a GEMMs on it,
+ * transform its outputs (with bias and activation) straight into the output map. A block's
+ * transformed inputs and GEMM results then stay in L2 between the three steps; transforming
+ * the whole map first spilled them to L3 on the 35x35 maps (profiled: the transforms took
+ * ~20% of the recognition net).
  */
 /* A run of zeros standing in for input cells outside the map (the widest map has 512
  * channels). Read-only. */
 static const float nn_zeros[512];
 
-int nn_conv_winograd_prepare(nn_conv *cv)
+/* Transformed inputs + GEMM results of one block aim at this many floats (640 KB, well
+ * inside the 1 MB L2 with the block's weights streaming past). */
+#define WINO_BLOCK_FLOATS ((size_t)160 * 1024)
+
+static const double wino_g2[4][3] = {
+    { 1, 0, 0 }, { 0.5, 0.5, 0.5 }, { 0.5, -0.5, 0.5 }, { 0, 0, 1 }
+};
+static const double wino_g4[6][3] = {
+    { 1.0 / 4, 0, 0 },
+    { -1.0 / 6, -1.0 / 6, -1.0 / 6 },
+    { -1.0 / 6, 1.0 / 6, -1.0 / 6 },
+    { 1.0 / 24, 1.0 / 12, 1.0 / 6 },
+    { 1.0 / 24, -1.0 / 12, 1.0 / 6 },
+    { 0, 0, 1 },
+};
+
+/* U = G g G^T for every (cin, cout) pair, as a*a matrices cin x cout each packed for
+ * gemm_packed. Computed in double: the weights are transformed once. */
+static float *wino_weights(const nn_conv *cv, int m)
 {
+    int a = m + 2;
+    const double(*g)[3] = m == 2 ? wino_g2 : wino_g4;
     size_t cin = (size_t)cv->cin, cout = (size_t)cv->cout;
     if (cv->kh != 3 || cv->kw != 3 || cin > sizeof nn_zeros / sizeof nn_zeros[0])
-        return -1;
-    /* 16 matrices cin x cout, each packed for gemm_packed. */
+        return NULL;
     size_t per = nn_packed_floats(cin, cout);
-    float *u = calloc(16 * per, sizeof(float));
+    float *u = calloc((size_t)(a * a) * per, sizeof(float));
     if (!u)
-        return -1;
+        return NULL;
     for (size_t ci = 0; ci < cin; ci++) {
         for (size_t co = 0; co < cout; co++) {
-            float g[3][3], t[4][3];
+            double k[3][3], t[6][3];
             for (int ky = 0; ky < 3; ky++)
                 for (int kx = 0; kx < 3; kx++)
-                    g[ky][kx] = cv->w[((size_t)(ky * 3 + kx) * cin + ci) * cout + co];
-            for (int j = 0; j < 3; j++) { /* t = G g */
-                t[0][j] = g[0][j];
-                t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
-                t[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
-                t[3][j] = g[2][j];
-            }
-            for (int i = 0; i < 4; i++) { /* u = t G^T */
-                float r[4] = { t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
-                               0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2] };
-                for (int j = 0; j < 4; j++)
-                    u[(size_t)(i * 4 + j) * per + packed_index(cin, ci, co)] = r[j];
-            }
+                    k[ky][kx] = cv->w[((size_t)(ky * 3 + kx) * cin + ci) * cout + co];
+            for (int i = 0; i < a; i++) /* t = G k */
+                for (int j = 0; j < 3; j++)
+                    t[i][j] = g[i][0] * k[0][j] + g[i][1] * k[1][j] + g[i][2] * k[2][j];
+            for (int i = 0; i < a; i++) /* u = t G^T */
+                for (int j = 0; j < a; j++)
+                    u[(size_t)(i * a + j) * per + packed_index(cin, ci, co)] =
+                        (float)(t[i][0] * g[j][0] + t[i][1] * g[j][1] + t[i][2] * g[j][2]);
         }
     }
+    return u;
+}
+
+int nn_conv_winograd_prepare(nn_conv *cv)
+{
+    float *u = wino_weights(cv, 2);
+    if (!u)
+        return -1;
     free(cv->wu);
     cv->wu = u;
     return 0;
 }
 
-size_t nn_winograd_floats(int h, int w, int cin, int cout)
+/* y = B^T x for one column/row of a tile: a vectors at stride xs, written at stride ys. */
+static inline __attribute__((always_inline)) void wino_bt(int a, const v16f *x, int xs,
+                                                          v16f *y, int ys)
 {
-    size_t tiles = (size_t)((h + 1) / 2) * (size_t)((w + 1) / 2);
-    size_t m = tiles * (size_t)cout > (size_t)cin ? tiles * (size_t)cout : (size_t)cin;
-    return 16 * (tiles * (size_t)cin + m); /* V, then M (also the input transform's scratch) */
+#define X(i) x[(i) * xs]
+#define Y(i) y[(i) * ys]
+    if (a == 4) {
+        Y(0) = X(0) - X(2);
+        Y(1) = X(1) + X(2);
+        Y(2) = X(2) - X(1);
+        Y(3) = X(1) - X(3);
+    } else {
+        v16f x1 = X(1), x2 = X(2), x3 = X(3), x4 = X(4);
+        Y(0) = 4.0f * X(0) - 5.0f * x2 + x4;
+        Y(1) = (x3 + x4) - 4.0f * (x1 + x2);
+        Y(2) = 4.0f * (x1 - x2) + (x4 - x3);
+        Y(3) = 2.0f * (x3 - x1) + (x4 - x2);
+        Y(4) = 2.0f * (x1 - x3) + (x4 - x2);
+        Y(5) = 4.0f * x1 - 5.0f * x3 + X(5);
+    }
 }
 
-static void winograd_conv(const nn_tensor *in, const nn_conv *cv, enum nn_act act, float *col,
-                          nn_tensor *out)
+/* y = A^T x: a vectors in, m = a - 2 out. */
+static inline __attribute__((always_inline)) void wino_at(int a, const v16f *x, int xs,
+                                                          v16f *y, int ys)
 {
-    int th = (in->h + 1) / 2, tw = (in->w + 1) / 2;
-    size_t tiles = (size_t)th * (size_t)tw, cin = (size_t)cv->cin, cout = (size_t)cv->cout;
-    float *v = col, *m = col + 16 * tiles * cin;
-    size_t vstride = tiles * cin, mstride = tiles * cout;
+    if (a == 4) {
+        Y(0) = X(0) + X(1) + X(2);
+        Y(1) = X(1) - X(2) - X(3);
+    } else {
+        v16f s1 = X(1) + X(2), d1 = X(1) - X(2), s2 = X(3) + X(4), d2 = X(3) - X(4);
+        Y(0) = X(0) + s1 + s2;
+        Y(1) = d1 + 2.0f * d2;
+        Y(2) = s1 + 4.0f * s2;
+        Y(3) = d1 + 8.0f * d2 + X(5);
+    }
+#undef X
+#undef Y
+}
 
-    /* Input transform, vectorised across channels (each of the 16 inputs and outputs is a
-     * contiguous run of cin floats); cells outside the map read a zero run. */
-    for (int ty = 0; ty < th; ty++) {
-        for (int tx = 0; tx < tw; tx++) {
-            const float *d[16];
-            for (int i = 0; i < 4; i++) {
-                int iy = 2 * ty - 1 + i;
-                for (int j = 0; j < 4; j++) {
-                    int ix = 2 * tx - 1 + j;
-                    d[i * 4 + j] = iy < 0 || iy >= in->h || ix < 0 || ix >= in->w
-                                       ? nn_zeros
-                                       : in->d + ((size_t)iy * (size_t)in->w + (size_t)ix) * cin;
-                }
-            }
-            float *o = v + ((size_t)ty * (size_t)tw + (size_t)tx) * cin;
-            for (int j = 0; j < 4; j++) { /* t = B^T d, column j, kept in the m scratch */
-                float *restrict t0 = m, *restrict t1 = m + cin, *restrict t2 = m + 2 * cin,
-                                *restrict t3 = m + 3 * cin;
-                t0 += (size_t)j * 4 * cin;
-                t1 += (size_t)j * 4 * cin;
-                t2 += (size_t)j * 4 * cin;
-                t3 += (size_t)j * 4 * cin;
-                const float *restrict d0 = d[j], *restrict d1 = d[4 + j], *restrict d2 = d[8 + j],
-                                      *restrict d3 = d[12 + j];
-                for (size_t c = 0; c < cin; c++) {
-                    t0[c] = d0[c] - d2[c];
-                    t1[c] = d1[c] + d2[c];
-                    t2[c] = d2[c] - d1[c];
-                    t3[c] = d1[c] - d3[c];
-                }
-            }
-            for (int i = 0; i < 4; i++) { /* (t B) row i: t[i][j] is at m + (j*4 + i)*cin */
-                const float *restrict a0 = m + (size_t)(0 * 4 + i) * cin;
-                const float *restrict a1 = m + (size_t)(1 * 4 + i) * cin;
-                const float *restrict a2 = m + (size_t)(2 * 4 + i) * cin;
-                const float *restrict a3 = m + (size_t)(3 * 4 + i) * cin;
-                float *restrict o0 = o + (size_t)(i * 4 + 0) * vstride;
-                float *restrict o1 = o + (size_t)(i * 4 + 1) * vstride;
-                float *restrict o2 = o + (size_t)(i * 4 + 2) * vstride;
-                float *restrict o3 = o + (size_t)(i * 4 + 3) * vstride;
-                for (size_t c = 0; c < cin; c++) {
-                    o0[c] = a0[c] - a2[c];
-                    o1[c] = a1[c] + a2[c];
-                    o2[c] = a2[c] - a1[c];
-                    o3[c] = a1[c] - a3[c];
-                }
+/* Up to 16 floats as a vector, zeros past n. */
+static inline v16f v16_load_n(const float *p, size_t n)
+{
+    if (n == 16)
+        return v16_load(p);
+    v16f v = { 0 };
+    memcpy(&v, p, n * sizeof(float));
+    return v;
+}
+
+/* B^T d B of tile (ty, tx) into o: element xi of the tile for channel c at o[xi*xs + c]. */
+static inline __attribute__((always_inline)) void wino_in_tile(const nn_tensor *in, int m,
+                                                               int ty, int tx, float *o,
+                                                               size_t xs)
+{
+    int a = m + 2;
+    size_t cin = (size_t)in->c;
+    const float *d[36];
+    for (int i = 0; i < a; i++) {
+        int iy = ty * m - 1 + i;
+        for (int j = 0; j < a; j++) {
+            int ix = tx * m - 1 + j;
+            d[i * a + j] = iy < 0 || iy >= in->h || ix < 0 || ix >= in->w
+                               ? nn_zeros
+                               : in->d + ((size_t)iy * (size_t)in->w + (size_t)ix) * cin;
+        }
+    }
+    for (size_t c = 0; c < cin; c += 16) {
+        size_t n = cin - c < 16 ? cin - c : 16;
+        v16f x[36], t[36];
+        for (int k = 0; k < a * a; k++)
+            x[k] = v16_load_n(d[k] + c, n);
+        for (int j = 0; j < a; j++) /* columns */
+            wino_bt(a, x + j, a, t + j, a);
+        for (int i = 0; i < a; i++) /* rows */
+            wino_bt(a, t + i * a, 1, x + i * a, 1);
+        for (int k = 0; k < a * a; k++)
+            memcpy(o + (size_t)k * xs + c, &x[k], n * sizeof(float));
+    }
+}
+
+/* act(A^T q A + bias) of tile (ty, tx) into the output map; q as o above. The last tile
+ * row/column may hang over the map. */
+static inline __attribute__((always_inline)) void wino_out_tile(const float *q, size_t xs,
+                                                                const float *bias,
+                                                                enum nn_act act, int m, int ty,
+                                                                int tx, nn_tensor *out)
+{
+    int a = m + 2;
+    size_t cout = (size_t)out->c;
+    int oy = ty * m, ox = tx * m;
+    int mh = out->h - oy < m ? out->h - oy : m, mw = out->w - ox < m ? out->w - ox : m;
+    for (size_t c = 0; c < cout; c += 16) {
+        size_t n = cout - c < 16 ? cout - c : 16;
+        v16f x[36], r[24], y[16];
+        for (int k = 0; k < a * a; k++)
+            x[k] = v16_load_n(q + (size_t)k * xs + c, n);
+        for (int j = 0; j < a; j++)
+            wino_at(a, x + j, a, r + j, a);
+        for (int i = 0; i < m; i++)
+            wino_at(a, r + i * a, 1, y + i * m, 1);
+        v16f b = v16_load_n(bias + c, n);
+        for (int i = 0; i < mh; i++) {
+            float *row = out->d + ((size_t)(oy + i) * (size_t)out->w + (size_t)ox) * cout + c;
+            for (int j = 0; j < mw; j++) {
+                v16f v = v16_act(y[i * m + j] + b, act);
+                memcpy(row + (size_t)j * cout, &v, n * sizeof(float));
             }
         }
     }
+}
+
+/* The convolution through F(m x m, 3x3) with u = wino_weights(cv, m); col: NN_COL_FLOATS. */
+static void winograd_conv(const nn_tensor *in, const nn_conv *cv, const float *u, int m,
+                          enum nn_act act, float *col, nn_tensor *out)
+{
+    int a = m + 2, th = (in->h + m - 1) / m, tw = (in->w + m - 1) / m;
+    size_t aa = (size_t)(a * a), tiles = (size_t)th * (size_t)tw;
+    size_t cin = (size_t)cv->cin, cout = (size_t)cv->cout;
     size_t per = nn_packed_floats(cin, cout);
-    for (int xi = 0; xi < 16; xi++)
-        gemm_packed(tiles, cout, cin, v + (size_t)xi * vstride, cin, cv->wu + (size_t)xi * per,
-                    NULL, NN_ACT_NONE, m + (size_t)xi * mstride, cout);
-    /* Output transform, bias and activation, vectorised across channels; the last tile
-     * row/column may hang over the map. */
-    for (int ty = 0; ty < th; ty++) {
-        for (int tx = 0; tx < tw; tx++) {
-            const float *q = m + ((size_t)ty * (size_t)tw + (size_t)tx) * cout;
-            int oy = 2 * ty, ox = 2 * tx;
-            int h2 = oy + 1 < out->h, w2 = ox + 1 < out->w;
-            float *restrict y00 = out->d + ((size_t)oy * (size_t)out->w + (size_t)ox) * cout;
-            float *restrict y01 = y00 + cout;
-            float *restrict y10 = y00 + (size_t)out->w * cout;
-            float *restrict y11 = y10 + cout;
-            float r[4][2 * 64];
-            for (size_t c0 = 0; c0 < cout; c0 += 64) {
-                size_t n = cout - c0 < 64 ? cout - c0 : 64;
-                for (int j = 0; j < 4; j++) { /* r = A^T q: rows 0, 1 of columns j */
-                    const float *restrict q0 = q + (size_t)j * mstride + c0;
-                    const float *restrict q1 = q + (size_t)(4 + j) * mstride + c0;
-                    const float *restrict q2 = q + (size_t)(8 + j) * mstride + c0;
-                    const float *restrict q3 = q + (size_t)(12 + j) * mstride + c0;
-                    float *restrict r0 = r[j], *restrict r1 = r[j] + 64;
-                    for (size_t c = 0; c < n; c++) {
-                        r0[c] = q0[c] + q1[c] + q2[c];
-                        r1[c] = q1[c] - q2[c] - q3[c];
-                    }
-                }
-                for (int row = 0; row < 2; row++) {
-                    if (row == 1 && !h2)
-                        break;
-                    const float *restrict a0 = r[0] + row * 64, *restrict a1 = r[1] + row * 64;
-                    const float *restrict a2 = r[2] + row * 64, *restrict a3 = r[3] + row * 64;
-                    const float *restrict bias = cv->b + c0;
-                    float *restrict p0 = (row ? y10 : y00) + c0, *restrict p1 = (row ? y11 : y01) + c0;
-                    for (size_t c = 0; c < n; c++)
-                        p0[c] = act_apply(a0[c] + a1[c] + a2[c] + bias[c], act);
-                    if (w2)
-                        for (size_t c = 0; c < n; c++)
-                            p1[c] = act_apply(a1[c] - a2[c] - a3[c] + bias[c], act);
-                }
-            }
+    /* Tiles per block: as many as fit the cache budget (and the col buffer, which at least
+     * 14 always do: 36 * 14 * (512 + 512) < NN_COL_FLOATS), spread evenly over the blocks. */
+    size_t nb = WINO_BLOCK_FLOATS / (aa * (cin + cout));
+    if (nb < 1)
+        nb = NN_COL_FLOATS / (aa * (cin + cout));
+    if (nb > tiles)
+        nb = tiles;
+    size_t nblocks = (tiles + nb - 1) / nb;
+    nb = (tiles + nblocks - 1) / nblocks;
+    float *v = col, *mm = col + aa * nb * cin;
+    for (size_t t0 = 0; t0 < tiles; t0 += nb) {
+        size_t n = tiles - t0 < nb ? tiles - t0 : nb;
+        for (size_t t = 0; t < n; t++) {
+            int ty = (int)((t0 + t) / (size_t)tw), tx = (int)((t0 + t) % (size_t)tw);
+            if (m == 2)
+                wino_in_tile(in, 2, ty, tx, v + t * cin, n * cin);
+            else
+                wino_in_tile(in, 4, ty, tx, v + t * cin, n * cin);
+        }
+        for (size_t xi = 0; xi < aa; xi++)
+            gemm_packed(n, cout, cin, v + xi * n * cin, cin, u + xi * per, NULL, NN_ACT_NONE,
+                        mm + xi * n * cout, cout);
+        for (size_t t = 0; t < n; t++) {
+            int ty = (int)((t0 + t) / (size_t)tw), tx = (int)((t0 + t) % (size_t)tw);
+            if (m == 2)
+                wino_out_tile(mm + t * cout, n * cout, cv->b, act, 2, ty, tx, out);
+            else
+                wino_out_tile(mm + t * cout, n * cout, cv->b, act, 4, ty, tx, out);
         }
     }
 }
@@ -464,16 +541,36 @@ void nn_conv2d(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t, in
     nn_conv2d_packed(in, cv, NULL, stride, pad_t, pad_l, act, col, out);
 }
 
-void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const float *wp, int stride,
+int nn_conv_pack(const nn_conv *cv, enum nn_pack kind, nn_packed *out)
+{
+    out->kind = kind;
+    out->w = kind == NN_PACK_GEMM ? gemm_weights(cv) : wino_weights(cv, kind == NN_PACK_WINO4 ? 4 : 2);
+    return out->w ? 0 : -1;
+}
+
+void nn_packed_free(nn_packed *pk)
+{
+    free(pk->w);
+    pk->w = NULL;
+}
+
+void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const nn_packed *pk, int stride,
                       int pad_t, int pad_l, enum nn_act act, float *col, nn_tensor *out)
 {
     size_t npix = (size_t)out->h * (size_t)out->w;
     size_t k = (size_t)cv->kh * (size_t)cv->kw * (size_t)cv->cin;
+    const float *wp = pk && pk->kind == NN_PACK_GEMM ? pk->w : NULL;
 
-    if (cv->wu && stride == 1 && pad_t == 1 && pad_l == 1 && out->h == in->h &&
-        out->w == in->w && nn_winograd_floats(in->h, in->w, cv->cin, cv->cout) <= NN_COL_FLOATS) {
-        winograd_conv(in, cv, act, col, out);
-        return;
+    if (cv->kh == 3 && cv->kw == 3 && stride == 1 && pad_t == 1 && pad_l == 1 &&
+        out->h == in->h && out->w == in->w) {
+        if (pk && pk->kind != NN_PACK_GEMM) {
+            winograd_conv(in, cv, pk->w, pk->kind == NN_PACK_WINO4 ? 4 : 2, act, col, out);
+            return;
+        }
+        if (cv->wu) {
+            winograd_conv(in, cv, cv->wu, 2, act, col, out);
+            return;
+        }
     }
     if (in->h == 1 && in->w == 1 && out->h == 1 && out->w == 1 && stride == 1 &&
         pad_t < cv->kh && pad_l < cv->kw) {

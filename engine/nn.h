@@ -66,22 +66,34 @@ void nn_conv2d(const nn_tensor *in, const nn_conv *conv, int stride, int pad_t, 
 /* Floats a k x n matrix takes packed for nn.c's GEMM (n rounded up to its panel width). */
 size_t nn_packed_floats(size_t k, size_t n);
 
-/* conv->w packed for nn.c's own GEMM (nn_conv2d_packed), in a new malloc'd array the caller
- * owns and frees; NULL when out of memory. */
-float *nn_conv_pack(const nn_conv *conv);
+/* A conv's weights prepared once for nn.c's own GEMM kernel, which (unlike cblas_sgemm)
+ * does not repack them on every call: */
+enum nn_pack {
+    NN_PACK_GEMM,  /* w packed as is: the im2col and 1x1 paths use it */
+    NN_PACK_WINO2, /* 3x3 only: the Winograd F(2x2,3x3) transform, for 3x3 stride-1 pad-1 */
+    NN_PACK_WINO4, /* 3x3 only: the F(4x4,3x3) transform, likewise (4x fewer multiplies than
+                    * direct instead of 2.25x, but 36/16 the weights: for maps with many tiles) */
+};
+typedef struct nn_packed {
+    float *w; /* owned (nn_packed_free) */
+    enum nn_pack kind;
+} nn_packed;
 
-/* nn_conv2d with wp = nn_conv_pack(conv): the im2col and 1x1 GEMMs then run on nn.c's own
- * kernel over those pre-packed weights, with bias and activation applied as it stores,
- * instead of on cblas_sgemm (which repacks the weights on every call). wp may be NULL. */
-void nn_conv2d_packed(const nn_tensor *in, const nn_conv *conv, const float *wp, int stride,
+/* Fills out from conv->w. 0, or -1 when out of memory or a Winograd kind is asked of a conv
+ * that is not 3x3 (or has more than 512 input channels). */
+int nn_conv_pack(const nn_conv *conv, enum nn_pack kind, nn_packed *out);
+void nn_packed_free(nn_packed *pk);
+
+/* nn_conv2d with conv's weights as nn_conv_pack(conv, ...) prepared them (pk may be NULL).
+ * A Winograd kind takes effect for 3x3 stride-1 pad-1 same-size calls, NN_PACK_GEMM for the
+ * im2col and 1x1 GEMMs, which then apply bias and activation as they store; every other call
+ * runs as nn_conv2d would. */
+void nn_conv2d_packed(const nn_tensor *in, const nn_conv *conv, const nn_packed *pk, int stride,
                       int pad_t, int pad_l, enum nn_act act, float *col, nn_tensor *out);
 
-/* Prepares conv (3x3) for the Winograd path: fills conv->wu. 0, or -1 on out of memory. */
+/* Prepares conv (3x3) for the Winograd F(2x2,3x3) path of nn_conv2d: fills conv->wu.
+ * 0, or -1 on out of memory (or a conv that is not 3x3). */
 int nn_conv_winograd_prepare(nn_conv *conv);
-
-/* Floats of scratch the Winograd path needs for an h x w map. It uses the col buffer, so
- * nn_conv2d falls back to im2col when this exceeds NN_COL_FLOATS. */
-size_t nn_winograd_floats(int h, int w, int cin, int cout);
 
 /* The same for a separable convolution (3x3 depthwise). col: NN_COL_FLOATS. */
 void nn_sepconv2d(const nn_tensor *in, const nn_sepconv *sc, int stride, int pad_t, int pad_l,

@@ -35,33 +35,44 @@ static const struct {
     { "conv256_2", 256, 256, 0, 4 },    { "conv256_down_out", 256, 256, 1, 1 },
 };
 
-/* Winograd trades 9 weights per (cin, cout) pair for 16: worth it while the maps have enough
- * tiles to reuse them. On the 4x4 maps it wins with the weights in cache (0.09 vs 0.26 ms per
- * conv) but loses in the whole net, whose ~25 MB of float weights only just fit the L3: the
- * extra 16/9 of weight traffic costs more than the multiplies saved (measured: 7.3 ms with
- * this at 8, 7.7 ms at 4). */
-#ifndef REC_WINO_MIN_MAP
-#define REC_WINO_MIN_MAP 8
+#ifndef REC_WINO2_MIN_MAP
+#define REC_WINO2_MIN_MAP 8
 #endif
+#ifndef REC_WINO4_MIN_MAP
+#define REC_WINO4_MIN_MAP 8
+#endif
+
+/* How a stride-1 3x3 conv on a map x map input runs. Winograd trades 9 weights per
+ * (cin, cout) pair for 16 (F(2x2)) or 36 (F(4x4)): worth it while the map has enough tiles to
+ * reuse them. The net's weights only just fit the L3, so on the 4x4 maps (4 tiles of F(2x2),
+ * 1 of F(4x4)) the extra weight traffic costs more than the multiplies saved. Measured with
+ * bin/bench_nets 30 recog, variants back to back (medians, ms): F(4x4) from 8x8 up 4.3-4.7
+ * (chosen); F(4x4) from 17x17 up and F(2x2) on 8x8 4.5-4.8; F(2x2) only, from 8x8 up 5.2-5.6;
+ * F(4x4) on the 4x4 maps too 5.1-5.4; F(2x2) on the 4x4 maps 4.3-5.1, no clear gain. */
+static enum nn_pack rec_pack_kind(int map)
+{
+    if (map >= REC_WINO4_MIN_MAP)
+        return NN_PACK_WINO4;
+    return map >= REC_WINO2_MIN_MAP ? NN_PACK_WINO2 : NN_PACK_GEMM;
+}
 
 #define REC_ACT ((size_t)72 * 72 * 32) /* the largest activation: conv32_down's output */
 
 static void recog_conv_free(recog_conv *rc)
 {
     nets_conv_free(&rc->conv);
-    free(rc->wp);
-    rc->wp = NULL;
+    nn_packed_free(&rc->pk);
 }
 
 /* prefix/conv/{filters,bias} and prefix/scale/{weights,biases}, folded into one conv:
  * ((x*w + b) * s + t) = x*(w*s) + (b*s + t). */
 static int take_scaled_conv(fw_model *m, const char *prefix, int k, int cin, int cout,
-                            int winograd, recog_conv *rc, char *err, size_t errlen)
+                            enum nn_pack kind, recog_conv *rc, char *err, size_t errlen)
 {
     char name[300];
     const float *s, *t;
     nn_conv *out = &rc->conv;
-    rc->wp = NULL;
+    rc->pk.w = NULL;
     snprintf(name, sizeof name, "%s/conv", prefix);
     if (nets_take_conv(m, name, "filters", k, k, cin, cout, out, err, errlen) != 0)
         return -1;
@@ -77,9 +88,7 @@ static int take_scaled_conv(fw_model *m, const char *prefix, int k, int cin, int
             out->w[r * (size_t)cout + (size_t)o] *= s[o];
     for (int o = 0; o < cout; o++)
         out->b[o] = out->b[o] * s[o] + t[o];
-    /* The stride-1 3x3 convs on the larger maps run as Winograd (nn.c), the others on
-     * weights packed for nn.c's GEMM; both are packed the same way. */
-    if (k == 3 && winograd ? nn_conv_winograd_prepare(out) != 0 : !(rc->wp = nn_conv_pack(out))) {
+    if (nn_conv_pack(out, kind, &rc->pk) != 0) {
         snprintf(err, errlen, "%s: out of memory", m->label);
         goto err;
     }
@@ -93,19 +102,20 @@ int recog_load(fw_model *m, recog_net *net, char *err, size_t errlen)
 {
     char prefix[64];
     int fc[2] = { 256, FW_DESCRIPTOR_LEN };
-    if (take_scaled_conv(m, "conv32_down", 7, 3, 32, 0, &net->conv32_down, err, errlen) != 0)
+    if (take_scaled_conv(m, "conv32_down", 7, 3, 32, NN_PACK_GEMM, &net->conv32_down, err,
+                         errlen) != 0)
         return -1;
     for (int i = 0; i < RECOG_RES_BLOCKS; i++) {
         recog_block *b = &net->block[i];
         b->down = rec_blocks[i].down;
         snprintf(prefix, sizeof prefix, "%s/conv1", rec_blocks[i].name);
         if (take_scaled_conv(m, prefix, 3, rec_blocks[i].cin, rec_blocks[i].cout,
-                             !b->down && rec_blocks[i].map >= REC_WINO_MIN_MAP, &b->conv1, err,
-                             errlen) != 0)
+                             b->down ? NN_PACK_GEMM : rec_pack_kind(rec_blocks[i].map), &b->conv1,
+                             err, errlen) != 0)
             goto err;
         snprintf(prefix, sizeof prefix, "%s/conv2", rec_blocks[i].name);
         if (take_scaled_conv(m, prefix, 3, rec_blocks[i].cout, rec_blocks[i].cout,
-                             rec_blocks[i].map >= REC_WINO_MIN_MAP, &b->conv2, err, errlen) != 0)
+                             rec_pack_kind(rec_blocks[i].map), &b->conv2, err, errlen) != 0)
             goto err;
     }
     if (!(net->fc = nets_take_copy(m, "fc", 2, fc, err, errlen)))
@@ -175,7 +185,7 @@ static void down_sum(const nn_tensor *x, const nn_tensor *conv, nn_tensor *out)
 static void conv(const nn_tensor *in, const recog_conv *rc, int stride, int pad,
                  enum nn_act act, float *col, nn_tensor *out)
 {
-    nn_conv2d_packed(in, &rc->conv, rc->wp, stride, pad, pad, act, col, out);
+    nn_conv2d_packed(in, &rc->conv, &rc->pk, stride, pad, pad, act, col, out);
 }
 
 int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float out[128])
