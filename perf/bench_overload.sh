@@ -20,7 +20,8 @@
 # per workload one for rows 1 and 2 (so row 2 runs warm, with run-time estimates from row 1,
 # as on a server that has been up for a while) and a fresh one for row 3. The server's own
 # counters (jobs run, expired while queued, timed out while running) are printed under the
-# table. It records nothing: paste the figures and the command line into docs/performance.md.
+# table. It records nothing (KEEP=DIR keeps fwload's JSON and the servers' INFO and logs there):
+# paste the figures and the command line into docs/performance.md.
 #
 # Latency is measured by bin/fwload from each request's intended send time (open loop: no
 # coordinated omission). "from send" columns start when fwload handed the request to the
@@ -78,6 +79,7 @@ fw_pid=''
 cleanup() {
     # Only the server this script started, by pid.
     if [ -n "$fw_pid" ]; then kill "$fw_pid" 2>/dev/null || true; wait "$fw_pid" 2>/dev/null || true; fi
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp -r "$tmp"/. "$KEEP"/; fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -202,7 +204,7 @@ for kind in kinds:
         closed = row.startswith("cap")
         good = per_s(st.get("OK", 0), d)
         useful = "-" if closed else "%.1f" % per_s(st.get("OK", 0) - d["ok_late"], d)
-        late = "-" if closed else "%d (%d)" % (d["ok_late"], d["ok_late_from_send"])
+        late = "-" if closed else "%d (%d) of %d" % (d["ok_late"], d["ok_late_from_send"], st.get("OK", 0))
         dl = "-" if closed else (deadline if row == "bounded" else "none (counted: %s)" % deadline)
         print("| %s | %s | %s | %s | %.1f | %.0f%% | %s | %s | %s (%s) | %s | %s | %s | %d | %d | %d |" % (
             name, server, "closed loop" if closed else rate, la, good, 100 * good / cap if cap else 0,
@@ -211,8 +213,8 @@ for kind in kinds:
             st.get("BUSY", 0), st.get("DEADLINE_EXCEEDED", 0), d["errors"]))
         if not closed:
             i = info("%s-%s.info" % (kind, row), op)
-            notes.append("  %s, %s: sent %d, answered over %.1f s; server: %s" % (
-                name, server, d["sent"], d["duration_s"],
+            notes.append("  %s, %s: sent %d, answered over %.3f s, OK max %s ms; server: %s" % (
+                name, server, d["sent"], d["duration_s"], ms(ok.get("max")),
                 ", ".join("%s %s" % (k, i.get(k, "?")) for k in
                           ("ran", "expired_in_queue", "timed_out", "queue_wait_ms", "run_ms"))))
 print()
