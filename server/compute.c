@@ -15,8 +15,17 @@
  * The cheap refusals come before the body is copied, so a BUSY answer costs the same for a
  * 16 MiB JPEG as for a PING-sized body.
  *
- * Adding an op (the gallery ops, for example) is one row in `ops` below, a class name if it
- * needs its own breaker, and parse/work functions in their own file.
+ * Adding an op is one row in `ops` below, a class name if it needs its own breaker, and
+ * parse/work functions in their own file.
+ *
+ * The gallery ops (galleryops.c) add two paths. A request whose op says it is "direct"
+ * (ENROLL from a descriptor, DELETE, GALLERY_INFO) never becomes a job: it is admitted
+ * (shutting down, degraded low priority, breaker), parsed and handed to the gallery on the
+ * loop thread, and answered from the gallery's completion. An ENROLL from a JPEG is a job
+ * whose worker computes the descriptor; the scheduler then hands it over (fw_op.handover) and
+ * the gallery write is queued from the loop. Breaker classes: "gallery_write" (ENROLL, DELETE:
+ * a failing disk opens it and writes are refused fast) and "gallery_read" (IDENTIFY, LIST,
+ * GALLERY_INFO), kept apart so that reads go on being served while the disk fails.
  */
 #include <errno.h>
 #include <limits.h>
@@ -30,6 +39,7 @@
 #include "engine/engine.h"
 #include "server/compute.h"
 #include "server/faceops.h"
+#include "server/galleryops.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/sched.h"
@@ -84,15 +94,22 @@ static void test_fail_work(fw_job *j)
 
 /* ---- the op table -------------------------------------------------------------------------- */
 
-enum { CLS_FACE = 0, CLS_TEST, NCLASSES };
-static const char *const class_names[NCLASSES] = { "face", "test" };
+enum { CLS_FACE = 0, CLS_TEST, CLS_GALLERY_WRITE, CLS_GALLERY_READ, NCLASSES };
+static const char *const class_names[NCLASSES] = { "face", "test", "gallery_write", "gallery_read" };
 
 static const fw_op ops[] = {
-    { FW_OP_DETECT, "DETECT", CLS_FACE, 1, 0, fw_faceops_parse_image, fw_faceops_detect_work },
-    { FW_OP_EMBED, "EMBED", CLS_FACE, 1, 0, fw_faceops_parse_image, fw_faceops_embed_work },
-    { FW_OP_VERIFY, "VERIFY", CLS_FACE, 1, 0, fw_faceops_parse_verify, fw_faceops_verify_work },
-    { FW_OP_TEST_SLEEP, "TEST_SLEEP", CLS_TEST, 0, 1, parse_test_sleep, test_sleep_work },
-    { FW_OP_TEST_FAIL, "TEST_FAIL", CLS_TEST, 0, 1, parse_test_fail, test_fail_work },
+    { FW_OP_DETECT, "DETECT", CLS_FACE, 1, 0, fw_faceops_parse_image, fw_faceops_detect_work, NULL, NULL },
+    { FW_OP_EMBED, "EMBED", CLS_FACE, 1, 0, fw_faceops_parse_image, fw_faceops_embed_work, NULL, NULL },
+    { FW_OP_VERIFY, "VERIFY", CLS_FACE, 1, 0, fw_faceops_parse_verify, fw_faceops_verify_work, NULL, NULL },
+    { FW_OP_ENROLL, "ENROLL", CLS_GALLERY_WRITE, 1, 0, fw_galops_parse_enroll, fw_galops_enroll_work,
+      fw_galops_enroll_handover, fw_galops_enroll_is_direct },
+    { FW_OP_IDENTIFY, "IDENTIFY", CLS_GALLERY_READ, 1, 0, fw_galops_parse_identify, fw_galops_identify_work,
+      NULL, NULL },
+    { FW_OP_DELETE, "DELETE", CLS_GALLERY_WRITE, 0, 0, NULL, NULL, NULL, fw_galops_always_direct },
+    { FW_OP_LIST, "LIST", CLS_GALLERY_READ, 0, 0, fw_galops_parse_list, fw_galops_list_work, NULL, NULL },
+    { FW_OP_GALLERY_INFO, "GALLERY_INFO", CLS_GALLERY_READ, 0, 0, NULL, NULL, NULL, fw_galops_always_direct },
+    { FW_OP_TEST_SLEEP, "TEST_SLEEP", CLS_TEST, 0, 1, parse_test_sleep, test_sleep_work, NULL, NULL },
+    { FW_OP_TEST_FAIL, "TEST_FAIL", CLS_TEST, 0, 1, parse_test_fail, test_fail_work, NULL, NULL },
 };
 #define NOPS ((int)(sizeof ops / sizeof ops[0]))
 
@@ -115,7 +132,11 @@ struct fw_compute {
     uint64_t degraded_toggles;
 
     fw_metrics *metrics;         /* owned; NULL without --metrics-listen */
+    fw_galops *galops;           /* owned; the gallery and its queued writes */
     int draining;
+    int sched_drained;           /* the scheduler reported drained; waiting for gallery writes */
+    void (*on_drained)(void *arg);
+    void *drained_arg;
     int pending_closes;          /* stop: scheduler, signal, metrics still closing */
 };
 
@@ -135,6 +156,10 @@ void fw_compute_options_default(fw_compute_options *o)
     o->default_deadline_ms[FW_OP_DETECT] = 5000;
     o->default_deadline_ms[FW_OP_EMBED] = 5000;
     o->default_deadline_ms[FW_OP_VERIFY] = 10000;
+    /* gallery ops: the worker part only (a queued gallery write has no deadline) */
+    o->default_deadline_ms[FW_OP_ENROLL] = 10000;
+    o->default_deadline_ms[FW_OP_IDENTIFY] = 10000;
+    o->default_deadline_ms[FW_OP_LIST] = 5000;
     o->breaker_window_ms = 10000;
     o->breaker_min_requests = 20;
     o->breaker_failure_pct = 50;
@@ -179,6 +204,7 @@ static const int_flag int_flags[] = {
     { "--breaker-cooldown-ms", offsetof(fw_compute_options, breaker_cooldown_ms), 1, 1, 86400000 },
     { "--detector-size", offsetof(fw_compute_options, detector_size), 0, 32, 4096 },
     { "--degraded-detector-size", offsetof(fw_compute_options, degraded_detector_size), 0, 0, 4096 },
+    { "--gallery-max-faces", offsetof(fw_compute_options, gallery_max_faces), 1, 1, 100000000 },
 };
 
 static int parse_deadline_pair(fw_compute_options *o, const char *v, char *err, size_t errlen)
@@ -251,6 +277,11 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         o->start_degraded = 1;
         return 1;
     }
+    if (strcmp(flag, "--repair") == 0) {
+        *takes_value = 0;
+        o->repair = 1;
+        return 1;
+    }
     int ours = 0;
     for (size_t i = 0; i < sizeof value_flags / sizeof value_flags[0]; i++)
         ours |= strcmp(flag, value_flags[i]) == 0;
@@ -314,7 +345,9 @@ void fw_compute_usage(FILE *out)
         "                            it over (default 8)\n"
         "  --deadline-ms OP=MS       an op's default deadline (repeatable; 0 = none)\n"
         "  --default-deadline-ms MS  default deadline of every op without its own\n"
-        "                            (built in: DETECT 5000, EMBED 5000, VERIFY 10000, others none)\n"
+        "                            (built in: DETECT 5000, EMBED 5000, VERIFY 10000, ENROLL 10000,\n"
+        "                            IDENTIFY 10000, LIST 5000, others none; a gallery write, once\n"
+        "                            queued, is not cut short by a deadline)\n"
         "  --breaker-window-ms MS    breaker sliding window (default 10000)\n"
         "  --breaker-min-requests N  outcomes in the window before it may open (default 20)\n"
         "  --breaker-failure-pct P   failure percentage that opens it (default 50)\n"
@@ -325,7 +358,11 @@ void fw_compute_usage(FILE *out)
         "  --degraded                start in degraded mode (SIGUSR1 toggles it)\n"
         "  --verify-threshold T      VERIFY's default distance threshold (default 0.6)\n"
         "  --metrics-listen HOST:PORT  Prometheus text on GET /metrics\n"
-        "  --enable-test-ops         accept TEST_SLEEP and TEST_FAIL\n",
+        "  --enable-test-ops         accept TEST_SLEEP and TEST_FAIL\n"
+        "  --repair                  open a gallery whose log is damaged in the middle by dropping\n"
+        "                            the damaged records (reported in the log); without it such a\n"
+        "                            gallery stops start-up. A torn tail is always cut.\n"
+        "  --gallery-max-faces N     faces the gallery may hold (default 10000000)\n",
         out);
 }
 
@@ -345,6 +382,7 @@ static void sigusr1_cb(uv_signal_t *h, int signum)
 }
 
 static void metrics_render(void *arg, fw_sb *out);
+static void gallery_idle_cb(void *arg);
 
 /* Load the engines and make one fw_face_slot per worker. On failure the reason stays in
  * cp->engine_err and face ops answer UNAVAILABLE; PING and the test ops still work. */
@@ -400,6 +438,7 @@ fail:
                  fw_log_quote(q, sizeof q, cp->engine_err));
 }
 
+/* Everything is closed or was never opened; cp->galops is closed by sched_stopped_cb. */
 static void free_compute(fw_compute *cp)
 {
     if (cp->slot_ctx)
@@ -476,6 +515,23 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     uv_signal_start(&cp->sigusr1, sigusr1_cb, SIGUSR1);
     uv_unref((uv_handle_t *)&cp->sigusr1); /* never keeps the loop alive on its own */
 
+    /* The gallery after the scheduler, whose fw_compute_stop path then closes it too. */
+    fw_galops_options go;
+    memset(&go, 0, sizeof go);
+    go.data_dir = o->data_dir;
+    go.repair = o->repair;
+    go.max_faces = o->gallery_max_faces;
+    go.log = cp->log;
+    go.face = &cp->face_env;
+    char gerr[256];
+    if (fw_galops_open(loop, &go, &cp->galops, gerr, sizeof gerr) != 0) {
+        snprintf(err, errlen, "cannot open the gallery: %s", gerr);
+        fw_compute_stop(cp);
+        return -1;
+    }
+    fw_galops_set_sched(cp->galops, cp->sched);
+    fw_galops_on_idle(cp->galops, gallery_idle_cb, cp);
+
     if (o->metrics_listen &&
         fw_metrics_start(loop, o->metrics_listen, metrics_render, cp, cp->log, &cp->metrics,
                          err, errlen) != 0) {
@@ -506,6 +562,10 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
     const fw_op *op = &ops[idx];
     uint32_t budget = h->deadline_ms ? h->deadline_ms : cp->opt.default_deadline_ms[h->opcode];
     fw_sched_op_stats_mut(cp->sched, idx)->requests++;
+    if (op->direct && op->direct(body, h->body_len)) {
+        fw_galops_serve(cp->galops, c, h, idx, body);
+        return;
+    }
     if (fw_sched_precheck(cp->sched, c, h, idx, budget) != 0)
         return;
 
@@ -519,7 +579,9 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
     j->hdr = *h;
     j->op = op;
     j->op_index = idx;
-    j->env = op->cls == CLS_FACE ? &cp->face_env : NULL;
+    j->env = op->cls == CLS_FACE ? (const void *)&cp->face_env
+           : op->cls == CLS_GALLERY_READ || op->cls == CLS_GALLERY_WRITE ? (const void *)fw_galops_env(cp->galops)
+           : NULL;
     j->degraded = cp->degraded;
     j->budget_ms = budget;
 
@@ -540,6 +602,7 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
 void fw_compute_conn_closed(fw_compute *cp, fw_conn *c)
 {
     fw_sched_conn_closed(cp->sched, c);
+    fw_galops_conn_closed(cp->galops, c);
 }
 
 /* ---- INFO and /metrics --------------------------------------------------------------------- */
@@ -612,6 +675,7 @@ static void render_info(fw_compute *cp, fw_sb *b)
         fw_sb_printf(b, "op_%s_breaker: %s\n", n,
                      fw_breaker_state_name(fw_sched_class(s, ops[i].cls)->breaker.state));
     }
+    fw_galops_info(cp->galops, b);
 }
 
 size_t fw_compute_info(fw_compute *cp, char *buf, size_t cap)
@@ -714,14 +778,38 @@ static void metrics_render(void *arg, fw_sb *b)
     for (int i = 0; i < NOPS; i++)
         if (cp->op_index[ops[i].opcode] == i)
             prom_summary(b, "facewire_run_seconds", ops[i].name, &fw_sched_op_stats(s, i)->run_us);
+    fw_galops_metrics(cp->galops, b);
 }
 
 /* ---- drain and stop ------------------------------------------------------------------------ */
 
+/* Drained = the scheduler drained (no job waiting or running) and no gallery write queued.
+ * Direct requests are refused while draining, but a JPEG ENROLL finishing its worker within
+ * the grace period still queues its write, so the two are waited for in either order. */
+static void maybe_drained(fw_compute *cp)
+{
+    if (!cp->draining || !cp->sched_drained || !cp->on_drained || fw_galops_pending(cp->galops) > 0)
+        return;
+    void (*cb)(void *) = cp->on_drained;
+    cp->on_drained = NULL; /* once */
+    cb(cp->drained_arg);
+}
+
+static void sched_drained_cb(void *arg)
+{
+    fw_compute *cp = arg;
+    cp->sched_drained = 1;
+    maybe_drained(cp);
+}
+
+static void gallery_idle_cb(void *arg) { maybe_drained(arg); }
+
 void fw_compute_drain(fw_compute *cp, uint32_t grace_ms, void (*on_drained)(void *arg), void *arg)
 {
     cp->draining = 1;
-    fw_sched_drain(cp->sched, grace_ms, on_drained, arg);
+    cp->on_drained = on_drained;
+    cp->drained_arg = arg;
+    fw_sched_drain(cp->sched, grace_ms, sched_drained_cb, cp);
 }
 
 static void one_closed(fw_compute *cp)
@@ -730,7 +818,16 @@ static void one_closed(fw_compute *cp)
         free_compute(cp);
 }
 
-static void sched_stopped_cb(void *arg) { one_closed(arg); }
+/* The last worker has returned (IDENTIFY and LIST jobs read the gallery): only now may the
+ * gallery close. It completes the writes still queued inside the call, and its async handle
+ * closes in a later turn of the loop, which the caller of fw_compute_stop runs. */
+static void sched_stopped_cb(void *arg)
+{
+    fw_compute *cp = arg;
+    fw_galops_close(cp->galops);
+    cp->galops = NULL;
+    one_closed(cp);
+}
 static void metrics_closed_cb(void *arg) { one_closed(arg); }
 static void signal_closed_cb(uv_handle_t *h) { one_closed(h->data); }
 

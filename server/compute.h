@@ -64,6 +64,10 @@ typedef struct fw_compute_options {
     int start_degraded;          /* --degraded: start in degraded mode */
     const struct fw_log *log;    /* where compute logs; NULL = stderr at info level. Not owned;
                                     must outlive the fw_compute. */
+    /* added for the gallery ops (server/galleryops.h) */
+    int repair;                  /* --repair: open a gallery whose log is corrupt in the middle,
+                                    dropping the damaged records */
+    uint32_t gallery_max_faces;  /* --gallery-max-faces, 0 = the gallery's default (10,000,000) */
 } fw_compute_options;
 
 void fw_compute_options_default(fw_compute_options *o);
@@ -75,8 +79,10 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
 void fw_compute_usage(FILE *out);
 
 /* Start on loop: sets UV_THREADPOOL_SIZE (must be called before anything queues work on this
- * loop), loads models, opens the gallery, starts the metrics listener. Returns 0 or -1 with
- * a message. */
+ * loop), loads models, opens the gallery (data_dir; blocks while it loads), starts the
+ * metrics listener. Returns 0 or -1 with a message; a gallery that cannot be opened (corrupt
+ * log without --repair, a data directory another process holds) is such a failure. After a
+ * failure the loop must still be run once so that the handles already made can close. */
 int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **out,
                      char *err, size_t errlen);
 
@@ -91,11 +97,14 @@ void fw_compute_conn_closed(fw_compute *cp, fw_conn *c);
 size_t fw_compute_info(fw_compute *cp, char *buf, size_t cap);
 
 /* Graceful shutdown: new requests get SHUTTING_DOWN; queued and running jobs go on until
- * grace_ms, then everything not yet answered is answered SHUTTING_DOWN. on_drained is called
- * once, when every job has been answered and no worker is still running one. */
+ * grace_ms, then everything not yet answered is answered SHUTTING_DOWN. Gallery writes
+ * already queued (ENROLL, DELETE) are never cut short: they are answered when their record is
+ * on disk or failed, grace or not. on_drained is called once, when every job and every
+ * gallery write has been answered and no worker is still running one. */
 void fw_compute_drain(fw_compute *cp, uint32_t grace_ms, void (*on_drained)(void *arg), void *arg);
 
-/* Close handles and free everything; the loop must then be run to let handles close. */
+/* Close handles and free everything; the loop must then be run to let handles close. The
+ * gallery is closed (on the loop thread) once the last worker has returned. */
 void fw_compute_stop(fw_compute *cp);
 
 #endif

@@ -109,9 +109,18 @@ int fw_faceops_parse_verify(fw_job *j, char *err, size_t errlen)
 
 int fw_faceops_needs_engine(const fw_job *j)
 {
-    if (j->op->opcode != FW_OP_VERIFY)
+    switch (j->op->opcode) {
+    case FW_OP_VERIFY:
+        return j->args.verify.in[0].kind == FW_INPUT_JPEG || j->args.verify.in[1].kind == FW_INPUT_JPEG;
+    case FW_OP_ENROLL:
+        return j->args.enroll.in.kind == FW_INPUT_JPEG;
+    case FW_OP_IDENTIFY:
+        return j->args.identify.in.kind == FW_INPUT_JPEG;
+    case FW_OP_LIST:
+        return 0;
+    default:
         return 1;
-    return j->args.verify.in[0].kind == FW_INPUT_JPEG || j->args.verify.in[1].kind == FW_INPUT_JPEG;
+    }
 }
 
 /* ---- work (pool thread) -------------------------------------------------------------------- */
@@ -137,9 +146,8 @@ static uint16_t status_of(fw_engine_err e)
  * engine's workspace is made on the first degraded job a slot runs (here, on the worker: the
  * slot belongs to this job until it returns), so a server that never degrades never pays for
  * it; if it cannot be made, the job runs on the full-size detector. */
-static void pick_engine(const fw_job *j, const fw_engine **e, fw_engine_ws **ws)
+static void pick_engine(const fw_job *j, const fw_face_env *env, const fw_engine **e, fw_engine_ws **ws)
 {
-    const fw_face_env *env = j->env;
     fw_face_slot *fs = j->slot->ctx;
     if (j->degraded && env->engine_small && !fs->ws_small)
         fs->ws_small = fw_engine_ws_new(env->engine_small);
@@ -160,7 +168,7 @@ static void analyze_work(fw_job *j, int want)
     char err[160];
     int n = 0, w = 0, h = 0;
 
-    pick_engine(j, &e, &ws);
+    pick_engine(j, j->env, &e, &ws);
     fw_engine_err rc = fw_engine_analyze(e, ws, j->args.image.jpeg, j->args.image.len, want,
                                          fs->faces, fs->max_faces, &n, &w, &h, NULL, err, sizeof err);
     if (rc != FWE_OK) {
@@ -206,6 +214,25 @@ void fw_faceops_embed_work(fw_job *j)
     analyze_work(j, FW_WANT_DESCRIPTORS);
 }
 
+int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len,
+                        const fw_face **faces)
+{
+    fw_face_slot *fs = j->slot->ctx;
+    const fw_engine *e;
+    fw_engine_ws *ws;
+    char err[160];
+    int n = 0;
+    pick_engine(j, env, &e, &ws);
+    fw_engine_err rc = fw_engine_analyze(e, ws, jpeg, len, FW_WANT_DESCRIPTORS, fs->faces, fs->max_faces,
+                                         &n, NULL, NULL, NULL, err, sizeof err);
+    if (rc != FWE_OK) {
+        job_fail(j, status_of(rc), "", err);
+        return -1;
+    }
+    *faces = fs->faces;
+    return n;
+}
+
 /* The descriptor of one VERIFY input into out[128]; 0, or -1 with j->out set. */
 static int input_descriptor(fw_job *j, const fw_input *in, char which, float *out)
 {
@@ -219,7 +246,7 @@ static int input_descriptor(fw_job *j, const fw_input *in, char which, float *ou
     char err[160], prefix[24];
     int n = 0;
     snprintf(prefix, sizeof prefix, "input %c: ", which);
-    pick_engine(j, &e, &ws);
+    pick_engine(j, j->env, &e, &ws);
     /* max_faces = 1: faces come best score first, and only the best one is described */
     fw_engine_err rc = fw_engine_analyze(e, ws, in->jpeg, in->len, FW_WANT_DESCRIPTORS,
                                          fs->faces, 1, &n, NULL, NULL, NULL, err, sizeof err);

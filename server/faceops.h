@@ -42,8 +42,17 @@ void fw_face_slot_free(fw_face_slot *fs);
 /* Loop thread: 0, or -1 with a BAD_REQUEST message. DETECT and EMBED share a layout. */
 int fw_faceops_parse_image(fw_job *j, char *err, size_t errlen);
 int fw_faceops_parse_verify(fw_job *j, char *err, size_t errlen);
-/* 1 if the parsed job needs the engine (VERIFY of two descriptors does not). */
+/* 1 if the parsed job needs the engine (VERIFY of two descriptors does not, nor do the
+ * gallery ops without a JPEG input). */
 int fw_faceops_needs_engine(const fw_job *j);
+
+/* Pool thread, for ops that need the descriptors of every face in a JPEG (the gallery ops):
+ * detect and describe them with env's engine (the smaller detector in degraded mode) into
+ * the job's slot, best score first, at most the engine's max_faces. Returns the count with
+ * *faces pointing into the slot (valid until the job returns), or -1 with j->out set
+ * (BAD_IMAGE, INTERNAL). The job's slot must hold a fw_face_slot. */
+int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len,
+                        const fw_face **faces);
 
 /* Pool thread. */
 void fw_faceops_detect_work(fw_job *j);

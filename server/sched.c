@@ -370,8 +370,16 @@ static void after_work_cb(uv_work_t *w, int status)
             j->out.status = FW_STATUS_INTERNAL;
             snprintf(j->out.msg, sizeof j->out.msg, "worker cancelled");
         }
-        breaker_record(s, j, j->out.status == FW_STATUS_INTERNAL);
-        job_answer(s, j, j->out.status, j->out.body, j->out.len, j->out.msg, 0, 0);
+        if (status == 0 && j->out.status == FW_STATUS_OK && j->op->handover) {
+            /* the op answers later (and reports the breaker outcome with j->probe) */
+            j->op->handover(j);
+            j->answered = 1;
+            j->conn = NULL;
+            j->probe = 0;
+        } else {
+            breaker_record(s, j, j->out.status == FW_STATUS_INTERNAL);
+            job_answer(s, j, j->out.status, j->out.body, j->out.len, j->out.msg, 0, 0);
+        }
     }
     fw_job_free(j);
 
@@ -650,6 +658,67 @@ void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
     s->queued_bytes += j->body_len;
     fw_conn_job_started(c);
     dispatch(s);
+}
+
+/* ---- direct requests ----------------------------------------------------------------------- */
+
+int fw_sched_admit_direct(fw_sched *s, fw_conn *c, const fw_header *h, int op_index, int *probe)
+{
+    const fw_op *op = &s->ops[op_index];
+    char msg[128];
+    *probe = 0;
+    if (s->draining || s->stopping) {
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
+        return -1;
+    }
+    if (s->degraded && clamp_prio(h->priority) == FW_PRIO_LOW) {
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_BUSY, "degraded mode: low priority refused",
+                            1, retry_estimate(s, FW_PRIO_LOW, op_index));
+        return -1;
+    }
+    uint32_t retry = 0;
+    int changed = 0;
+    fw_breaker *b = &s->classes[op->cls].breaker;
+    fw_breaker_state from = b->state;
+    fw_breaker_verdict v = fw_breaker_admit(b, uv_now(s->loop), &retry, &changed);
+    if (changed)
+        log_transition(s, op->cls, from);
+    if (v == FW_BREAKER_REJECT) {
+        snprintf(msg, sizeof msg, "circuit breaker %s for %s operations", fw_breaker_state_name(b->state),
+                 s->classes[op->cls].name);
+        fw_sched_answer_now(s, c, h, op_index, FW_STATUS_UNAVAILABLE, msg, 1, retry);
+        return -1;
+    }
+    *probe = v == FW_BREAKER_PROBE;
+    return 0;
+}
+
+void fw_sched_answer_direct(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
+                            uint16_t status, const void *body, size_t len, const char *msg,
+                            int has_retry, uint32_t retry_after_ms)
+{
+    if (status != FW_STATUS_OK) {
+        fw_sched_answer_now(s, c, h, op_index, status, msg, has_retry, retry_after_ms);
+        return;
+    }
+    fw_conn_reply(c, h, status, body, len);
+    if (op_index >= 0 && op_index < s->nops)
+        s->stats[op_index].responses[status]++;
+}
+
+void fw_sched_record_outcome(fw_sched *s, int op_index, int failure, int probe)
+{
+    int cls = s->ops[op_index].cls;
+    fw_breaker *b = &s->classes[cls].breaker;
+    fw_breaker_state from = b->state;
+    if (fw_breaker_record(b, uv_now(s->loop), failure, probe))
+        log_transition(s, cls, from);
+}
+
+void fw_sched_cancel_outcome(fw_sched *s, int op_index, int probe)
+{
+    if (probe)
+        fw_breaker_cancel_probe(&s->classes[s->ops[op_index].cls].breaker);
 }
 
 /* ---- connections, modes -------------------------------------------------------------------- */

@@ -49,6 +49,13 @@ typedef union fw_job_args {
     uint32_t sleep_ms;                     /* TEST_SLEEP */
     struct { const uint8_t *jpeg; uint32_t len; } image;   /* DETECT, EMBED */
     struct { fw_input in[2]; float threshold; } verify;    /* VERIFY */
+    struct {                                               /* ENROLL */
+        const char *subject; uint16_t subject_len;
+        const uint8_t *meta; uint32_t meta_len;
+        fw_input in;
+    } enroll;
+    struct { fw_input in; uint16_t k; float max_distance; } identify;  /* IDENTIFY */
+    struct { const char *cursor; uint16_t cursor_len; uint16_t limit; } list;  /* LIST */
 } fw_job_args;
 
 /* What the worker hands back. Written only by the worker; read by the loop after it returned. */
@@ -75,6 +82,19 @@ typedef struct fw_op {
     int (*parse)(fw_job *j, char *err, size_t errlen);
     /* Pool thread: do the work, fill j->out. */
     void (*work)(fw_job *j);
+    /* Optional, loop thread: called instead of answering when the worker returned with
+     * status OK and the request still waits for its answer (not timed out, not shut down;
+     * its connection may have closed: j->conn is then NULL). The op takes the request over:
+     * from then on it answers it (fw_sched_answer_direct), reports the breaker outcome with
+     * j->probe (fw_sched_record_outcome) and calls fw_conn_job_finished(j->conn) when it
+     * answers a connection that is still there. It must copy what it keeps: the scheduler
+     * frees the job when the hook returns. Used by ENROLL from a JPEG: the worker computes
+     * the descriptor, the gallery write is queued here. */
+    void (*handover)(fw_job *j);
+    /* Optional, for compute's routing only (the scheduler never calls it): 1 if this request
+     * is served on the loop thread without a job (see galleryops.h), decided from the body
+     * before it is copied. Ops for which it always says 1 have no parse or work function. */
+    int (*direct)(const uint8_t *body, size_t len);
 } fw_op;
 
 enum fw_job_state { FW_JOB_NEW = 0, FW_JOB_WAITING, FW_JOB_RUNNING };
@@ -163,6 +183,26 @@ void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j);
  * retry_after_ms is appended (u32) when has_retry is set. */
 void fw_sched_answer_now(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
                          uint16_t status, const char *msg, int has_retry, uint32_t retry_after_ms);
+
+/* ---- requests served without a worker (gallery writes, GALLERY_INFO) ----------------------
+ * They skip the worker queues (queue caps, byte budget and run-time estimates are about
+ * worker time) but not the rest of admission: SHUTTING_DOWN while draining, low priority
+ * refused in degraded mode, and the op's circuit breaker. Returns 0 when admitted (*probe
+ * says whether as a half-open probe: report the outcome with it), -1 after answering. */
+int fw_sched_admit_direct(fw_sched *s, fw_conn *c, const fw_header *h, int op_index, int *probe);
+
+/* Answer a request the scheduler does not hold (admitted direct, or handed over): OK with
+ * body, or an error status with msg (and retry_after_ms when has_retry). Counted for op.
+ * Does not touch the connection's job count. */
+void fw_sched_answer_direct(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
+                            uint16_t status, const void *body, size_t len, const char *msg,
+                            int has_retry, uint32_t retry_after_ms);
+
+/* The outcome of a direct or handed-over request for its op's breaker. failure: the
+ * component failed (INTERNAL); probe: as admitted. cancel: no outcome will come (refused
+ * before it ran), which only matters for a probe. */
+void fw_sched_record_outcome(fw_sched *s, int op_index, int failure, int probe);
+void fw_sched_cancel_outcome(fw_sched *s, int op_index, int probe);
 
 void fw_sched_conn_closed(fw_sched *s, fw_conn *c);
 void fw_sched_set_degraded(fw_sched *s, int on);
