@@ -193,7 +193,11 @@ for kind in kinds:
     rate, deadline = open(path(kind + ".params")).read().split()
     name = "TEST_SLEEP %s ms" % sleep_ms if kind == "sleep" else "EMBED"
     op = "test_sleep" if kind == "sleep" else "embed"
-    cap = max(per_s(run(kind, r)["status"].get("OK", 0), run(kind, r)) for r in ("cap", "cap2"))
+    caps = [per_s(run(kind, r)["status"].get("OK", 0), run(kind, r)) for r in ("cap", "cap2")]
+    cap = max(caps)
+    notes.append("  %s: capacity %.1f OK/s before, %.1f after: the offered %s req/s is %.1fx the higher%s" % (
+        name, caps[0], caps[1], rate, float(rate) / cap if cap else 0,
+        "" if caps[1] <= 1.2 * caps[0] else " (capacity moved during the run: other work on the machine?)"))
     for row, server in (("cap", "bounded: capacity before"), ("bounded", "bounded (default)"),
                         ("cap2", "bounded: capacity after"), ("unbounded", "huge queues, no deadline")):
         d = run(kind, row)
