@@ -117,7 +117,13 @@ static inline float act_apply(float v, enum nn_act act)
  * is assumed. */
 typedef float v16f __attribute__((vector_size(64)));
 
-static inline v16f v16_load(const float *p)
+/* Without AVX-512, GCC and Clang warn that passing v16f by value has a different ABI than
+ * with it; it only ever crosses static functions of this file, so no ABI is exposed. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+static inline __attribute__((always_inline)) v16f v16_load(const float *p)
 {
     v16f v;
     memcpy(&v, p, sizeof v);
@@ -195,18 +201,35 @@ static void conv3x3_c3_c16(const nn_tensor *in, const nn_conv *cv, int stride, i
  * Here the weights already sit in the order the micro-kernel reads them: panels of NN_NR
  * columns, each K rows of NN_NR contiguous floats (the last panel zero-padded), so the kernel
  * streams a panel linearly while it broadcasts NN_MR rows of A straight from the activations.
- * With AVX-512 an NN_MR x 32 tile is 16 accumulators of 16 floats, enough to hide the FMA
- * latency; elsewhere v16f is two or four registers, so fewer rows keep it from spilling.
- * Each output is one sequential sum over k, the same order a naive loop uses.
+ * The kernel and the Winograd transforms below work on vf, a vector of the target's own
+ * width (a generic vector wider than the target's registers compiles to slow piecewise code:
+ * measured 30x slower with v16f on AVX2). An NN_MR x 32 tile is then 16 accumulators with
+ * AVX-512, 12 with AVX2, 8 with SSE/NEON: enough to hide the FMA latency without spilling out
+ * of 32, 16 and 16 registers. Each output is one sequential sum over k, the order a naive
+ * loop uses.
  */
 #define NN_NR 32
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
+#define NN_VW 16
 #define NN_MR 8
-#else
+#elif defined(__AVX__)
+#define NN_VW 8
 #define NN_MR 3
+#else
+#define NN_VW 4
+#define NN_MR 1
 #endif
+#define NN_NV (NN_NR / NN_VW) /* vectors per panel row */
 
-typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(NN_VW * 4)));
+typedef int32_t vi __attribute__((vector_size(NN_VW * 4)));
+
+static inline __attribute__((always_inline)) vf vf_load(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 
 size_t nn_packed_floats(size_t k, size_t n)
 {
@@ -219,13 +242,13 @@ static inline size_t packed_index(size_t k, size_t kk, size_t j)
     return (j / NN_NR) * k * NN_NR + kk * NN_NR + j % NN_NR;
 }
 
-static inline v16f v16_act(v16f v, enum nn_act act)
+static inline __attribute__((always_inline)) vf vf_act(vf v, enum nn_act act)
 {
     if (act == NN_ACT_NONE)
         return v;
-    v16i pos = v > (v16f){ 0 };
-    v16f alt = act == NN_ACT_RELU ? (v16f){ 0 } : v * 0.1f;
-    return (v16f)((pos & (v16i)v) | (~pos & (v16i)alt));
+    vi pos = v > (vf){ 0 };
+    vf alt = act == NN_ACT_RELU ? (vf){ 0 } : v * 0.1f;
+    return (vf)((pos & (vi)v) | (~pos & (vi)alt));
 }
 
 /* c[0..mr) x [0..nv) = act(init + a[0..mr) x panel), mr a compile-time constant after
@@ -234,22 +257,24 @@ static inline __attribute__((always_inline)) void
 gemm_tile(int mr, size_t k, const float *restrict a, size_t lda, const float *restrict bp,
           const float *restrict init, size_t nv, enum nn_act act, float *restrict c, size_t ldc)
 {
-    v16f acc[NN_MR][2];
-    v16f i0 = v16_load(init), i1 = v16_load(init + 16);
-    for (int r = 0; r < mr; r++) {
-        acc[r][0] = i0;
-        acc[r][1] = i1;
-    }
+    vf acc[NN_MR][NN_NV];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < NN_NV; v++)
+            acc[r][v] = vf_load(init + v * NN_VW);
     for (size_t kk = 0; kk < k; kk++) {
-        v16f b0 = v16_load(bp + kk * NN_NR), b1 = v16_load(bp + kk * NN_NR + 16);
+        vf b[NN_NV];
+        for (int v = 0; v < NN_NV; v++)
+            b[v] = vf_load(bp + kk * NN_NR + (size_t)(v * NN_VW));
         for (int r = 0; r < mr; r++) {
             float av = a[(size_t)r * lda + kk];
-            acc[r][0] += av * b0;
-            acc[r][1] += av * b1;
+            for (int v = 0; v < NN_NV; v++)
+                acc[r][v] += av * b[v];
         }
     }
     for (int r = 0; r < mr; r++) {
-        v16f y[2] = { v16_act(acc[r][0], act), v16_act(acc[r][1], act) };
+        vf y[NN_NV];
+        for (int v = 0; v < NN_NV; v++)
+            y[v] = vf_act(acc[r][v], act);
         memcpy(c + (size_t)r * ldc, y, nv * sizeof(float));
     }
 }
@@ -271,20 +296,26 @@ static void gemm_packed(size_t m, size_t n, size_t k, const float *a, size_t lda
         size_t i = 0;
         for (; i + NN_MR <= m; i += NN_MR)
             gemm_tile(NN_MR, k, a + i * lda, lda, panel, init, nv, act, cj + i * ldc, ldc);
-        const float *ai = a + i * lda;
-        float *ci = cj + i * ldc;
+        /* The last m % NN_MR rows, with the tile height again a constant. */
+#define GEMM_TAIL(r) \
+    case r: gemm_tile(r, k, a + i * lda, lda, panel, init, nv, act, cj + i * ldc, ldc); break
         switch (m - i) {
 #if NN_MR > 4
-        case 7: gemm_tile(7, k, ai, lda, panel, init, nv, act, ci, ldc); break;
-        case 6: gemm_tile(6, k, ai, lda, panel, init, nv, act, ci, ldc); break;
-        case 5: gemm_tile(5, k, ai, lda, panel, init, nv, act, ci, ldc); break;
-        case 4: gemm_tile(4, k, ai, lda, panel, init, nv, act, ci, ldc); break;
-        case 3: gemm_tile(3, k, ai, lda, panel, init, nv, act, ci, ldc); break;
+        GEMM_TAIL(7);
+        GEMM_TAIL(6);
+        GEMM_TAIL(5);
+        GEMM_TAIL(4);
+        GEMM_TAIL(3);
 #endif
-        case 2: gemm_tile(2, k, ai, lda, panel, init, nv, act, ci, ldc); break;
-        case 1: gemm_tile(1, k, ai, lda, panel, init, nv, act, ci, ldc); break;
+#if NN_MR > 2
+        GEMM_TAIL(2);
+#endif
+#if NN_MR > 1
+        GEMM_TAIL(1);
+#endif
         default: break;
         }
+#undef GEMM_TAIL
     }
 }
 
@@ -384,8 +415,8 @@ int nn_conv_winograd_prepare(nn_conv *cv)
 }
 
 /* y = B^T x for one column/row of a tile: a vectors at stride xs, written at stride ys. */
-static inline __attribute__((always_inline)) void wino_bt(int a, const v16f *x, int xs,
-                                                          v16f *y, int ys)
+static inline __attribute__((always_inline)) void wino_bt(int a, const vf *x, int xs,
+                                                          vf *y, int ys)
 {
 #define X(i) x[(i) * xs]
 #define Y(i) y[(i) * ys]
@@ -395,7 +426,7 @@ static inline __attribute__((always_inline)) void wino_bt(int a, const v16f *x, 
         Y(2) = X(2) - X(1);
         Y(3) = X(1) - X(3);
     } else {
-        v16f x1 = X(1), x2 = X(2), x3 = X(3), x4 = X(4);
+        vf x1 = X(1), x2 = X(2), x3 = X(3), x4 = X(4);
         Y(0) = 4.0f * X(0) - 5.0f * x2 + x4;
         Y(1) = (x3 + x4) - 4.0f * (x1 + x2);
         Y(2) = 4.0f * (x1 - x2) + (x4 - x3);
@@ -406,14 +437,14 @@ static inline __attribute__((always_inline)) void wino_bt(int a, const v16f *x, 
 }
 
 /* y = A^T x: a vectors in, m = a - 2 out. */
-static inline __attribute__((always_inline)) void wino_at(int a, const v16f *x, int xs,
-                                                          v16f *y, int ys)
+static inline __attribute__((always_inline)) void wino_at(int a, const vf *x, int xs,
+                                                          vf *y, int ys)
 {
     if (a == 4) {
         Y(0) = X(0) + X(1) + X(2);
         Y(1) = X(1) - X(2) - X(3);
     } else {
-        v16f s1 = X(1) + X(2), d1 = X(1) - X(2), s2 = X(3) + X(4), d2 = X(3) - X(4);
+        vf s1 = X(1) + X(2), d1 = X(1) - X(2), s2 = X(3) + X(4), d2 = X(3) - X(4);
         Y(0) = X(0) + s1 + s2;
         Y(1) = d1 + 2.0f * d2;
         Y(2) = s1 + 4.0f * s2;
@@ -423,12 +454,12 @@ static inline __attribute__((always_inline)) void wino_at(int a, const v16f *x, 
 #undef Y
 }
 
-/* Up to 16 floats as a vector, zeros past n. */
-static inline v16f v16_load_n(const float *p, size_t n)
+/* Up to NN_VW floats as a vector, zeros past n. */
+static inline __attribute__((always_inline)) vf vf_load_n(const float *p, size_t n)
 {
-    if (n == 16)
-        return v16_load(p);
-    v16f v = { 0 };
+    if (n == NN_VW)
+        return vf_load(p);
+    vf v = { 0 };
     memcpy(&v, p, n * sizeof(float));
     return v;
 }
@@ -450,11 +481,11 @@ static inline __attribute__((always_inline)) void wino_in_tile(const nn_tensor *
                                : in->d + ((size_t)iy * (size_t)in->w + (size_t)ix) * cin;
         }
     }
-    for (size_t c = 0; c < cin; c += 16) {
-        size_t n = cin - c < 16 ? cin - c : 16;
-        v16f x[36], t[36];
+    for (size_t c = 0; c < cin; c += NN_VW) {
+        size_t n = cin - c < NN_VW ? cin - c : NN_VW;
+        vf x[36], t[36];
         for (int k = 0; k < a * a; k++)
-            x[k] = v16_load_n(d[k] + c, n);
+            x[k] = vf_load_n(d[k] + c, n);
         for (int j = 0; j < a; j++) /* columns */
             wino_bt(a, x + j, a, t + j, a);
         for (int i = 0; i < a; i++) /* rows */
@@ -475,20 +506,20 @@ static inline __attribute__((always_inline)) void wino_out_tile(const float *q, 
     size_t cout = (size_t)out->c;
     int oy = ty * m, ox = tx * m;
     int mh = out->h - oy < m ? out->h - oy : m, mw = out->w - ox < m ? out->w - ox : m;
-    for (size_t c = 0; c < cout; c += 16) {
-        size_t n = cout - c < 16 ? cout - c : 16;
-        v16f x[36], r[24], y[16];
+    for (size_t c = 0; c < cout; c += NN_VW) {
+        size_t n = cout - c < NN_VW ? cout - c : NN_VW;
+        vf x[36], r[24], y[16];
         for (int k = 0; k < a * a; k++)
-            x[k] = v16_load_n(q + (size_t)k * xs + c, n);
+            x[k] = vf_load_n(q + (size_t)k * xs + c, n);
         for (int j = 0; j < a; j++)
             wino_at(a, x + j, a, r + j, a);
         for (int i = 0; i < m; i++)
             wino_at(a, r + i * a, 1, y + i * m, 1);
-        v16f b = v16_load_n(bias + c, n);
+        vf b = vf_load_n(bias + c, n);
         for (int i = 0; i < mh; i++) {
             float *row = out->d + ((size_t)(oy + i) * (size_t)out->w + (size_t)ox) * cout + c;
             for (int j = 0; j < mw; j++) {
-                v16f v = v16_act(y[i * m + j] + b, act);
+                vf v = vf_act(y[i * m + j] + b, act);
                 memcpy(row + (size_t)j * cout, &v, n * sizeof(float));
             }
         }
