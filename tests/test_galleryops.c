@@ -11,10 +11,12 @@
  * corrupt in the middle (unless --repair), and shutdown waits for gallery writes in flight,
  * including the write of a request whose connection is gone.
  */
+// run-under: tsan
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -888,6 +890,129 @@ static void t_startup_refusals_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* An ENROLL answered DEADLINE_EXCEEDED while its worker ran is never written: the server is
+ * stopped (which waits for the worker) and restarted, and the gallery is empty. */
+static void t_timed_out_enroll_not_written_body(void)
+{
+    CHECK(new_data_dir() == 0);
+    CHECK(start_server(NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    size_t jl, bl;
+    uint8_t *jpeg = eval_pic("rose_leslie_1.jpg", &jl);
+    CHECK(jpeg);
+    uint8_t *body = jpeg_body("rose", jpeg, jl, 0, &bl);
+    free(jpeg);
+    CHECK(body);
+    fw_header h = tu_request(FW_OP_ENROLL, 77, (uint32_t)bl);
+    h.deadline_ms = 1;
+    int sent = tu_send_frame(fd, &h, body) == 0;
+    free(body);
+    CHECK(sent);
+    resp r;
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
+    resp_free(&r);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+    CHECK(start_server(NULL) == 0);
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    uint64_t gi[4];
+    CHECK(gallery_info(fd, gi) == 0);
+    CHECK_EQ_INT(gi[0], 0);
+    CHECK_EQ_INT(gi[3], 0);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* Without models: descriptor inputs work, JPEG inputs are UNAVAILABLE with the reason. */
+static void t_without_models_body(void)
+{
+    CHECK(new_data_dir() == 0);
+    const char *args[] = { "--data", data_dir, "--models", "/nonexistent/facewire-models", NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    float d[128];
+    uint64_t id = 0;
+    resp r;
+    unit_desc(d, 9, 2.0f);
+    CHECK(enroll_desc(fd, "desc", "", d, &id, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    resp_free(&r);
+    buf *q = buf_new();
+    CHECK(q);
+    put_desc(&q->w, d);
+    fw_put_u16(&q->w, 1);
+    fw_put_u8(&q->w, 0);
+    fw_put_f32(&q->w, 0);
+    int rc = roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &r);
+    free(q);
+    CHECK(rc == 0);
+    static ident id2;
+    CHECK(parse_ident(&r, &id2) == 0);
+    resp_free(&r);
+    CHECK_EQ_INT(id2.nm[0], 1);
+    CHECK_EQ_INT(id2.id[0][0], id);
+    CHECK(pic_request(fd, "obama", "barack_obama_1.jpg", 0, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    CHECK_MSG(strncmp(r.msg, "models not loaded: ", 19) == 0, "%s", r.msg);
+    resp_free(&r);
+    CHECK(pic_request(fd, NULL, "barack_obama_1.jpg", 1, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
+    resp_free(&r);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* The gallery's figures in /metrics. */
+static void t_metrics_body(void)
+{
+    CHECK(new_data_dir() == 0);
+    CHECK(start_server("--metrics-listen=127.0.0.1:0") == 0);
+    CHECK(tu_server_wait_log(&srv, "msg=\"metrics listening\" addr=127.0.0.1:"));
+    int port = 0;
+    pthread_mutex_lock(&srv.mu);
+    const char *p = strstr(srv.log, "msg=\"metrics listening\" addr=127.0.0.1:");
+    if (p)
+        port = atoi(p + strlen("msg=\"metrics listening\" addr=127.0.0.1:"));
+    pthread_mutex_unlock(&srv.mu);
+    CHECK(port > 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    float d[128];
+    uint64_t id;
+    resp r;
+    unit_desc(d, 1, 1.0f);
+    CHECK(enroll_desc(fd, "m", "", d, &id, &r) == 0);
+    resp_free(&r);
+    close(fd);
+    int hf = tu_connect("127.0.0.1", port);
+    CHECK(hf >= 0);
+    static const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    CHECK(tu_send_all(hf, get, sizeof get - 1) == 0);
+    static char page[1 << 18];
+    size_t n = 0;
+    for (;;) {
+        ssize_t k = read(hf, page + n, sizeof page - 1 - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0 || n + (size_t)k >= sizeof page - 1)
+            break;
+        n += (size_t)k;
+    }
+    page[n] = '\0';
+    close(hf);
+    CHECK_MSG(strstr(page, "\nfacewire_gallery_faces 1\n") && strstr(page, "\nfacewire_gallery_subjects 1\n") &&
+              strstr(page, "\nfacewire_gallery_last_seq 1\n") && strstr(page, "\nfacewire_gallery_bytes ") &&
+              strstr(page, "\nfacewire_gallery_write_seconds_count 1\n") &&
+              strstr(page, "facewire_breaker_state{class=\"gallery_write\"} 0\n") &&
+              strstr(page, "facewire_requests_total{op=\"ENROLL\"} 1\n"),
+              "metrics: %.2000s", page);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
 static void cleanup(void)
 {
     if (srv.pid > 0)
@@ -904,6 +1029,9 @@ T(t_list_paging_and_restart)
 T(t_malformed_bodies)
 T(t_shutdown_waits_for_writes)
 T(t_startup_refusals)
+T(t_timed_out_enroll_not_written)
+T(t_without_models)
+T(t_metrics)
 
 static const struct check_test tests[] = {
     CHECK_TEST(t_descriptor_roundtrip),
@@ -912,6 +1040,9 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_malformed_bodies),
     CHECK_TEST(t_shutdown_waits_for_writes),
     CHECK_TEST(t_startup_refusals),
+    CHECK_TEST(t_timed_out_enroll_not_written),
+    CHECK_TEST(t_without_models),
+    CHECK_TEST(t_metrics),
 };
 
 int main(int argc, char **argv)
