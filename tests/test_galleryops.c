@@ -518,6 +518,19 @@ static void t_jpeg_inputs_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_NO_FACE);
     CHECK_EQ_STR(r.msg, "no face in picture");
     resp_free(&r);
+    /* IDENTIFY of a picture without a face: OK, no face ("nobody"), not NO_FACE */
+    blank = blank_jpeg(&jl);
+    CHECK(blank);
+    body = jpeg_body(NULL, blank, jl, 3, &bl);
+    free(blank);
+    CHECK(body);
+    rc = roundtrip(fd, FW_OP_IDENTIFY, body, bl, &r);
+    free(body);
+    CHECK(rc == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(parse_ident(&r, &id) == 0);
+    resp_free(&r);
+    CHECK_EQ_INT(id.n, 0);
     /* a JPEG that does not decode */
     body = jpeg_body("broken", (const uint8_t *)"\xff\xd8garbage", 9, 0, &bl);
     CHECK(body);
@@ -650,6 +663,63 @@ static void t_list_paging_and_restart_body(void)
     CHECK(enroll_desc(fd, "late", "", d, &id, &r) == 0);
     resp_free(&r);
     CHECK_EQ_INT(id, N + 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+/* A page never holds more than FW_GALOPS_LIST_PAGE_MAX (4096) subjects, whatever the limit:
+ * 4100 subjects with limit 65535 come in two pages. */
+static void t_list_page_cap_body(void)
+{
+    enum { N = 4100 };
+    CHECK(new_data_dir() == 0);
+    CHECK(start_server(NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    buf *b = buf_new();
+    CHECK(b);
+    int sent = 1;
+    for (int i = 0; i < N && sent; i++) {
+        char s[16];
+        float d[128];
+        snprintf(s, sizeof s, "c%05d", i);
+        unit_desc(d, i % 128, 1.0f);
+        fw_writer_init(&b->w, b->b, sizeof b->b);
+        fw_put_str(&b->w, s, strlen(s));
+        fw_put_bytes(&b->w, "", 0);
+        put_desc(&b->w, d);
+        sent = send_req(fd, FW_OP_ENROLL, 10000 + (uint32_t)i, b->b, b->w.len) == 0;
+    }
+    free(b);
+    CHECK(sent);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        resp r;
+        if (read_resp(fd, &r) != 0)
+            break;
+        ok += r.status == FW_STATUS_OK;
+        resp_free(&r);
+    }
+    CHECK_EQ_INT(ok, N);
+    static char names[N + 8][16];
+    static uint32_t faces[N + 8];
+    int pages = 0;
+    CHECK_EQ_INT(list_all(fd, 4096, names, faces, N + 8, &pages), N);
+    CHECK_EQ_INT(pages, 2);
+    /* limit 65535: list_all insists on full pages, so read the first one by hand */
+    uint8_t req[8];
+    fw_writer w;
+    fw_writer_init(&w, req, sizeof req);
+    fw_put_str(&w, "", 0);
+    fw_put_u16(&w, 65535);
+    resp r;
+    CHECK(roundtrip(fd, FW_OP_LIST, req, w.len, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK_EQ_INT(fw_rd16(r.body), 4096);
+    /* the cursor after the page is its last subject */
+    CHECK(r.len > 8);
+    CHECK(memcmp(r.body + r.len - 8, "\x00\x06" "c04095", 8) == 0);
+    resp_free(&r);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -1026,6 +1096,7 @@ static void cleanup(void)
 T(t_descriptor_roundtrip)
 T(t_jpeg_inputs)
 T(t_list_paging_and_restart)
+T(t_list_page_cap)
 T(t_malformed_bodies)
 T(t_shutdown_waits_for_writes)
 T(t_startup_refusals)
@@ -1037,6 +1108,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_descriptor_roundtrip),
     CHECK_TEST(t_jpeg_inputs),
     CHECK_TEST(t_list_paging_and_restart),
+    CHECK_TEST(t_list_page_cap),
     CHECK_TEST(t_malformed_bodies),
     CHECK_TEST(t_shutdown_waits_for_writes),
     CHECK_TEST(t_startup_refusals),
