@@ -5,6 +5,7 @@
  * fwload_main.c  options, the libuv loop, connections, pacing, reporting
  * fwload_ops.c   the op table: how each op's request body is built and its reply checked
  * fwload_hist.c  the latency histogram
+ * fwload_pace.c  the open-loop schedule (--rate): which requests are due when
  *
  * An op is built once per run (its body does not change between requests), so sending a
  * request is: copy a 20-byte header template, patch the request_id, append a few fixed

@@ -30,6 +30,7 @@
  */
 #include "fwload.h"
 #include "fwload_hist.h"
+#include "fwload_pace.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -627,15 +628,9 @@ static void on_pacer(uv_timer_t *t)
     if (app->phase != P_RUNNING)
         return;
     uint64_t now = now_ns();
-    /* Request k is due at t_start + k/rate, so those due by now are k = 0 .. floor(el*rate):
-     * one more than floor(el*rate). (Counting only floor(el*rate) sent every request one
-     * interval late and charged that interval as latency: 3.3 ms at 300 rps.) */
-    double due_f = (double)(now - app->t_start) / app->ns_per_req;
-    uint64_t due = (uint64_t)due_f + 1;
-    if (app->opt.requests && due > app->opt.requests)
-        due = app->opt.requests;
+    uint64_t due = fwl_pace_due(now - app->t_start, app->ns_per_req, app->opt.requests);
     while (app->scheduled < due) {
-        uint64_t t0 = app->t_start + (uint64_t)((double)app->scheduled * app->ns_per_req);
+        uint64_t t0 = app->t_start + fwl_pace_t0(app->scheduled, app->ns_per_req);
         app->scheduled++;
         if (app->q_len == app->q_cap) {
             app->st.err_overflow++; /* the server is this far behind: drop, do not grow */
