@@ -348,17 +348,18 @@ static float *gemm_weights(const nn_conv *cv)
  * reuse each weight: the network picks per layer (recog.c).
  *
  * The tiles are processed in blocks: transform a block's inputs, run the a*a GEMMs on it,
- * transform its outputs (with bias and activation) straight into the output map. A block's
- * transformed inputs and GEMM results then stay in L2 between the three steps; transforming
- * the whole map first spilled them to L3 on the 35x35 maps (profiled: the transforms took
- * ~20% of the recognition net).
+ * transform its outputs (with bias and activation) straight into the output map. That bounds
+ * the scratch for any map size (it must fit the col buffer) and keeps a block's transformed
+ * inputs and GEMM results in L2 between the three steps. On the recognition net's maps it
+ * measured the same as whole-map blocks (within the +-3% noise, F(2x2) and F(4x4) alike):
+ * there the whole-map buffers nearly fit L2 anyway.
  */
 /* A run of zeros standing in for input cells outside the map (the widest map has 512
  * channels). Read-only. */
 static const float nn_zeros[512];
 
-/* Transformed inputs + GEMM results of one block aim at this many floats (640 KB, well
- * inside the 1 MB L2 with the block's weights streaming past). */
+/* Transformed inputs + GEMM results of one block aim at this many floats (640 KB, inside a
+ * 1 MB L2 with the block's weights streaming past; 256 KB and 1.3 MB measured the same). */
 #define WINO_BLOCK_FLOATS ((size_t)160 * 1024)
 
 static const double wino_g2[4][3] = {
