@@ -2,11 +2,12 @@
  * nn.c — tensor operations for the face-api networks (see nn.h).
  *
  * The inner loops run over channels, which are contiguous in HWC, so the compiler vectorises
- * them (the engine is built with -O3 -march=native). Heavy lifting is left to cblas_sgemm.
- * nn_conv2d picks, in order: Winograd F(2x2,3x3) for 3x3 stride-1 convs the network prepared
- * for it; the single live tap when the map is 1x1; a direct kernel for the detector's 3->16
- * first layer; a plain GEMM for 1x1 convs; otherwise im2col + GEMM in blocks of pixels. Each
- * choice is measured, see the comments at the functions.
+ * them (the engine is built with -O3 -march=native). GEMMs run on cblas_sgemm, or on our own
+ * kernel (gemm_packed) when the network packed the conv's weights at load (nn_conv_pack).
+ * nn_conv2d(_packed) picks, in order: Winograd F(2x2,3x3) or F(4x4,3x3) for 3x3 stride-1
+ * convs the network prepared for it; the single live tap when the map is 1x1; a direct kernel
+ * for the detector's 3->16 first layer; a plain GEMM for 1x1 convs; otherwise im2col + GEMM in
+ * blocks of pixels. Each choice is measured, see the comments at the functions.
  */
 #include "engine/nn.h"
 

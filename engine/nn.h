@@ -9,10 +9,11 @@
  * Padding follows TensorFlow: nn_same_pad() gives the "same" split, which puts the odd extra
  * row/column at the bottom/right; max pooling ignores padded cells, convolution reads them as 0.
  *
- * Convolutions are GEMMs on OpenBLAS (row-major: pixels x K times K x cout) with im2col done
- * in blocks of output pixels so the column buffer stays a fixed, cache-sized scratch; 3x3
- * stride-1 convs can run as Winograd F(2x2,3x3) instead, and a few shapes BLAS handles badly
- * have direct kernels (nn.c says which and why).
+ * Convolutions are GEMMs (row-major: pixels x K times K x cout) with im2col done in blocks of
+ * output pixels so the column buffer stays a fixed, cache-sized scratch: on OpenBLAS, or on
+ * nn.c's own kernel over weights packed once at load (nn_conv_pack, nn_conv2d_packed); 3x3
+ * stride-1 convs can run as Winograd F(2x2,3x3) or F(4x4,3x3) instead, and a few shapes BLAS
+ * handles badly have direct kernels (nn.c says which and why).
  */
 #ifndef FW_NN_H
 #define FW_NN_H
