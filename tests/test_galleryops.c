@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
@@ -1083,6 +1084,99 @@ static void t_metrics_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* A full disk on the wire: an ENROLL that cannot be written is INTERNAL with the reason; the
+ * gallery_write breaker then opens (failure threshold 1 %) and writes are refused fast, while
+ * IDENTIFY (gallery_read) and GALLERY_INFO go on; everything acknowledged survives a restart.
+ * Needs root for a 64 KiB tmpfs as --data; says SKIPPED when mount(2) is refused. */
+static void disk_full_body(void)
+{
+    const char *args[] = { "--workers", "2", "--models", models_dir(), "--data", data_dir,
+                           "--breaker-min-requests", "5", "--breaker-failure-pct", "1",
+                           "--breaker-cooldown-ms", "600000", NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    int acked = 0, internal = 0, unavailable = 0;
+    char internal_msg[256] = "", unavailable_msg[256] = "";
+    float d[128];
+    for (int i = 0; i < 1000 && !unavailable; i++) {
+        uint64_t id;
+        resp r;
+        unit_desc(d, i % 128, 1.0f + (float)i);
+        CHECK(enroll_desc(fd, "fill", "", d, &id, &r) == 0);
+        if (r.status == FW_STATUS_OK) {
+            acked++;
+        } else if (r.status == FW_STATUS_INTERNAL) {
+            internal++;
+            snprintf(internal_msg, sizeof internal_msg, "%s", r.msg);
+        } else if (r.status == FW_STATUS_UNAVAILABLE) {
+            unavailable++;
+            snprintf(unavailable_msg, sizeof unavailable_msg, "%s", r.msg);
+            CHECK_EQ_INT(r.len, 2 + strlen(r.msg) + 4); /* retry_after_ms follows */
+        } else {
+            CHECK_MSG(0, "enroll %d: status %u %s", i, r.status, r.msg);
+        }
+        resp_free(&r);
+    }
+    CHECK(acked > 10);
+    CHECK(internal >= 1);
+    CHECK_EQ_STR(internal_msg, "gallery write failed: No space left on device");
+    CHECK_EQ_INT(unavailable, 1);
+    CHECK_EQ_STR(unavailable_msg, "circuit breaker open for gallery_write operations");
+    /* reads go on */
+    buf *q = buf_new();
+    CHECK(q);
+    unit_desc(d, 0, 1.0f);
+    put_desc(&q->w, d);
+    fw_put_u16(&q->w, 1);
+    fw_put_u8(&q->w, 0);
+    fw_put_f32(&q->w, 0);
+    resp r;
+    int rc = roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &r);
+    free(q);
+    CHECK(rc == 0);
+    static ident id;
+    CHECK(parse_ident(&r, &id) == 0);
+    resp_free(&r);
+    CHECK_EQ_INT(id.nm[0], 1);
+    CHECK_EQ_INT(id.id[0][0], 1);
+    CHECK_EQ_INT(id.dist[0][0], 0);
+    uint64_t gi[4];
+    CHECK(gallery_info(fd, gi) == 0);
+    CHECK_EQ_INT(gi[0], acked);
+    CHECK_EQ_INT(info_value(fd, "gallery_write_errors"), internal);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+    CHECK(start_server(NULL) == 0);
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(gallery_info(fd, gi) == 0);
+    CHECK_EQ_INT(gi[0], acked);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_disk_full(void)
+{
+    if (new_data_dir() != 0) {
+        CHECK_FAIL_("mkdtemp: %s", strerror(errno));
+        return;
+    }
+    if (mount("tmpfs", data_dir, "tmpfs", 0, "size=64k") != 0) {
+        printf("SKIPPED t_disk_full: mount tmpfs refused (%s)\n", strerror(errno));
+        rmdir(data_dir);
+        data_dir[0] = '\0';
+        return;
+    }
+    disk_full_body(); /* its CHECKs return here: the server is stopped and the mount undone */
+    if (srv.pid > 0)
+        tu_server_stop(&srv);
+    if (umount(data_dir) != 0)
+        CHECK_FAIL_("umount %s: %s", data_dir, strerror(errno));
+    rmdir(data_dir);
+    data_dir[0] = '\0';
+}
+
 static void cleanup(void)
 {
     if (srv.pid > 0)
@@ -1115,6 +1209,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_timed_out_enroll_not_written),
     CHECK_TEST(t_without_models),
     CHECK_TEST(t_metrics),
+    CHECK_TEST(t_disk_full),
 };
 
 int main(int argc, char **argv)
