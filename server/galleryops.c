@@ -14,6 +14,19 @@
  * happened, only the answer is dropped. Closing a connection never cancels a write: once the
  * gallery has it, it is carried out, so "the connection died" never leaves an unknown state
  * that differs from "the answer got lost".
+ *
+ * Admission. Direct requests skip the worker queues (their caps, byte budget and run-time
+ * estimates measure worker time; the gallery bounds its own write queue and answers BUSY when
+ * it is full) but not the rest: SHUTTING_DOWN while draining, low priority refused in
+ * degraded mode, and the breaker of their class. Breaker classes: "gallery_write" (ENROLL,
+ * DELETE; a failure is an INTERNAL write, i.e. a failing disk) and "gallery_read" (IDENTIFY,
+ * LIST, GALLERY_INFO), apart so that a full or broken disk, which opens the first, never
+ * stops reads. A JPEG ENROLL's embedding counts in gallery_write too: it is one request with
+ * one outcome, reported when its write completes (the probe flag travels with it).
+ *
+ * Deadlines apply to the worker part only (IDENTIFY, LIST, the embedding of a JPEG ENROLL):
+ * a job answered DEADLINE_EXCEEDED or SHUTTING_DOWN is never handed over, so such an ENROLL is
+ * never written. A write, once queued, is not cut short: its answer says what happened.
  */
 #include "server/galleryops.h"
 
