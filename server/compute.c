@@ -636,6 +636,9 @@ static void render_info(fw_compute *cp, fw_sb *b)
     fw_sb_printf(b, "compute_degraded_toggles: %llu\n", (unsigned long long)cp->degraded_toggles);
     fw_sb_printf(b, "compute_models_loaded: %d\n", cp->engine != NULL);
     fw_sb_printf(b, "compute_unknown_ops: %llu\n", (unsigned long long)cp->unknown_ops);
+    /* before the per-op lines, whose number grows with the statuses seen: a reader with a
+     * small buffer (conn.c's INFO) cuts the tail, and these are the lines people look for */
+    fw_galops_info(cp->galops, b);
     for (int c = 0; c < fw_sched_nclasses(s); c++) {
         const fw_class_info *ci = fw_sched_class(s, c);
         uint32_t r, f;
@@ -675,7 +678,6 @@ static void render_info(fw_compute *cp, fw_sb *b)
         fw_sb_printf(b, "op_%s_breaker: %s\n", n,
                      fw_breaker_state_name(fw_sched_class(s, ops[i].cls)->breaker.state));
     }
-    fw_galops_info(cp->galops, b);
 }
 
 size_t fw_compute_info(fw_compute *cp, char *buf, size_t cap)
