@@ -538,17 +538,22 @@ void fw_galops_enroll_handover(fw_job *j)
     const fw_gallery_env *env = j->env;
     fw_galops *gx = env->owner;
     float desc[FW_GALLERY_DIM];
-    memcpy(desc, j->out.body, sizeof desc); /* the worker's malloc'd floats, j->out.len == 512 */
-    fw_galreq *r = req_new(gx, j->conn, &j->hdr, j->op_index, j->probe, 0);
+    fw_galreq *r = NULL;
+    const char *why = "out of memory";
+    if (!j->out.body || j->out.len != sizeof desc)
+        why = "ENROLL: the worker produced no descriptor"; /* cannot happen: enroll_work sets both */
+    else
+        r = req_new(gx, j->conn, &j->hdr, j->op_index, j->probe, 0);
     if (!r) {
         if (j->conn) {
-            fw_sched_answer_direct(gx->sched, j->conn, &j->hdr, j->op_index, FW_STATUS_INTERNAL, NULL, 0,
-                                   "out of memory", 0, 0);
+            fw_sched_answer_direct(gx->sched, j->conn, &j->hdr, j->op_index, FW_STATUS_INTERNAL, NULL, 0, why,
+                                   0, 0);
             fw_conn_job_finished(j->conn);
         }
         fw_sched_record_outcome(gx->sched, j->op_index, 1, j->probe);
         return;
     }
+    memcpy(desc, j->out.body, sizeof desc); /* the worker's malloc'd native floats */
     queue_enroll(gx, r, &j->args, desc);
 }
 
