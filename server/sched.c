@@ -29,6 +29,12 @@
  * deadline passes is answered DEADLINE_EXCEEDED by the timer and never runs, and so is one
  * that reaches a worker with less time left than the op's recent run time. A running job
  * answered at its deadline counts as a breaker failure only if it ran for half its budget.
+ *
+ * Requests the scheduler does not queue: "direct" ones (gallery writes, GALLERY_INFO) get the
+ * same admission minus the queue checks (fw_sched_admit_direct), and a job whose op has a
+ * handover hook passes its answer to the op once its worker returned OK (ENROLL from a JPEG:
+ * the gallery write comes after the embedding). Either way the op reports the outcome to the
+ * breaker later, so a half-open probe stays a probe until its real result is known.
  */
 #include "server/sched.h"
 
