@@ -48,7 +48,8 @@ static const struct {
  * 1 of F(4x4)) the extra weight traffic costs more than the multiplies saved. Measured with
  * bin/bench_nets 30 recog, variants back to back (medians, ms): F(4x4) from 8x8 up 4.3-4.7
  * (chosen); F(4x4) from 17x17 up and F(2x2) on 8x8 4.5-4.8; F(2x2) only, from 8x8 up 5.2-5.6;
- * F(4x4) on the 4x4 maps too 5.1-5.4; F(2x2) on the 4x4 maps 4.3-5.1, no clear gain. */
+ * F(4x4) on the 4x4 maps too 5.1-5.4; F(2x2) on the 4x4 maps 4.3-5.1, no clear gain.
+ * So F(2x2) goes unused by default; both thresholds can be set with -D to repeat this. */
 static enum nn_pack rec_pack_kind(int map)
 {
     if (map >= REC_WINO4_MIN_MAP)
