@@ -950,6 +950,14 @@ static void t_startup_refusals_body(void)
     CHECK_EQ_INT(tu_run("facewired", args, out, sizeof out), 1);
     CHECK_MSG(strstr(out, "corrupt record") && strstr(out, "--repair"), "%s", out);
 
+    /* a missing directory is made, but only one level of it */
+    char deep[128];
+    snprintf(deep, sizeof deep, "%s/no/such", data_dir);
+    args[5] = deep;
+    CHECK_EQ_INT(tu_run("facewired", args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "cannot open the gallery: mkdir ") && strstr(out, "No such file or directory"), "%s", out);
+    args[5] = data_dir;
+
     CHECK(start_server("--repair") == 0);
     CHECK(tu_server_log_has(&srv, "msg=\"gallery recovered\""));
     fd = tu_connect_server(&srv);
@@ -1001,7 +1009,9 @@ static void t_timed_out_enroll_not_written_body(void)
 static void t_without_models_body(void)
 {
     CHECK(new_data_dir() == 0);
-    const char *args[] = { "--data", data_dir, "--models", "/nonexistent/facewire-models", NULL };
+    char fresh[128]; /* does not exist yet: the server makes it */
+    snprintf(fresh, sizeof fresh, "%s/fresh", data_dir);
+    const char *args[] = { "--data", fresh, "--models", "/nonexistent/facewire-models", NULL };
     CHECK(tu_server_start(&srv, args) == 0);
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
