@@ -326,13 +326,18 @@ static uint64_t recent_run_ms(const fw_sched *s, int op_index, uint64_t none)
 }
 
 /* When a new job of priority prio would finish: the jobs ahead of it and itself, `workers` at
- * a time, plus half a run for the jobs running now when no worker is free, all at the op's
- * recent run time. It assumes the jobs ahead cost what this op costs. */
+ * a time, plus a whole run for the jobs running now when no worker is free, all at the op's
+ * recent run time. It assumes the jobs ahead cost what this op costs.
+ * A whole run, not the half a busy worker has left on average: under overload admission fills
+ * the queue exactly up to where this estimate meets the deadline, so with an average the last
+ * jobs admitted missed their deadline about half the time (perf/bench_overload.sh, TEST_SLEEP
+ * 20 ms at 3x capacity with 200 ms deadlines: 22 of ~535 admitted answered DEADLINE_EXCEEDED;
+ * with the worst case 0, goodput unchanged). It costs one queued job per two workers. */
 static uint64_t completion_estimate_ms(const fw_sched *s, int prio, uint64_t per_job)
 {
     uint64_t w = (uint64_t)s->cfg.workers;
     uint64_t rounds = (jobs_ahead(s, prio) + w) / w;
-    return rounds * per_job + (s->nfree == 0 ? per_job / 2 : 0);
+    return rounds * per_job + (s->nfree == 0 ? per_job : 0);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */

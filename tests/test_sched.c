@@ -931,9 +931,48 @@ static void cleanup(void)
         tu_server_stop(&srv);
 }
 
+/* Admission counts a whole run for a busy worker: with one worker running a job that has just
+ * started, one job waiting and a run time r (~200 ms), a new job finishes at worst after 3r,
+ * so a deadline of 550 ms (between the average case 2.5r and 3r) is refused at once, where an
+ * estimate with half a run admitted it and it then expired in the queue. A deadline of 700 ms
+ * still fits. Nothing expires. */
+static void t_admission_worst_case_body(void)
+{
+    CHECK(START0() == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    resp r;
+    CHECK(send_sleep(fd, 1, 200, FW_PRIO_NORMAL, 0) == 0); /* teaches the run time: ~200 ms */
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    CHECK(send_sleep(fd, 2, 200, FW_PRIO_NORMAL, 0) == 0); /* runs: the worker is busy */
+    CHECK(send_sleep(fd, 3, 200, FW_PRIO_NORMAL, 0) == 0); /* waits */
+    CHECK(send_sleep(fd, 4, 200, FW_PRIO_NORMAL, 550) == 0);
+    CHECK(send_sleep(fd, 5, 0, FW_PRIO_NORMAL, 700) == 0);
+    CHECK(read_resp(fd, &r) == 0);
+    CHECK_EQ_INT(r.rid, 4);
+    CHECK_EQ_INT(r.status, FW_STATUS_BUSY);
+    CHECK_MSG(strncmp(r.msg, "expected completion in ", 23) == 0 &&
+              strstr(r.msg, " ms exceeds the 550 ms deadline") != NULL, "message: %s", r.msg);
+    CHECK(r.retry_after >= 600);
+    static const uint32_t want[] = { 2, 3, 5 };
+    for (int i = 0; i < 3; i++) {
+        CHECK(read_resp(fd, &r) == 0);
+        CHECK_EQ_INT(r.rid, want[i]);
+        CHECK_EQ_INT(r.status, FW_STATUS_OK);
+    }
+    char text[16384];
+    CHECK(info(fd, text, sizeof text) == 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_expired_in_queue"), 0);
+    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_busy"), 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
 static void t_hist_quantiles(void) { t_hist_quantiles_body(); }
 static void t_breaker_unit(void) { t_breaker_unit_body(); }
 static void t_deadline_admission(void) { t_deadline_admission_body(); cleanup(); }
+static void t_admission_worst_case(void) { t_admission_worst_case_body(); cleanup(); }
 static void t_compute_flags(void) { t_compute_flags_body(); cleanup(); }
 static void t_breaker_ignores_queueing_timeouts(void) { t_breaker_ignores_queueing_timeouts_body(); cleanup(); }
 static void t_test_ops_refused_without_flag(void) { t_test_ops_refused_without_flag_body(); cleanup(); }
@@ -960,6 +999,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_queue_full_busy),
     CHECK_TEST(t_expired_in_queue_never_runs),
     CHECK_TEST(t_deadline_admission),
+    CHECK_TEST(t_admission_worst_case),
     CHECK_TEST(t_running_past_deadline),
     CHECK_TEST(t_priority_order),
     CHECK_TEST(t_anti_starvation),
