@@ -725,6 +725,106 @@ static void t_list_page_cap_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* Writes and reads at once, on three connections: enrolls (direct), deletes (direct) and
+ * IDENTIFY/LIST jobs on the workers, all pipelined. Every request is answered, searches
+ * never see a half-present face (each match's distance is one a whole face gives), and the
+ * final counts add up. Under TSan this is the race check of the whole wire path. */
+static void t_concurrent_reads_and_writes_body(void)
+{
+    enum { N = 120 };
+    CHECK(new_data_dir() == 0);
+    CHECK(start_server(NULL) == 0);
+    int w = tu_connect_server(&srv), d = tu_connect_server(&srv), q = tu_connect_server(&srv);
+    CHECK(w >= 0 && d >= 0 && q >= 0);
+    buf *b = buf_new();
+    CHECK(b);
+    int sent = 1;
+    float v[128];
+    for (int i = 0; i < N && sent; i++) {
+        char s[16];
+        snprintf(s, sizeof s, "w%03d", i);
+        unit_desc(v, 0, 1.0f + (float)i); /* face i+1 is at distance |i + 1 - 1| = i from e0 */
+        fw_writer_init(&b->w, b->b, sizeof b->b);
+        fw_put_str(&b->w, s, strlen(s));
+        fw_put_bytes(&b->w, "", 0);
+        put_desc(&b->w, v);
+        sent = send_req(w, FW_OP_ENROLL, 1 + (uint32_t)i, b->b, b->w.len) == 0;
+        /* delete every other earlier face (ids 1, 3, 5, ... as they are enrolled) */
+        if (sent && i % 2 == 1) {
+            fw_writer_init(&b->w, b->b, sizeof b->b);
+            fw_put_u8(&b->w, 0);
+            fw_put_u64(&b->w, (uint64_t)i); /* enrolled before: FIFO on w, but d races it */
+            sent = send_req(d, FW_OP_DELETE, 1 + (uint32_t)i, b->b, b->w.len) == 0;
+        }
+        if (sent && i % 4 == 0) {
+            fw_writer_init(&b->w, b->b, sizeof b->b);
+            unit_desc(v, 0, 1.0f);
+            put_desc(&b->w, v);
+            fw_put_u16(&b->w, 100);
+            fw_put_u8(&b->w, 0);
+            fw_put_f32(&b->w, 0);
+            sent = send_req(q, FW_OP_IDENTIFY, 1 + (uint32_t)i, b->b, b->w.len) == 0;
+            fw_writer_init(&b->w, b->b, sizeof b->b);
+            fw_put_str(&b->w, "", 0);
+            fw_put_u16(&b->w, 1000);
+            sent = sent && send_req(q, FW_OP_LIST, 100000 + (uint32_t)i, b->b, b->w.len) == 0;
+        }
+    }
+    free(b);
+    CHECK(sent);
+    int enrolled = 0, deleted = 0, not_found = 0, searches = 0, lists = 0, bad = 0;
+    for (int i = 0; i < N; i++) {
+        resp r;
+        CHECK(read_resp(w, &r) == 0);
+        enrolled += r.status == FW_STATUS_OK;
+        resp_free(&r);
+    }
+    for (int i = 0; i < N / 2; i++) {
+        resp r;
+        CHECK(read_resp(d, &r) == 0);
+        deleted += r.status == FW_STATUS_OK;
+        not_found += r.status == FW_STATUS_NOT_FOUND; /* the delete overtook its enroll */
+        resp_free(&r);
+    }
+    for (int i = 0; i < N / 4 * 2; i++) {
+        resp r;
+        CHECK(read_resp(q, &r) == 0);
+        if (r.rid >= 100000) {
+            lists += r.status == FW_STATUS_OK;
+        } else if (r.status == FW_STATUS_OK && r.len >= 2 && fw_rd16(r.body) == 1) {
+            /* up to 100 matches (parse_ident holds 8): each distance checked as it is read */
+            fw_reader rd;
+            fw_reader_init(&rd, r.body, r.len);
+            fw_get_u16(&rd);
+            for (int c = 0; c < 4; c++)
+                fw_get_f32(&rd);
+            uint16_t nm = fw_get_u16(&rd);
+            for (int m = 0; m < nm && !rd.err; m++) {
+                uint16_t sl;
+                fw_get_str(&rd, &sl);
+                uint64_t fid = fw_get_u64(&rd);
+                float dist = fw_get_f32(&rd);
+                bad += dist != (float)(fid - 1); /* whole faces only */
+            }
+            bad += !fw_reader_done(&rd);
+            searches++;
+        }
+        resp_free(&r);
+    }
+    CHECK_EQ_INT(enrolled, N);
+    CHECK_EQ_INT(deleted + not_found, N / 2);
+    CHECK_EQ_INT(searches, (N + 3) / 4);
+    CHECK_EQ_INT(lists, (N + 3) / 4);
+    CHECK_EQ_INT(bad, 0);
+    uint64_t gi[4];
+    CHECK(gallery_info(w, gi) == 0);
+    CHECK_EQ_INT(gi[0], N - deleted);
+    close(w);
+    close(d);
+    close(q);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
 static void t_malformed_bodies_body(void)
 {
     CHECK(new_data_dir() == 0);
@@ -1201,6 +1301,7 @@ T(t_descriptor_roundtrip)
 T(t_jpeg_inputs)
 T(t_list_paging_and_restart)
 T(t_list_page_cap)
+T(t_concurrent_reads_and_writes)
 T(t_malformed_bodies)
 T(t_shutdown_waits_for_writes)
 T(t_startup_refusals)
@@ -1213,6 +1314,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_jpeg_inputs),
     CHECK_TEST(t_list_paging_and_restart),
     CHECK_TEST(t_list_page_cap),
+    CHECK_TEST(t_concurrent_reads_and_writes),
     CHECK_TEST(t_malformed_bodies),
     CHECK_TEST(t_shutdown_waits_for_writes),
     CHECK_TEST(t_startup_refusals),
