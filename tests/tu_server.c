@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -178,11 +179,24 @@ static int decode_status(int st)
     return -1;
 }
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void remove_data_dir(tu_server *s)
+{
+    if (s->data_dir[0] && nftw(s->data_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
+        fprintf(stderr, "tu_server: cannot remove %s: %s\n", s->data_dir, strerror(errno));
+    s->data_dir[0] = '\0';
+}
+
 int tu_server_start(tu_server *s, const char *const *args)
 {
     char path[512];
-    char *argv[TU_MAX_ARGS + 4];
-    int n = 0, has_listen = 0;
+    char *argv[TU_MAX_ARGS + 6];
+    int n = 0, has_listen = 0, has_data = 0;
 
     memset(s, 0, sizeof *s);
     s->log_fd = -1;
@@ -203,11 +217,23 @@ int tu_server_start(tu_server *s, const char *const *args)
         }
         if (strncmp(args[i], "--listen", 8) == 0)
             has_listen = 1;
+        if (strncmp(args[i], "--data", 6) == 0)
+            has_data = 1;
         argv[n++] = (char *)args[i];
     }
     if (!has_listen) {
         argv[n++] = (char *)"--listen";
         argv[n++] = (char *)"127.0.0.1:0";
+    }
+    if (!has_data) {
+        snprintf(s->data_dir, sizeof s->data_dir, "/tmp/fw-tu-data-XXXXXX");
+        if (!mkdtemp(s->data_dir)) {
+            fprintf(stderr, "tu_server_start: mkdtemp: %s\n", strerror(errno));
+            s->data_dir[0] = '\0';
+            return -1;
+        }
+        argv[n++] = (char *)"--data";
+        argv[n++] = s->data_dir;
     }
     argv[n] = NULL;
 
@@ -215,6 +241,7 @@ int tu_server_start(tu_server *s, const char *const *args)
     if (s->pid < 0) {
         fprintf(stderr, "tu_server_start: cannot start %s: %s\n", path, strerror(errno));
         s->pid = 0;
+        remove_data_dir(s);
         return -1;
     }
     if (pthread_create(&s->reader, NULL, log_reader, s) != 0) {
@@ -223,6 +250,7 @@ int tu_server_start(tu_server *s, const char *const *args)
         waitpid(s->pid, NULL, 0);
         s->pid = 0;
         close(s->log_fd);
+        remove_data_dir(s);
         return -1;
     }
     s->reader_running = 1;
@@ -270,6 +298,7 @@ int tu_server_wait(tu_server *s)
     while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
         ;
     s->pid = 0;
+    remove_data_dir(s);
     s->status = killed ? -1 : decode_status(st);
     if (s->status != 0)
         tu_server_dump_log(s, stderr);

@@ -39,6 +39,11 @@ typedef struct tu_server {
     char log[TU_LOG_CAP];  /* the first TU_LOG_CAP-1 bytes, NUL-terminated */
     size_t log_len;
     int log_eof;           /* the server closed stderr (it exited) */
+
+    /* --data made for this server when the arguments have none ("" otherwise): a gallery
+     * directory is locked by its server, so servers of tests running at the same time must
+     * not share the default ./data. Removed when the server has been reaped. */
+    char data_dir[64];
 } tu_server;
 
 /* Milliseconds every blocking helper waits at most. */
@@ -48,7 +53,8 @@ int tu_timeout_ms(void);
 const char *tu_bin_path(const char *name, char *buf, size_t cap);
 
 /* Start facewired with the extra arguments (NULL-terminated list, may be NULL). Unless the
- * list has its own --listen, "--listen 127.0.0.1:0" is added. Waits until the server logs
+ * list has its own --listen, "--listen 127.0.0.1:0" is added; unless it has its own --data,
+ * a fresh temporary directory is (see data_dir). Waits until the server logs
  * its bound address. s can be large: give it static or heap storage, not a small stack.
  * Returns 0, or -1 after printing why (and the server's log). */
 int tu_server_start(tu_server *s, const char *const *args);
