@@ -139,7 +139,7 @@ for kind in $KINDS; do
     load "$kind" -c 4 -P $((2 * WORKERS)) -d "$CAP_DUR" >"$tmp/$kind-cap.json"
     cap=$(json_num "$tmp/$kind-cap.json" 'status.get("OK", 0) / duration_s')
     rate=$(python3 -c "print(round($cap * $LOAD_X, 1))")
-    [ "$(python3 -c "print(int($rate > 0))")" = 1 ] || die "$kind: no OK answers in the capacity run (see $tmp/$kind-cap.json)"
+    [ "$(python3 -c "print(int($rate > 0))")" = 1 ] || die "$kind: no OK answers in the capacity run (KEEP=DIR keeps its JSON and the server log)"
     echo "  $kind: capacity $cap OK/s; offering $rate req/s"
     loadavg >"$tmp/$kind-bounded.load"
     load "$kind" -c "$CONNS" -P "$PIPE" -d "$DUR" --rate "$rate" --deadline-ms "$deadline" \
