@@ -40,7 +40,8 @@
 #define FW_LINGER_DEFAULT_MS 5000u
 /* Error messages are short; longer ones are truncated. */
 #define FW_ERROR_MSG_MAX 1024u
-#define FW_INFO_MAX 8192u
+/* INFO grows with the ops and statuses seen (per-op lines); 16 KiB leaves room. */
+#define FW_INFO_MAX 16384u
 
 typedef struct fw_write_req {
     uv_write_t req;

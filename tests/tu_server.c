@@ -185,10 +185,19 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return remove(path);
 }
 
+int tu_rmtree(const char *dir)
+{
+    if (nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0) {
+        fprintf(stderr, "tu_server: cannot remove %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static void remove_data_dir(tu_server *s)
 {
-    if (s->data_dir[0] && nftw(s->data_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
-        fprintf(stderr, "tu_server: cannot remove %s: %s\n", s->data_dir, strerror(errno));
+    if (s->data_dir[0])
+        (void)tu_rmtree(s->data_dir);
     s->data_dir[0] = '\0';
 }
 

@@ -77,6 +77,9 @@ int tu_server_stop(tu_server *s);
  * truncated). Returns the exit status, or -1. */
 int tu_run(const char *name, const char *const *args, char *out, size_t cap);
 
+/* Remove a directory tree (a test's temporary --data). 0, or -1 after printing why. */
+int tu_rmtree(const char *dir);
+
 /* ---- sockets ------------------------------------------------------------------------------- */
 
 /* Blocking TCP connection with TCP_NODELAY; -1 on failure. */
