@@ -35,6 +35,10 @@ void fw_conn_reply(fw_conn *c, const fw_header *req, uint16_t status, const void
 void fw_conn_reply_error(fw_conn *c, const fw_header *req, uint16_t status, const char *msg,
                          const void *extra, size_t extra_len);
 
+/* Queue a server-initiated frame on c: EVENT flag, request_id 0, status OK, the opcode and
+ * body given (copied). Dropped like a reply when the connection is closing. */
+void fw_conn_send_event(fw_conn *c, uint8_t opcode, const void *body, size_t len);
+
 /* Count of this connection's requests handed to compute and not yet answered: the
  * connection layer stops reading while it is at its cap and resumes as they drain. */
 void fw_conn_job_started(fw_conn *c);

@@ -173,6 +173,21 @@ void fw_conn_reply_error(fw_conn *c, const fw_header *req, uint16_t status, cons
         memcpy(p + 2 + mlen, extra, extra_len);
 }
 
+/* An event is a response-shaped frame the client did not ask for: EVENT flag, request_id 0,
+ * status OK, priority normal. conn_reply_begin takes opcode and request_id from a header, so
+ * a synthetic one carries them; the flags are then switched from RESPONSE to EVENT. */
+void fw_conn_send_event(fw_conn *c, uint8_t opcode, const void *body, size_t len)
+{
+    fw_header ev = { .opcode = opcode, .priority = FW_PRIO_NORMAL, .request_id = 0 };
+    size_t at = c ? c->out_len : 0;
+    uint8_t *p = conn_reply_begin(c, &ev, FW_STATUS_OK, len);
+    if (!p)
+        return;
+    c->out[at + 4] = FW_FLAG_EVENT; /* byte 4 of the header: flags */
+    if (len)
+        memcpy(p, body, len);
+}
+
 void fw_conn_job_started(fw_conn *c) { c->jobs++; }
 
 void fw_conn_job_finished(fw_conn *c)
