@@ -35,6 +35,12 @@
  * handover hook passes its answer to the op once its worker returned OK (ENROLL from a JPEG:
  * the gallery write comes after the embedding). Either way the op reports the outcome to the
  * breaker later, so a half-open probe stays a probe until its real result is known.
+ *
+ * Owned jobs (fw_job_owner in sched.h) are camera-stream analyses: admitted, queued, timed
+ * and counted like requests, but the owner is told the outcome instead of a connection, and
+ * it picks what the job works on when a worker takes it (start), so the stream analyses the
+ * newest frame it has at that moment. A stream keeps at most one job waiting or running;
+ * fairness across streams is then the FIFO order within a priority (docs/scheduling.md).
  */
 #include "server/sched.h"
 
@@ -242,6 +248,10 @@ static void job_answer(fw_sched *s, fw_job *j, uint16_t status, const void *body
                        const char *msg, int has_retry, uint32_t retry_after_ms)
 {
     j->answered = 1;
+    if (j->owner) {
+        j->owner_status = status; /* told to the owner when the job is let go (job_release) */
+        return;
+    }
     if (!j->conn)
         return;
     if (status == FW_STATUS_OK) {
@@ -256,6 +266,14 @@ static void job_answer(fw_sched *s, fw_job *j, uint16_t status, const void *body
         s->stats[j->op_index].responses[status]++;
     fw_conn_job_finished(j->conn);
     j->conn = NULL;
+}
+
+/* The scheduler lets go of a job: an owned one's owner hears how it ended, then it is freed. */
+static void job_release(fw_sched *s, fw_job *j)
+{
+    if (j->owner && !s->stopping)
+        j->owner->finish(j, j->owner_status);
+    fw_job_free(j);
 }
 
 void fw_sched_answer_now(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
@@ -392,7 +410,7 @@ static void after_work_cb(uv_work_t *w, int status)
             job_answer(s, j, j->out.status, j->out.body, j->out.len, j->out.msg, 0, 0);
         }
     }
-    fw_job_free(j);
+    job_release(s, j);
 
     if (s->stopping) {
         maybe_stopped(s);
@@ -443,7 +461,7 @@ static void expire_waiting(fw_sched *s, fw_job *j, const char *msg)
     breaker_forget(s, j);
     s->stats[j->op_index].expired_in_queue++;
     job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, msg, 0, 0);
-    fw_job_free(j);
+    job_release(s, j);
 }
 
 /* Never start what nobody waits for any more, nor what can no longer finish in time: a job
@@ -484,7 +502,7 @@ static void start_job(fw_sched *s, fw_job *j)
         heap_remove(s, j);
         breaker_forget(s, j);
         job_answer(s, j, FW_STATUS_INTERNAL, NULL, 0, "cannot queue work", 0, 0);
-        fw_job_free(j);
+        job_release(s, j);
     }
 }
 
@@ -504,6 +522,13 @@ static void dispatch(fw_sched *s)
             continue;
         }
         unqueue(s, j);
+        if (j->owner && j->owner->start(j) != 0) {
+            /* the owner has nothing to run after all (see fw_job_owner) */
+            heap_remove(s, j);
+            breaker_forget(s, j);
+            fw_job_free(j);
+            continue;
+        }
         start_job(s, j);
     }
     deadline_rearm(s);
@@ -613,6 +638,19 @@ int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
     return 0;
 }
 
+/* A job refused at submission: an ordinary one is answered on c, an owned one finishes. */
+static void refuse(fw_sched *s, fw_conn *c, fw_job *j, uint16_t status, const char *msg,
+                   int has_retry, uint32_t retry_after_ms)
+{
+    if (j->owner) {
+        j->owner_status = status;
+        job_release(s, j);
+        return;
+    }
+    fw_sched_answer_now(s, c, &j->hdr, j->op_index, status, msg, has_retry, retry_after_ms);
+    fw_job_free(j);
+}
+
 void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
 {
     int prio = clamp_prio(j->hdr.priority);
@@ -625,15 +663,12 @@ void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
     j->sched = s;
 
     if (s->draining || s->stopping) {
-        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
-        fw_job_free(j);
+        refuse(s, c, j, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
         return;
     }
     why = refusal(s, prio, j->op_index, j->body_len, j->budget_ms, msg, sizeof msg);
     if (why) {
-        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_BUSY, why, 1,
-                            retry_estimate(s, prio, j->op_index));
-        fw_job_free(j);
+        refuse(s, c, j, FW_STATUS_BUSY, why, 1, retry_estimate(s, prio, j->op_index));
         return;
     }
 
@@ -647,8 +682,7 @@ void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
     if (v == FW_BREAKER_REJECT) {
         snprintf(msg, sizeof msg, "circuit breaker %s for %s operations",
                  fw_breaker_state_name(b->state), s->classes[j->op->cls].name);
-        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_UNAVAILABLE, msg, 1, retry);
-        fw_job_free(j);
+        refuse(s, c, j, FW_STATUS_UNAVAILABLE, msg, 1, retry);
         return;
     }
     j->probe = v == FW_BREAKER_PROBE;
@@ -657,18 +691,30 @@ void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j)
     j->deadline = j->budget_ms ? now + j->budget_ms : 0;
     if (j->deadline && heap_push(s, j) != 0) {
         breaker_forget(s, j);
-        fw_sched_answer_now(s, c, &j->hdr, j->op_index, FW_STATUS_INTERNAL, "out of memory", 0, 0);
-        fw_job_free(j);
+        refuse(s, c, j, FW_STATUS_INTERNAL, "out of memory", 0, 0);
         return;
     }
-    j->conn = c;
+    j->conn = j->owner ? NULL : c;
     j->state = FW_JOB_WAITING;
     j->t_queued_us = uv_hrtime() / 1000;
     q_push(q, j);
     st->waiting[prio]++;
     s->queued_bytes += j->body_len;
-    fw_conn_job_started(c);
+    if (!j->owner)
+        fw_conn_job_started(c);
     dispatch(s);
+}
+
+int fw_sched_cancel(fw_sched *s, fw_job *j)
+{
+    if (j->state != FW_JOB_WAITING)
+        return -1;
+    unqueue(s, j);
+    heap_remove(s, j);
+    breaker_forget(s, j);
+    fw_job_free(j);
+    maybe_drained(s);
+    return 0;
 }
 
 /* ---- direct requests ----------------------------------------------------------------------- */
@@ -796,7 +842,7 @@ static void drain_timer_cb(uv_timer_t *t)
                 heap_remove(s, j);
                 breaker_forget(s, j);
                 job_answer(s, j, FW_STATUS_SHUTTING_DOWN, NULL, 0, "shutting down", 0, 0);
-                fw_job_free(j);
+                job_release(s, j);
             }
         }
         for (fw_job *j = s->running_list.head; j; j = j->next) {

@@ -99,6 +99,27 @@ typedef struct fw_op {
 
 enum fw_job_state { FW_JOB_NEW = 0, FW_JOB_WAITING, FW_JOB_RUNNING };
 
+/* An owned job has no client request behind it: a camera stream's frame analysis
+ * (server/streams.c). It is queued, dispatched, timed and counted like any job, but never
+ * answered on a connection and never counted in a connection's jobs; the scheduler calls its
+ * owner instead, on the loop thread:
+ *   start(j)   when a worker slot is about to run it. The owner fills j->args now, so what
+ *              runs is chosen at dispatch (a stream's newest frame), not at submission.
+ *              Returns 0 to run it, or -1 when there is nothing to run: the job is then freed
+ *              without a finish call.
+ *   finish(j, status)  exactly once for a job that was submitted and not cancelled or
+ *              dropped by start: when the scheduler lets go of it (its worker returned, or
+ *              it never ran), just before freeing it. status OK: j->out holds the result;
+ *              otherwise why there is none (the work's own error, BUSY / UNAVAILABLE /
+ *              SHUTTING_DOWN when refused or cut off, DEADLINE_EXCEEDED). It may run inside
+ *              fw_sched_submit (a refused job). It must not submit from inside itself.
+ * After fw_sched_stop neither is called (the owner frees its state when the scheduler
+ * reports stopped). */
+typedef struct fw_job_owner {
+    int (*start)(fw_job *j);
+    void (*finish)(fw_job *j, uint16_t status);
+} fw_job_owner;
+
 struct fw_job {
     /* ---- set on the loop thread before queueing, read-only afterwards ------------------- */
     fw_header hdr;
@@ -126,6 +147,11 @@ struct fw_job {
     int state;              /* enum fw_job_state */
     int answered;           /* a response went out (or it was dropped): the result is late */
     int probe;              /* admitted as a half-open breaker probe */
+
+    /* ---- owned jobs (see fw_job_owner), set before submission ---------------------------- */
+    const fw_job_owner *owner;  /* NULL: an ordinary request */
+    void *owner_arg;            /* the owner's, e.g. its stream */
+    uint16_t owner_status;      /* scheduler private: the status finish() will get */
 };
 
 /* A job with room for a body of body_len bytes (copied by the caller into j->body). NULL on
@@ -178,6 +204,11 @@ int fw_sched_precheck(fw_sched *s, fw_conn *c, const fw_header *h, int op_index,
  * env, degraded, budget_ms and args must be set. The caller counts the request in
  * fw_sched_op_stats_mut()->requests. */
 void fw_sched_submit(fw_sched *s, fw_conn *c, fw_job *j);
+
+/* Owned jobs (see fw_job_owner): j->owner and owner_arg set, c NULL in fw_sched_submit.
+ * Remove a waiting owned job without running it; freed, no finish call. Returns 0, or -1
+ * when it is already running (the owner then waits for its finish). */
+int fw_sched_cancel(fw_sched *s, fw_job *j);
 
 /* Answer a request at once without a job (BAD_REQUEST, UNAVAILABLE, ...), counted for op.
  * retry_after_ms is appended (u32) when has_retry is set. */
