@@ -43,11 +43,23 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/sched.h"
+#include "server/streams.h"
 
 #define FW_MAX_WORKERS 256          /* libuv's pool holds at most 1024 threads */
 #define FW_THREADPOOL_RESERVE 4     /* pool threads kept free for libuv's own fs/dns work */
 #define FW_TEST_SLEEP_MAX_MS 60000
 #define FW_MODELS_RETRY_MS 60000    /* retry_after_ms when the models are missing */
+#define FW_TEST_HOLD_MAX_MS 60000   /* a TEST_HOLD nobody releases gives up after this */
+
+/* TEST_HOLD / TEST_RELEASE: a worker held until the test says so, so that tests can fill
+ * queues and stream rings while no worker is free, without guessing how long that takes.
+ * Each TEST_RELEASE lets exactly one TEST_HOLD (waiting or future) return. */
+typedef struct fw_test_gate {
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    uint64_t released, consumed;
+    int open;          /* shutting down: every hold returns */
+} fw_test_gate;
 
 /* ---- test ops ------------------------------------------------------------------------------ */
 
@@ -80,6 +92,45 @@ static void test_sleep_work(fw_job *j)
     j->out.status = FW_STATUS_OK;
 }
 
+static int parse_test_hold(fw_job *j, char *err, size_t errlen)
+{
+    if (j->body_len) {
+        snprintf(err, errlen, "TEST_HOLD: body must be empty");
+        return -1;
+    }
+    return 0;
+}
+
+static void test_hold_work(fw_job *j)
+{
+    fw_test_gate *g = (fw_test_gate *)j->env;
+    uint64_t give_up = uv_hrtime() + (uint64_t)FW_TEST_HOLD_MAX_MS * 1000000u;
+    uv_mutex_lock(&g->mu);
+    while (g->released <= g->consumed && !g->open) {
+        uint64_t now = uv_hrtime();
+        if (now >= give_up || uv_cond_timedwait(&g->cv, &g->mu, give_up - now) != 0)
+            break;
+    }
+    int ok = g->released > g->consumed || g->open;
+    if (g->released > g->consumed)
+        g->consumed++;
+    uv_mutex_unlock(&g->mu);
+    j->out.status = ok ? FW_STATUS_OK : FW_STATUS_DEADLINE_EXCEEDED;
+    if (!ok)
+        snprintf(j->out.msg, sizeof j->out.msg, "TEST_HOLD: not released within %d ms", FW_TEST_HOLD_MAX_MS);
+}
+
+static void test_gate_release(fw_test_gate *g, int all)
+{
+    uv_mutex_lock(&g->mu);
+    if (all)
+        g->open = 1;
+    else
+        g->released++;
+    uv_cond_broadcast(&g->cv);
+    uv_mutex_unlock(&g->mu);
+}
+
 static int parse_test_fail(fw_job *j, char *err, size_t errlen)
 {
     (void)j; (void)err; (void)errlen;
@@ -110,6 +161,14 @@ static const fw_op ops[] = {
     { FW_OP_GALLERY_INFO, "GALLERY_INFO", CLS_GALLERY_READ, 0, 0, NULL, NULL, NULL, fw_galops_always_direct },
     { FW_OP_TEST_SLEEP, "TEST_SLEEP", CLS_TEST, 0, 1, parse_test_sleep, test_sleep_work, NULL, NULL },
     { FW_OP_TEST_FAIL, "TEST_FAIL", CLS_TEST, 0, 1, parse_test_fail, test_fail_work, NULL, NULL },
+    { FW_OP_TEST_HOLD, "TEST_HOLD", CLS_TEST, 0, 1, parse_test_hold, test_hold_work, NULL, NULL },
+    /* served on the loop by fw_compute_request itself (no parse/work) */
+    { FW_OP_TEST_RELEASE, "TEST_RELEASE", CLS_TEST, 0, 1, NULL, NULL, NULL, NULL },
+    /* camera streams (streams.c): OPEN and CLOSE are served on the loop, a FRAME is held in
+     * its stream's ring; the row of STREAM_FRAME is also the op of every stream job */
+    { FW_OP_STREAM_OPEN, "STREAM_OPEN", CLS_FACE, 0, 0, NULL, NULL, NULL, NULL },
+    { FW_OP_STREAM_FRAME, "STREAM_FRAME", CLS_FACE, 0, 0, NULL, fw_streams_work, NULL, NULL },
+    { FW_OP_STREAM_CLOSE, "STREAM_CLOSE", CLS_FACE, 0, 0, NULL, NULL, NULL, NULL },
 };
 #define NOPS ((int)(sizeof ops / sizeof ops[0]))
 
@@ -133,6 +192,8 @@ struct fw_compute {
 
     fw_metrics *metrics;         /* owned; NULL without --metrics-listen */
     fw_galops *galops;           /* owned; the gallery and its queued writes */
+    fw_streams *streams;         /* owned; freed once the last worker returned */
+    fw_test_gate gate;           /* TEST_HOLD / TEST_RELEASE */
     int draining;
     int sched_drained;           /* the scheduler reported drained; waiting for gallery writes */
     void (*on_drained)(void *arg);
@@ -169,6 +230,7 @@ void fw_compute_options_default(fw_compute_options *o)
     o->verify_threshold = FW_VERIFY_DEFAULT_THRESHOLD;
     o->detector_size = 416;
     o->degraded_detector_size = 320;
+    o->stream_memory = FW_STREAM_MEMORY_DEFAULT;
 }
 
 static int parse_long(const char *v, long lo, long hi, long *out)
@@ -237,7 +299,7 @@ bad:
 /* Flags of ours that take a value, other than the integer ones in int_flags. */
 static const char *const value_flags[] = { "--deadline-ms", "--default-deadline-ms",
                                            "--queue-max-bytes", "--verify-threshold",
-                                           "--metrics-listen" };
+                                           "--metrics-listen", "--stream-memory" };
 
 /* Messages leave out the flag's name: the caller prefixes it. A flag of ours given without
  * its value returns 1 with *takes_value set and nothing changed, so the caller reports the
@@ -315,6 +377,17 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         o->queue_max_bytes = b;
         return 1;
     }
+    if (strcmp(flag, "--stream-memory") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long long b = strtoull(value, &end, 10);
+        if (errno || end == value || *end != '\0' || b < 65536 || value[0] == '-') {
+            snprintf(err, errlen, "expected a byte count >= 65536, not \"%s\"", value);
+            return -1;
+        }
+        o->stream_memory = b;
+        return 1;
+    }
     if (strcmp(flag, "--verify-threshold") == 0) {
         char *end;
         float t = strtof(value, &end);
@@ -358,11 +431,14 @@ void fw_compute_usage(FILE *out)
         "  --degraded                start in degraded mode (SIGUSR1 toggles it)\n"
         "  --verify-threshold T      VERIFY's default distance threshold (default 0.6)\n"
         "  --metrics-listen HOST:PORT  Prometheus text on GET /metrics\n"
-        "  --enable-test-ops         accept TEST_SLEEP and TEST_FAIL\n"
+        "  --enable-test-ops         accept the test ops (TEST_SLEEP, TEST_FAIL, TEST_HOLD,\n"
+        "                            TEST_RELEASE) and the streams' test mode\n"
         "  --repair                  open a gallery whose log is damaged in the middle by dropping\n"
         "                            the damaged records (reported in the log); without it such a\n"
         "                            gallery stops start-up. A torn tail is always cut.\n"
-        "  --gallery-max-faces N     faces the gallery may hold (default 10000000)\n",
+        "  --gallery-max-faces N     faces the gallery may hold (default 10000000)\n"
+        "  --stream-memory B         frame buffer bytes of all camera streams (default 67108864);\n"
+        "                            a frame that would need more is dropped\n",
         out);
 }
 
@@ -447,6 +523,8 @@ static void free_compute(fw_compute *cp)
     free(cp->slot_ctx);
     fw_engine_close(cp->engine_small);
     fw_engine_close(cp->engine);
+    uv_cond_destroy(&cp->gate.cv);
+    uv_mutex_destroy(&cp->gate.mu);
     free(cp);
 }
 
@@ -464,6 +542,17 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     cp->log = o->log;
     cp->workers = o->workers < 1 ? 1 : o->workers > FW_MAX_WORKERS ? FW_MAX_WORKERS : o->workers;
     cp->face_env.verify_threshold = o->verify_threshold > 0 ? o->verify_threshold : FW_VERIFY_DEFAULT_THRESHOLD;
+    if (uv_mutex_init(&cp->gate.mu) != 0) {
+        snprintf(err, errlen, "cannot make a mutex");
+        free(cp);
+        return -1;
+    }
+    if (uv_cond_init(&cp->gate.cv) != 0) {
+        uv_mutex_destroy(&cp->gate.mu);
+        snprintf(err, errlen, "cannot make a condition variable");
+        free(cp);
+        return -1;
+    }
 
     /* libuv sizes its pool once, at the first uv_queue_work of the process: compute's
      * `workers` threads plus a reserve, so libuv's own fs/dns work never waits behind a face */
@@ -471,7 +560,7 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     snprintf(n, sizeof n, "%d", cp->workers + FW_THREADPOOL_RESERVE);
     if (setenv("UV_THREADPOOL_SIZE", n, 1) != 0) {
         snprintf(err, errlen, "setenv UV_THREADPOOL_SIZE: %s", strerror(errno));
-        free(cp);
+        free_compute(cp);
         return -1;
     }
 
@@ -484,7 +573,7 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     cp->slot_ctx = calloc((size_t)cp->workers, sizeof *cp->slot_ctx);
     if (!cp->slot_ctx) {
         snprintf(err, errlen, "out of memory");
-        free(cp);
+        free_compute(cp);
         return -1;
     }
     load_engines(cp);
@@ -532,6 +621,24 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     fw_galops_set_sched(cp->galops, cp->sched);
     fw_galops_on_idle(cp->galops, gallery_idle_cb, cp);
 
+    fw_streams_options so;
+    memset(&so, 0, sizeof so);
+    so.memory_cap = o->stream_memory ? o->stream_memory : FW_STREAM_MEMORY_DEFAULT;
+    so.enable_test_ops = o->enable_test_ops;
+    so.have_engine = cp->engine != NULL;
+    so.sched = cp->sched;
+    so.frame_op_index = cp->op_index[FW_OP_STREAM_FRAME];
+    so.open_op_index = cp->op_index[FW_OP_STREAM_OPEN];
+    so.close_op_index = cp->op_index[FW_OP_STREAM_CLOSE];
+    so.frame_op = &ops[so.frame_op_index];
+    so.env = fw_galops_env(cp->galops);
+    cp->streams = fw_streams_new(&so);
+    if (!cp->streams) {
+        snprintf(err, errlen, "out of memory");
+        fw_compute_stop(cp);
+        return -1;
+    }
+
     if (o->metrics_listen &&
         fw_metrics_start(loop, o->metrics_listen, metrics_render, cp, cp->log, &cp->metrics,
                          err, errlen) != 0) {
@@ -562,6 +669,18 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
     const fw_op *op = &ops[idx];
     uint32_t budget = h->deadline_ms ? h->deadline_ms : cp->opt.default_deadline_ms[h->opcode];
     fw_sched_op_stats_mut(cp->sched, idx)->requests++;
+    if (h->opcode == FW_OP_STREAM_OPEN || h->opcode == FW_OP_STREAM_FRAME || h->opcode == FW_OP_STREAM_CLOSE) {
+        if (cp->draining && h->opcode == FW_OP_STREAM_OPEN)
+            fw_sched_answer_now(cp->sched, c, h, idx, FW_STATUS_SHUTTING_DOWN, "shutting down", 0, 0);
+        else
+            fw_streams_serve(cp->streams, c, h, body);
+        return;
+    }
+    if (h->opcode == FW_OP_TEST_RELEASE) {
+        test_gate_release(&cp->gate, 0);
+        fw_sched_answer_direct(cp->sched, c, h, idx, FW_STATUS_OK, NULL, 0, NULL, 0, 0);
+        return;
+    }
     if (op->direct && op->direct(body, h->body_len)) {
         fw_galops_serve(cp->galops, c, h, idx, body);
         return;
@@ -581,6 +700,7 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
     j->op_index = idx;
     j->env = op->cls == CLS_FACE ? (const void *)&cp->face_env
            : op->cls == CLS_GALLERY_READ || op->cls == CLS_GALLERY_WRITE ? (const void *)fw_galops_env(cp->galops)
+           : op->cls == CLS_TEST ? (const void *)&cp->gate
            : NULL;
     j->degraded = cp->degraded;
     j->budget_ms = budget;
@@ -603,6 +723,8 @@ void fw_compute_conn_closed(fw_compute *cp, fw_conn *c)
 {
     fw_sched_conn_closed(cp->sched, c);
     fw_galops_conn_closed(cp->galops, c);
+    if (cp->streams)
+        fw_streams_conn_closed(cp->streams, c);
 }
 
 /* ---- INFO and /metrics --------------------------------------------------------------------- */
@@ -639,6 +761,7 @@ static void render_info(fw_compute *cp, fw_sb *b)
     /* before the per-op lines, whose number grows with the statuses seen: a reader with a
      * small buffer (conn.c's INFO) cuts the tail, and these are the lines people look for */
     fw_galops_info(cp->galops, b);
+    fw_streams_info(cp->streams, b);
     for (int c = 0; c < fw_sched_nclasses(s); c++) {
         const fw_class_info *ci = fw_sched_class(s, c);
         uint32_t r, f;
@@ -781,6 +904,7 @@ static void metrics_render(void *arg, fw_sb *b)
         if (cp->op_index[ops[i].opcode] == i)
             prom_summary(b, "facewire_run_seconds", ops[i].name, &fw_sched_op_stats(s, i)->run_us);
     fw_galops_metrics(cp->galops, b);
+    fw_streams_metrics(cp->streams, b);
 }
 
 /* ---- drain and stop ------------------------------------------------------------------------ */
@@ -809,6 +933,7 @@ static void gallery_idle_cb(void *arg) { maybe_drained(arg); }
 void fw_compute_drain(fw_compute *cp, uint32_t grace_ms, void (*on_drained)(void *arg), void *arg)
 {
     cp->draining = 1;
+    test_gate_release(&cp->gate, 1); /* a held test worker would hold up the drain */
     cp->on_drained = on_drained;
     cp->drained_arg = arg;
     fw_sched_drain(cp->sched, grace_ms, sched_drained_cb, cp);
@@ -826,6 +951,8 @@ static void one_closed(fw_compute *cp)
 static void sched_stopped_cb(void *arg)
 {
     fw_compute *cp = arg;
+    fw_streams_free(cp->streams); /* stream jobs read their streams' buffers until here */
+    cp->streams = NULL;
     fw_galops_close(cp->galops);
     cp->galops = NULL;
     one_closed(cp);
@@ -840,6 +967,7 @@ void fw_compute_stop(fw_compute *cp)
     /* The engines and workspaces are freed only after the scheduler reports that the last
      * worker returned: a job still running past its deadline is using them. */
     cp->pending_closes = 2 + (cp->metrics != NULL);
+    test_gate_release(&cp->gate, 1);
     if (cp->metrics)
         fw_metrics_stop(cp->metrics, metrics_closed_cb, cp);
     cp->metrics = NULL;

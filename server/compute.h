@@ -21,6 +21,10 @@
 
 #include "fw_proto.h"
 
+/* Test ops not (yet) in proto/fw_proto.h, only with --enable-test-ops (docs/protocol.md):
+ * TEST_HOLD holds a worker until a TEST_RELEASE lets it go. */
+enum { FW_OP_TEST_RELEASE = 0x7C, FW_OP_TEST_HOLD = 0x7D };
+
 typedef struct fw_conn fw_conn;       /* server/conn.h: owned by the loop thread */
 typedef struct fw_compute fw_compute; /* server/compute.c: owned by the server context */
 
@@ -72,6 +76,8 @@ typedef struct fw_compute_options {
     int repair;                  /* --repair: open a gallery whose log is corrupt in the middle,
                                     dropping the damaged records */
     uint32_t gallery_max_faces;  /* --gallery-max-faces, 0 = the gallery's default (10,000,000) */
+    /* added for camera streams (server/streams.h) */
+    uint64_t stream_memory;      /* --stream-memory: frame buffer bytes of all streams */
 } fw_compute_options;
 
 void fw_compute_options_default(fw_compute_options *o);

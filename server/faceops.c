@@ -214,8 +214,8 @@ void fw_faceops_embed_work(fw_job *j)
     analyze_work(j, FW_WANT_DESCRIPTORS);
 }
 
-int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len,
-                        const fw_face **faces)
+int fw_faceops_analyze(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len, int want,
+                       const fw_face **faces, int *width, int *height)
 {
     fw_face_slot *fs = j->slot->ctx;
     const fw_engine *e;
@@ -223,14 +223,20 @@ int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, 
     char err[160];
     int n = 0;
     pick_engine(j, env, &e, &ws);
-    fw_engine_err rc = fw_engine_analyze(e, ws, jpeg, len, FW_WANT_DESCRIPTORS, fs->faces, fs->max_faces,
-                                         &n, NULL, NULL, NULL, err, sizeof err);
+    fw_engine_err rc = fw_engine_analyze(e, ws, jpeg, len, want, fs->faces, fs->max_faces,
+                                         &n, width, height, NULL, err, sizeof err);
     if (rc != FWE_OK) {
         job_fail(j, status_of(rc), "", err);
         return -1;
     }
     *faces = fs->faces;
     return n;
+}
+
+int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len,
+                        const fw_face **faces)
+{
+    return fw_faceops_analyze(j, env, jpeg, len, FW_WANT_DESCRIPTORS, faces, NULL, NULL);
 }
 
 /* The descriptor of one VERIFY input into out[128]; 0, or -1 with j->out set. */

@@ -54,6 +54,11 @@ int fw_faceops_needs_engine(const fw_job *j);
 int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len,
                         const fw_face **faces);
 
+/* The same with the engine's `want` bits (FW_WANT_*; 0 = boxes and scores only) and the
+ * picture's size (width/height may be NULL). Used by the camera streams (streams.c). */
+int fw_faceops_analyze(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len, int want,
+                       const fw_face **faces, int *width, int *height);
+
 /* Pool thread. */
 void fw_faceops_detect_work(fw_job *j);
 void fw_faceops_embed_work(fw_job *j);

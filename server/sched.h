@@ -56,6 +56,13 @@ typedef union fw_job_args {
     } enroll;
     struct { fw_input in; uint16_t k; float max_distance; } identify;  /* IDENTIFY */
     struct { const char *cursor; uint16_t cursor_len; uint16_t limit; } list;  /* LIST */
+    struct {                                               /* a stream frame (streams.c) */
+        const uint8_t *jpeg; uint32_t len;  /* the stream's work buffer, see streams.c */
+        uint8_t mode;                       /* FW_STREAM_MODE_* */
+        uint16_t min_face;                  /* faces narrower or lower are left out */
+        float max_distance;                 /* identify: matches at or beyond it are left out */
+        uint32_t sleep_ms;                  /* test mode */
+    } stream;
 } fw_job_args;
 
 /* What the worker hands back. Written only by the worker; read by the loop after it returned. */
