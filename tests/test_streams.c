@@ -375,6 +375,33 @@ static long long info_int(const char *text, const char *key)
     return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
 }
 
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+/* A whole eval picture (malloc'd), or NULL. */
+static uint8_t *read_eval(const char *name, uint32_t *len)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/eval/%s", env_or("FW_SHARED", "../shared"), name);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "  cannot read %s (set FW_SHARED)\n", path);
+        return NULL;
+    }
+    uint8_t *b = malloc(16u << 20);
+    size_t n = b ? fread(b, 1, 16u << 20, f) : 0;
+    fclose(f);
+    if (!b || n == 0) {
+        free(b);
+        return NULL;
+    }
+    *len = (uint32_t)n;
+    return b;
+}
+
 /* ---- tests --------------------------------------------------------------------------------- */
 
 /* Ten frames into a ring of four while the worker is held: six overflow (the oldest, 1-6),
@@ -748,6 +775,82 @@ static void t_bad_input_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* Real pictures with the models: a detect stream reports the face of an eval picture; an
+ * identify stream names the enrolled subject with a different picture of her; a frame that is
+ * not a JPEG comes back as a BAD_IMAGE error event carrying its sequence number. */
+static void t_real_faces_body(void)
+{
+    const char *args[] = { "--workers", "1", "--models", env_or("FW_MODELS", "models"), NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    nevs = 0;
+    uint32_t l1 = 0, l2 = 0;
+    uint8_t *p1 = read_eval("barack_obama_1.jpg", &l1), *p2 = read_eval("barack_obama_2.jpg", &l2);
+    CHECK_MSG(p1 && p2, "eval pictures missing");
+
+    /* ENROLL: str subject, bytes metadata, input (kind 0, bytes JPEG) */
+    uint8_t *eb = malloc(64 + (size_t)l1);
+    CHECK(eb != NULL);
+    fw_writer w;
+    fw_writer_init(&w, eb, 64 + (size_t)l1);
+    fw_put_str(&w, "barack_obama", 12);
+    fw_put_bytes(&w, NULL, 0);
+    fw_put_u8(&w, 0);
+    fw_put_bytes(&w, p1, l1);
+    uint16_t st;
+    uint8_t *rb = NULL;
+    uint32_t rl = 0;
+    CHECK(send_req(fd, FW_OP_ENROLL, 1, FW_PRIO_NORMAL, eb, (uint32_t)w.len) == 0);
+    free(eb);
+    CHECK(wait_resp(fd, 1, &st, &rb, &rl) == 0);
+    CHECK_EQ_INT(st, FW_STATUS_OK);
+    CHECK_EQ_INT(rl, 8);
+    uint64_t face_id = ((uint64_t)fw_rd32(rb) << 32) | fw_rd32(rb + 4);
+    free(rb);
+
+    open_args ai = { "door", 4, FW_STREAM_MODE_IDENTIFY, FW_STREAM_POLICY_FIFO, 0, 0.6f, 0, 0, 0, FW_PRIO_NORMAL };
+    open_args ad = { "hall", 4, FW_STREAM_MODE_DETECT, FW_STREAM_POLICY_FIFO, 0, 0.0f, 0, 0, 0, FW_PRIO_NORMAL };
+    uint32_t si = open_stream(fd, 2, &ai), sd = open_stream(fd, 3, &ad);
+    CHECK(si && sd);
+    CHECK(send_frame(fd, si, 7, p2, l2) == 0);
+    CHECK(send_frame(fd, sd, 1, fake_jpeg, sizeof fake_jpeg) == 0);
+    CHECK(send_frame(fd, sd, 2, p1, l1) == 0);
+    CHECK(wait_events(fd, FW_STREAM_EV_FACES, 2) == 0);
+    CHECK(wait_events(fd, FW_STREAM_EV_ERROR, 1) == 0);
+    for (int i = 0; i < nevs; i++) {
+        const event *e = &evs[i];
+        if (e->kind == FW_STREAM_EV_ERROR) {
+            CHECK_EQ_INT(e->stream, sd);
+            CHECK_EQ_INT(e->seq, 1);
+            CHECK_EQ_INT(e->status, FW_STATUS_BAD_IMAGE);
+        } else if (e->kind == FW_STREAM_EV_FACES && e->stream == si) {
+            CHECK_EQ_INT(e->seq, 7);
+            CHECK(e->width > 0 && e->height > 0);
+            CHECK_EQ_INT(e->nfaces, 1);
+            CHECK(e->faces[0].has_match);
+            CHECK_EQ_STR(e->faces[0].subject, "barack_obama");
+            CHECK_EQ_INT(e->faces[0].face_id, face_id);
+            CHECK(e->faces[0].distance < 0.6f);
+        } else if (e->kind == FW_STREAM_EV_FACES && e->stream == sd) {
+            CHECK_EQ_INT(e->seq, 2);
+            CHECK_EQ_INT(e->nfaces, 1);
+            CHECK(!e->faces[0].has_match);
+            CHECK(e->faces[0].box[2] > 20 && e->faces[0].box[0] + e->faces[0].box[2] <= (float)e->width + 1);
+        }
+    }
+    stats s;
+    CHECK(close_stream(fd, 4, sd, &s) == 0);
+    CHECK_EQ_INT(s.received, 2);
+    CHECK_EQ_INT(s.analysed, 1);
+    CHECK_EQ_INT(s.failed, 1);
+    free(p1);
+    free(p2);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_real_faces(void) { t_real_faces_body(); cleanup(); }
 static void t_overflow_and_newest_first(void) { t_overflow_and_newest_first_body(); cleanup(); }
 static void t_fifo_in_order(void) { t_fifo_in_order_body(); cleanup(); }
 static void t_gaps_and_reordering(void) { t_gaps_and_reordering_body(); cleanup(); }
@@ -766,6 +869,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_close_and_disconnect_free),
     CHECK_TEST(t_requests_during_flood),
     CHECK_TEST(t_bad_input),
+    CHECK_TEST(t_real_faces),
 };
 
 int main(int argc, char **argv)
