@@ -37,6 +37,10 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#if defined(__linux__)
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -90,6 +94,7 @@ const char *fw_strerror(int rc)
     case FW_ERR_RX_FULL: return "FW_ERR_RX_FULL";
     case FW_ERR_NOT_CONNECTED: return "FW_ERR_NOT_CONNECTED";
     case FW_ERR_UNSUPPORTED: return "FW_ERR_UNSUPPORTED";
+    case FW_ERR_WOULD_BLOCK: return "FW_ERR_WOULD_BLOCK";
     default: break;
     }
     if (rc > 0 && rc <= 0xFFFF)
@@ -484,59 +489,89 @@ static int check_header(fw_client *c, const fw_header *h)
     return FW_OK;
 }
 
-/* Find the response to `want` (or any) among the buffered frames, reading more as needed. */
+/* Find the response to `want` (or any) among the buffered frames, reading more as needed.
+ * STREAM_EVENT frames stay buffered for fw_stream_poll(); other events are dropped. */
+static int recv_frame_ex(fw_client *c, uint32_t want, int want_event, uint64_t deadline, fw_response *resp);
 static int recv_frame(fw_client *c, uint32_t want, uint64_t deadline, fw_response *resp)
+{
+    return recv_frame_ex(c, want, 0, deadline, resp);
+}
+
+/* Look for the wanted frame among those already buffered: 1 (claimed into *resp), 0 (not
+ * there yet), or < 0. */
+static int scan_buffered(fw_client *c, uint32_t want, int want_event, fw_response *resp)
+{
+    size_t off = 0;
+    while (off < c->rx_len) {
+        fw_header h;
+        int have = 0;
+        size_t n = fw_frame_scan(c->rx + off, c->rx_len - off, &h, &have);
+        if (!have)
+            break;
+        int rc = check_header(c, &h);
+        if (rc != FW_OK)
+            return rc;
+        if (n == 0)
+            break; /* the body is still coming */
+        int is_event = (h.flags & FW_FLAG_EVENT) != 0;
+        if (is_event && h.opcode != FW_OP_STREAM_EVENT) {
+            rx_remove(c, off, n); /* no other events are defined for clients */
+            continue;
+        }
+        if (want_event ? is_event : !is_event && (want == FW_ANY_REQUEST || h.request_id == want)) {
+            c->claimed = 1;
+            c->claim_off = off;
+            c->claim_len = n;
+            resp->hdr = h;
+            resp->frame = c->rx + off;
+            resp->frame_len = n;
+            resp->body = c->rx + off + FW_HEADER_LEN;
+            resp->body_len = h.body_len;
+            return 1;
+        }
+        off += n;
+    }
+    if (c->rx_len == c->rx_cap)
+        return fail(c, FW_ERR_RX_FULL, "rx buffer (%lu bytes) full of responses not asked for",
+                    (unsigned long)c->rx_cap);
+    return 0;
+}
+
+/* One recv() into the rx buffer: FW_OK (bytes came), FW_ERR_WOULD_BLOCK (none ready), or < 0. */
+static int read_some(fw_client *c)
+{
+    for (;;) {
+        ssize_t r = recv(c->fd, c->rx + c->rx_len, c->rx_cap - c->rx_len, 0);
+        if (r > 0) {
+            c->rx_len += (size_t)r;
+            return FW_OK;
+        }
+        if (r == 0)
+            return fail(c, FW_ERR_CLOSED, "connection closed by the server");
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return FW_ERR_WOULD_BLOCK;
+        if (errno == ECONNRESET)
+            return fail(c, FW_ERR_CLOSED, "connection reset by the server");
+        if (errno != EINTR) {
+            char eb[128];
+            return fail(c, FW_ERR_IO, "recv: %s", errtext(errno, eb, sizeof eb));
+        }
+    }
+}
+
+static int recv_frame_ex(fw_client *c, uint32_t want, int want_event, uint64_t deadline, fw_response *resp)
 {
     if (c->fd < 0)
         return fail(c, FW_ERR_NOT_CONNECTED, "not connected");
     for (;;) {
-        size_t off = 0;
-        while (off < c->rx_len) {
-            fw_header h;
-            int have = 0;
-            size_t n = fw_frame_scan(c->rx + off, c->rx_len - off, &h, &have);
-            if (!have)
-                break;
-            int rc = check_header(c, &h);
-            if (rc != FW_OK)
-                return rc;
-            if (n == 0)
-                break; /* the body is still coming */
-            if (h.flags & FW_FLAG_EVENT) {
-                rx_remove(c, off, n); /* no events are defined for clients yet */
-                continue;
-            }
-            if (want == FW_ANY_REQUEST || h.request_id == want) {
-                c->claimed = 1;
-                c->claim_off = off;
-                c->claim_len = n;
-                resp->hdr = h;
-                resp->frame = c->rx + off;
-                resp->frame_len = n;
-                resp->body = c->rx + off + FW_HEADER_LEN;
-                resp->body_len = h.body_len;
-                return FW_OK;
-            }
-            off += n;
-        }
-        if (c->rx_len == c->rx_cap)
-            return fail(c, FW_ERR_RX_FULL, "rx buffer (%lu bytes) full of responses not asked for",
-                        (unsigned long)c->rx_cap);
-        ssize_t r = recv(c->fd, c->rx + c->rx_len, c->rx_cap - c->rx_len, 0);
-        if (r > 0) {
-            c->rx_len += (size_t)r;
-        } else if (r == 0) {
-            return fail(c, FW_ERR_CLOSED, "connection closed by the server");
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_fd(c, POLLIN, deadline);
-            if (rc != FW_OK)
-                return rc;
-        } else if (errno == ECONNRESET) {
-            return fail(c, FW_ERR_CLOSED, "connection reset by the server");
-        } else if (errno != EINTR) {
-            char eb[128];
-            return fail(c, FW_ERR_IO, "recv: %s", errtext(errno, eb, sizeof eb));
-        }
+        int rc = scan_buffered(c, want, want_event, resp);
+        if (rc != 0)
+            return rc < 0 ? rc : FW_OK;
+        rc = read_some(c);
+        if (rc == FW_ERR_WOULD_BLOCK)
+            rc = wait_fd(c, POLLIN, deadline);
+        if (rc != FW_OK)
+            return rc;
     }
 }
 
@@ -1343,4 +1378,241 @@ int fw_test_fail(fw_client *c)
     req_begin(&r, c);
     fw_response resp;
     return call(&r, FW_OP_TEST_FAIL, &resp);
+}
+
+/* ---- camera streams ------------------------------------------------------------------------ */
+
+int fw_stream_open(fw_client *c, const fw_stream_config *sc, uint32_t *stream_id)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    if (!sc || !sc->name || !stream_id)
+        return fail(c, FW_ERR_INVALID, "NULL argument");
+    size_t nlen = strlen(sc->name);
+    if (nlen < 1 || nlen > 64)
+        return fail(c, FW_ERR_INVALID, "stream name must be 1-64 bytes");
+    req r;
+    req_begin(&r, c);
+    fw_put_str(&r.w, sc->name, nlen);
+    fw_put_u8(&r.w, sc->capacity ? sc->capacity : 8);
+    fw_put_u8(&r.w, sc->mode);
+    fw_put_u8(&r.w, sc->policy);
+    fw_put_u16(&r.w, sc->min_face);
+    fw_put_f32(&r.w, sc->max_distance);
+    fw_put_u32(&r.w, sc->max_age_ms);
+    fw_put_u16(&r.w, sc->stats_every);
+    fw_put_u32(&r.w, sc->test_sleep_ms);
+    fw_response resp;
+    rc = call(&r, FW_OP_STREAM_OPEN, &resp);
+    if (rc != FW_OK)
+        return rc;
+    if (resp.body_len != 4)
+        return decoded(c, FW_ERR_MALFORMED, FW_OP_STREAM_OPEN);
+    *stream_id = fw_rd32(resp.body);
+    return FW_OK;
+}
+
+int fw_stream_push(fw_client *c, uint32_t stream_id, uint64_t seq, uint64_t capture_us,
+                   const void *jpeg, size_t len)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    if (!jpeg || len == 0)
+        return fail(c, FW_ERR_INVALID, "empty frame");
+    if (over_u32(len + 24))
+        return fail(c, FW_ERR_TOO_LARGE, "frame over 4 GiB");
+    uint8_t hb[FW_HEADER_LEN + 24];
+    fw_header h;
+    memset(&h, 0, sizeof h);
+    h.magic = FW_MAGIC;
+    h.version = FW_PROTO_VERSION;
+    h.opcode = FW_OP_STREAM_FRAME;
+    h.priority = c->cfg.priority;
+    h.request_id = 0; /* never answered */
+    h.body_len = (uint32_t)(24 + len);
+    fw_header_encode(&h, hb);
+    fw_writer w;
+    fw_writer_init(&w, hb + FW_HEADER_LEN, 24);
+    fw_put_u32(&w, stream_id);
+    fw_put_u64(&w, seq);
+    fw_put_u64(&w, capture_us);
+    fw_put_u32(&w, (uint32_t)len);
+#if defined(SIOCOUTQ)
+    /* A frame the kernel takes only in part must be finished by waiting, which is what a
+     * camera loop must not do: refuse it up front unless the send buffer has room for all of
+     * it. Half of SO_SNDBUF is what Linux leaves for payload (the rest is its bookkeeping). */
+    int queued = 0, sndbuf = 0;
+    socklen_t sl = sizeof sndbuf;
+    if (ioctl(c->fd, SIOCOUTQ, &queued) == 0 && getsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) == 0 &&
+        sndbuf > 0 && queued >= 0 && (uint64_t)queued + sizeof hb + len > (uint64_t)sndbuf / 2 && queued > 0) {
+        snprintf(c->errmsg, sizeof c->errmsg, "socket full: frame %llu not sent", (unsigned long long)seq);
+        return FW_ERR_WOULD_BLOCK;
+    }
+#endif
+    struct iovec iov[2] = { { hb, sizeof hb }, { (void *)(uintptr_t)jpeg, len } };
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = iov;
+    m.msg_iovlen = 2;
+    ssize_t n;
+    do
+        n = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        snprintf(c->errmsg, sizeof c->errmsg, "socket full: frame %llu not sent", (unsigned long long)seq);
+        return FW_ERR_WOULD_BLOCK; /* nothing sent: the connection is in frame */
+    }
+    if (n < 0) {
+        if (errno == EPIPE || errno == ECONNRESET)
+            return fail(c, FW_ERR_CLOSED, "connection closed by the server while sending");
+        char eb[128];
+        return fail(c, FW_ERR_IO, "send: %s", errtext(errno, eb, sizeof eb));
+    }
+    /* Part of it went: the rest must follow, or the byte stream is out of frame. */
+    size_t done = (size_t)n;
+    struct iovec *v = iov;
+    int nv = 2;
+    while (nv > 0 && done >= v->iov_len) {
+        done -= v->iov_len;
+        v++, nv--;
+    }
+    if (nv > 0) {
+        v->iov_base = (uint8_t *)v->iov_base + done;
+        v->iov_len -= done;
+        rc = send_all(c, v, nv, now_ms() + c->timeout_ms);
+        if (rc != FW_OK)
+            return rc;
+    }
+    release_claim(c);
+    return FW_OK;
+}
+
+static int decode_stats(fw_reader *r, fw_stream_stats *s)
+{
+    s->final = fw_get_u8(r);
+    s->received = fw_get_u64(r);
+    s->analysed = fw_get_u64(r);
+    s->failed = fw_get_u64(r);
+    s->dropped_overflow = fw_get_u64(r);
+    s->dropped_superseded = fw_get_u64(r);
+    s->dropped_deadline = fw_get_u64(r);
+    s->dropped_memory = fw_get_u64(r);
+    s->seq_gaps = fw_get_u64(r);
+    s->out_of_order = fw_get_u64(r);
+    s->latency_p50_us = fw_get_u32(r);
+    s->latency_p99_us = fw_get_u32(r);
+    s->pending = fw_get_u8(r);
+    return r->err ? FW_ERR_MALFORMED : FW_OK;
+}
+
+static int decode_event(const fw_response *resp, fw_stream_event *ev, fw_stream_face *faces, size_t max_faces)
+{
+    fw_reader r;
+    fw_reader_init(&r, resp->body, resp->body_len);
+    memset(ev, 0, sizeof *ev);
+    ev->kind = fw_get_u8(&r);
+    ev->stream_id = fw_get_u32(&r);
+    if (r.err)
+        return FW_ERR_MALFORMED;
+    switch (ev->kind) {
+    case FW_STREAM_EV_FACES:
+        ev->seq = fw_get_u64(&r);
+        ev->capture_us = fw_get_u64(&r);
+        ev->latency_us = fw_get_u32(&r);
+        ev->width = fw_get_u32(&r);
+        ev->height = fw_get_u32(&r);
+        ev->nfaces = fw_get_u16(&r);
+        for (size_t i = 0; i < ev->nfaces && !r.err; i++) {
+            fw_stream_face f;
+            memset(&f, 0, sizeof f);
+            f.box.x = fw_get_f32(&r);
+            f.box.y = fw_get_f32(&r);
+            f.box.w = fw_get_f32(&r);
+            f.box.h = fw_get_f32(&r);
+            f.score = fw_get_f32(&r);
+            uint8_t has = fw_get_u8(&r);
+            if (has > 1)
+                return FW_ERR_MALFORMED;
+            f.has_match = has;
+            if (has) {
+                f.subject = fw_get_str(&r, &f.subject_len);
+                f.face_id = fw_get_u64(&r);
+                f.distance = fw_get_f32(&r);
+            }
+            if (faces && i < max_faces)
+                faces[ev->nstored++] = f;
+        }
+        break;
+    case FW_STREAM_EV_STATS:
+        if (decode_stats(&r, &ev->stats) != FW_OK)
+            return FW_ERR_MALFORMED;
+        break;
+    case FW_STREAM_EV_ERROR:
+        ev->seq = fw_get_u64(&r);
+        ev->status = fw_get_u16(&r);
+        ev->msg = fw_get_str(&r, &ev->msg_len);
+        break;
+    default:
+        return FW_ERR_MALFORMED;
+    }
+    return r.err || fw_reader_left(&r) ? FW_ERR_MALFORMED : FW_OK;
+}
+
+int fw_stream_poll(fw_client *c, uint32_t timeout_ms, fw_stream_event *ev, fw_stream_face *faces,
+                   size_t max_faces)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    if (!ev)
+        return fail(c, FW_ERR_INVALID, "NULL event");
+    release_claim(c);
+    uint64_t deadline = now_ms() + timeout_ms;
+    fw_response resp;
+    for (;;) {
+        rc = scan_buffered(c, 0, 1, &resp);
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            rc = decode_event(&resp, ev, faces, max_faces);
+            return rc == FW_OK ? FW_OK : fail(c, rc, "malformed stream event");
+        }
+        rc = read_some(c);
+        if (rc == FW_OK)
+            continue;
+        if (rc != FW_ERR_WOULD_BLOCK)
+            return rc;
+        int left = ms_left(deadline);
+        if (left == 0)
+            return FW_ERR_WOULD_BLOCK; /* no event in time; the connection is fine */
+        struct pollfd p = { c->fd, POLLIN, 0 };
+        if (poll(&p, 1, left) < 0 && errno != EINTR) {
+            char eb[128];
+            return fail(c, FW_ERR_IO, "poll: %s", errtext(errno, eb, sizeof eb));
+        }
+    }
+}
+
+int fw_stream_close(fw_client *c, uint32_t stream_id, fw_stream_stats *out)
+{
+    int rc = begin_call(c);
+    if (rc != FW_OK)
+        return rc;
+    req r;
+    req_begin(&r, c);
+    fw_put_u32(&r.w, stream_id);
+    fw_response resp;
+    rc = call(&r, FW_OP_STREAM_CLOSE, &resp);
+    if (rc != FW_OK)
+        return rc;
+    fw_reader rd;
+    fw_reader_init(&rd, resp.body, resp.body_len);
+    fw_stream_stats s;
+    if (decode_stats(&rd, &s) != FW_OK || fw_reader_left(&rd))
+        return decoded(c, FW_ERR_MALFORMED, FW_OP_STREAM_CLOSE);
+    if (out)
+        *out = s;
+    return FW_OK;
 }

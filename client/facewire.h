@@ -93,7 +93,10 @@ typedef enum fw_err {
     FW_ERR_TOO_LARGE = -10,    /* request over tx_buf_size, or response over rx_buf_size */
     FW_ERR_RX_FULL = -11,      /* rx buffer full of responses nobody asked for (closed) */
     FW_ERR_NOT_CONNECTED = -12,/* no connection: call fw_client_connect() */
-    FW_ERR_UNSUPPORTED = -13   /* feature not built in (e.g. secure sessions) */
+    FW_ERR_UNSUPPORTED = -13,  /* feature not built in (e.g. secure sessions) */
+    FW_ERR_WOULD_BLOCK = -14   /* fw_stream_push: the socket is full, nothing was sent;
+                                  fw_stream_poll: no event came in time. The connection is
+                                  fine (not closed). */
 } fw_err;
 
 /* "FW_ERR_TIMEOUT", ..., or fw_status_name() for rc > 0. Static strings. */
@@ -293,6 +296,81 @@ int fw_gallery(fw_client *c, fw_gallery_info *out);
 /* Test ops (server started with --enable-test-ops). */
 int fw_test_sleep(fw_client *c, uint32_t ms);
 int fw_test_fail(fw_client *c);
+
+/* ---- camera streams (docs/protocol.md, "Camera streams") ---------------------------------
+ * A camera loop opens a stream, pushes frames without ever blocking on a slow server (a
+ * frame that does not fit the socket now is refused with FW_ERR_WOULD_BLOCK, so the camera
+ * drops it at the source) and collects results with fw_stream_poll(). The server answers no
+ * frame; results, statistics and problems come back as events, which the library keeps in
+ * the rx buffer until polled: a client with open streams must poll, or the buffer fills
+ * (FW_ERR_RX_FULL). Events that arrive during any other call are kept for the next poll. */
+#define FW_OP_STREAM_OPEN 0x13
+#define FW_OP_STREAM_FRAME 0x14
+#define FW_OP_STREAM_CLOSE 0x15
+#define FW_OP_STREAM_EVENT 0x16
+
+enum fw_stream_mode { FW_STREAM_DETECT = 0, FW_STREAM_IDENTIFY = 1, FW_STREAM_TEST = 2 };
+enum fw_stream_policy { FW_STREAM_RING = 0, FW_STREAM_FIFO = 1 };
+enum fw_stream_event_kind { FW_STREAM_EV_FACES = 1, FW_STREAM_EV_STATS = 2, FW_STREAM_EV_ERROR = 3 };
+
+typedef struct fw_stream_config {
+    const char *name;         /* 1..64 bytes, NUL-terminated */
+    uint8_t capacity;         /* ring frames, 1..64 (0 = 8) */
+    uint8_t mode;             /* enum fw_stream_mode */
+    uint8_t policy;           /* enum fw_stream_policy */
+    uint16_t min_face;        /* pixels, 0 = every face */
+    float max_distance;       /* identify threshold, 0 = none */
+    uint32_t max_age_ms;      /* 0 = frames never expire */
+    uint16_t stats_every;     /* a stats event every N analysed frames, 0 = only at close */
+    uint32_t test_sleep_ms;   /* FW_STREAM_TEST only */
+} fw_stream_config;
+
+typedef struct fw_stream_stats {
+    int final;
+    uint64_t received, analysed, failed;
+    uint64_t dropped_overflow, dropped_superseded, dropped_deadline, dropped_memory;
+    uint64_t seq_gaps, out_of_order;
+    uint32_t latency_p50_us, latency_p99_us;
+    uint8_t pending;
+} fw_stream_stats;
+
+typedef struct fw_stream_face {
+    fw_box box;
+    float score;
+    int has_match;            /* identify: the best match below */
+    const char *subject;      /* into the rx buffer, not NUL-terminated */
+    uint16_t subject_len;
+    uint64_t face_id;
+    float distance;
+} fw_stream_face;
+
+typedef struct fw_stream_event {
+    int kind;                 /* enum fw_stream_event_kind */
+    uint32_t stream_id;
+    uint64_t seq, capture_us; /* faces, error (seq) */
+    uint32_t latency_us;      /* faces: frame receipt to event, on the server */
+    uint32_t width, height;   /* faces */
+    size_t nfaces, nstored;   /* faces: in the event / written to the caller's array */
+    fw_stream_stats stats;    /* stats */
+    uint16_t status;          /* error: BAD_IMAGE, NOT_FOUND, ... */
+    const char *msg;          /* error: into the rx buffer, msg_len bytes */
+    uint16_t msg_len;
+} fw_stream_event;
+
+/* Priority: cfg.priority of the client (the header's) becomes the stream's. */
+int fw_stream_open(fw_client *c, const fw_stream_config *sc, uint32_t *stream_id);
+/* Send one frame now or not at all: FW_OK (sent whole), FW_ERR_WOULD_BLOCK (the socket had
+ * no room: nothing was sent, the connection is fine), or < 0. A frame the kernel takes only
+ * in part is finished within the client's timeout (the stream must stay in frame). The JPEG
+ * is sent from the caller's memory. */
+int fw_stream_push(fw_client *c, uint32_t stream_id, uint64_t seq, uint64_t capture_us,
+                   const void *jpeg, size_t len);
+/* The next event, waiting at most timeout_ms (0 = only what has arrived): FW_OK with *ev
+ * (faces into faces[max_faces]), FW_ERR_WOULD_BLOCK when none came, or < 0. */
+int fw_stream_poll(fw_client *c, uint32_t timeout_ms, fw_stream_event *ev, fw_stream_face *faces,
+                   size_t max_faces);
+/* Close: final statistics into *out (may be NULL). */
+int fw_stream_close(fw_client *c, uint32_t stream_id, fw_stream_stats *out);
 
 /* ---- pipelined flavours of the face ops ---------------------------------------------------
  * The same request as the synchronous call (same checks, same bytes), sent without waiting:

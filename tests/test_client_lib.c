@@ -1602,7 +1602,218 @@ static void t_reconnect(void)
     CHECK_EQ_INT(rc3, FW_OK);
 }
 
+/* ---- camera streams ------------------------------------------------------------------------ */
+
+static size_t stats_record(uint8_t *b, size_t cap, int final)
+{
+    fw_writer w;
+    fw_writer_init(&w, b, cap);
+    fw_put_u8(&w, (uint8_t)final);
+    for (uint64_t k = 1; k <= 9; k++)
+        fw_put_u64(&w, k * 10); /* received 10, analysed 20, ... */
+    fw_put_u32(&w, 1500);
+    fw_put_u32(&w, 2500);
+    fw_put_u8(&w, 3);
+    return w.len;
+}
+
+/* OPEN (an error event goes out before its answer), FRAME (faces and stats events follow),
+ * CLOSE (final stats), then silence until the client closes. */
+static void serve_stream(fake *f, int fd)
+{
+    uint8_t b[512];
+    fw_writer w;
+    int i = read_request(f, fd);
+    if (i < 0)
+        return;
+    fw_writer_init(&w, b, sizeof b);
+    fw_put_u8(&w, FW_STREAM_EV_ERROR);
+    fw_put_u32(&w, 7);
+    fw_put_u64(&w, 0);
+    fw_put_u16(&w, FW_STATUS_NOT_FOUND);
+    fw_put_str(&w, "no such stream", 14);
+    if (write_frame(fd, FW_OP_STREAM_EVENT, FW_FLAG_EVENT, 0, 0, b, w.len) != 0)
+        return;
+    uint8_t id[4];
+    fw_be32(id, 7);
+    if (reply(fd, &f->hdr[i], FW_STATUS_OK, id, 4) != 0 || read_request(f, fd) < 0)
+        return;
+    fw_writer_init(&w, b, sizeof b);
+    fw_put_u8(&w, FW_STREAM_EV_FACES);
+    fw_put_u32(&w, 7);
+    fw_put_u64(&w, 5);        /* seq */
+    fw_put_u64(&w, 123456);   /* capture ts */
+    fw_put_u32(&w, 42000);    /* latency */
+    fw_put_u32(&w, 640);
+    fw_put_u32(&w, 480);
+    fw_put_u16(&w, 2);
+    for (int k = 0; k < 2; k++) {
+        fw_put_f32(&w, 10.0f + (float)k);
+        fw_put_f32(&w, 20.0f);
+        fw_put_f32(&w, 30.0f);
+        fw_put_f32(&w, 40.0f);
+        fw_put_f32(&w, 0.9f);
+        fw_put_u8(&w, (uint8_t)(k == 0));
+        if (k == 0) {
+            fw_put_str(&w, "alice", 5);
+            fw_put_u64(&w, 99);
+            fw_put_f32(&w, 0.25f);
+        }
+    }
+    if (write_frame(fd, FW_OP_STREAM_EVENT, FW_FLAG_EVENT, 0, 0, b, w.len) != 0)
+        return;
+    b[0] = FW_STREAM_EV_STATS;
+    fw_be32(b + 1, 7);
+    size_t n = 5 + stats_record(b + 5, sizeof b - 5, 0);
+    if (write_frame(fd, FW_OP_STREAM_EVENT, FW_FLAG_EVENT, 0, 0, b, n) != 0)
+        return;
+    if ((i = read_request(f, fd)) < 0)
+        return;
+    n = stats_record(b, sizeof b, 1);
+    if (reply(fd, &f->hdr[i], FW_STATUS_OK, b, n) != 0)
+        return;
+    serve_silence(f, fd);
+}
+
+static void t_stream_roundtrip(void)
+{
+    fake *f = fake_new();
+    CHECK(f && fake_start(f, serve_stream, AF_INET) == 0);
+    fw_client *c = client_for(f, "127.0.0.1", NULL);
+    CHECK(c);
+    fw_stream_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.name = "door";
+    sc.capacity = 4;
+    sc.mode = FW_STREAM_IDENTIFY;
+    sc.policy = FW_STREAM_FIFO;
+    sc.max_distance = 0.5f;
+    sc.stats_every = 10;
+    uint32_t id = 0;
+    int rc_open = fw_stream_open(c, &sc, &id);
+    int rc_push = fw_stream_push(c, id, 5, 123456, jpeg_stub, sizeof jpeg_stub);
+    fw_stream_event e1, e2, e3, e4;
+    fw_stream_face faces[1];
+    int rc1 = fw_stream_poll(c, 2000, &e1, faces, 1);  /* kept while OPEN waited */
+    uint16_t e1_status = e1.status;
+    char e1_msg[32] = "";
+    if (rc1 == FW_OK && e1.msg_len < sizeof e1_msg)
+        memcpy(e1_msg, e1.msg, e1.msg_len);
+    int rc2 = fw_stream_poll(c, 2000, &e2, faces, 1);
+    char subj[16] = "";
+    if (rc2 == FW_OK && faces[0].subject_len < sizeof subj)
+        memcpy(subj, faces[0].subject, faces[0].subject_len);
+    int rc3 = fw_stream_poll(c, 2000, &e3, NULL, 0);
+    int rc4 = fw_stream_poll(c, 0, &e4, NULL, 0);      /* nothing more: not an error */
+    int still = fw_client_is_connected(c);
+    fw_stream_stats fin;
+    int rc_close = fw_stream_close(c, id, &fin);
+    fw_client_close(c);
+    fake_stop(f);
+
+    CHECK_EQ_INT(rc_open, FW_OK);
+    CHECK_EQ_INT(id, 7);
+    CHECK_EQ_INT(rc_push, FW_OK);
+    CHECK_EQ_INT(rc1, FW_OK);
+    CHECK_EQ_INT(e1.kind, FW_STREAM_EV_ERROR);
+    CHECK_EQ_INT(e1_status, FW_STATUS_NOT_FOUND);
+    CHECK_EQ_STR(e1_msg, "no such stream");
+    CHECK_EQ_INT(rc2, FW_OK);
+    CHECK_EQ_INT(e2.kind, FW_STREAM_EV_FACES);
+    CHECK_EQ_INT(e2.seq, 5);
+    CHECK_EQ_INT(e2.capture_us, 123456);
+    CHECK_EQ_INT(e2.latency_us, 42000);
+    CHECK_EQ_INT(e2.width, 640);
+    CHECK_EQ_INT(e2.nfaces, 2);
+    CHECK_EQ_INT(e2.nstored, 1);
+    CHECK(faces[0].has_match);
+    CHECK_EQ_STR(subj, "alice");
+    CHECK_EQ_INT(faces[0].face_id, 99);
+    CHECK_NEAR(faces[0].distance, 0.25, 1e-6);
+    CHECK_EQ_INT(rc3, FW_OK);
+    CHECK_EQ_INT(e3.kind, FW_STREAM_EV_STATS);
+    CHECK_EQ_INT(e3.stats.received, 10);
+    CHECK_EQ_INT(e3.stats.out_of_order, 90);
+    CHECK_EQ_INT(e3.stats.latency_p99_us, 2500);
+    CHECK_EQ_INT(rc4, FW_ERR_WOULD_BLOCK);
+    CHECK(still);
+    CHECK_EQ_INT(rc_close, FW_OK);
+    CHECK_EQ_INT(fin.final, 1);
+    CHECK_EQ_INT(fin.pending, 3);
+
+    /* what went out: OPEN's body, a FRAME with request id 0, CLOSE */
+    CHECK_EQ_INT(f->nreq, 3);
+    CHECK_EQ_INT(f->hdr[0].opcode, FW_OP_STREAM_OPEN);
+    static const uint8_t open_body[] = { 0, 4, 'd', 'o', 'o', 'r', 4, 1, 1, 0, 0, 0x3F, 0, 0, 0,
+                                         0, 0, 0, 0, 0, 10, 0, 0, 0, 0 };
+    CHECK_EQ_INT(f->body_len[0], sizeof open_body);
+    CHECK(memcmp(f->body[0], open_body, sizeof open_body) == 0);
+    CHECK_EQ_INT(f->hdr[1].opcode, FW_OP_STREAM_FRAME);
+    CHECK_EQ_INT(f->hdr[1].request_id, 0);
+    CHECK_EQ_INT(f->body_len[1], 24 + sizeof jpeg_stub);
+    CHECK_EQ_INT(fw_rd32(f->body[1]), 7);
+    CHECK_EQ_INT(fw_rd32(f->body[1] + 8), 5);       /* low half of the u64 seq */
+    CHECK_EQ_INT(fw_rd32(f->body[1] + 20), sizeof jpeg_stub);
+    CHECK(memcmp(f->body[1] + 24, jpeg_stub, sizeof jpeg_stub) == 0);
+    CHECK_EQ_INT(f->hdr[2].opcode, FW_OP_STREAM_CLOSE);
+    free(f);
+}
+
+/* A fake that answers OPEN and then reads nothing until the test writes to its gate. */
+static int gate_fd[2] = { -1, -1 };
+static int frames_read;
+static void serve_stream_stuck(fake *f, int fd)
+{
+    int i = read_request(f, fd);
+    uint8_t id[4];
+    fw_be32(id, 1);
+    if (i < 0 || reply(fd, &f->hdr[i], FW_STATUS_OK, id, 4) != 0)
+        return;
+    char g;
+    if (read(gate_fd[0], &g, 1) != 1)
+        return;
+    while (read_request(f, fd) >= 0)
+        frames_read++;
+}
+
+/* A server that stops reading: pushes come back FW_ERR_WOULD_BLOCK (nothing sent, the
+ * connection stays), and every frame reported sent arrives whole. */
+static void t_stream_push_would_block(void)
+{
+    fake *f = fake_new();
+    CHECK(f && pipe(gate_fd) == 0);
+    frames_read = 0;
+    CHECK(fake_start(f, serve_stream_stuck, AF_INET) == 0);
+    fw_client *c = client_for(f, "127.0.0.1", NULL);
+    CHECK(c);
+    fw_stream_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.name = "cam";
+    uint32_t id = 0;
+    int rc_open = fw_stream_open(c, &sc, &id);
+    static uint8_t frame[65536];
+    int sent = 0, rc = FW_OK;
+    for (int k = 0; k < 100000 && rc == FW_OK; k++) {
+        rc = fw_stream_push(c, id, (uint64_t)k, 0, frame, sizeof frame);
+        sent += rc == FW_OK;
+    }
+    int still = fw_client_is_connected(c);
+    CHECK(write(gate_fd[1], "g", 1) == 1);
+    fw_client_close(c);
+    fake_stop(f);
+    close(gate_fd[0]);
+    close(gate_fd[1]);
+    CHECK_EQ_INT(rc_open, FW_OK);
+    CHECK_EQ_INT(rc, FW_ERR_WOULD_BLOCK);
+    CHECK(still);
+    CHECK(sent > 0);
+    CHECK_EQ_INT(frames_read, sent);
+    free(f);
+}
+
 static const struct check_test tests[] = {
+    CHECK_TEST(t_stream_roundtrip),
+    CHECK_TEST(t_stream_push_would_block),
     CHECK_TEST(t_ping_roundtrip),
     CHECK_TEST(t_header_fields_from_config),
     CHECK_TEST(t_large_ping_partial_io),
