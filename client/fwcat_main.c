@@ -16,12 +16,15 @@
 #include "client/facewire.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
 #define EXIT_STATUS 1 /* the server answered with a status other than OK */
 #define EXIT_USAGE 2  /* bad usage, cannot connect, transport or protocol failure */
@@ -83,6 +86,15 @@ static void usage(FILE *out)
         "    list                        every subject and its face count (all pages)\n"
         "    gallery                     gallery size: faces, subjects, bytes, last_seq\n"
         "    sleep MS, fail              test ops (server started with --enable-test-ops)\n"
+        "    stream --frames DIR|FILE --fps F [--name N] [--identify] [--loop] [--count N]\n"
+        "           [--fifo] [--capacity N] [--linger-ms MS] [--test-sleep MS]\n"
+        "                                push the JPEGs of DIR (sorted by name) or of a JPEG /\n"
+        "                                Motion-JPEG FILE as a camera stream at F frames per\n"
+        "                                second (--loop: over and over; --count: that many\n"
+        "                                frames); print every event, then the final statistics.\n"
+        "                                A frame the socket cannot take at once is dropped here\n"
+        "                                (dropped_at_source). --test-sleep MS: the server's test\n"
+        "                                mode (--enable-test-ops; no analysis, sleeps MS)\n"
         "\n"
         "JSON OUTPUT\n"
         "    detect/embed {\"width\":W,\"height\":H,\"faces\":[{\"box\":[x,y,w,h],\"score\":S,\n"
@@ -94,6 +106,10 @@ static void usage(FILE *out)
         "    delete       {\"deleted\":N}\n"
         "    list         {\"subjects\":[{\"subject\":S,\"faces\":N}]}\n"
         "    gallery      {\"faces\":N,\"subjects\":N,\"bytes\":N,\"last_seq\":N}\n"
+        "    stream       one line per event: {\"type\":\"faces\",\"stream\":ID,\"seq\":N,\n"
+        "                 \"latency_ms\":L,\"faces\":[{\"box\":[...],\"score\":S,\"subject\":S,...}]},\n"
+        "                 {\"type\":\"error\",...}; last {\"type\":\"stats\",\"final\":true,\"received\":N,\n"
+        "                 \"analysed\":N,\"dropped\":N,\"p50_latency_ms\":L,\"p99_latency_ms\":L,...}\n"
         "    ping {\"echo\":TEXT}  info {\"info\":{KEY:VALUE,...}}  sleep, fail {\"ok\":true}\n"
         "    errors       {\"error\":MESSAGE,\"status\":NAME}: NAME is the server's status\n"
         "                 (BUSY, NO_FACE, ...) or a client-side FW_ERR_* (FW_ERR_TIMEOUT, ...)\n"
@@ -889,6 +905,356 @@ static int cmd_fail(fwcat *fc, int argc, char **argv)
     return rc == FW_OK ? print_ok(fc) : report(fc, rc);
 }
 
+/* ---- stream ------------------------------------------------------------------------------ */
+
+#define STREAM_MAX_FRAMES 4096
+#define STREAM_MAX_BYTES (512u << 20)
+
+typedef struct frame_set {
+    uint8_t **data;   /* data[i] is owned (a whole file) or points into blob */
+    size_t *len;
+    size_t n;
+    uint8_t *blob;    /* a Motion-JPEG file, owned */
+    int owns_each;
+} frame_set;
+
+static void frames_free(frame_set *fs)
+{
+    if (fs->owns_each)
+        for (size_t i = 0; i < fs->n; i++)
+            free(fs->data[i]);
+    free(fs->data);
+    free(fs->len);
+    free(fs->blob);
+    memset(fs, 0, sizeof *fs);
+}
+
+static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int is_jpeg_name(const char *n)
+{
+    size_t l = strlen(n);
+    return (l > 4 && strcasecmp(n + l - 4, ".jpg") == 0) || (l > 5 && strcasecmp(n + l - 5, ".jpeg") == 0);
+}
+
+/* A directory: every *.jpg / *.jpeg in it, sorted by name. A file: one JPEG, or a Motion-JPEG
+ * file (JPEGs one after the other), split where an end-of-image marker (FF D9) is followed by
+ * a start-of-image marker (FF D8) or by the end of the file. */
+static int frames_load(fwcat *fc, const char *path, frame_set *fs)
+{
+    memset(fs, 0, sizeof *fs);
+    fs->data = calloc(STREAM_MAX_FRAMES, sizeof *fs->data);
+    fs->len = calloc(STREAM_MAX_FRAMES, sizeof *fs->len);
+    if (!fs->data || !fs->len)
+        goto nomem;
+    DIR *d = opendir(path);
+    if (d) {
+        char **names = calloc(STREAM_MAX_FRAMES, sizeof *names);
+        size_t nn = 0;
+        struct dirent *e;
+        int ec = 0;
+        while (names && (e = readdir(d)) != NULL) {
+            if (!is_jpeg_name(e->d_name))
+                continue;
+            if (nn == STREAM_MAX_FRAMES) {
+                ec = usage_error(fc, "%s: more than %d JPEGs", path, STREAM_MAX_FRAMES);
+                break;
+            }
+            size_t l = strlen(path) + 1 + strlen(e->d_name) + 1;
+            if (!(names[nn] = malloc(l))) {
+                ec = usage_error(fc, "out of memory");
+                break;
+            }
+            snprintf(names[nn++], l, "%s/%s", path, e->d_name);
+        }
+        closedir(d);
+        if (!names)
+            goto nomem;
+        qsort(names, nn, sizeof *names, name_cmp);
+        fs->owns_each = 1;
+        uint64_t total = 0;
+        for (size_t i = 0; i < nn && !ec; i++) {
+            ec = read_file(fc, names[i], &fs->data[fs->n], &fs->len[fs->n]);
+            if (!ec) {
+                total += fs->len[fs->n++];
+                if (total > STREAM_MAX_BYTES)
+                    ec = usage_error(fc, "%s: more than %u bytes of JPEGs", path, STREAM_MAX_BYTES);
+            }
+        }
+        for (size_t i = 0; i < nn; i++)
+            free(names[i]);
+        free(names);
+        if (!ec && fs->n == 0)
+            ec = usage_error(fc, "%s: no .jpg or .jpeg files", path);
+        if (ec)
+            frames_free(fs);
+        return ec;
+    }
+    size_t len = 0;
+    int ec = read_file(fc, path, &fs->blob, &len);
+    if (ec) {
+        frames_free(fs);
+        return ec;
+    }
+    const uint8_t *b = fs->blob;
+    if (len < 4 || b[0] != 0xFF || b[1] != 0xD8) {
+        frames_free(fs);
+        return usage_error(fc, "%s: not a JPEG or Motion-JPEG file", path);
+    }
+    size_t start = 0;
+    for (size_t i = 2; i + 1 < len; i++) {
+        if (b[i] != 0xFF || b[i + 1] != 0xD9)
+            continue;
+        size_t end = i + 2;
+        if (end != len && !(end + 1 < len && b[end] == 0xFF && b[end + 1] == 0xD8))
+            continue;
+        if (fs->n == STREAM_MAX_FRAMES) {
+            frames_free(fs);
+            return usage_error(fc, "%s: more than %d frames", path, STREAM_MAX_FRAMES);
+        }
+        fs->data[fs->n] = fs->blob + start;
+        fs->len[fs->n++] = end - start;
+        start = end;
+        i = end;
+    }
+    if (fs->n == 0) { /* no end marker: send it whole, the server judges it */
+        fs->data[0] = fs->blob;
+        fs->len[0] = len;
+        fs->n = 1;
+    }
+    return 0;
+nomem:
+    frames_free(fs);
+    return usage_error(fc, "out of memory");
+}
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+#define STREAM_FACES 64
+
+/* Print a faces or error event. */
+static void print_stream_event(fwcat *fc, const fw_stream_event *ev, const fw_stream_face *faces)
+{
+    if (ev->kind == FW_STREAM_EV_FACES) {
+        if (fc->json) {
+            printf("{\"type\":\"faces\",\"stream\":%lu,\"seq\":%llu,\"latency_ms\":%.3f,\"width\":%lu,"
+                   "\"height\":%lu,\"faces\":[", (unsigned long)ev->stream_id, (unsigned long long)ev->seq,
+                   ev->latency_us / 1000.0, (unsigned long)ev->width, (unsigned long)ev->height);
+            for (size_t i = 0; i < ev->nstored; i++) {
+                const fw_stream_face *f = &faces[i];
+                fputs(i ? ",{\"box\":[" : "{\"box\":[", stdout);
+                put_float(f->box.x), putchar(','), put_float(f->box.y), putchar(',');
+                put_float(f->box.w), putchar(','), put_float(f->box.h);
+                fputs("],\"score\":", stdout);
+                put_float(f->score);
+                if (f->has_match) {
+                    fputs(",\"subject\":", stdout);
+                    json_str(f->subject, f->subject_len);
+                    printf(",\"face_id\":%llu,\"distance\":", (unsigned long long)f->face_id);
+                    put_float(f->distance);
+                }
+                putchar('}');
+            }
+            fputs("]}\n", stdout);
+        } else {
+            printf("faces stream=%lu seq=%llu latency_ms=%.3f n=%lu", (unsigned long)ev->stream_id,
+                   (unsigned long long)ev->seq, ev->latency_us / 1000.0, (unsigned long)ev->nfaces);
+            for (size_t i = 0; i < ev->nstored; i++) {
+                const fw_stream_face *f = &faces[i];
+                printf(" [%.1f,%.1f,%.1f,%.1f %.3f", (double)f->box.x, (double)f->box.y, (double)f->box.w,
+                       (double)f->box.h, (double)f->score);
+                if (f->has_match) {
+                    putchar(' ');
+                    text_str(stdout, f->subject, f->subject_len);
+                    printf(" %.4f", (double)f->distance);
+                }
+                putchar(']');
+            }
+            putchar('\n');
+        }
+    } else if (ev->kind == FW_STREAM_EV_ERROR) {
+        if (fc->json) {
+            printf("{\"type\":\"error\",\"stream\":%lu,\"seq\":%llu,\"status\":", (unsigned long)ev->stream_id,
+                   (unsigned long long)ev->seq);
+            json_cstr(fw_status_name(ev->status));
+            fputs(",\"error\":", stdout);
+            json_str(ev->msg ? ev->msg : "", ev->msg ? ev->msg_len : 0);
+            fputs("}\n", stdout);
+        } else {
+            printf("error stream=%lu seq=%llu %s: ", (unsigned long)ev->stream_id, (unsigned long long)ev->seq,
+                   fw_status_name(ev->status));
+            text_str(stdout, ev->msg ? ev->msg : "", ev->msg ? ev->msg_len : 0);
+            putchar('\n');
+        }
+    }
+}
+
+static void print_stream_stats(fwcat *fc, const fw_stream_stats *s, int final, uint64_t at_source)
+{
+    uint64_t dropped = s->dropped_overflow + s->dropped_superseded + s->dropped_deadline + s->dropped_memory;
+    if (fc->json) {
+        printf("{\"type\":\"stats\",\"final\":%s,\"received\":%llu,\"analysed\":%llu,\"failed\":%llu,"
+               "\"dropped\":%llu,\"dropped_overflow\":%llu,\"dropped_superseded\":%llu,\"dropped_deadline\":%llu,"
+               "\"dropped_memory\":%llu,\"seq_gaps\":%llu,\"out_of_order\":%llu,\"p50_latency_ms\":%.3f,"
+               "\"p99_latency_ms\":%.3f", final ? "true" : "false", (unsigned long long)s->received,
+               (unsigned long long)s->analysed, (unsigned long long)s->failed, (unsigned long long)dropped,
+               (unsigned long long)s->dropped_overflow, (unsigned long long)s->dropped_superseded,
+               (unsigned long long)s->dropped_deadline, (unsigned long long)s->dropped_memory,
+               (unsigned long long)s->seq_gaps, (unsigned long long)s->out_of_order, s->latency_p50_us / 1000.0,
+               s->latency_p99_us / 1000.0);
+        if (final)
+            printf(",\"dropped_at_source\":%llu", (unsigned long long)at_source);
+        fputs("}\n", stdout);
+    } else {
+        printf("stats%s received=%llu analysed=%llu failed=%llu dropped=%llu (overflow=%llu superseded=%llu "
+               "deadline=%llu memory=%llu) seq_gaps=%llu out_of_order=%llu p50_latency_ms=%.3f p99_latency_ms=%.3f",
+               final ? " final" : "", (unsigned long long)s->received, (unsigned long long)s->analysed,
+               (unsigned long long)s->failed, (unsigned long long)dropped, (unsigned long long)s->dropped_overflow,
+               (unsigned long long)s->dropped_superseded, (unsigned long long)s->dropped_deadline,
+               (unsigned long long)s->dropped_memory, (unsigned long long)s->seq_gaps,
+               (unsigned long long)s->out_of_order, s->latency_p50_us / 1000.0, s->latency_p99_us / 1000.0);
+        if (final)
+            printf(" dropped_at_source=%llu", (unsigned long long)at_source);
+        putchar('\n');
+    }
+}
+
+/* Wait for events until `until_us` (monotonic), printing them; 0, or an exit code. Stops
+ * early (returning 0) once a faces or error event for seq `want` came, when want_seq is set. */
+static int stream_events_until(fwcat *fc, uint64_t until_us, int want_seq, uint64_t want, int *got)
+{
+    fw_stream_event ev;
+    fw_stream_face faces[STREAM_FACES];
+    for (;;) {
+        uint64_t now = mono_us();
+        uint32_t wait = now >= until_us ? 0 : (uint32_t)((until_us - now + 999) / 1000);
+        int rc = fw_stream_poll(fc->c, wait, &ev, faces, STREAM_FACES);
+        if (rc == FW_ERR_WOULD_BLOCK)
+            return 0;
+        if (rc != FW_OK)
+            return report(fc, rc);
+        if (ev.kind == FW_STREAM_EV_STATS)
+            print_stream_stats(fc, &ev.stats, 0, 0);
+        else
+            print_stream_event(fc, &ev, faces);
+        fflush(stdout);
+        if (want_seq && (ev.kind == FW_STREAM_EV_FACES || ev.kind == FW_STREAM_EV_ERROR) && ev.seq == want) {
+            *got = 1;
+            return 0;
+        }
+    }
+}
+
+static int cmd_stream(fwcat *fc, int argc, char **argv)
+{
+    const char *frames = NULL, *name = "fwcat";
+    double fps = 0;
+    int identify = 0, loop = 0, fifo = 0;
+    uint64_t count = 0, capacity = 8, test_sleep = 0, linger_ms = 2000;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (strcmp(a, "--identify") == 0) {
+            identify = 1;
+        } else if (strcmp(a, "--loop") == 0) {
+            loop = 1;
+        } else if (strcmp(a, "--fifo") == 0) {
+            fifo = 1;
+        } else if (!has && (strcmp(a, "--frames") == 0 || strcmp(a, "--fps") == 0 || strcmp(a, "--name") == 0 ||
+                            strcmp(a, "--count") == 0 || strcmp(a, "--capacity") == 0 ||
+                            strcmp(a, "--test-sleep") == 0 || strcmp(a, "--linger-ms") == 0)) {
+            return usage_error(fc, "stream: %s needs a value", a);
+        } else if (strcmp(a, "--frames") == 0) {
+            frames = argv[++i];
+        } else if (strcmp(a, "--name") == 0) {
+            name = argv[++i];
+        } else if (strcmp(a, "--fps") == 0) {
+            char *end;
+            errno = 0;
+            fps = strtod(argv[++i], &end);
+            if (errno || *end || !(fps > 0 && fps <= 1000))
+                return usage_error(fc, "stream: --fps must be a number in (0, 1000], not %s", argv[i]);
+        } else if (strcmp(a, "--count") == 0) {
+            if (parse_u64(argv[++i], UINT32_MAX, &count) != 0)
+                return usage_error(fc, "stream: bad --count %s", argv[i]);
+        } else if (strcmp(a, "--capacity") == 0) {
+            if (parse_u64(argv[++i], 64, &capacity) != 0 || capacity == 0)
+                return usage_error(fc, "stream: --capacity must be 1..64, not %s", argv[i]);
+        } else if (strcmp(a, "--test-sleep") == 0) {
+            if (parse_u64(argv[++i], 10000, &test_sleep) != 0)
+                return usage_error(fc, "stream: bad --test-sleep %s", argv[i]);
+        } else if (strcmp(a, "--linger-ms") == 0) {
+            if (parse_u64(argv[++i], 600000, &linger_ms) != 0)
+                return usage_error(fc, "stream: bad --linger-ms %s", argv[i]);
+        } else {
+            return usage_error(fc, "stream: unknown option %s", a);
+        }
+    }
+    if (!frames || fps <= 0)
+        return usage_error(fc, "usage: stream --frames DIR|FILE --fps F [--name N] [--identify] [--loop] "
+                               "[--count N] [--fifo] [--capacity N]");
+    size_t nlen = strlen(name);
+    if (nlen < 1 || nlen > 64)
+        return usage_error(fc, "stream: --name must be 1..64 bytes");
+    frame_set fs;
+    int ec = frames_load(fc, frames, &fs);
+    if (ec)
+        return ec;
+    if (!count)
+        count = loop ? UINT64_MAX : fs.n;
+    if ((ec = ensure_connected(fc)) != 0) {
+        frames_free(&fs);
+        return ec;
+    }
+    fw_stream_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.name = name;
+    sc.capacity = (uint8_t)capacity;
+    sc.mode = test_sleep ? FW_STREAM_TEST : identify ? FW_STREAM_IDENTIFY : FW_STREAM_DETECT;
+    sc.policy = fifo ? FW_STREAM_FIFO : FW_STREAM_RING;
+    sc.max_distance = identify ? 0.6f : 0.0f;
+    sc.test_sleep_ms = (uint32_t)test_sleep;
+    uint32_t id = 0;
+    int rc = fw_stream_open(fc->c, &sc, &id);
+    if (rc != FW_OK) {
+        frames_free(&fs);
+        return report(fc, rc);
+    }
+    uint64_t interval = (uint64_t)(1e6 / fps), t0 = mono_us(), at_source = 0, seq = 0;
+    for (uint64_t k = 0; k < count; k++) {
+        if ((ec = stream_events_until(fc, t0 + k * interval, 0, 0, NULL)) != 0)
+            goto out;
+        size_t i = (size_t)(k % fs.n);
+        seq = k + 1;
+        rc = fw_stream_push(fc->c, id, seq, mono_us() - t0, fs.data[i], fs.len[i]);
+        if (rc == FW_ERR_WOULD_BLOCK) {
+            at_source++;
+        } else if (rc != FW_OK) {
+            ec = report(fc, rc);
+            goto out;
+        }
+    }
+    /* the last frame's result, if it comes within --linger-ms (a superseded frame's never does) */
+    int got = 0;
+    if ((ec = stream_events_until(fc, mono_us() + linger_ms * 1000, 1, seq, &got)) != 0)
+        goto out;
+    fw_stream_stats fin;
+    rc = fw_stream_close(fc->c, id, &fin);
+    if (rc != FW_OK) {
+        ec = report(fc, rc);
+        goto out;
+    }
+    print_stream_stats(fc, &fin, 1, at_source);
+out:
+    frames_free(&fs);
+    return ec;
+}
+
 static const struct command {
     const char *name;
     int min_args, max_args; /* counting the command word; -1 = checked by the command */
@@ -898,6 +1264,7 @@ static const struct command {
     {"embed", 1, -1, cmd_image},     {"verify", 1, -1, cmd_verify},    {"enroll", 1, -1, cmd_enroll},
     {"identify", 1, -1, cmd_identify}, {"delete", 1, -1, cmd_delete}, {"list", 1, -1, cmd_list},
     {"gallery", 1, 1, cmd_gallery},  {"sleep", 1, -1, cmd_sleep},      {"fail", 1, 1, cmd_fail},
+    {"stream", 1, -1, cmd_stream},
 };
 
 static int run_command(fwcat *fc, int argc, char **argv)
