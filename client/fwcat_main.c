@@ -39,6 +39,7 @@ typedef struct fwcat {
     fw_client *c;
     int json;
     int retry;
+    uint64_t stream_t0;  /* stream: monotonic us of the first frame; capture ts are relative */
 } fwcat;
 
 static void usage(FILE *out)
@@ -107,7 +108,8 @@ static void usage(FILE *out)
         "    list         {\"subjects\":[{\"subject\":S,\"faces\":N}]}\n"
         "    gallery      {\"faces\":N,\"subjects\":N,\"bytes\":N,\"last_seq\":N}\n"
         "    stream       one line per event: {\"type\":\"faces\",\"stream\":ID,\"seq\":N,\n"
-        "                 \"latency_ms\":L,\"faces\":[{\"box\":[...],\"score\":S,\"subject\":S,...}]},\n"
+        "                 \"latency_ms\":L (server: receipt to result), \"age_ms\":A (capture to\n"
+        "                 event here), \"t_ms\":T (since the first frame), \"faces\":[{\"box\":[...],\"score\":S,\"subject\":S,...}]},\n"
         "                 {\"type\":\"error\",...}; last {\"type\":\"stats\",\"final\":true,\"received\":N,\n"
         "                 \"analysed\":N,\"dropped\":N,\"p50_latency_ms\":L,\"p99_latency_ms\":L,...}\n"
         "    ping {\"echo\":TEXT}  info {\"info\":{KEY:VALUE,...}}  sleep, fail {\"ok\":true}\n"
@@ -907,6 +909,13 @@ static int cmd_fail(fwcat *fc, int argc, char **argv)
 
 /* ---- stream ------------------------------------------------------------------------------ */
 
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 #define STREAM_MAX_FRAMES 4096
 #define STREAM_MAX_BYTES (512u << 20)
 
@@ -1028,12 +1037,6 @@ nomem:
     return usage_error(fc, "out of memory");
 }
 
-static uint64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 #define STREAM_FACES 64
 
@@ -1042,9 +1045,13 @@ static void print_stream_event(fwcat *fc, const fw_stream_event *ev, const fw_st
 {
     if (ev->kind == FW_STREAM_EV_FACES) {
         if (fc->json) {
-            printf("{\"type\":\"faces\",\"stream\":%lu,\"seq\":%llu,\"latency_ms\":%.3f,\"width\":%lu,"
-                   "\"height\":%lu,\"faces\":[", (unsigned long)ev->stream_id, (unsigned long long)ev->seq,
-                   ev->latency_us / 1000.0, (unsigned long)ev->width, (unsigned long)ev->height);
+            /* age_ms: from the frame's capture (its push, on this client's clock) to the event */
+            uint64_t now = mono_us() - fc->stream_t0;
+            printf("{\"type\":\"faces\",\"stream\":%lu,\"seq\":%llu,\"latency_ms\":%.3f,\"age_ms\":%.3f,"
+                   "\"t_ms\":%.3f,\"width\":%lu,\"height\":%lu,\"faces\":[", (unsigned long)ev->stream_id,
+                   (unsigned long long)ev->seq, ev->latency_us / 1000.0,
+                   now > ev->capture_us ? (double)(now - ev->capture_us) / 1000.0 : 0.0, now / 1000.0,
+                   (unsigned long)ev->width, (unsigned long)ev->height);
             for (size_t i = 0; i < ev->nstored; i++) {
                 const fw_stream_face *f = &faces[i];
                 fputs(i ? ",{\"box\":[" : "{\"box\":[", stdout);
@@ -1226,6 +1233,7 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
         return report(fc, rc);
     }
     uint64_t interval = (uint64_t)(1e6 / fps), t0 = mono_us(), at_source = 0, seq = 0;
+    fc->stream_t0 = t0;
     for (uint64_t k = 0; k < count; k++) {
         if ((ec = stream_events_until(fc, t0 + k * interval, 0, 0, NULL)) != 0)
             goto out;
