@@ -34,8 +34,8 @@ for b in bin/facewired bin/fwcat bin/bench_streams_frames; do
 done
 
 # ---- frames ----------------------------------------------------------------------------------
-pics="barack_obama_1.jpg joe_biden_1.jpg alex_lacamoire_1.jpg barack_obama_2.jpg joe_biden_2.jpg
-      alex_lacamoire_2.jpg barack_obama_3.jpg joe_biden_3.jpg"
+pics="barack_obama_1.jpg joe_biden_1.jpg alex_lacamoire_1.jpg kit_harington_2.jpg rose_leslie_1.jpg
+      lin_manuel_miranda_1.jpg barack_obama_3.jpg joe_biden_2.jpg"
 s=0
 for p in $pics; do
     s=$((s + 1))

@@ -761,7 +761,6 @@ static void render_info(fw_compute *cp, fw_sb *b)
     /* before the per-op lines, whose number grows with the statuses seen: a reader with a
      * small buffer (conn.c's INFO) cuts the tail, and these are the lines people look for */
     fw_galops_info(cp->galops, b);
-    fw_streams_info(cp->streams, b);
     for (int c = 0; c < fw_sched_nclasses(s); c++) {
         const fw_class_info *ci = fw_sched_class(s, c);
         uint32_t r, f;
@@ -801,6 +800,9 @@ static void render_info(fw_compute *cp, fw_sb *b)
         fw_sb_printf(b, "op_%s_breaker: %s\n", n,
                      fw_breaker_state_name(fw_sched_class(s, ops[i].cls)->breaker.state));
     }
+    /* last: one line per open stream (up to 256), so many streams never push the lines
+     * above out of a reader's buffer */
+    fw_streams_info(cp->streams, b);
 }
 
 size_t fw_compute_info(fw_compute *cp, char *buf, size_t cap)

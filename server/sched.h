@@ -119,7 +119,10 @@ enum fw_job_state { FW_JOB_NEW = 0, FW_JOB_WAITING, FW_JOB_RUNNING };
  *              it never ran), just before freeing it. status OK: j->out holds the result;
  *              otherwise why there is none (the work's own error, BUSY / UNAVAILABLE /
  *              SHUTTING_DOWN when refused or cut off, DEADLINE_EXCEEDED). It may run inside
- *              fw_sched_submit (a refused job). It must not submit from inside itself.
+ *              fw_sched_submit (a refused job). It may submit the owner's next job, but
+ *              not after a refusal (BUSY, UNAVAILABLE, SHUTTING_DOWN, or any finish of a job
+ *              whose start() never ran): that finish can come from inside fw_sched_submit,
+ *              and resubmitting there would loop.
  * After fw_sched_stop neither is called (the owner frees its state when the scheduler
  * reports stopped). */
 typedef struct fw_job_owner {
