@@ -116,6 +116,18 @@ static void stream_close(fw_stream *st)
         stream_unlink_free(st);
 }
 
+/* Names appear in INFO lines and /metrics labels: UTF-8 without NUL or control characters,
+ * so a name can never start a line of its own there. */
+static int name_valid(const char *s, uint16_t n)
+{
+    if (n < 1 || n > FW_STREAM_NAME_MAX || !galidx_subject_valid(s, n))
+        return 0;
+    for (uint16_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7F)
+            return 0;
+    return 1;
+}
+
 static fw_stream *stream_find(fw_streams *sx, fw_conn *c, uint32_t id)
 {
     for (fw_stream *st = sx->head; st; st = st->next)
@@ -479,8 +491,9 @@ static void serve_open(fw_streams *sx, fw_conn *c, const fw_header *h, const uin
     if (fw_reader_left(&r)) {
         snprintf(msg, sizeof msg, "STREAM_OPEN: %zu trailing bytes", fw_reader_left(&r));
         bad = msg;
-    } else if (nlen < 1 || nlen > FW_STREAM_NAME_MAX || !galidx_subject_valid(name, nlen)) {
-        snprintf(msg, sizeof msg, "STREAM_OPEN: name must be 1-%d bytes of UTF-8 without NUL", FW_STREAM_NAME_MAX);
+    } else if (!name_valid(name, nlen)) {
+        snprintf(msg, sizeof msg, "STREAM_OPEN: name must be 1-%d bytes of UTF-8 without control characters",
+                 FW_STREAM_NAME_MAX);
         bad = msg;
     } else if (capacity < 1 || capacity > FW_STREAM_RING_MAX) {
         snprintf(msg, sizeof msg, "STREAM_OPEN: capacity must be 1-%d, not %u", FW_STREAM_RING_MAX, capacity);

@@ -722,7 +722,12 @@ static void t_bad_input_body(void)
     a.name = "";
     n = open_body(&a, body, sizeof body);
     CHECK(roundtrip(fd, FW_OP_STREAM_OPEN, 6, body, (uint32_t)n, &st, msg, sizeof msg) == 0);
-    CHECK_EQ_STR(msg, "STREAM_OPEN: name must be 1-64 bytes of UTF-8 without NUL");
+    CHECK_EQ_STR(msg, "STREAM_OPEN: name must be 1-64 bytes of UTF-8 without control characters");
+    a.name = "cam\nstream_1: forged";
+    n = open_body(&a, body, sizeof body);
+    CHECK(roundtrip(fd, FW_OP_STREAM_OPEN, 9, body, (uint32_t)n, &st, msg, sizeof msg) == 0);
+    CHECK_EQ_INT(st, FW_STATUS_BAD_REQUEST);
+    CHECK_EQ_STR(msg, "STREAM_OPEN: name must be 1-64 bytes of UTF-8 without control characters");
     a.name = "ok";
     a.mode = FW_STREAM_MODE_DETECT; /* no models here */
     n = open_body(&a, body, sizeof body);
