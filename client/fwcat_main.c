@@ -1161,7 +1161,7 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
 {
     const char *frames = NULL, *name = "fwcat";
     double fps = 0;
-    int identify = 0, loop = 0, fifo = 0;
+    int identify = 0, loop = 0, fifo = 0, test_mode = 0;
     uint64_t count = 0, capacity = 8, test_sleep = 0, linger_ms = 2000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1195,6 +1195,7 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
         } else if (strcmp(a, "--test-sleep") == 0) {
             if (parse_u64(argv[++i], 10000, &test_sleep) != 0)
                 return usage_error(fc, "stream: bad --test-sleep %s", argv[i]);
+            test_mode = 1;
         } else if (strcmp(a, "--linger-ms") == 0) {
             if (parse_u64(argv[++i], 600000, &linger_ms) != 0)
                 return usage_error(fc, "stream: bad --linger-ms %s", argv[i]);
@@ -1222,7 +1223,7 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
     memset(&sc, 0, sizeof sc);
     sc.name = name;
     sc.capacity = (uint8_t)capacity;
-    sc.mode = test_sleep ? FW_STREAM_TEST : identify ? FW_STREAM_IDENTIFY : FW_STREAM_DETECT;
+    sc.mode = test_mode ? FW_STREAM_TEST : identify ? FW_STREAM_IDENTIFY : FW_STREAM_DETECT;
     sc.policy = fifo ? FW_STREAM_FIFO : FW_STREAM_RING;
     sc.max_distance = identify ? 0.6f : 0.0f;
     sc.test_sleep_ms = (uint32_t)test_sleep;

@@ -855,7 +855,88 @@ static void t_real_faces_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* fwcat stream: a folder of JPEGs (sorted by name) and a Motion-JPEG file, against the test
+ * mode; every frame is accounted for in the final statistics line, one JSON line per event. */
+static int write_bytes(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    int bad = fwrite(p, 1, n, f) != n;
+    return fclose(f) != 0 || bad ? -1 : 0;
+}
+
+static long long json_int(const char *line, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(line, pat);
+    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
+static void t_fwcat_stream_body(void)
+{
+    char dir[] = "/tmp/fw_test_streams.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[256], port[16];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/f%d.jpg", dir, i);
+        CHECK(write_bytes(path, fake_jpeg, sizeof fake_jpeg) == 0);
+    }
+    snprintf(path, sizeof path, "%s/notes.txt", dir); /* not a JPEG name: skipped */
+    CHECK(write_bytes(path, "x", 1) == 0);
+    uint8_t mjpeg[3 * sizeof fake_jpeg];
+    for (int i = 0; i < 3; i++)
+        memcpy(mjpeg + i * sizeof fake_jpeg, fake_jpeg, sizeof fake_jpeg);
+    char mpath[256];
+    snprintf(mpath, sizeof mpath, "%s/clip.mjpeg", dir);
+    CHECK(write_bytes(mpath, mjpeg, sizeof mjpeg) == 0);
+
+    CHECK(start(NULL, NULL) == 0);
+    snprintf(port, sizeof port, "%d", srv.port);
+    static char out[65536];
+    const char *a1[] = { "-h", srv.host, "-p", port, "--json", "stream", "--frames", dir, "--fps", "500",
+                         "--count", "7", "--fifo", "--capacity", "64", "--test-sleep", "0", "--name", "dir",
+                         "--linger-ms", "20000", NULL }; /* returns as soon as seq 7 is in */
+    int rc = tu_run("fwcat", a1, out, sizeof out);
+    CHECK_MSG(rc == 0, "fwcat exit %d: %s", rc, out);
+    /* fifo, 64 slots, 7 tiny frames: every one analysed, in order, then the final line */
+    int faces = 0;
+    const char *last = NULL;
+    for (const char *l = out; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+        if (strncmp(l, "{\"type\":\"faces\",", strlen("{\"type\":\"faces\",")) == 0) {
+            faces++;
+            CHECK_MSG(json_int(l, "seq") == faces, "seq out of order: %.80s", l);
+        }
+        if (*l == '{')
+            last = l;
+    }
+    CHECK_EQ_INT(faces, 7);
+    static const char final_prefix[] = "{\"type\":\"stats\",\"final\":true,";
+    CHECK_MSG(last && strncmp(last, final_prefix, sizeof final_prefix - 1) == 0, "output:\n%s", out);
+    CHECK_EQ_INT(json_int(last, "received"), 7);
+    CHECK_EQ_INT(json_int(last, "analysed"), 7);
+    CHECK_EQ_INT(json_int(last, "dropped"), 0);
+    CHECK_EQ_INT(json_int(last, "dropped_at_source"), 0);
+
+    const char *a2[] = { "-h", srv.host, "-p", port, "--json", "stream", "--frames", mpath, "--fps", "500",
+                         "--fifo", "--test-sleep", "0", "--linger-ms", "20000", NULL };
+    rc = tu_run("fwcat", a2, out, sizeof out);
+    CHECK_MSG(rc == 0, "fwcat exit %d: %s", rc, out);
+    last = strstr(out, "{\"type\":\"stats\",\"final\":true,");
+    CHECK_MSG(last != NULL, "output:\n%s", out);
+    CHECK_EQ_INT(json_int(last, "received"), 3); /* the Motion-JPEG file split in three */
+
+    const char *a3[] = { "-h", srv.host, "-p", port, "stream", "--frames", dir, NULL };
+    rc = tu_run("fwcat", a3, out, sizeof out);
+    CHECK_EQ_INT(rc, 2);
+    CHECK_MSG(strstr(out, "usage: stream --frames DIR|FILE --fps F"), "output: %s", out);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+    CHECK(tu_rmtree(dir) == 0);
+}
+
 static void t_real_faces(void) { t_real_faces_body(); cleanup(); }
+static void t_fwcat_stream(void) { t_fwcat_stream_body(); cleanup(); }
 static void t_overflow_and_newest_first(void) { t_overflow_and_newest_first_body(); cleanup(); }
 static void t_fifo_in_order(void) { t_fifo_in_order_body(); cleanup(); }
 static void t_gaps_and_reordering(void) { t_gaps_and_reordering_body(); cleanup(); }
@@ -875,6 +956,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_requests_during_flood),
     CHECK_TEST(t_bad_input),
     CHECK_TEST(t_real_faces),
+    CHECK_TEST(t_fwcat_stream),
 };
 
 int main(int argc, char **argv)
