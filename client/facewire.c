@@ -1399,6 +1399,7 @@ int fw_stream_open(fw_client *c, const fw_stream_config *sc, uint32_t *stream_id
     fw_put_u8(&r.w, sc->mode);
     fw_put_u8(&r.w, sc->policy);
     fw_put_u16(&r.w, sc->min_face);
+    fw_put_u16(&r.w, sc->max_fps);
     fw_put_f32(&r.w, sc->max_distance);
     fw_put_u32(&r.w, sc->max_age_ms);
     fw_put_u16(&r.w, sc->stats_every);
@@ -1499,6 +1500,7 @@ static int decode_stats(fw_reader *r, fw_stream_stats *s)
     s->dropped_superseded = fw_get_u64(r);
     s->dropped_deadline = fw_get_u64(r);
     s->dropped_memory = fw_get_u64(r);
+    s->dropped_rate = fw_get_u64(r);
     s->seq_gaps = fw_get_u64(r);
     s->out_of_order = fw_get_u64(r);
     s->latency_p50_us = fw_get_u32(r);

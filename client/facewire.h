@@ -319,6 +319,8 @@ typedef struct fw_stream_config {
     uint8_t mode;             /* enum fw_stream_mode */
     uint8_t policy;           /* enum fw_stream_policy */
     uint16_t min_face;        /* pixels, 0 = every face */
+    uint16_t max_fps;         /* analyse at most this many frames per second of capture
+                                 time (others dropped on arrival), 0 = no limit */
     float max_distance;       /* identify threshold, 0 = none */
     uint32_t max_age_ms;      /* 0 = frames never expire */
     uint16_t stats_every;     /* a stats event every N analysed frames, 0 = only at close */
@@ -328,7 +330,7 @@ typedef struct fw_stream_config {
 typedef struct fw_stream_stats {
     int final;
     uint64_t received, analysed, failed;
-    uint64_t dropped_overflow, dropped_superseded, dropped_deadline, dropped_memory;
+    uint64_t dropped_overflow, dropped_superseded, dropped_deadline, dropped_memory, dropped_rate;
     uint64_t seq_gaps, out_of_order;
     uint32_t latency_p50_us, latency_p99_us;
     uint8_t pending;

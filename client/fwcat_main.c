@@ -88,7 +88,7 @@ static void usage(FILE *out)
         "    gallery                     gallery size: faces, subjects, bytes, last_seq\n"
         "    sleep MS, fail              test ops (server started with --enable-test-ops)\n"
         "    stream --frames DIR|FILE --fps F [--name N] [--identify] [--loop] [--count N]\n"
-        "           [--fifo] [--capacity N] [--linger-ms MS] [--test-sleep MS]\n"
+        "           [--fifo] [--capacity N] [--max-fps N] [--linger-ms MS] [--test-sleep MS]\n"
         "                                push the JPEGs of DIR (sorted by name) or of a JPEG /\n"
         "                                Motion-JPEG FILE as a camera stream at F frames per\n"
         "                                second (--loop: over and over; --count: that many\n"
@@ -1103,27 +1103,29 @@ static void print_stream_event(fwcat *fc, const fw_stream_event *ev, const fw_st
 
 static void print_stream_stats(fwcat *fc, const fw_stream_stats *s, int final, uint64_t at_source)
 {
-    uint64_t dropped = s->dropped_overflow + s->dropped_superseded + s->dropped_deadline + s->dropped_memory;
+    uint64_t dropped = s->dropped_overflow + s->dropped_superseded + s->dropped_deadline + s->dropped_memory +
+                       s->dropped_rate;
     if (fc->json) {
         printf("{\"type\":\"stats\",\"final\":%s,\"received\":%llu,\"analysed\":%llu,\"failed\":%llu,"
                "\"dropped\":%llu,\"dropped_overflow\":%llu,\"dropped_superseded\":%llu,\"dropped_deadline\":%llu,"
-               "\"dropped_memory\":%llu,\"seq_gaps\":%llu,\"out_of_order\":%llu,\"p50_latency_ms\":%.3f,"
+               "\"dropped_memory\":%llu,\"dropped_rate\":%llu,\"seq_gaps\":%llu,\"out_of_order\":%llu,\"p50_latency_ms\":%.3f,"
                "\"p99_latency_ms\":%.3f", final ? "true" : "false", (unsigned long long)s->received,
                (unsigned long long)s->analysed, (unsigned long long)s->failed, (unsigned long long)dropped,
                (unsigned long long)s->dropped_overflow, (unsigned long long)s->dropped_superseded,
                (unsigned long long)s->dropped_deadline, (unsigned long long)s->dropped_memory,
-               (unsigned long long)s->seq_gaps, (unsigned long long)s->out_of_order, s->latency_p50_us / 1000.0,
-               s->latency_p99_us / 1000.0);
+               (unsigned long long)s->dropped_rate, (unsigned long long)s->seq_gaps,
+               (unsigned long long)s->out_of_order, s->latency_p50_us / 1000.0, s->latency_p99_us / 1000.0);
         if (final)
             printf(",\"dropped_at_source\":%llu", (unsigned long long)at_source);
         fputs("}\n", stdout);
     } else {
         printf("stats%s received=%llu analysed=%llu failed=%llu dropped=%llu (overflow=%llu superseded=%llu "
-               "deadline=%llu memory=%llu) seq_gaps=%llu out_of_order=%llu p50_latency_ms=%.3f p99_latency_ms=%.3f",
+               "deadline=%llu memory=%llu rate=%llu) seq_gaps=%llu out_of_order=%llu p50_latency_ms=%.3f p99_latency_ms=%.3f",
                final ? " final" : "", (unsigned long long)s->received, (unsigned long long)s->analysed,
                (unsigned long long)s->failed, (unsigned long long)dropped, (unsigned long long)s->dropped_overflow,
                (unsigned long long)s->dropped_superseded, (unsigned long long)s->dropped_deadline,
-               (unsigned long long)s->dropped_memory, (unsigned long long)s->seq_gaps,
+               (unsigned long long)s->dropped_memory, (unsigned long long)s->dropped_rate,
+               (unsigned long long)s->seq_gaps,
                (unsigned long long)s->out_of_order, s->latency_p50_us / 1000.0, s->latency_p99_us / 1000.0);
         if (final)
             printf(" dropped_at_source=%llu", (unsigned long long)at_source);
@@ -1162,7 +1164,7 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
     const char *frames = NULL, *name = "fwcat";
     double fps = 0;
     int identify = 0, loop = 0, fifo = 0, test_mode = 0;
-    uint64_t count = 0, capacity = 8, test_sleep = 0, linger_ms = 2000;
+    uint64_t count = 0, capacity = 8, test_sleep = 0, linger_ms = 2000, max_fps = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -1174,7 +1176,8 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
             fifo = 1;
         } else if (!has && (strcmp(a, "--frames") == 0 || strcmp(a, "--fps") == 0 || strcmp(a, "--name") == 0 ||
                             strcmp(a, "--count") == 0 || strcmp(a, "--capacity") == 0 ||
-                            strcmp(a, "--test-sleep") == 0 || strcmp(a, "--linger-ms") == 0)) {
+                            strcmp(a, "--test-sleep") == 0 || strcmp(a, "--linger-ms") == 0 ||
+                            strcmp(a, "--max-fps") == 0)) {
             return usage_error(fc, "stream: %s needs a value", a);
         } else if (strcmp(a, "--frames") == 0) {
             frames = argv[++i];
@@ -1196,6 +1199,9 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
             if (parse_u64(argv[++i], 10000, &test_sleep) != 0)
                 return usage_error(fc, "stream: bad --test-sleep %s", argv[i]);
             test_mode = 1;
+        } else if (strcmp(a, "--max-fps") == 0) {
+            if (parse_u64(argv[++i], 65535, &max_fps) != 0)
+                return usage_error(fc, "stream: bad --max-fps %s", argv[i]);
         } else if (strcmp(a, "--linger-ms") == 0) {
             if (parse_u64(argv[++i], 600000, &linger_ms) != 0)
                 return usage_error(fc, "stream: bad --linger-ms %s", argv[i]);
@@ -1227,6 +1233,7 @@ static int cmd_stream(fwcat *fc, int argc, char **argv)
     sc.policy = fifo ? FW_STREAM_FIFO : FW_STREAM_RING;
     sc.max_distance = identify ? 0.6f : 0.0f;
     sc.test_sleep_ms = (uint32_t)test_sleep;
+    sc.max_fps = (uint16_t)max_fps;
     uint32_t id = 0;
     int rc = fw_stream_open(fc->c, &sc, &id);
     if (rc != FW_OK) {

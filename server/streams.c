@@ -21,7 +21,7 @@
  * Gaps (a sequence number more than one above the highest seen) are counted once per jump.
  *
  * Accounting: received = analysed + failed + dropped (overflow, superseded, deadline,
- * memory) + pending (frames in the ring or being analysed). The stats record carries every
+ * memory, rate) + pending (frames in the ring or being analysed). The stats record carries every
  * term, so a client (and tests/test_streams.c) can check it.
  */
 #include "server/streams.h"
@@ -36,8 +36,8 @@
 #include "server/galidx.h"
 #include "server/hist.h"
 
-enum { DROP_OVERFLOW = 0, DROP_SUPERSEDED, DROP_DEADLINE, DROP_MEMORY, NDROPS };
-static const char *const drop_names[NDROPS] = { "overflow", "superseded", "deadline", "memory" };
+enum { DROP_OVERFLOW = 0, DROP_SUPERSEDED, DROP_DEADLINE, DROP_MEMORY, DROP_RATE, NDROPS };
+static const char *const drop_names[NDROPS] = { "overflow", "superseded", "deadline", "memory", "rate" };
 static const char *const mode_names[] = { "detect", "identify", "test" };
 
 typedef struct frame_slot {
@@ -55,6 +55,9 @@ struct fw_stream {
     char name[FW_STREAM_NAME_MAX + 1];
     uint8_t mode, policy, prio;
     uint16_t min_face, stats_every;
+    uint16_t max_fps;      /* 0 = no limit, see stream_frame() */
+    int have_kept;
+    uint64_t kept_capture_us; /* capture ts of the last frame let through the rate limit */
     float max_distance;    /* identify: INFINITY = no threshold */
     uint32_t max_age_ms, test_sleep_ms;
 
@@ -230,6 +233,21 @@ static void stream_frame(fw_stream *st, uint64_t seq, uint64_t capture_us, const
     if (late && st->policy == FW_STREAM_POLICY_RING) {
         st->dropped[DROP_SUPERSEDED]++; /* a newer frame has already arrived */
         return;
+    }
+    /* max_fps thins the stream on the camera's own clock: a frame captured less than
+     * 1/max_fps after the last frame let through is dropped at once. No timer, and the
+     * outcome depends only on the timestamps the camera sent. An eighth of the interval is
+     * forgiven, for the jitter of camera clocks: 15 fps thinned to 5 keeps every third frame
+     * even when the third comes a microsecond early. */
+    if (st->max_fps && !late) {
+        uint64_t gap = 1000000u / st->max_fps;
+        gap -= gap / 8;
+        if (st->have_kept && capture_us >= st->kept_capture_us && capture_us - st->kept_capture_us < gap) {
+            st->dropped[DROP_RATE]++;
+            return;
+        }
+        st->have_kept = 1;
+        st->kept_capture_us = capture_us;
     }
     /* the slot this frame goes to: the next free one, or the oldest frame's when full */
     int full = st->count == st->capacity;
@@ -463,8 +481,8 @@ static void answer(fw_streams *sx, fw_conn *c, const fw_header *h, int op_index,
     fw_sched_answer_direct(sx->opt.sched, c, h, op_index, status, body, len, msg, 0, 0);
 }
 
-/* STREAM_OPEN: str name, u8 capacity, u8 mode, u8 policy, u16 min_face, f32 max_distance,
- * u32 max_age_ms, u16 stats_every, u32 test_sleep_ms. */
+/* STREAM_OPEN: str name, u8 capacity, u8 mode, u8 policy, u16 min_face, u16 max_fps,
+ * f32 max_distance, u32 max_age_ms, u16 stats_every, u32 test_sleep_ms. */
 static void serve_open(fw_streams *sx, fw_conn *c, const fw_header *h, const uint8_t *body)
 {
     int op = sx->opt.open_op_index;
@@ -477,12 +495,13 @@ static void serve_open(fw_streams *sx, fw_conn *c, const fw_header *h, const uin
         answer(sx, c, h, op, FW_STATUS_BAD_REQUEST, NULL, 0, "STREAM_OPEN: truncated name");
         return;
     }
-    if (fw_reader_left(&r) < 1 + 1 + 1 + 2 + 4 + 4 + 2 + 4) {
+    if (fw_reader_left(&r) < 1 + 1 + 1 + 2 + 2 + 4 + 4 + 2 + 4) {
         answer(sx, c, h, op, FW_STATUS_BAD_REQUEST, NULL, 0, "STREAM_OPEN: truncated body");
         return;
     }
     uint8_t capacity = fw_get_u8(&r), mode = fw_get_u8(&r), policy = fw_get_u8(&r);
     uint16_t min_face = fw_get_u16(&r);
+    uint16_t max_fps = fw_get_u16(&r);
     float maxd = fw_get_f32(&r);
     uint32_t max_age = fw_get_u32(&r);
     uint16_t stats_every = fw_get_u16(&r);
@@ -545,6 +564,7 @@ static void serve_open(fw_streams *sx, fw_conn *c, const fw_header *h, const uin
     st->policy = policy;
     st->prio = h->priority < FW_PRIO_COUNT ? h->priority : FW_PRIO_NORMAL;
     st->min_face = min_face;
+    st->max_fps = max_fps;
     st->max_distance = maxd > 0 ? maxd : INFINITY;
     st->max_age_ms = max_age;
     st->stats_every = stats_every;
@@ -644,13 +664,14 @@ void fw_streams_info(fw_streams *sx, fw_sb *b)
         if (!st->conn)
             continue;
         fw_sb_printf(b, "stream_%u: name=%s mode=%s policy=%s received=%llu analysed=%llu failed=%llu"
-                     " dropped_overflow=%llu dropped_superseded=%llu dropped_deadline=%llu dropped_memory=%llu"
+                     " dropped_overflow=%llu dropped_superseded=%llu dropped_deadline=%llu dropped_memory=%llu dropped_rate=%llu"
                      " seq_gaps=%llu out_of_order=%llu pending=%u latency_ms_p50=%.3f latency_ms_p99=%.3f\n",
                      st->id, st->name, mode_names[st->mode], st->policy ? "fifo" : "ring",
                      (unsigned long long)st->received, (unsigned long long)st->analysed,
                      (unsigned long long)st->failed, (unsigned long long)st->dropped[DROP_OVERFLOW],
                      (unsigned long long)st->dropped[DROP_SUPERSEDED], (unsigned long long)st->dropped[DROP_DEADLINE],
-                     (unsigned long long)st->dropped[DROP_MEMORY], (unsigned long long)st->seq_gaps,
+                     (unsigned long long)st->dropped[DROP_MEMORY], (unsigned long long)st->dropped[DROP_RATE],
+                     (unsigned long long)st->seq_gaps,
                      (unsigned long long)st->out_of_order, (unsigned)pending_frames(st),
                      fw_hist_quantile(&st->latency_us, 0.5) / 1000.0, fw_hist_quantile(&st->latency_us, 0.99) / 1000.0);
     }

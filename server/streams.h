@@ -58,7 +58,7 @@ enum { FW_STREAM_EV_FACES = 1, FW_STREAM_EV_STATS = 2, FW_STREAM_EV_ERROR = 3 };
 #define FW_STREAM_TEST_SLEEP_MAX_MS 10000
 /* Size of the stats record (STREAM_CLOSE's response, and a stats event after its kind and
  * stream id): see docs/protocol.md. */
-#define FW_STREAM_STATS_LEN (1 + 9 * 8 + 4 + 4 + 1)
+#define FW_STREAM_STATS_LEN (1 + 10 * 8 + 4 + 4 + 1)
 
 typedef struct fw_streams fw_streams;
 

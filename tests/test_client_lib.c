@@ -1609,7 +1609,7 @@ static size_t stats_record(uint8_t *b, size_t cap, int final)
     fw_writer w;
     fw_writer_init(&w, b, cap);
     fw_put_u8(&w, (uint8_t)final);
-    for (uint64_t k = 1; k <= 9; k++)
+    for (uint64_t k = 1; k <= 10; k++)
         fw_put_u64(&w, k * 10); /* received 10, analysed 20, ... */
     fw_put_u32(&w, 1500);
     fw_put_u32(&w, 2500);
@@ -1688,6 +1688,7 @@ static void t_stream_roundtrip(void)
     sc.mode = FW_STREAM_IDENTIFY;
     sc.policy = FW_STREAM_FIFO;
     sc.max_distance = 0.5f;
+    sc.max_fps = 12;
     sc.stats_every = 10;
     uint32_t id = 0;
     int rc_open = fw_stream_open(c, &sc, &id);
@@ -1733,7 +1734,8 @@ static void t_stream_roundtrip(void)
     CHECK_EQ_INT(rc3, FW_OK);
     CHECK_EQ_INT(e3.kind, FW_STREAM_EV_STATS);
     CHECK_EQ_INT(e3.stats.received, 10);
-    CHECK_EQ_INT(e3.stats.out_of_order, 90);
+    CHECK_EQ_INT(e3.stats.dropped_rate, 80);
+    CHECK_EQ_INT(e3.stats.out_of_order, 100);
     CHECK_EQ_INT(e3.stats.latency_p99_us, 2500);
     CHECK_EQ_INT(rc4, FW_ERR_WOULD_BLOCK);
     CHECK(still);
@@ -1744,7 +1746,7 @@ static void t_stream_roundtrip(void)
     /* what went out: OPEN's body, a FRAME with request id 0, CLOSE */
     CHECK_EQ_INT(f->nreq, 3);
     CHECK_EQ_INT(f->hdr[0].opcode, FW_OP_STREAM_OPEN);
-    static const uint8_t open_body[] = { 0, 4, 'd', 'o', 'o', 'r', 4, 1, 1, 0, 0, 0x3F, 0, 0, 0,
+    static const uint8_t open_body[] = { 0, 4, 'd', 'o', 'o', 'r', 4, 1, 1, 0, 0, 0, 12, 0x3F, 0, 0, 0,
                                          0, 0, 0, 0, 0, 10, 0, 0, 0, 0 };
     CHECK_EQ_INT(f->body_len[0], sizeof open_body);
     CHECK(memcmp(f->body[0], open_body, sizeof open_body) == 0);

@@ -85,7 +85,7 @@ typedef struct event {
 
 typedef struct stats {
     int final;
-    uint64_t received, analysed, failed, overflow, superseded, deadline, memory, gaps, ooo;
+    uint64_t received, analysed, failed, overflow, superseded, deadline, memory, rate, gaps, ooo;
     uint32_t p50_us, p99_us;
     uint8_t pending;
 } stats;
@@ -104,6 +104,7 @@ static int parse_stats(fw_reader *r, stats *s)
     s->superseded = fw_get_u64(r);
     s->deadline = fw_get_u64(r);
     s->memory = fw_get_u64(r);
+    s->rate = fw_get_u64(r);
     s->gaps = fw_get_u64(r);
     s->ooo = fw_get_u64(r);
     s->p50_us = fw_get_u32(r);
@@ -248,7 +249,7 @@ static int roundtrip(int fd, uint8_t op, uint32_t rid, const void *body, uint32_
 typedef struct open_args {
     const char *name;
     uint8_t capacity, mode, policy;
-    uint16_t min_face;
+    uint16_t min_face, max_fps;
     float max_distance;
     uint32_t max_age_ms;
     uint16_t stats_every;
@@ -265,6 +266,7 @@ static size_t open_body(const open_args *a, uint8_t *out, size_t cap)
     fw_put_u8(&w, a->mode);
     fw_put_u8(&w, a->policy);
     fw_put_u16(&w, a->min_face);
+    fw_put_u16(&w, a->max_fps);
     fw_put_f32(&w, a->max_distance);
     fw_put_u32(&w, a->max_age_ms);
     fw_put_u16(&w, a->stats_every);
@@ -292,7 +294,7 @@ static uint32_t open_stream(int fd, uint32_t rid, const open_args *a)
 
 static open_args test_stream(const char *name, uint8_t capacity, uint8_t policy)
 {
-    open_args a = { name, capacity, FW_STREAM_MODE_TEST, policy, 0, 0.0f, 0, 0, 0, FW_PRIO_NORMAL };
+    open_args a = { name, capacity, FW_STREAM_MODE_TEST, policy, 0, 0, 0.0f, 0, 0, 0, FW_PRIO_NORMAL };
     return a;
 }
 
@@ -682,7 +684,8 @@ static void t_requests_during_flood_body(void)
     stats s;
     CHECK(close_stream(fd, 5, id, &s) == 0);
     CHECK_EQ_INT(s.received, 400);
-    CHECK_EQ_INT(s.received, s.analysed + s.failed + s.overflow + s.superseded + s.deadline + s.memory + s.pending);
+    CHECK_EQ_INT(s.received,
+                 s.analysed + s.failed + s.overflow + s.superseded + s.deadline + s.memory + s.rate + s.pending);
     CHECK(s.analysed >= 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
@@ -814,8 +817,8 @@ static void t_real_faces_body(void)
     uint64_t face_id = ((uint64_t)fw_rd32(rb) << 32) | fw_rd32(rb + 4);
     free(rb);
 
-    open_args ai = { "door", 4, FW_STREAM_MODE_IDENTIFY, FW_STREAM_POLICY_FIFO, 0, 0.6f, 0, 0, 0, FW_PRIO_NORMAL };
-    open_args ad = { "hall", 4, FW_STREAM_MODE_DETECT, FW_STREAM_POLICY_FIFO, 0, 0.0f, 0, 0, 0, FW_PRIO_NORMAL };
+    open_args ai = { "door", 4, FW_STREAM_MODE_IDENTIFY, FW_STREAM_POLICY_FIFO, 0, 0, 0.6f, 0, 0, 0, FW_PRIO_NORMAL };
+    open_args ad = { "hall", 4, FW_STREAM_MODE_DETECT, FW_STREAM_POLICY_FIFO, 0, 0, 0.0f, 0, 0, 0, FW_PRIO_NORMAL };
     uint32_t si = open_stream(fd, 2, &ai), sd = open_stream(fd, 3, &ad);
     CHECK(si && sd);
     CHECK(send_frame(fd, si, 7, p2, l2) == 0);
@@ -937,6 +940,37 @@ static void t_fwcat_stream_body(void)
 
 static void t_real_faces(void) { t_real_faces_body(); cleanup(); }
 static void t_fwcat_stream(void) { t_fwcat_stream_body(); cleanup(); }
+/* max_fps thins the stream on the capture clock: at 15 fps in, max 5 out, of the frames
+ * captured 66.666 ms apart (send_frame: seq * 66666 us) only every third one is kept. */
+static void t_max_fps_body(void)
+{
+    CHECK(start(NULL, NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    nevs = 0;
+    CHECK(hold(fd, 1) == 0);
+    open_args a = test_stream("slowed", 64, FW_STREAM_POLICY_FIFO);
+    a.max_fps = 5;
+    uint32_t id = open_stream(fd, 2, &a);
+    CHECK(id != 0);
+    for (uint64_t s = 1; s <= 12; s++)
+        CHECK(send_frame(fd, id, s, fake_jpeg, sizeof fake_jpeg) == 0);
+    CHECK(release(fd, 3) == 0);
+    CHECK(wait_events(fd, FW_STREAM_EV_FACES, 4) == 0);
+    uint64_t seqs[16];
+    CHECK_EQ_INT(faces_seqs(id, seqs, 16), 4);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ_INT(seqs[i], 1 + 3 * i); /* 1, 4, 7, 10: 200 ms of capture time apart */
+    stats s;
+    CHECK(close_stream(fd, 4, id, &s) == 0);
+    CHECK_EQ_INT(s.received, 12);
+    CHECK_EQ_INT(s.rate, 8);
+    CHECK_EQ_INT(s.analysed, 4);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
+static void t_max_fps(void) { t_max_fps_body(); cleanup(); }
 static void t_overflow_and_newest_first(void) { t_overflow_and_newest_first_body(); cleanup(); }
 static void t_fifo_in_order(void) { t_fifo_in_order_body(); cleanup(); }
 static void t_gaps_and_reordering(void) { t_gaps_and_reordering_body(); cleanup(); }
@@ -952,6 +986,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_gaps_and_reordering),
     CHECK_TEST(t_fair_turns),
     CHECK_TEST(t_memory_cap),
+    CHECK_TEST(t_max_fps),
     CHECK_TEST(t_close_and_disconnect_free),
     CHECK_TEST(t_requests_during_flood),
     CHECK_TEST(t_bad_input),
