@@ -304,10 +304,7 @@ int fw_test_fail(fw_client *c);
  * frame; results, statistics and problems come back as events, which the library keeps in
  * the rx buffer until polled: a client with open streams must poll, or the buffer fills
  * (FW_ERR_RX_FULL). Events that arrive during any other call are kept for the next poll. */
-#define FW_OP_STREAM_OPEN 0x13
-#define FW_OP_STREAM_FRAME 0x14
-#define FW_OP_STREAM_CLOSE 0x15
-#define FW_OP_STREAM_EVENT 0x16
+/* Opcodes FW_OP_STREAM_OPEN/FRAME/CLOSE/EVENT are in fw_proto.h. */
 
 enum fw_stream_mode { FW_STREAM_DETECT = 0, FW_STREAM_IDENTIFY = 1, FW_STREAM_TEST = 2 };
 enum fw_stream_policy { FW_STREAM_RING = 0, FW_STREAM_FIFO = 1 };

@@ -50,6 +50,10 @@ enum fw_opcode {
     FW_OP_DETECT = 0x10,
     FW_OP_EMBED = 0x11,
     FW_OP_VERIFY = 0x12,
+    FW_OP_STREAM_OPEN = 0x13,
+    FW_OP_STREAM_FRAME = 0x14, /* one-way: never answered */
+    FW_OP_STREAM_CLOSE = 0x15,
+    FW_OP_STREAM_EVENT = 0x16, /* server to client only, EVENT flag, request_id 0 */
     FW_OP_ENROLL = 0x20,
     FW_OP_IDENTIFY = 0x21,
     FW_OP_DELETE = 0x22,
@@ -59,6 +63,8 @@ enum fw_opcode {
     FW_OP_HELLO = 0x30,
     FW_OP_AUTH = 0x31,
     /* test ops, only with --enable-test-ops */
+    FW_OP_TEST_RELEASE = 0x7C,
+    FW_OP_TEST_HOLD = 0x7D,
     FW_OP_TEST_SLEEP = 0x7E,
     FW_OP_TEST_FAIL = 0x7F
 };

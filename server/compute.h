@@ -21,10 +21,6 @@
 
 #include "fw_proto.h"
 
-/* Test ops not (yet) in proto/fw_proto.h, only with --enable-test-ops (docs/protocol.md):
- * TEST_HOLD holds a worker until a TEST_RELEASE lets it go. */
-enum { FW_OP_TEST_RELEASE = 0x7C, FW_OP_TEST_HOLD = 0x7D };
-
 typedef struct fw_conn fw_conn;       /* server/conn.h: owned by the loop thread */
 typedef struct fw_compute fw_compute; /* server/compute.c: owned by the server context */
 

@@ -37,15 +37,6 @@
 #include "server/metrics.h"
 #include "server/sched.h"
 
-/* Opcodes (0x10-0x2F range of face ops). They belong in proto/fw_proto.h's enum; kept here
- * until that file's owner adds them. */
-enum {
-    FW_OP_STREAM_OPEN = 0x13,
-    FW_OP_STREAM_FRAME = 0x14,
-    FW_OP_STREAM_CLOSE = 0x15,
-    FW_OP_STREAM_EVENT = 0x16   /* server to client only, EVENT flag; never a request */
-};
-
 enum { FW_STREAM_MODE_DETECT = 0, FW_STREAM_MODE_IDENTIFY = 1, FW_STREAM_MODE_TEST = 2 };
 enum { FW_STREAM_POLICY_RING = 0, FW_STREAM_POLICY_FIFO = 1 };
 enum { FW_STREAM_EV_FACES = 1, FW_STREAM_EV_STATS = 2, FW_STREAM_EV_ERROR = 3 };

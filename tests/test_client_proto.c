@@ -253,6 +253,8 @@ static void t_names(void)
     CHECK_EQ_INT(fw_op_from_name("embed"), FW_OP_EMBED);
     CHECK_EQ_INT(fw_op_from_name("Test_Sleep"), FW_OP_TEST_SLEEP);
     CHECK_EQ_INT(fw_op_from_name("pin"), -1);
+    CHECK_EQ_STR(fw_op_name(FW_OP_STREAM_FRAME), "STREAM_FRAME");
+    CHECK_EQ_INT(fw_op_from_name("test_hold"), FW_OP_TEST_HOLD);
 }
 
 static const struct check_test tests[] = {
