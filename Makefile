@@ -199,7 +199,7 @@ test: deps models
 
 run: deps models all
 	@mkdir -p data
-	./bin/facewired --listen 127.0.0.1:7420 --data ./data --models ./models
+	OPENBLAS_NUM_THREADS=1 ./bin/facewired --listen 127.0.0.1:7420 --data ./data --models ./models
 
 DEB_PKGS := build-essential pkg-config clang npm libuv1-dev libsodium-dev libopenblas-dev \
             libturbojpeg0-dev libjpeg62-turbo-dev libcjson-dev libhttp-parser-dev \
