@@ -90,4 +90,10 @@ fw_engine_err fw_engine_analyze(const fw_engine *e, fw_engine_ws *ws,
 
 float fw_descriptor_distance(const float *a, const float *b);
 
+/* Read a whole regular file of at most max bytes (pictures, manifests, weights). Returns a
+ * malloc'd buffer the caller frees, with a NUL after the len bytes (so text can be parsed in
+ * place), or NULL with a one-line reason in err, prefixed by "label: " when label is given. */
+unsigned char *fw_read_file(const char *path, size_t max, size_t *len, const char *label,
+                            char *err, size_t errlen);
+
 #endif

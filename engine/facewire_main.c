@@ -73,42 +73,6 @@ static void usage(FILE *f)
         "Exit status: 0 success, 1 compare found different people, 2 error.\n");
 }
 
-/* Read a whole file; NULL with errno-style message in err on failure. Caller frees. */
-static uint8_t *read_file(const char *path, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    uint8_t *buf = NULL;
-    if (!f) {
-        snprintf(err, errlen, "%s", strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "not a regular file");
-        goto err;
-    }
-    if ((uint64_t)st.st_size > MAX_FILE_BYTES) {
-        snprintf(err, errlen, "file is larger than %u MiB", MAX_FILE_BYTES >> 20);
-        goto err;
-    }
-    buf = malloc(st.st_size > 0 ? (size_t)st.st_size : 1);
-    if (!buf) {
-        snprintf(err, errlen, "out of memory");
-        goto err;
-    }
-    *len = fread(buf, 1, (size_t)st.st_size, f);
-    if (ferror(f)) {
-        snprintf(err, errlen, "read error");
-        goto err;
-    }
-    fclose(f);
-    return buf;
-err:
-    free(buf);
-    fclose(f);
-    return NULL;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     const double x = *(const double *)a, y = *(const double *)b;
@@ -141,7 +105,7 @@ static void analyze_file(const cli *c, const fw_engine *e, fw_engine_ws *ws, con
     size_t len = 0;
     r->nfaces = 0;
     r->err[0] = 0;
-    uint8_t *jpeg = read_file(path, &len, r->err, sizeof(r->err));
+    uint8_t *jpeg = fw_read_file(path, MAX_FILE_BYTES, &len, NULL, r->err, sizeof(r->err));
     if (!jpeg) {
         r->rc = FWE_ARG;
         return;
@@ -375,7 +339,7 @@ static int cmd_draw(const cli *c, const fw_engine *e, fw_engine_ws *ws, char **p
         goto err;
     /* the picture itself, at full resolution (the engine may have decoded it reduced) */
     char err[256];
-    jpeg = read_file(pics[0], &len, err, sizeof(err));
+    jpeg = fw_read_file(pics[0], MAX_FILE_BYTES, &len, NULL, err, sizeof(err));
     dec = fw_decoder_new();
     fw_image img;
     const fw_decode_limits lim = {c->opts.max_pixels, c->opts.max_dimension, 0};

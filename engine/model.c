@@ -6,6 +6,7 @@
  * that lies about sizes can only produce an error.
  */
 #include "engine/model.h"
+#include "engine/engine.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -35,35 +36,35 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Read a whole regular file of at most max bytes. Returns a malloc'd buffer (plus a NUL, so
- * JSON can be parsed in place) or NULL with err set. */
-static unsigned char *read_file(const char *path, size_t max, size_t *len, const char *label,
-                                char *err, size_t errlen)
+/* See engine.h. The label, when given, starts every message ("face_recognition_model: ..."). */
+unsigned char *fw_read_file(const char *path, size_t max, size_t *len, const char *label,
+                            char *err, size_t errlen)
 {
+    const char *lb = label ? label : "", *sep = label ? ": " : "";
     unsigned char *buf = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        seterr(err, errlen, "%s: cannot open %s: %s", label, path, strerror(errno));
+        seterr(err, errlen, "%s%scannot open %s: %s", lb, sep, path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        seterr(err, errlen, "%s: %s is not a regular file", label, path);
+        seterr(err, errlen, "%s%s%s is not a regular file", lb, sep, path);
         goto err;
     }
     if ((uintmax_t)st.st_size > (uintmax_t)max) {
-        seterr(err, errlen, "%s: %s is too large (%jd bytes, limit %zu)", label, path,
+        seterr(err, errlen, "%s%s%s is too large (%jd bytes, limit %zu)", lb, sep, path,
                (intmax_t)st.st_size, max);
         goto err;
     }
     size_t n = (size_t)st.st_size;
     buf = malloc(n + 1);
     if (!buf) {
-        seterr(err, errlen, "%s: out of memory reading %s", label, path);
+        seterr(err, errlen, "%s%sout of memory reading %s", lb, sep, path);
         goto err;
     }
     if (n && fread(buf, 1, n, f) != n) {
-        seterr(err, errlen, "%s: short read on %s", label, path);
+        seterr(err, errlen, "%s%sshort read on %s", lb, sep, path);
         goto err;
     }
     buf[n] = 0;
@@ -120,7 +121,7 @@ static int load_shards(const char *dir, const cJSON *paths, const char *label,
             goto err;
         }
         size_t n;
-        unsigned char *part = read_file(path, SHARDS_MAX_BYTES - total, &n, label, err, errlen);
+        unsigned char *part = fw_read_file(path, SHARDS_MAX_BYTES - total, &n, label, err, errlen);
         if (!part)
             goto err;
         unsigned char *grown = realloc(all, total + n + 1);
@@ -266,7 +267,7 @@ fw_model *fw_model_load(const char *dir, const char *name, char *err, size_t err
         seterr(err, errlen, "%s: path too long", name);
         return NULL;
     }
-    json = read_file(path, MANIFEST_MAX_BYTES, &len, name, err, errlen);
+    json = fw_read_file(path, MANIFEST_MAX_BYTES, &len, name, err, errlen);
     if (!json)
         goto err;
     root = cJSON_ParseWithLength((const char *)json, len);

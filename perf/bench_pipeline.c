@@ -36,27 +36,6 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        const long n = ftell(f);
-        if (n > 0 && n < (256L << 20) && fseek(f, 0, SEEK_SET) == 0) {
-            buf = malloc((size_t)n);
-            if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            }
-            *len = (size_t)n;
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 /* The file name goes into a JSON string: escape what JSON requires. */
 static void put_json_chars(const char *s)
 {
@@ -128,11 +107,15 @@ int main(int argc, char **argv)
         goto err;
     }
     ws = fw_engine_ws_new(e);
-    jpeg = read_file(path, &len);
+    jpeg = fw_read_file(path, (size_t)256 << 20, &len, NULL, err, sizeof(err));
+    if (!jpeg) {
+        fprintf(stderr, "bench_pipeline: %s\n", err);
+        goto err;
+    }
     v = malloc(sizeof(double) * (size_t)runs * 6);
     faces = malloc(sizeof(fw_face) * MAX_FACES);
-    if (!ws || !jpeg || !v || !faces) {
-        fprintf(stderr, "bench_pipeline: %s\n", !jpeg ? "cannot read the picture" : "out of memory");
+    if (!ws || !v || !faces) {
+        fprintf(stderr, "bench_pipeline: out of memory\n");
         goto err;
     }
     int n = 0;
