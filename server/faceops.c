@@ -38,10 +38,10 @@ int fw_faceops_parse_image(fw_job *j, char *err, size_t errlen)
     return 0;
 }
 
-static int parse_input(fw_reader *r, fw_input *in, char which, char *err, size_t errlen)
+int fw_faceops_parse_input(fw_reader *r, const char *what, fw_input *in, char *err, size_t errlen)
 {
     if (fw_reader_left(r) < 1) {
-        snprintf(err, errlen, "VERIFY: input %c: truncated", which);
+        snprintf(err, errlen, "%s: truncated body (input expected)", what);
         return -1;
     }
     in->kind = fw_get_u8(r);
@@ -49,11 +49,11 @@ static int parse_input(fw_reader *r, fw_input *in, char which, char *err, size_t
         uint32_t n = 0;
         in->jpeg = fw_get_bytes(r, UINT32_MAX, &n);
         if (!in->jpeg) {
-            snprintf(err, errlen, "VERIFY: input %c: truncated JPEG", which);
+            snprintf(err, errlen, "%s: truncated JPEG", what);
             return -1;
         }
         if (n == 0) {
-            snprintf(err, errlen, "VERIFY: input %c: empty JPEG", which);
+            snprintf(err, errlen, "%s: empty JPEG", what);
             return -1;
         }
         in->len = n;
@@ -61,19 +61,21 @@ static int parse_input(fw_reader *r, fw_input *in, char which, char *err, size_t
     }
     if (in->kind == FW_INPUT_DESCRIPTOR) {
         if (fw_reader_left(r) < 128 * 4) {
-            snprintf(err, errlen, "VERIFY: input %c: truncated descriptor", which);
+            snprintf(err, errlen, "%s: truncated descriptor", what);
             return -1;
         }
         for (int i = 0; i < 128; i++) {
             in->desc[i] = fw_get_f32(r);
-            if (!isfinite(in->desc[i])) {
-                snprintf(err, errlen, "VERIFY: input %c: descriptor value %d is not finite", which, i);
+            if (!isfinite(in->desc[i]) || fabsf(in->desc[i]) > FW_DESCRIPTOR_VALUE_MAX) {
+                snprintf(err, errlen, "%s: descriptor value %d is not a finite number within +-%g",
+                         what, i, (double)FW_DESCRIPTOR_VALUE_MAX);
                 return -1;
             }
         }
         return 0;
     }
-    snprintf(err, errlen, "VERIFY: input %c: kind %u unknown", which, (unsigned)in->kind);
+    snprintf(err, errlen, "%s: input kind %u unknown (0 JPEG, 1 descriptor)", what,
+             (unsigned)in->kind);
     return -1;
 }
 
@@ -82,8 +84,8 @@ int fw_faceops_parse_verify(fw_job *j, char *err, size_t errlen)
     const fw_face_env *env = j->env;
     fw_reader r;
     fw_reader_init(&r, j->body, j->body_len);
-    if (parse_input(&r, &j->args.verify.in[0], 'a', err, errlen) != 0 ||
-        parse_input(&r, &j->args.verify.in[1], 'b', err, errlen) != 0)
+    if (fw_faceops_parse_input(&r, "VERIFY: input a", &j->args.verify.in[0], err, errlen) != 0 ||
+        fw_faceops_parse_input(&r, "VERIFY: input b", &j->args.verify.in[1], err, errlen) != 0)
         return -1;
     if (fw_reader_left(&r) < 5) {
         snprintf(err, errlen, "VERIFY: truncated body (has_threshold and threshold missing)");

@@ -42,6 +42,15 @@ void fw_face_slot_free(fw_face_slot *fs);
 /* Loop thread: 0, or -1 with a BAD_REQUEST message. DETECT and EMBED share a layout. */
 int fw_faceops_parse_image(fw_job *j, char *err, size_t errlen);
 int fw_faceops_parse_verify(fw_job *j, char *err, size_t errlen);
+
+/* Every descriptor component a client sends must be finite and within this bound, so that
+ * distances (and the gallery's norms) stay finite in float. */
+#define FW_DESCRIPTOR_VALUE_MAX 1.0e4f
+
+/* One `input` field (docs/protocol.md: u8 kind, then a JPEG or 128 floats), shared by VERIFY,
+ * ENROLL, IDENTIFY and the streams. `what` starts every error message ("VERIFY: input a").
+ * in->jpeg points into r's buffer. 0, or -1 with a message in err. */
+int fw_faceops_parse_input(fw_reader *r, const char *what, fw_input *in, char *err, size_t errlen);
 /* 1 if the parsed job needs the engine (VERIFY of two descriptors does not, nor do the
  * gallery ops without a JPEG input). */
 int fw_faceops_needs_engine(const fw_job *j);

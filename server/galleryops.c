@@ -87,46 +87,6 @@ static int parse_subject(fw_reader *r, const char *op, const char **s, uint16_t 
     return 0;
 }
 
-static int parse_input(fw_reader *r, const char *op, fw_input *in, char *err, size_t errlen)
-{
-    if (fw_reader_left(r) < 1) {
-        snprintf(err, errlen, "%s: truncated body (input expected)", op);
-        return -1;
-    }
-    in->kind = fw_get_u8(r);
-    if (in->kind == FW_INPUT_JPEG) {
-        uint32_t n = 0;
-        in->jpeg = fw_get_bytes(r, UINT32_MAX, &n);
-        if (!in->jpeg) {
-            snprintf(err, errlen, "%s: truncated JPEG", op);
-            return -1;
-        }
-        if (n == 0) {
-            snprintf(err, errlen, "%s: empty JPEG", op);
-            return -1;
-        }
-        in->len = n;
-        return 0;
-    }
-    if (in->kind == FW_INPUT_DESCRIPTOR) {
-        if (fw_reader_left(r) < FW_GALLERY_DIM * 4) {
-            snprintf(err, errlen, "%s: truncated descriptor", op);
-            return -1;
-        }
-        for (int i = 0; i < FW_GALLERY_DIM; i++) {
-            in->desc[i] = fw_get_f32(r);
-            if (!isfinite(in->desc[i]) || fabsf(in->desc[i]) > FW_GALLERY_VALUE_MAX) {
-                snprintf(err, errlen, "%s: descriptor value %d is not a finite number within +-%g", op, i,
-                         (double)FW_GALLERY_VALUE_MAX);
-                return -1;
-            }
-        }
-        return 0;
-    }
-    snprintf(err, errlen, "%s: input kind %u unknown (0 JPEG, 1 descriptor)", op, (unsigned)in->kind);
-    return -1;
-}
-
 static int no_trailing(const fw_reader *r, const char *op, char *err, size_t errlen)
 {
     if (fw_reader_left(r) == 0)
@@ -157,7 +117,7 @@ static int parse_enroll_body(const uint8_t *body, size_t len, fw_job_args *a, ch
         return -1;
     }
     a->enroll.meta_len = ml;
-    if (parse_input(&r, "ENROLL", &a->enroll.in, err, errlen) != 0)
+    if (fw_faceops_parse_input(&r, "ENROLL", &a->enroll.in, err, errlen) != 0)
         return -1;
     return no_trailing(&r, "ENROLL", err, errlen);
 }
@@ -192,7 +152,7 @@ int fw_galops_parse_identify(fw_job *j, char *err, size_t errlen)
 {
     fw_reader r;
     fw_reader_init(&r, j->body, j->body_len);
-    if (parse_input(&r, "IDENTIFY", &j->args.identify.in, err, errlen) != 0)
+    if (fw_faceops_parse_input(&r, "IDENTIFY", &j->args.identify.in, err, errlen) != 0)
         return -1;
     if (fw_reader_left(&r) < 7) {
         snprintf(err, errlen, "IDENTIFY: truncated body (k, has_threshold and threshold expected)");

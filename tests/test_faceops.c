@@ -536,10 +536,10 @@ static void t_malformed_bodies_body(void)
     EXPECT(FW_OP_EMBED, "EMBED: 2 trailing bytes after the JPEG");
 
     fw_writer_init(&w, b, sizeof b);
-    EXPECT(FW_OP_VERIFY, "VERIFY: input a: truncated");
+    EXPECT(FW_OP_VERIFY, "VERIFY: input a: truncated body (input expected)");
     fw_writer_init(&w, b, sizeof b);
     fw_put_u8(&w, 7);
-    EXPECT(FW_OP_VERIFY, "VERIFY: input a: kind 7 unknown");
+    EXPECT(FW_OP_VERIFY, "VERIFY: input a: input kind 7 unknown (0 JPEG, 1 descriptor)");
     fw_writer_init(&w, b, sizeof b);
     fw_put_u8(&w, 1);
     for (int i = 0; i < 127; i++)
@@ -563,7 +563,7 @@ static void t_malformed_bodies_body(void)
     d[3] = 0;
     fw_put_u8(&w, 0);
     fw_put_f32(&w, 0);
-    EXPECT(FW_OP_VERIFY, "VERIFY: input b: descriptor value 3 is not finite");
+    EXPECT(FW_OP_VERIFY, "VERIFY: input b: descriptor value 3 is not a finite number within +-10000");
     fw_writer_init(&w, b, sizeof b);
     put_desc_input(&w, d);
     put_desc_input(&w, d);
