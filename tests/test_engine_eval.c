@@ -30,6 +30,7 @@
 #include "engine/engine.h"
 #include "engine/image.h"
 #include "tests/check.h"
+#include "tests/tu_data.h"
 
 #define MAX_PICS 64
 #define MAX_IDS 4
@@ -51,18 +52,6 @@ typedef struct eval {
     int npics;
     pic pics[MAX_PICS];
 } eval;
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("FW_SHARED");
-    return s && *s ? s : "../shared";
-}
-
-static const char *models_dir(void)
-{
-    const char *s = getenv("FW_MODELS");
-    return s && *s ? s : "models";
-}
 
 static char *read_all(const char *path, size_t *len)
 {
@@ -96,7 +85,7 @@ static void copy_str(char *dst, size_t cap, const char *src)
 static int load_labels(eval *ev)
 {
     memset(ev, 0, sizeof(*ev));
-    snprintf(ev->dir, sizeof(ev->dir), "%s/eval", shared_dir());
+    snprintf(ev->dir, sizeof(ev->dir), "%s/eval", tu_shared_dir());
     char path[600];
     snprintf(path, sizeof(path), "%s/labels.json", ev->dir);
     size_t len = 0;
@@ -146,7 +135,7 @@ static int run_eval(eval *ev, fw_align_mode align)
     fw_engine_ws *ws = NULL;
     char err[256];
     int rc = -1;
-    if (fw_engine_open(models_dir(), &o, &e, err, sizeof(err)) != FWE_OK) {
+    if (fw_engine_open(tu_models_dir(), &o, &e, err, sizeof(err)) != FWE_OK) {
         fprintf(stderr, "  models: %s (set FW_MODELS)\n", err);
         return -1;
     }
@@ -408,7 +397,7 @@ static void run_variant(const char *name, int store, int scale, int exif, varian
 {
     memset(r, 0, sizeof(*r));
     char path[600];
-    snprintf(path, sizeof(path), "%s/eval/%s", shared_dir(), name);
+    snprintf(path, sizeof(path), "%s/eval/%s", tu_shared_dir(), name);
     size_t len = 0, len2 = 0;
     char *jpeg = read_all(path, &len);
     fw_engine *e = NULL;
@@ -418,7 +407,7 @@ static void run_variant(const char *name, int store, int scale, int exif, varian
     char err[256];
     const fw_decode_limits lim = {40000000ull, 20000, 0};
     fw_image im;
-    if (!jpeg || !d || fw_engine_open(models_dir(), NULL, &e, err, sizeof(err)) != FWE_OK ||
+    if (!jpeg || !d || fw_engine_open(tu_models_dir(), NULL, &e, err, sizeof(err)) != FWE_OK ||
         !(ws = fw_engine_ws_new(e)) ||
         fw_decode_jpeg(d, (const uint8_t *)jpeg, len, &lim, &im, NULL, err, sizeof(err)) != FWE_OK)
         goto err;
@@ -497,14 +486,14 @@ static void t_api_errors(void)
     fw_engine_options o;
     fw_engine_options_default(&o);
     o.detector_size = 100; /* not a multiple of 32 */
-    CHECK_EQ_INT(fw_engine_open(models_dir(), &o, &e, err, sizeof(err)), FWE_ARG);
+    CHECK_EQ_INT(fw_engine_open(tu_models_dir(), &o, &e, err, sizeof(err)), FWE_ARG);
     CHECK(e == NULL);
     fw_engine_options_default(&o);
     o.align = (fw_align_mode)5;
-    CHECK_EQ_INT(fw_engine_open(models_dir(), &o, &e, err, sizeof(err)), FWE_ARG);
+    CHECK_EQ_INT(fw_engine_open(tu_models_dir(), &o, &e, err, sizeof(err)), FWE_ARG);
     CHECK_EQ_INT(fw_engine_open("/nonexistent-models", NULL, &e, err, sizeof(err)), FWE_MODEL);
     CHECK(e == NULL && err[0]);
-    CHECK_EQ_INT(fw_engine_open(models_dir(), NULL, &e, err, sizeof(err)), FWE_OK);
+    CHECK_EQ_INT(fw_engine_open(tu_models_dir(), NULL, &e, err, sizeof(err)), FWE_OK);
     fw_engine_ws *ws = fw_engine_ws_new(e);
     fw_face faces[2];
     int n = -1;
@@ -535,13 +524,13 @@ static void t_api_errors(void)
 static void t_api_caps_and_wants(void)
 {
     char path[600];
-    snprintf(path, sizeof(path), "%s/eval/group_two_people.jpg", shared_dir());
+    snprintf(path, sizeof(path), "%s/eval/group_two_people.jpg", tu_shared_dir());
     size_t len = 0;
     char *jpeg = read_all(path, &len);
     CHECK(jpeg);
     fw_engine *e = NULL;
     char err[256];
-    fw_engine_err rc = fw_engine_open(models_dir(), NULL, &e, err, sizeof(err));
+    fw_engine_err rc = fw_engine_open(tu_models_dir(), NULL, &e, err, sizeof(err));
     fw_engine_ws *ws = rc == FWE_OK ? fw_engine_ws_new(e) : NULL;
     fw_face f[4];
     int n_all = -1, n_one = -1, n_zero = -1, n_lm = -1, w = 0, h = 0;
@@ -583,14 +572,14 @@ static void t_api_caps_and_wants(void)
 static void t_api_damaged_pictures(void)
 {
     char path[600];
-    snprintf(path, sizeof(path), "%s/eval/barack_obama_5.jpg", shared_dir());
+    snprintf(path, sizeof(path), "%s/eval/barack_obama_5.jpg", tu_shared_dir());
     size_t len = 0;
     char *jpeg = read_all(path, &len);
     CHECK(jpeg && len > 100);
     uint8_t *m = malloc(len);
     fw_engine *e = NULL;
     char err[256];
-    fw_engine_err rc = fw_engine_open(models_dir(), NULL, &e, err, sizeof(err));
+    fw_engine_err rc = fw_engine_open(tu_models_dir(), NULL, &e, err, sizeof(err));
     fw_engine_ws *ws = rc == FWE_OK ? fw_engine_ws_new(e) : NULL;
     int unexpected = 0, decoded = 0, refused = 0;
     uint32_t seed = 4242;
@@ -649,7 +638,7 @@ static void t_cli(void)
     const size_t cap = 1 << 20;
     char *out = malloc(cap);
     CHECK(out);
-    const char *E = shared_dir(), *M = models_dir(), *B = bin_dir();
+    const char *E = tu_shared_dir(), *M = tu_models_dir(), *B = bin_dir();
     /* embed: one JSON object per picture per line, an error object for the missing one */
     snprintf(cmd, sizeof(cmd), "'%s/facewire' embed --json --timings --models '%s' "
              "'%s/eval/barack_obama_5.jpg' /nonexistent.jpg 2>/dev/null", B, M, E);

@@ -14,6 +14,7 @@
 #include "engine/nets.h"
 #include "engine/nn.h"
 #include "tests/check.h"
+#include "tests/tu_data.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -24,18 +25,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("FW_SHARED");
-    return s && *s ? s : "../shared";
-}
-
-static const char *models_dir(void)
-{
-    const char *s = getenv("FW_MODELS");
-    return s && *s ? s : "models";
-}
 
 /* Reads a whole file of exactly want bytes (want 0: any size up to 16 MB). */
 static void *slurp(const char *path, size_t want, size_t *len)
@@ -60,7 +49,7 @@ static void *slurp(const char *path, size_t want, size_t *len)
 static void *golden_file(const char *rel, size_t want)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/golden/%s", shared_dir(), rel);
+    snprintf(path, sizeof path, "%s/golden/%s", tu_shared_dir(), rel);
     return slurp(path, want, NULL);
 }
 
@@ -92,7 +81,7 @@ static fw_nets *load_nets(void)
 {
     char err[256] = "";
     fw_nets *n = NULL;
-    if (fw_nets_load(models_dir(), &n, err, sizeof err) != 0)
+    if (fw_nets_load(tu_models_dir(), &n, err, sizeof err) != 0)
         fprintf(stderr, "  fw_nets_load: %s\n", err);
     return n;
 }
@@ -597,7 +586,7 @@ static int copy_models(char dir[64])
     for (int i = 0; i < N_MODEL_FILES; i++) {
         char src[4096], dst[256];
         size_t len;
-        snprintf(src, sizeof src, "%s/%s", models_dir(), model_files[i]);
+        snprintf(src, sizeof src, "%s/%s", tu_models_dir(), model_files[i]);
         snprintf(dst, sizeof dst, "%s/%s", dir, model_files[i]);
         void *data = slurp(src, 0, &len);
         int rc = data ? write_file(dst, data, len) : -1;

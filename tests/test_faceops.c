@@ -18,65 +18,14 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+#include "tests/tu_data.h"
 #include "tests/tu_server.h"
 
 static tu_server srv;
 
-static const char *models_dir(void)
-{
-    const char *m = getenv("FW_MODELS");
-    return m && *m ? m : "models";
-}
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("FW_SHARED");
-    return s && *s ? s : "../shared";
-}
-
-/* A whole file, malloc'd; NULL if unreadable. */
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 65536;
-            uint8_t *nb = realloc(buf, ncap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        size_t k = fread(buf + n, 1, cap - n, f);
-        if (k == 0)
-            break;
-        n += k;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
-static uint8_t *eval_pic(const char *name, size_t *len)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/eval/%s", shared_dir(), name);
-    uint8_t *p = slurp(path, len);
-    if (!p)
-        fprintf(stderr, "  cannot read %s (set FW_SHARED)\n", path);
-    return p;
-}
-
 static int start_with(const char *extra)
 {
-    const char *args[] = { "--workers", "2", "--models", models_dir(), extra, NULL };
+    const char *args[] = { "--workers", "2", "--models", tu_models_dir(), extra, NULL };
     return tu_server_start(&srv, args);
 }
 
@@ -203,7 +152,7 @@ static int parse_faces(const resp *r, int with_desc, faces *f)
 static int analyze(int fd, uint8_t op, const char *pic, faces *f, resp *r)
 {
     size_t jl, bl;
-    uint8_t *jpeg = eval_pic(pic, &jl);
+    uint8_t *jpeg = tu_eval_pic(pic, &jl);
     if (!jpeg)
         return -1;
     uint8_t *body = image_body(jpeg, jl, &bl);
@@ -221,7 +170,7 @@ static int analyze(int fd, uint8_t op, const char *pic, faces *f, resp *r)
 static int verify_pics(int fd, const char *a, const char *b, resp *r, verdict *v)
 {
     size_t la, lb;
-    uint8_t *ja = eval_pic(a, &la), *jb = eval_pic(b, &lb);
+    uint8_t *ja = tu_eval_pic(a, &la), *jb = tu_eval_pic(b, &lb);
     uint8_t *body = malloc(la + lb + 64);
     int rc = -1;
     if (ja && jb && body) {
@@ -395,7 +344,7 @@ static void t_verify_descriptor_inputs_body(void)
     CHECK_EQ_INT(vj.same, 0);
 
     /* mixed: a descriptor and a JPEG */
-    uint8_t *jpeg = eval_pic("joe_biden_2.jpg", &jl);
+    uint8_t *jpeg = tu_eval_pic("joe_biden_2.jpg", &jl);
     CHECK(jpeg != NULL);
     uint8_t *mixed = malloc(jl + 1024);
     CHECK(mixed != NULL);
@@ -439,7 +388,7 @@ static void t_bad_images_body(void)
     resp_free(&r);
     /* a real JPEG cut in the middle of its data */
     size_t jl, bl;
-    uint8_t *jpeg = eval_pic("barack_obama_1.jpg", &jl);
+    uint8_t *jpeg = tu_eval_pic("barack_obama_1.jpg", &jl);
     CHECK(jpeg != NULL);
     uint8_t *body = image_body(jpeg, jl / 3, &bl);
     free(jpeg);
@@ -616,7 +565,7 @@ static void t_pipelined_embeds_body(void)
     size_t blen[2];
     for (int i = 0; i < 2; i++) {
         size_t jl;
-        uint8_t *jpeg = eval_pic(pics[i], &jl);
+        uint8_t *jpeg = tu_eval_pic(pics[i], &jl);
         CHECK(jpeg != NULL);
         bodies[i] = image_body(jpeg, jl, &blen[i]);
         free(jpeg);

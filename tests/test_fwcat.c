@@ -8,6 +8,7 @@
  * fwcat and facewired come from $FW_BIN, so under `make test` both are sanitizer builds.
  */
 #include "tests/check.h"
+#include "tests/tu_data.h"
 #include "tests/tu_server.h"
 
 #include <arpa/inet.h>
@@ -150,12 +151,6 @@ static void fwcat(run *r, int with_server, const char *input, const char *const 
 }
 
 static run *new_run(void) { return calloc(1, sizeof(run)); }
-
-static const char *shared_dir(void)
-{
-    const char *d = getenv("FW_SHARED");
-    return d && *d ? d : "../shared";
-}
 
 /* ---- single commands --------------------------------------------------------------------- */
 
@@ -369,7 +364,7 @@ static void t_raw_bad_magic_then_recovers(void)
 
 static void eval_pic(char *buf, size_t cap, const char *name)
 {
-    snprintf(buf, cap, "%s/eval/%s", shared_dir(), name);
+    snprintf(buf, cap, "%s/eval/%s", tu_shared_dir(), name);
 }
 
 /* Count occurrences of needle in hay. */

@@ -29,61 +29,11 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+#include "tests/tu_data.h"
 #include "tests/tu_server.h"
 
 static tu_server srv;
 static char data_dir[64];
-
-static const char *models_dir(void)
-{
-    const char *m = getenv("FW_MODELS");
-    return m && *m ? m : "models";
-}
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("FW_SHARED");
-    return s && *s ? s : "../shared";
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 65536;
-            uint8_t *nb = realloc(buf, ncap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        size_t k = fread(buf + n, 1, cap - n, f);
-        if (k == 0)
-            break;
-        n += k;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
-static uint8_t *eval_pic(const char *name, size_t *len)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/eval/%s", shared_dir(), name);
-    uint8_t *p = slurp(path, len);
-    if (!p)
-        fprintf(stderr, "  cannot read %s (set FW_SHARED)\n", path);
-    return p;
-}
 
 /* A plain grey JPEG: certainly no face in it. */
 static uint8_t *blank_jpeg(size_t *len)
@@ -122,7 +72,7 @@ static int new_data_dir(void)
 
 static int start_server(const char *extra)
 {
-    const char *args[] = { "--workers", "2", "--models", models_dir(), "--data", data_dir, extra, NULL };
+    const char *args[] = { "--workers", "2", "--models", tu_models_dir(), "--data", data_dir, extra, NULL };
     return tu_server_start(&srv, args);
 }
 
@@ -257,7 +207,7 @@ static uint8_t *jpeg_body(const char *subject, const uint8_t *jpeg, size_t jl, u
 static int pic_request(int fd, const char *subject, const char *pic, uint16_t k, resp *r)
 {
     size_t jl, bl;
-    uint8_t *jpeg = eval_pic(pic, &jl);
+    uint8_t *jpeg = tu_eval_pic(pic, &jl);
     if (!jpeg)
         return -1;
     uint8_t *body = jpeg_body(subject, jpeg, jl, k, &bl);
@@ -973,7 +923,7 @@ static void t_shutdown_waits_for_writes_body(void)
     int a = tu_connect_server(&srv), b = tu_connect_server(&srv);
     CHECK(a >= 0 && b >= 0);
     size_t jl, bl;
-    uint8_t *jpeg = eval_pic("kit_harington_1.jpg", &jl);
+    uint8_t *jpeg = tu_eval_pic("kit_harington_1.jpg", &jl);
     CHECK(jpeg);
     uint8_t *body = jpeg_body("kit", jpeg, jl, 0, &bl);
     free(jpeg);
@@ -1078,7 +1028,7 @@ static void t_timed_out_enroll_not_written_body(void)
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     size_t jl, bl;
-    uint8_t *jpeg = eval_pic("rose_leslie_1.jpg", &jl);
+    uint8_t *jpeg = tu_eval_pic("rose_leslie_1.jpg", &jl);
     CHECK(jpeg);
     uint8_t *body = jpeg_body("rose", jpeg, jl, 0, &bl);
     free(jpeg);
@@ -1200,7 +1150,7 @@ static void t_metrics_body(void)
  * Needs root for a 64 KiB tmpfs as --data; says SKIPPED when mount(2) is refused. */
 static void disk_full_body(void)
 {
-    const char *args[] = { "--workers", "2", "--models", models_dir(), "--data", data_dir,
+    const char *args[] = { "--workers", "2", "--models", tu_models_dir(), "--data", data_dir,
                            "--breaker-min-requests", "5", "--breaker-failure-pct", "1",
                            "--breaker-cooldown-ms", "600000", NULL };
     CHECK(tu_server_start(&srv, args) == 0);
