@@ -29,6 +29,10 @@
  */
 #include "server/conn.h"
 
+#include <sodium.h>
+
+#include "server/keys.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,9 +118,10 @@ static uint8_t *conn_reply_begin(fw_conn *c, const fw_header *req, uint16_t stat
 {
     if (!c || c->closing || c->failed || c->lingering)
         return NULL;
-    size_t need = FW_HEADER_LEN + len;
+    /* Room for the tag when the response will be sealed (conn_reply_end). */
+    size_t need = FW_HEADER_LEN + len + fw_security_overhead(&c->sec);
     /* One uv_buf_t carries the whole batch, and its length is an unsigned int. */
-    if (len > UINT32_MAX || need > UINT32_MAX - c->out_len)
+    if (len > UINT32_MAX - FW_SECURE_TAG_LEN || need > UINT32_MAX - c->out_len)
         goto err;
     need += c->out_len;
     if (need > c->out_cap) {
@@ -142,6 +147,7 @@ static uint8_t *conn_reply_begin(fw_conn *c, const fw_header *req, uint16_t stat
         .body_len = (uint32_t)len,
     };
     fw_header_encode(&h, c->out + c->out_len);
+    c->reply_start = c->out_len;
     uint8_t *body = c->out + c->out_len + FW_HEADER_LEN;
     c->out_len = need;
     fw_conn_queue(c);
@@ -154,11 +160,36 @@ err:
     return NULL;
 }
 
+/* The body of the response begun last is in place: in a secure session, seal it where it
+ * lies. Responses are begun and ended in one go on the loop thread, so the seal order (the
+ * nonce counter) is the order on the wire. */
+static void conn_reply_end(fw_conn *c, size_t len)
+{
+    if (fw_security_overhead(&c->sec) == 0)
+        return;
+    uint8_t *frame = c->out + c->reply_start;
+    fw_header h;
+    size_t n = 0;
+    fw_header_decode(frame, &h);
+    int rc = fw_secure_seal(&c->sec, &h, frame + FW_HEADER_LEN, len, frame,
+                            FW_HEADER_LEN + len + FW_SECURE_TAG_LEN, &n);
+    if (rc != FW_SEC_OK) {
+        fw_log_error(&c->srv->log, "cannot seal response", "conn=%llu error=\"%s\"",
+                     (unsigned long long)c->id, fw_secure_strerror(rc));
+        c->out_len = c->reply_start; /* never send it unsealed */
+        c->failed = 1;
+        fw_conn_queue(c);
+    }
+}
+
 void fw_conn_reply(fw_conn *c, const fw_header *req, uint16_t status, const void *body, size_t len)
 {
     uint8_t *p = conn_reply_begin(c, req, status, len);
-    if (p && len)
+    if (!p)
+        return;
+    if (len)
         memcpy(p, body, len);
+    conn_reply_end(c, len);
 }
 
 void fw_conn_reply_error(fw_conn *c, const fw_header *req, uint16_t status, const char *msg,
@@ -171,6 +202,7 @@ void fw_conn_reply_error(fw_conn *c, const fw_header *req, uint16_t status, cons
     fw_error_body(p, 2 + mlen, msg ? msg : "");
     if (extra_len)
         memcpy(p + 2 + mlen, extra, extra_len);
+    conn_reply_end(c, 2 + mlen + extra_len);
 }
 
 /* An event is a response-shaped frame the client did not ask for: EVENT flag, request_id 0,
@@ -186,6 +218,7 @@ void fw_conn_send_event(fw_conn *c, uint8_t opcode, const void *body, size_t len
     c->out[at + 4] = FW_FLAG_EVENT; /* byte 4 of the header: flags */
     if (len)
         memcpy(p, body, len);
+    conn_reply_end(c, len); /* sealed with the flags as sent */
 }
 
 void fw_conn_job_started(fw_conn *c) { c->jobs++; }
@@ -202,10 +235,59 @@ void fw_conn_job_finished(fw_conn *c)
 
 /* ---- requests ------------------------------------------------------------------------------ */
 
-static void conn_dispatch(fw_conn *c, const fw_header *h, const uint8_t *body)
+/* HELLO or AUTH: one handshake step, answered at once. A refusal is answered in plaintext
+ * and closes the connection once flushed. */
+static void conn_handshake(fw_conn *c, const fw_header *h, const uint8_t *body)
 {
     fw_server *s = c->srv;
+    fw_sec_answer ans;
+    fw_security_handshake(&s->security, &c->sec, h, body, &ans);
+    if (ans.status == FW_STATUS_OK) {
+        if (fw_secure_state(&c->sec) == FW_SEC_ESTABLISHED && fw_log_enabled(&s->log, FW_LOG_INFO)) {
+            char pk[FW_SECURE_B64_LEN + 1];
+            sodium_bin2base64(pk, sizeof pk, fw_secure_peer_key(&c->sec), FW_SECURE_PK_LEN,
+                              sodium_base64_VARIANT_ORIGINAL);
+            fw_log_info(&s->log, "secure session", "conn=%llu key=%s", (unsigned long long)c->id, pk);
+        }
+        fw_conn_reply(c, h, FW_STATUS_OK, ans.body, ans.body_len);
+        return;
+    }
+    char peer[80];
+    fw_log_info(&s->log, "handshake refused", "conn=%llu peer=%s reason=\"%s\"",
+                (unsigned long long)c->id, conn_peer(c, peer, sizeof peer), ans.msg);
+    fw_conn_reply_error(c, h, ans.status, ans.msg, NULL, 0);
+    if (ans.close_after) {
+        c->close_after_flush = 1;
+        c->in_state = FW_IN_DISCARD;
+    }
+}
+
+static void conn_dispatch(fw_conn *c, const fw_header *h0, const uint8_t *body)
+{
+    fw_server *s = c->srv;
+    fw_header hv = *h0; /* rewritten to the plaintext's when a sealed frame is opened */
+    const fw_header *h = &hv;
+    uint8_t *plain = NULL;
+    const char *why = NULL;
     s->requests_total++;
+    switch (fw_security_check(&s->security, &c->sec, &hv, body, &plain, &why)) {
+    case FW_SECV_PASS:
+        break;
+    case FW_SECV_OPENED:
+        body = plain;
+        break;
+    case FW_SECV_HANDSHAKE:
+        conn_handshake(c, h, body);
+        return;
+    case FW_SECV_UNAUTHORIZED:
+        fw_conn_reply_error(c, h, FW_STATUS_UNAUTHORIZED, why, NULL, 0);
+        return;
+    case FW_SECV_CLOSE:
+        fw_log_info(&s->log, "closing insecure or tampered connection", "conn=%llu reason=\"%s\"",
+                    (unsigned long long)c->id, why);
+        fw_conn_close(c, why);
+        return;
+    }
     switch (h->opcode) {
     case FW_OP_PING:
         /* A draining server fails its health check, so balancers stop sending work. */
@@ -221,9 +303,10 @@ static void conn_dispatch(fw_conn *c, const fw_header *h, const uint8_t *body)
         break;
     }
     default:
-        fw_compute_request(s->compute, c, h, body);
+        fw_compute_request(s->compute, c, h, body); /* compute copies what it keeps */
         break;
     }
+    free(plain);
 }
 
 /* A complete header arrived. Returns 1 if the caller must now collect h->body_len bytes and
@@ -236,7 +319,9 @@ static int conn_on_header(fw_conn *c, const fw_header *h)
     const char *msg = fw_verdict_message(v);
     uint16_t status = fw_verdict_status(v);
 
-    if (v == FW_HDR_OK && h->opcode == FW_OP_PING && h->body_len > FW_PING_MAX_BODY) {
+    /* A sealed PING carries its 64 KiB plus the tag. */
+    uint32_t ping_max = FW_PING_MAX_BODY + (h->flags & FW_FLAG_SEALED ? FW_SECURE_TAG_LEN : 0);
+    if (v == FW_HDR_OK && h->opcode == FW_OP_PING && h->body_len > ping_max) {
         /* Answered from the header alone: no reason to buffer an oversized echo. */
         v = FW_HDR_BAD_FLAGS; /* any non-closing verdict: the body is skipped below */
         status = FW_STATUS_BAD_REQUEST;
@@ -497,6 +582,7 @@ static void on_conn_closed(uv_handle_t *h)
     free(c->body);
     free(c->backlog);
     free(c->out);
+    fw_secure_session_wipe(&c->sec);
     free(c);
     fw_server_conn_gone(s);
 }

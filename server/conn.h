@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "client/fw_secure.h"
 #include "fw_proto.h"
 #include "server/server.h"
 
@@ -54,8 +55,14 @@ struct fw_conn {
     uint8_t *out;       /* owned: responses gathered since the last flush */
     size_t out_len, out_cap;
     size_t out_inflight; /* bytes handed to uv_write and not yet completed */
+    size_t reply_start;  /* offset in out of the response being built (sealed in place) */
 
     uint32_t jobs;       /* requests handed to compute and not yet answered */
+
+    /* Secure session (docs/security.md). All zero = FW_SEC_NONE: plaintext until a HELLO.
+     * Once established every request is opened in conn_dispatch and every response sealed as
+     * it is appended to `out` (so in wire order). Wiped when the connection is freed. */
+    fw_secure_session sec;
 
     unsigned reading : 1;        /* uv_read_start is in effect */
     unsigned closing : 1;        /* fw_conn_close ran; the handle is closing */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "server/keys.h"
 #include "server/server.h"
 
 /* Each connection is a descriptor; keep some for listeners, models, the gallery, logs. */
@@ -25,6 +26,31 @@ static void raise_nofile(const fw_log *lg, uint32_t max_connections)
                     (unsigned long long)rl.rlim_cur, max_connections);
 }
 
+/* facewired keygen PREFIX [COMMENT] | keygen --symmetric FILE. Exit 0, 1 (failed), 2 (usage). */
+static int keygen_main(int argc, char **argv)
+{
+    char err[600];
+    if (argc == 4 && strcmp(argv[2], "--symmetric") == 0) {
+        if (fw_keys_write_symmetric(argv[3], err, sizeof err) != 0) {
+            fprintf(stderr, "%s keygen: %s\n", argv[0], err);
+            return 1;
+        }
+        printf("wrote %s (mode 0600): use it as --gallery-key\n", argv[3]);
+        return 0;
+    }
+    if (argc < 3 || argc > 4 || argv[2][0] == '-') {
+        fprintf(stderr, "usage: %s keygen PREFIX [COMMENT]\n"
+                        "       %s keygen --symmetric FILE\n", argv[0], argv[0]);
+        return 2;
+    }
+    if (fw_keys_keygen(argv[2], argc == 4 ? argv[3] : NULL, NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "%s keygen: %s\n", argv[0], err);
+        return 1;
+    }
+    printf("wrote %s.key (secret, mode 0600) and %s.pub\n", argv[2], argv[2]);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     fw_server_config cfg;
@@ -32,6 +58,9 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     fw_log early;
     int r;
+
+    if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
+        return keygen_main(argc, argv);
 
     fw_server_config_default(&cfg);
     r = fw_server_parse_args(&cfg, argc, argv, stdout, stderr);

@@ -99,6 +99,22 @@ void fw_server_usage(FILE *out, const char *prog)
 "\n",
             prog, FW_DEFAULT_MAX_CONNECTIONS, FW_DEFAULT_IDLE_TIMEOUT_MS,
             FW_DEFAULT_FRAME_TIMEOUT_MS, FW_DEFAULT_GRACE_MS);
+    fprintf(out,
+"Security options (docs/security.md):\n"
+"  --server-key FILE        The server's secret key (%s keygen PREFIX writes\n"
+"                           PREFIX.key, mode 0600). Enables secure sessions (HELLO/AUTH,\n"
+"                           then every frame sealed). Needs --authorized-keys.\n"
+"  --authorized-keys FILE   The devices allowed in: one facewire-ed25519 public key per\n"
+"                           line (cat dev.pub >> FILE), '#' comments. Re-read on SIGHUP;\n"
+"                           sessions of keys no longer listed are closed.\n"
+"  --require-secure         Answer every op except HELLO/AUTH with UNAUTHORIZED until\n"
+"                           the connection has a secure session.\n"
+"  --insecure-plaintext     Allow listening on non-loopback addresses without\n"
+"                           --server-key. Without it, plaintext is loopback-only.\n"
+"  Keys: '%s keygen PREFIX [COMMENT]' writes PREFIX.key and PREFIX.pub;\n"
+"  '%s keygen --symmetric FILE' writes a gallery key file. SIGHUP re-reads\n"
+"  --authorized-keys.\n"
+"\n", prog, prog, prog);
     fprintf(out, "Compute options:\n");
     fw_compute_usage(out);
     fprintf(out,
@@ -146,6 +162,7 @@ static int parse_u32(const char *s, uint32_t min, uint32_t max, int sizes, uint3
 static int parse_listen(const char *spec, struct sockaddr_storage *ss, char *err, size_t errlen);
 
 enum flag_id {
+    F_SERVER_KEY, F_AUTHORIZED_KEYS, F_REQUIRE_SECURE, F_INSECURE_PLAINTEXT,
     F_LISTEN, F_DATA, F_MODELS, F_MAX_BODY, F_MAX_CONNECTIONS, F_MAX_OUTPUT, F_IDLE_TIMEOUT,
     F_FRAME_TIMEOUT, F_GRACE, F_LOG_LEVEL, F_HELP, F_VERSION
 };
@@ -165,6 +182,10 @@ static const struct {
     {"--frame-timeout-ms", F_FRAME_TIMEOUT, 1},
     {"--grace-ms", F_GRACE, 1},
     {"--log-level", F_LOG_LEVEL, 1},
+    {"--server-key", F_SERVER_KEY, 1},
+    {"--authorized-keys", F_AUTHORIZED_KEYS, 1},
+    {"--require-secure", F_REQUIRE_SECURE, 0},
+    {"--insecure-plaintext", F_INSECURE_PLAINTEXT, 0},
     {"--help", F_HELP, 0},
     {"--version", F_VERSION, 0},
 };
@@ -227,6 +248,18 @@ static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FIL
         }
         snprintf(err, errlen, "--log-level: expected debug, info, warn, error or off, got '%s'", v);
         return -1;
+    case F_SERVER_KEY:
+        cfg->server_key = v;
+        return 0;
+    case F_AUTHORIZED_KEYS:
+        cfg->authorized_keys = v;
+        return 0;
+    case F_REQUIRE_SECURE:
+        cfg->require_secure = 1;
+        return 0;
+    case F_INSECURE_PLAINTEXT:
+        cfg->insecure_plaintext = 1;
+        return 0;
     case F_HELP:
         fw_server_usage(out, prog);
         return 1;
@@ -235,6 +268,35 @@ static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FIL
         return 1;
     }
     return -1;
+}
+
+/* The flags that only make sense together, and the plaintext-on-loopback-only rule: devices
+ * on a real network must not send face data in clear unless the operator says so. */
+static int check_security_flags(const fw_server_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->server_key && !cfg->authorized_keys) {
+        snprintf(err, errlen, "--server-key needs --authorized-keys (the devices allowed in)");
+        return -1;
+    }
+    if (!cfg->server_key && (cfg->authorized_keys || cfg->require_secure)) {
+        snprintf(err, errlen, "%s needs --server-key",
+                 cfg->authorized_keys ? "--authorized-keys" : "--require-secure");
+        return -1;
+    }
+    if (cfg->server_key || cfg->insecure_plaintext)
+        return 0;
+    for (int i = 0; i < cfg->n_listen; i++) {
+        struct sockaddr_storage ss;
+        if (parse_listen(cfg->listen[i], &ss, err, errlen) != 0)
+            return -1;
+        if (!fw_security_addr_is_loopback((const struct sockaddr *)&ss)) {
+            snprintf(err, errlen,
+                     "refusing to serve plaintext on %s: give --server-key and --authorized-keys, "
+                     "or --insecure-plaintext to accept that risk", cfg->listen[i]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int fw_server_parse_args(fw_server_config *cfg, int argc, char **argv, FILE *out, FILE *errf)
@@ -314,6 +376,10 @@ int fw_server_parse_args(fw_server_config *cfg, int argc, char **argv, FILE *out
             return 1;
         if (takes && !inline_value)
             i++;
+    }
+    if (check_security_flags(cfg, err, sizeof err) != 0) {
+        fprintf(errf, "%s: %s\n", prog, err);
+        return -1;
     }
     cfg->compute.data_dir = cfg->data_dir;
     cfg->compute.models_dir = cfg->models_dir;
@@ -435,7 +501,8 @@ static void close_listeners(fw_server *s)
 static void close_handles(fw_server *s)
 {
     uv_handle_t *hs[] = {(uv_handle_t *)&s->sweep, (uv_handle_t *)&s->flush, (uv_handle_t *)&s->nudge,
-                         (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm};
+                         (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm,
+                         (uv_handle_t *)&s->sighup};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (hs[i]->data == s && !uv_is_closing(hs[i]))
             uv_close(hs[i], NULL); /* embedded in fw_server: nothing to free */
@@ -516,6 +583,37 @@ static void on_signal(uv_signal_t *h, int signum)
     fw_server_shutdown(s, signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
+/* SIGHUP: re-read the authorized keys and close the sessions of keys no longer listed. Other
+ * connections are not touched. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    fw_server *s = h->data;
+    char err[512];
+    size_t n_bad = 0;
+    (void)signum;
+    if (!s->security.enabled) {
+        fw_log_info(&s->log, "SIGHUP ignored", "reason=\"no --authorized-keys\"");
+        return;
+    }
+    if (fw_security_reload(&s->security, &n_bad, err, sizeof err) != 0) {
+        fw_log_error(&s->log, "cannot reload authorized keys, keeping the old list", "error=\"%s\"", err);
+        return;
+    }
+    if (n_bad)
+        fw_log_warn(&s->log, "bad lines in authorized keys skipped", "bad_lines=%zu first=\"%s\"", n_bad, err);
+    uint32_t closed = 0;
+    for (fw_link *l = s->by_activity.next, *next; l != &s->by_activity; l = next) {
+        next = l->next; /* fw_conn_close unlinks l */
+        fw_conn *c = fw_container_of(l, fw_conn, by_activity);
+        if (fw_security_revoked(&s->security, &c->sec)) {
+            fw_conn_close(c, "key revoked");
+            closed++;
+        }
+    }
+    fw_log_info(&s->log, "authorized keys reloaded", "keys=%zu sessions_closed=%u",
+                s->security.keys.n, closed);
+}
+
 static void on_drained(void *arg)
 {
     fw_server *s = arg;
@@ -585,6 +683,17 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
         goto err;
     }
     s->sigterm.data = s;
+    if ((r = uv_signal_init(loop, &s->sighup)) != 0) {
+        fw_log_error(&s->log, "cannot watch signals", "err=%s", uv_err_name(r));
+        goto err;
+    }
+    s->sighup.data = s;
+
+    if (fw_security_open(&s->security, cfg->server_key, cfg->authorized_keys, cfg->require_secure,
+                         err, sizeof err) != 0) {
+        fw_log_error(&s->log, "cannot load keys", "error=\"%s\"", err);
+        goto err;
+    }
 
     s->read_buf = malloc(FW_READ_BUF_SIZE);
     if (!s->read_buf) {
@@ -617,6 +726,10 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
     uv_unref((uv_handle_t *)&s->flush);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sighup, on_sighup, SIGHUP);
+    if (s->security.enabled)
+        fw_log_info(&s->log, "secure sessions", "authorized_keys=%zu require_secure=%d",
+                    s->security.keys.n, s->security.require_secure);
     fw_log_info(&s->log, "started", "version=%s max_connections=%u max_body=%u idle_timeout_ms=%u "
                 "frame_timeout_ms=%u", FW_VERSION_STRING, s->cfg.max_connections, s->cfg.max_body,
                 s->cfg.idle_timeout_ms, s->cfg.frame_timeout_ms);
@@ -658,6 +771,7 @@ size_t fw_server_info(fw_server *s, char *buf, size_t cap)
 
 void fw_server_free(fw_server *s)
 {
+    fw_security_close(&s->security);
     free(s->listeners);
     s->listeners = NULL;
     free(s->read_buf);

@@ -20,6 +20,7 @@
 
 #include "fw_proto.h"
 #include "server/compute.h"
+#include "server/keys.h"
 #include "server/log.h"
 
 #define FW_MAX_LISTEN 16
@@ -62,6 +63,10 @@ typedef struct fw_server_config {
     uint32_t frame_timeout_ms;    /* a started frame must complete within this; 0 = never */
     uint32_t grace_ms;            /* shutdown: how long jobs in flight may still finish */
     fw_log_level log_level;
+    const char *server_key;       /* --server-key FILE: secure sessions on (NULL: off) */
+    const char *authorized_keys;  /* --authorized-keys FILE, re-read on SIGHUP */
+    int require_secure;           /* --require-secure: only HELLO/AUTH before a session */
+    int insecure_plaintext;       /* --insecure-plaintext: allow plaintext off loopback */
     fw_compute_options compute;   /* everything the compute side parses */
 } fw_server_config;
 
@@ -83,12 +88,14 @@ typedef struct fw_server {
     uv_timer_t sweep;    /* idle / partial-frame / shutdown deadlines */
     uv_check_t flush;    /* after each poll: service queued connections (one write per batch) */
     uv_idle_t nudge;     /* active while connections are queued: keeps poll from blocking */
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     /* A handle above is initialised (and must be closed) iff its data points to the server. */
 
     /* Connections. Every open one is on `by_activity` (least recently active first); those in
      * the middle of a frame are also on `by_frame_start` (oldest first); those with work for
      * the check phase (output to flush, input to resume, a close to finish) are on `pending`. */
+    fw_security security; /* server identity and authorized keys; keys replaced on SIGHUP */
+
     fw_link by_activity;
     fw_link by_frame_start;
     fw_link pending;
