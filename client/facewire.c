@@ -22,6 +22,7 @@
 #endif
 
 #include "facewire.h"
+#include "client/fw_secure.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +74,15 @@ struct fw_client {
     size_t tx_cap;
     uint32_t retry_after;
     char errmsg[256];
+    /* Secure sessions (FW_WITH_SODIUM builds only). Once established, frames in
+     * rx[0..rx_open) have been opened in place (tag removed, SEALED cleared) and are handled
+     * like plaintext ones; bytes after rx_open are still sealed and are opened strictly in
+     * arrival order, whatever request_id the caller waits for. */
+    int secure;
+    fw_secure_identity id;
+    uint8_t server_pk[FW_SECURE_PK_LEN];
+    fw_secure_session sess;
+    size_t rx_open;
 };
 
 /* ---- errors ------------------------------------------------------------------------------ */
@@ -94,6 +104,7 @@ const char *fw_strerror(int rc)
     case FW_ERR_RX_FULL: return "FW_ERR_RX_FULL";
     case FW_ERR_NOT_CONNECTED: return "FW_ERR_NOT_CONNECTED";
     case FW_ERR_UNSUPPORTED: return "FW_ERR_UNSUPPORTED";
+    case FW_ERR_AUTH: return "FW_ERR_AUTH";
     case FW_ERR_WOULD_BLOCK: return "FW_ERR_WOULD_BLOCK";
     default: break;
     }
@@ -109,6 +120,27 @@ static void drop_conn(fw_client *c)
     c->fd = -1;
     c->rx_len = 0;
     c->claimed = 0;
+    c->rx_open = 0;
+#ifdef FW_WITH_SODIUM
+    fw_secure_session_wipe(&c->sess);
+#endif
+}
+
+/* A secure session whose handshake is complete: requests are sealed, responses opened. */
+static int sealed(const fw_client *c)
+{
+#ifdef FW_WITH_SODIUM
+    return c->secure && fw_secure_state(&c->sess) == FW_SEC_ESTABLISHED;
+#else
+    (void)c;
+    return 0;
+#endif
+}
+
+/* How much of rx may be parsed as frames: in a session only what has been opened. */
+static size_t rx_scannable(const fw_client *c)
+{
+    return sealed(c) ? c->rx_open : c->rx_len;
 }
 
 /* Errors after which the byte stream cannot be trusted, or a late answer could be taken for
@@ -260,8 +292,50 @@ int fw_client_open(const fw_client_config *cfg, fw_client **out)
                              : (uint32_t)(now_ms() * 2654435761u) ^ (uint32_t)(uintptr_t)c ^ (uint32_t)getpid();
     if (c->rng == 0)
         c->rng = 0x9E3779B9u;
+    if (cfg->secure) {
+#ifdef FW_WITH_SODIUM
+        c->secure = 1;
+        memcpy(c->id.pk, cfg->secure->client_pk, sizeof c->id.pk);
+        memcpy(c->id.sk, cfg->secure->client_sk, sizeof c->id.sk);
+        memcpy(c->server_pk, cfg->secure->server_pk, sizeof c->server_pk);
+        c->cfg.secure = NULL; /* the caller's copy may go away */
+#else
+        free(heap);
+        return FW_ERR_UNSUPPORTED;
+#endif
+    }
     *out = c;
     return FW_OK;
+}
+
+int fw_client_secure_load(fw_client_secure *out, const char *key_file, const char *server_pub_file,
+                          char *err, size_t errcap)
+{
+#ifdef FW_WITH_SODIUM
+    fw_secure_identity id;
+    if (!out || !key_file || !server_pub_file) {
+        if (err && errcap)
+            snprintf(err, errcap, "invalid argument");
+        return FW_ERR_INVALID;
+    }
+    if (fw_secure_load_identity(key_file, &id, err, errcap) != 0)
+        return FW_ERR_INVALID;
+    if (fw_secure_load_public(server_pub_file, out->server_pk, err, errcap) != 0) {
+        memset(&id, 0, sizeof id);
+        return FW_ERR_INVALID;
+    }
+    memcpy(out->client_pk, id.pk, sizeof out->client_pk);
+    memcpy(out->client_sk, id.sk, sizeof out->client_sk);
+    memset(&id, 0, sizeof id);
+    return FW_OK;
+#else
+    (void)out;
+    (void)key_file;
+    (void)server_pub_file;
+    if (err && errcap)
+        snprintf(err, errcap, "secure sessions need a libfacewire built with libsodium");
+    return FW_ERR_UNSUPPORTED;
+#endif
 }
 
 void fw_client_close(fw_client *c)
@@ -269,17 +343,100 @@ void fw_client_close(fw_client *c)
     if (!c)
         return;
     drop_conn(c);
+    memset(&c->id, 0, sizeof c->id);
     free(c->heap); /* NULL for caller memory; c itself lives inside heap, touch nothing after */
 }
 
 /* ---- connect ----------------------------------------------------------------------------- */
 
-/* Secure sessions go here (later issue): the HELLO/AUTH handshake on a fresh connection.
- * The ARM build has no libsodium, and nothing is implemented yet on the host either. */
-static int session_start(fw_client *c)
+static int send_all(fw_client *c, struct iovec *iov, int n, uint64_t deadline);
+static int recv_frame(fw_client *c, uint32_t want, uint64_t deadline, fw_response *resp);
+static void release_claim(fw_client *c);
+
+#ifdef FW_WITH_SODIUM
+/* One handshake frame out (plaintext HELLO or the already sealed AUTH), its answer in. */
+static int hs_exchange(fw_client *c, uint8_t *frame, size_t len, uint32_t id, uint64_t deadline,
+                       fw_response *resp)
 {
-    (void)c; /* plaintext: nothing to negotiate */
+    struct iovec iov = {frame, len};
+    int rc = send_all(c, &iov, 1, deadline);
+    if (rc == FW_OK)
+        rc = recv_frame(c, id, deadline, resp);
+    return rc;
+}
+
+static int hs_fail(fw_client *c, const char *fmt, const char *what, int n)
+{
+    drop_conn(c);
+    return fail(c, FW_ERR_AUTH, fmt, n, what);
+}
+#endif
+
+/* The HELLO/AUTH handshake on a fresh connection (docs/security.md), within the connect's
+ * deadline. Any failure closes the connection: a half-authenticated stream is worthless. */
+static int session_start(fw_client *c, uint64_t deadline)
+{
+#ifdef FW_WITH_SODIUM
+    if (!c->secure)
+        return FW_OK;
+    uint8_t frame[FW_HEADER_LEN + FW_SECURE_HELLO_RESP_LEN];
+    fw_response resp;
+    fw_header h;
+    memset(&h, 0, sizeof h);
+    h.magic = FW_MAGIC;
+    h.version = FW_PROTO_VERSION;
+    h.opcode = FW_OP_HELLO;
+    h.priority = c->cfg.priority;
+    h.request_id = c->next_id++;
+    if (c->next_id == FW_ANY_REQUEST)
+        c->next_id = 1;
+    h.body_len = FW_SECURE_HELLO_LEN;
+    if (fw_secure_session_init(&c->sess, 0) != FW_SEC_OK ||
+        fw_secure_client_hello(&c->sess, frame + FW_HEADER_LEN) != FW_SEC_OK)
+        return hs_fail(c, "secure handshake: %.*s", "libsodium failed", 16);
+    fw_header_encode(&h, frame);
+    int rc = hs_exchange(c, frame, FW_HEADER_LEN + FW_SECURE_HELLO_LEN, h.request_id, deadline, &resp);
+    if (rc != FW_OK)
+        return rc;
+    if (resp.hdr.opcode != FW_OP_HELLO || resp.hdr.status != FW_STATUS_OK) {
+        const char *msg;
+        uint16_t mlen;
+        fw_response_error(&resp, &msg, &mlen, NULL);
+        return hs_fail(c, "server refused the secure handshake: %.*s", msg, mlen);
+    }
+    h.opcode = FW_OP_AUTH;
+    h.request_id = c->next_id++;
+    if (c->next_id == FW_ANY_REQUEST)
+        c->next_id = 1;
+    rc = fw_secure_client_on_hello_response(&c->sess, &c->id, c->server_pk, resp.body,
+                                            resp.body_len, &h, frame);
+    release_claim(c);
+    if (rc != FW_SEC_OK) {
+        const char *why = fw_secure_strerror(rc);
+        return hs_fail(c, "secure handshake: %.*s", why, (int)strlen(why));
+    }
+    rc = hs_exchange(c, frame, FW_SECURE_AUTH_FRAME_LEN, h.request_id, deadline, &resp);
+    if (rc != FW_OK)
+        return rc;
+    rc = fw_secure_client_on_auth_response(&c->sess, resp.frame, resp.body, resp.body_len);
+    if (rc == FW_SEC_E_REJECTED) {
+        const char *msg;
+        uint16_t mlen;
+        fw_response_error(&resp, &msg, &mlen, NULL);
+        return hs_fail(c, "server refused this device's key: %.*s", msg, mlen);
+    }
+    release_claim(c);
+    if (rc != FW_SEC_OK) {
+        const char *why = fw_secure_strerror(rc);
+        return hs_fail(c, "secure handshake: %.*s", why, (int)strlen(why));
+    }
+    c->rx_open = 0; /* whatever follows in rx is sealed */
     return FW_OK;
+#else
+    (void)c; /* plaintext: nothing to negotiate (fw_client_open refused cfg.secure) */
+    (void)deadline;
+    return FW_OK;
+#endif
 }
 
 static void addr_text(const struct sockaddr *sa, socklen_t len, char *buf, size_t cap)
@@ -351,8 +508,6 @@ int fw_client_connect(fw_client *c)
     drop_conn(c);
     c->errmsg[0] = '\0';
     c->retry_after = 0;
-    if (c->cfg.secure) /* refused up front rather than silently talking plaintext */
-        return fail(c, FW_ERR_UNSUPPORTED, "secure sessions are not implemented in this build");
     uint32_t budget = c->cfg.connect_timeout_ms ? c->cfg.connect_timeout_ms : c->timeout_ms;
     uint64_t deadline = now_ms() + budget;
 
@@ -386,7 +541,7 @@ int fw_client_connect(fw_client *c)
         char eb[128];
         return fail(c, FW_ERR_CONNECT, "connect to %s: %s", where, errtext(last_errno, eb, sizeof eb));
     }
-    return session_start(c);
+    return session_start(c, deadline);
 }
 
 /* ---- transport --------------------------------------------------------------------------- */
@@ -453,6 +608,8 @@ static void rx_remove(fw_client *c, size_t off, size_t n)
 {
     memmove(c->rx + off, c->rx + off + n, c->rx_len - off - n);
     c->rx_len -= n;
+    if (off < c->rx_open) /* only whole opened frames are ever removed from there */
+        c->rx_open -= n;
 }
 
 /* The frame handed out by the previous call is no longer referenced: drop it. */
@@ -483,9 +640,55 @@ static int check_header(fw_client *c, const fw_header *h)
     default:
         return fail(c, FW_ERR_PROTOCOL, "bad flags 0x%02x in response header", (unsigned)h->flags);
     }
-    /* Secure sessions go here (later issue): open SEALED bodies in place. */
-    if (h->flags & FW_FLAG_SEALED)
+    if (h->flags & FW_FLAG_SEALED) {
+#ifdef FW_WITH_SODIUM
+        /* The one sealed frame before the session is up: the answer to AUTH. */
+        if (c->secure && fw_secure_state(&c->sess) == FW_SEC_AUTH_SENT && h->opcode == FW_OP_AUTH)
+            return FW_OK;
+#endif
         return fail(c, FW_ERR_PROTOCOL, "sealed response on a plaintext connection");
+    }
+    return FW_OK;
+}
+
+/* In a secure session: open every complete frame after rx_open, in arrival order, in place.
+ * The tag is cut out and the header rewritten (SEALED cleared, body_len of the plaintext), so
+ * from then on the frame is an ordinary plaintext one. A frame that fails to open ends the
+ * connection: FW_ERR_AUTH. */
+static int open_arrived(fw_client *c)
+{
+#ifdef FW_WITH_SODIUM
+    while (c->rx_len - c->rx_open >= FW_HEADER_LEN) {
+        uint8_t *f = c->rx + c->rx_open;
+        fw_header h;
+        fw_header_decode(f, &h);
+        if (!(h.flags & FW_FLAG_SEALED)) {
+            drop_conn(c);
+            return fail(c, FW_ERR_AUTH, "unsealed response in a secure session (connection closed)");
+        }
+        h.flags &= (uint8_t)~FW_FLAG_SEALED;
+        int rc = check_header(c, &h);
+        if (rc != FW_OK)
+            return rc;
+        if (c->rx_len - c->rx_open - FW_HEADER_LEN < h.body_len)
+            return FW_OK; /* the rest of the body is still coming */
+        size_t plen = 0;
+        rc = fw_secure_open(&c->sess, f, f + FW_HEADER_LEN, h.body_len, f + FW_HEADER_LEN,
+                            h.body_len, &plen);
+        if (rc != FW_SEC_OK) {
+            drop_conn(c);
+            return fail(c, FW_ERR_AUTH, "response %s (connection closed)", fw_secure_strerror(rc));
+        }
+        size_t end = c->rx_open + FW_HEADER_LEN + h.body_len;
+        memmove(f + FW_HEADER_LEN + plen, c->rx + end, c->rx_len - end);
+        c->rx_len -= h.body_len - plen;
+        h.body_len = (uint32_t)plen;
+        fw_header_encode(&h, f);
+        c->rx_open += FW_HEADER_LEN + plen;
+    }
+#else
+    (void)c;
+#endif
     return FW_OK;
 }
 
@@ -502,10 +705,15 @@ static int recv_frame(fw_client *c, uint32_t want, uint64_t deadline, fw_respons
 static int scan_buffered(fw_client *c, uint32_t want, int want_event, fw_response *resp)
 {
     size_t off = 0;
-    while (off < c->rx_len) {
+    if (sealed(c)) {
+        int orc = open_arrived(c);
+        if (orc != FW_OK)
+            return orc;
+    }
+    while (off < rx_scannable(c)) {
         fw_header h;
         int have = 0;
-        size_t n = fw_frame_scan(c->rx + off, c->rx_len - off, &h, &have);
+        size_t n = fw_frame_scan(c->rx + off, rx_scannable(c) - off, &h, &have);
         if (!have)
             break;
         int rc = check_header(c, &h);
@@ -659,11 +867,38 @@ static int req_send(req *r, uint8_t opcode, uint32_t *id, uint64_t deadline)
         c->next_id = 1;
     h.deadline_ms = c->cfg.deadline_ms;
     h.body_len = (uint32_t)(total - FW_HEADER_LEN);
-    /* Secure sessions go here (later issue): seal the body, set FW_FLAG_SEALED. */
     fw_header_encode(&h, c->tx);
     struct iovec iov[MAX_IOV];
+    int niov = r->niov;
     memcpy(iov, r->iov, sizeof(struct iovec) * (size_t)r->niov);
-    int rc = send_all(c, iov, r->niov, deadline);
+#ifdef FW_WITH_SODIUM
+    if (sealed(c)) {
+        /* Assemble the whole frame after the fixed part (which stays intact for a retry) and
+         * seal it there: AEAD needs the body in one piece. */
+        size_t base = r->w.len, body = (size_t)total - FW_HEADER_LEN;
+        if (c->tx_cap - base < (size_t)total + FW_SECURE_TAG_LEN)
+            return fail(c, FW_ERR_TOO_LARGE, "sealed request of %lu bytes does not fit tx_buf_size "
+                        "(%lu bytes) after its %lu-byte fixed part", (unsigned long)total,
+                        (unsigned long)c->tx_cap, (unsigned long)base);
+        uint8_t *f = c->tx + base, *p = f;
+        for (int i = 0; i < r->niov; i++) {
+            memcpy(p, r->iov[i].iov_base, r->iov[i].iov_len);
+            p += r->iov[i].iov_len;
+        }
+        size_t flen = 0;
+        int src = fw_secure_seal(&c->sess, &h, f + FW_HEADER_LEN, body, f,
+                                 (size_t)total + FW_SECURE_TAG_LEN, &flen);
+        if (src != FW_SEC_OK) {
+            drop_conn(c);
+            return fail(c, FW_ERR_AUTH, "cannot seal request: %s (connection closed)",
+                        fw_secure_strerror(src));
+        }
+        iov[0].iov_base = f;
+        iov[0].iov_len = flen;
+        niov = 1;
+    }
+#endif
+    int rc = send_all(c, iov, niov, deadline);
     if (rc == FW_OK && id)
         *id = h.request_id;
     return rc;
@@ -716,6 +951,8 @@ int fw_send_raw(fw_client *c, const void *bytes, size_t len)
         return rc;
     if (len && !bytes)
         return fail(c, FW_ERR_INVALID, "NULL bytes");
+    if (sealed(c)) /* unsealed bytes would end the session: the server closes on them */
+        return fail(c, FW_ERR_UNSUPPORTED, "raw frames cannot be sent in a secure session");
     struct iovec iov = {(void *)(uintptr_t)bytes, len};
     rc = send_all(c, &iov, 1, now_ms() + c->timeout_ms);
     if (rc == FW_OK)
@@ -1450,6 +1687,31 @@ int fw_stream_push(fw_client *c, uint32_t stream_id, uint64_t seq, uint64_t capt
         sndbuf > 0 && queued >= 0 && (uint64_t)queued + sizeof hb + len > (uint64_t)sndbuf / 2 && queued > 0) {
         snprintf(c->errmsg, sizeof c->errmsg, "socket full: frame %llu not sent", (unsigned long long)seq);
         return FW_ERR_WOULD_BLOCK;
+    }
+#endif
+#ifdef FW_WITH_SODIUM
+    if (sealed(c)) {
+        /* Sealed whole in tx (the JPEG copied in). Once sealed the frame must go out whole:
+         * its counter value is spent. The room check above keeps that from waiting in the
+         * common case. */
+        size_t total = sizeof hb + len, flen = 0;
+        if (c->tx_cap < total || c->tx_cap - total < FW_SECURE_TAG_LEN)
+            return fail(c, FW_ERR_TOO_LARGE, "sealed stream frame of %lu bytes does not fit "
+                        "tx_buf_size (%lu bytes)", (unsigned long)total, (unsigned long)c->tx_cap);
+        memcpy(c->tx, hb, sizeof hb);
+        memcpy(c->tx + sizeof hb, jpeg, len);
+        int src = fw_secure_seal(&c->sess, &h, c->tx + FW_HEADER_LEN, total - FW_HEADER_LEN, c->tx,
+                                 total + FW_SECURE_TAG_LEN, &flen);
+        if (src != FW_SEC_OK) {
+            drop_conn(c);
+            return fail(c, FW_ERR_AUTH, "cannot seal stream frame: %s (connection closed)",
+                        fw_secure_strerror(src));
+        }
+        struct iovec one = {c->tx, flen};
+        rc = send_all(c, &one, 1, now_ms() + c->timeout_ms);
+        if (rc == FW_OK)
+            release_claim(c);
+        return rc;
     }
 #endif
     struct iovec iov[2] = { { hb, sizeof hb }, { (void *)(uintptr_t)jpeg, len } };

@@ -94,9 +94,12 @@ typedef enum fw_err {
     FW_ERR_RX_FULL = -11,      /* rx buffer full of responses nobody asked for (closed) */
     FW_ERR_NOT_CONNECTED = -12,/* no connection: call fw_client_connect() */
     FW_ERR_UNSUPPORTED = -13,  /* feature not built in (e.g. secure sessions) */
-    FW_ERR_WOULD_BLOCK = -14   /* fw_stream_push: the socket is full, nothing was sent;
+    FW_ERR_WOULD_BLOCK = -14,  /* fw_stream_push: the socket is full, nothing was sent;
                                   fw_stream_poll: no event came in time. The connection is
                                   fine (not closed). */
+    FW_ERR_AUTH = -15          /* secure handshake failed: wrong server key, our key not
+                                  authorized, or tampering; or a sealed response failed to
+                                  open (connection closed) */
 } fw_err;
 
 /* "FW_ERR_TIMEOUT", ..., or fw_status_name() for rc > 0. Static strings. */
@@ -120,7 +123,26 @@ typedef struct fw_retry_policy {
 /* Always start from fw_client_config_init(): fields only ever get added at the end, with a
  * zero meaning "the old behaviour", so code written now keeps compiling and working.
  * Several endpoints with failover (a later issue) will arrive as an `endpoints` array next to
- * host/port; secure sessions as the `secure` pointer below. */
+ * host/port. */
+
+/* Secure sessions (docs/security.md): this device's identity and the pinned server key. Fill
+ * it with fw_client_secure_load() (or by hand, from keys kept elsewhere) and point
+ * cfg.secure at it; fw_client_open() copies it. Every connect then runs the handshake and
+ * every frame is sealed. MEMORY: a sealed request is assembled in tx after its fixed part, so
+ * tx_buf_size must hold the fixed part twice plus the payload (JPEG bytes) plus 36 bytes; and
+ * rx_buf_size bounds the sealed response (16 bytes more than the plaintext one). */
+typedef struct fw_client_secure {
+    uint8_t client_pk[32];    /* Ed25519 public key */
+    uint8_t client_sk[64];    /* Ed25519 secret key (libsodium layout: seed || pk) */
+    uint8_t server_pk[32];    /* the only server key accepted */
+} fw_client_secure;
+
+/* Load PREFIX.key (refused if group or others may read it) and the server's .pub into out.
+ * FW_OK; FW_ERR_INVALID with the reason in err; FW_ERR_UNSUPPORTED in a build without
+ * libsodium. */
+int fw_client_secure_load(fw_client_secure *out, const char *key_file, const char *server_pub_file,
+                          char *err, size_t errcap);
+
 typedef struct fw_client_config {
     const char *host;          /* name or address; default "127.0.0.1". Copied at open. */
     const char *port;          /* service or number; default "7420". Copied at open. */
@@ -133,9 +155,9 @@ typedef struct fw_client_config {
     void *mem;                 /* optional caller block of >= fw_client_footprint() bytes; */
     size_t mem_size;           /*   NULL = one malloc in fw_client_open() */
     fw_retry_policy retry;
-    const void *secure;        /* secure session parameters (later issue); until then
-                                  non-NULL makes fw_client_connect() fail FW_ERR_UNSUPPORTED
-                                  rather than silently talk plaintext */
+    const fw_client_secure *secure; /* NULL = plaintext (the default); see fw_client_secure.
+                                  Without libsodium, non-NULL makes fw_client_open() fail
+                                  FW_ERR_UNSUPPORTED rather than silently talk plaintext */
 } fw_client_config;
 
 typedef struct fw_client fw_client; /* opaque; owned by the library */

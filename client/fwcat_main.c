@@ -66,6 +66,9 @@ static void usage(FILE *out)
         "    --json            machine-readable output: one JSON object per answer, on one line\n"
         "    --retry           retry BUSY and UNAVAILABLE answers with jittered back-off,\n"
         "                      honouring the server's retry_after, within --timeout\n"
+        "    --key FILE        this device's secret key (PREFIX.key from facewired keygen):\n"
+        "                      talk over a secure session; needs --server-pub\n"
+        "    --server-pub FILE the server's public key (its .pub file); the only one accepted\n"
         "    --raw             protocol debugging: read frames from stdin as hex, one frame per\n"
         "                      line (blanks allowed, # starts a comment), send them as they are\n"
         "                      and print each answer as hex (header, a blank, body)\n"
@@ -1470,6 +1473,8 @@ int main(int argc, char **argv)
     fw_client_config_init(&fc.cfg);
     fc.cfg.rx_buf_size = 4u * 1024u * 1024u; /* a host tool: room for many faces per answer */
     int raw = 0, i = 1;
+    const char *key_file = NULL, *server_pub = NULL;
+    fw_client_secure sec;
     for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
         const char *a = argv[i];
         int has_val = i + 1 < argc;
@@ -1489,13 +1494,18 @@ int main(int argc, char **argv)
             fc.cfg.host = argv[++i];
         } else if ((strcmp(a, "-p") == 0 || strcmp(a, "--port") == 0) && has_val) {
             fc.cfg.port = argv[++i];
+        } else if (strcmp(a, "--key") == 0 && has_val) {
+            key_file = argv[++i];
+        } else if (strcmp(a, "--server-pub") == 0 && has_val) {
+            server_pub = argv[++i];
         } else if (strcmp(a, "--timeout") == 0 && has_val) {
             uint64_t ms;
             if (parse_u64(argv[++i], UINT32_MAX, &ms) != 0 || ms == 0)
                 return usage_error(&fc, "bad --timeout %s", argv[i]);
             fc.cfg.timeout_ms = (uint32_t)ms;
         } else if (!has_val && (strcmp(a, "-h") == 0 || strcmp(a, "--host") == 0 || strcmp(a, "-p") == 0 ||
-                                strcmp(a, "--port") == 0 || strcmp(a, "--timeout") == 0)) {
+                                strcmp(a, "--port") == 0 || strcmp(a, "--timeout") == 0 ||
+                                strcmp(a, "--key") == 0 || strcmp(a, "--server-pub") == 0)) {
             return usage_error(&fc, "%s needs a value", a);
         } else if (strcmp(a, "--") == 0) {
             i++;
@@ -1506,6 +1516,19 @@ int main(int argc, char **argv)
     }
     if (raw && i < argc)
         return usage_error(&fc, "--raw reads frames from stdin and takes no command");
+    if (!key_file != !server_pub)
+        return usage_error(&fc, "--key and --server-pub go together");
+    if (key_file) {
+        char err[512];
+        int src = fw_client_secure_load(&sec, key_file, server_pub, err, sizeof err);
+        if (src != FW_OK)
+            return usage_error(&fc, "%s", src == FW_ERR_UNSUPPORTED ? "this fwcat has no secure sessions (built without libsodium)" : err);
+        if (raw)
+            return usage_error(&fc, "--raw sends frames as they are: not with --key");
+        fc.cfg.secure = &sec;
+        /* A sealed request is assembled whole in tx: room for the largest picture. */
+        fc.cfg.tx_buf_size = MAX_FILE + 64u * 1024u;
+    }
     int rc = fw_client_open(&fc.cfg, &fc.c);
     if (rc != FW_OK)
         return usage_error(&fc, "bad host or port");
@@ -1517,5 +1540,6 @@ int main(int argc, char **argv)
     else
         ec = run_stdin(&fc);
     fw_client_close(fc.c);
+    memset(&sec, 0, sizeof sec);
     return ec;
 }
