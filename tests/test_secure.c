@@ -5,7 +5,9 @@
  * server's connection layer and libfacewire drive it over a socket: each side only ever sees
  * the bytes the other produced. An attacker is simulated by changing those bytes. Every
  * failure is asserted with its exact error code, and that the failed session stays failed.
- * Key-file tests work in a fresh directory under $TMPDIR (or /tmp).
+ * Key-file tests work in a fresh directory under $TMPDIR (or /tmp). The end-to-end tests
+ * (t_e2e_*) run $FW_BIN/facewired and $FW_BIN/fwcat: raw sockets drive the handshake with
+ * fw_secure directly, so an attacker's bytes can be sent; fwcat covers libfacewire.
  */
 #include "check.h"
 
@@ -13,6 +15,7 @@
 #include <ftw.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -20,8 +23,10 @@
 
 #include <sodium.h>
 
+#include "client/facewire.h"
 #include "client/fw_secure.h"
 #include "server/keys.h"
+#include "tests/tu_server.h"
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -1308,6 +1313,418 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
+/* ---- end to end: facewired and fwcat -------------------------------------------------------- */
+
+/* Keys for a server and two devices in tmpdir, the authorized-keys file naming both devices. */
+typedef struct e2e {
+    tu_server *srv;
+    char dir[300], skey[330], spub[330], ak[330], data[330];
+    char dkey[2][400], dpub[2][400];
+    fw_secure_identity server, dev[2];
+} e2e;
+
+static int e2e_keys(e2e *e)
+{
+    char err[1024], prefix[360];
+    snprintf(e->dir, sizeof e->dir, "%s", tmpdir());
+    snprintf(e->skey, sizeof e->skey, "%s/e2e-srv.key", e->dir);
+    snprintf(e->spub, sizeof e->spub, "%s/e2e-srv.pub", e->dir);
+    snprintf(e->ak, sizeof e->ak, "%s/e2e-ak", e->dir);
+    snprintf(e->data, sizeof e->data, "%s/e2e-data", e->dir);
+    unlink(e->skey);
+    unlink(e->spub);
+    snprintf(prefix, sizeof prefix, "%s/e2e-srv", e->dir);
+    if (fw_keys_keygen(prefix, NULL, &e->server, err, sizeof err) != 0)
+        return -1;
+    char text[1024] = "# test fleet\n";
+    for (int i = 0; i < 2; i++) {
+        snprintf(prefix, sizeof prefix, "%s/e2e-dev%d", e->dir, i);
+        snprintf(e->dkey[i], sizeof e->dkey[i], "%s.key", prefix);
+        snprintf(e->dpub[i], sizeof e->dpub[i], "%s.pub", prefix);
+        unlink(e->dkey[i]);
+        unlink(e->dpub[i]);
+        if (fw_keys_keygen(prefix, NULL, &e->dev[i], err, sizeof err) != 0)
+            return -1;
+        char line[200];
+        fw_secure_format_key_line(FW_SECURE_PUB_TAG, e->dev[i].pk, "dev", line, sizeof line);
+        strncat(text, line, sizeof text - strlen(text) - 1);
+    }
+    return write_file(e->ak, text, 0644);
+}
+
+static int e2e_start(e2e *e, int require_secure)
+{
+    if (e2e_keys(e) != 0)
+        return -1;
+    const char *args[] = {"--server-key", e->skey, "--authorized-keys", e->ak, "--data", e->data,
+                          require_secure ? "--require-secure" : NULL, NULL};
+    e->srv = calloc(1, sizeof *e->srv);
+    if (!e->srv || tu_server_start(e->srv, args) != 0) {
+        free(e->srv);
+        e->srv = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int e2e_stop(e2e *e)
+{
+    if (!e->srv)
+        return -1;
+    int status = tu_server_stop(e->srv);
+    free(e->srv);
+    e->srv = NULL;
+    return status;
+}
+
+/* Read a response; 1 if it has op, id and status (and, for an error, exactly msg). */
+static int e2e_expect_plain(int fd, uint8_t op, uint32_t id, uint16_t status, const char *msg)
+{
+    fw_header h;
+    uint8_t *body = NULL;
+    char text[256] = "";
+    if (tu_read_frame(fd, &h, &body) != 1)
+        return 0;
+    int ok = (h.flags & FW_FLAG_RESPONSE) && h.opcode == op && h.request_id == id &&
+             h.status == status;
+    if (ok && msg)
+        ok = tu_error_message(body, h.body_len, text, sizeof text) == 0 && strcmp(text, msg) == 0;
+    if (!ok)
+        fprintf(stderr, "  got op=0x%02x id=%u status=%s msg=\"%s\"\n", h.opcode, h.request_id,
+                fw_status_name(h.status), text);
+    free(body);
+    return ok;
+}
+
+/* The whole handshake over fd as `me`; 0 when established. */
+static int e2e_handshake(int fd, fw_secure_session *s, const fw_secure_identity *me,
+                         const uint8_t server_pk[32])
+{
+    uint8_t hello[FW_SECURE_HELLO_LEN], auth[FW_SECURE_AUTH_FRAME_LEN], *body = NULL;
+    fw_header h = req_header(FW_OP_HELLO, 1);
+    h.body_len = sizeof hello;
+    fw_secure_session_init(s, 0);
+    if (fw_secure_client_hello(s, hello) != 0 || tu_send_frame(fd, &h, hello) != 0 ||
+        tu_read_frame(fd, &h, &body) != 1 || h.status != FW_STATUS_OK)
+        goto err;
+    fw_header ah = req_header(FW_OP_AUTH, 2);
+    int rc = fw_secure_client_on_hello_response(s, me, server_pk, body, h.body_len, &ah, auth);
+    free(body);
+    body = NULL;
+    if (rc != 0 || tu_send_all(fd, auth, sizeof auth) != 0)
+        goto err;
+    uint8_t hdr[FW_HEADER_LEN];
+    if (tu_read_frame(fd, &h, &body) != 1)
+        goto err;
+    fw_header_encode(&h, hdr);
+    rc = fw_secure_client_on_auth_response(s, hdr, body, h.body_len);
+    free(body);
+    return rc;
+err:
+    free(body);
+    return -1;
+}
+
+/* A sealed PING `msg` with id; 1 if its sealed echo comes back and opens to msg. */
+static int e2e_sealed_ping(int fd, fw_secure_session *s, uint32_t id, const char *msg)
+{
+    uint8_t f[256], hdr[FW_HEADER_LEN], plain[256], *body = NULL;
+    size_t n = seal_ping(s, id, msg, f, sizeof f), plen = 0;
+    fw_header h;
+    if (!n || tu_send_all(fd, f, n) != 0 || tu_read_frame(fd, &h, &body) != 1)
+        goto err;
+    fw_header_encode(&h, hdr);
+    int ok = (h.flags & FW_FLAG_SEALED) && h.request_id == id && h.status == FW_STATUS_OK &&
+             fw_secure_open(s, hdr, body, h.body_len, plain, sizeof plain, &plen) == 0 &&
+             plen == strlen(msg) && memcmp(plain, msg, plen) == 0;
+    free(body);
+    return ok;
+err:
+    free(body);
+    return 0;
+}
+
+static void t_e2e_handshake_require_secure(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 1), 0);
+    int fd = tu_connect_server(e.srv);
+    int ok1 = 0, ok2 = 0, ok3 = 0;
+    if (fd >= 0) {
+        /* before the handshake: UNAUTHORIZED, and the connection goes on */
+        fw_header h = req_header(FW_OP_PING, 7);
+        h.body_len = 2;
+        ok1 = tu_send_frame(fd, &h, "hi") == 0 &&
+              e2e_expect_plain(fd, FW_OP_PING, 7, FW_STATUS_UNAUTHORIZED, "secure session required");
+        fw_secure_session s;
+        ok2 = e2e_handshake(fd, &s, &e.dev[0], e.server.pk) == 0;
+        ok3 = ok2 && e2e_sealed_ping(fd, &s, 8, "sealed hello") &&
+              e2e_sealed_ping(fd, &s, 9, "and again");
+        close(fd);
+    }
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK(fd >= 0);
+    CHECK(ok1);
+    CHECK(ok2);
+    CHECK(ok3);
+}
+
+/* A flipped ciphertext byte, a replayed frame and a plaintext frame each close that
+ * connection; the server goes on serving the others. */
+static void t_e2e_tamper_closes(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 0), 0);
+    int results[4] = {0, 0, 0, 0};
+    for (int kind = 0; kind < 3; kind++) {
+        int fd = tu_connect_server(e.srv);
+        fw_secure_session s;
+        if (fd < 0 || e2e_handshake(fd, &s, &e.dev[0], e.server.pk) != 0) {
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        uint8_t f[128];
+        size_t n = seal_ping(&s, 5, "payload", f, sizeof f);
+        if (kind == 0) {        /* flipped ciphertext byte */
+            f[FW_HEADER_LEN + 2] ^= 0x10;
+            results[kind] = tu_send_all(fd, f, n) == 0 && tu_wait_closed(fd) == 1;
+        } else if (kind == 1) { /* the same frame twice */
+            /* Both may arrive in one read: the server closes at the replay, possibly before
+             * the first one's answer was flushed. At most that answer, then EOF. */
+            int sent = tu_send_all(fd, f, n) == 0 && tu_send_all(fd, f, n) == 0, answers = 0, r = -1;
+            fw_header h;
+            uint8_t *body = NULL;
+            while (sent && (r = tu_read_frame(fd, &h, &body)) == 1) {
+                answers += h.request_id == 5 ? 1 : 100;
+                free(body);
+                body = NULL;
+            }
+            results[kind] = sent && r == 0 && answers <= 1;
+        } else {                /* plaintext inside the session */
+            fw_header h = req_header(FW_OP_PING, 6);
+            results[kind] = tu_send_frame(fd, &h, NULL) == 0 && tu_wait_closed(fd) == 1;
+        }
+        close(fd);
+    }
+    /* still serving */
+    int fd = tu_connect_server(e.srv);
+    fw_secure_session s;
+    results[3] = fd >= 0 && e2e_handshake(fd, &s, &e.dev[1], e.server.pk) == 0 &&
+                 e2e_sealed_ping(fd, &s, 1, "still here");
+    if (fd >= 0)
+        close(fd);
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK_MSG(results[0], "flipped byte did not close the connection");
+    CHECK_MSG(results[1], "replayed frame did not close the connection");
+    CHECK_MSG(results[2], "plaintext frame in a session did not close the connection");
+    CHECK_MSG(results[3], "server did not go on");
+}
+
+static void t_e2e_bad_handshakes(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 0), 0);
+    int ok[3] = {0, 0, 0};
+    /* a truncated HELLO: BAD_REQUEST with the reason, then closed */
+    int fd = tu_connect_server(e.srv);
+    if (fd >= 0) {
+        fw_header h = req_header(FW_OP_HELLO, 3);
+        h.body_len = 10;
+        ok[0] = tu_send_frame(fd, &h, "0123456789") == 0 &&
+                e2e_expect_plain(fd, FW_OP_HELLO, 3, FW_STATUS_BAD_REQUEST,
+                                 "malformed handshake message") &&
+                tu_wait_closed(fd) == 1;
+        close(fd);
+    }
+    /* an unknown device: UNAUTHORIZED "unknown client key", then closed */
+    fd = tu_connect_server(e.srv);
+    if (fd >= 0) {
+        fw_secure_identity stranger;
+        fw_secure_identity_generate(&stranger, NULL);
+        fw_secure_session s;
+        ok[1] = e2e_handshake(fd, &s, &stranger, e.server.pk) == FW_SEC_E_REJECTED &&
+                tu_wait_closed(fd) == 1;
+        close(fd);
+    }
+    /* pinned to another server key: the client gives up before AUTH */
+    fd = tu_connect_server(e.srv);
+    if (fd >= 0) {
+        fw_secure_session s;
+        ok[2] = e2e_handshake(fd, &s, &e.dev[0], e.dev[1].pk) != 0 &&
+                fw_secure_state(&s) == FW_SEC_FAILED;
+        close(fd);
+    }
+    int log_ok = tu_server_wait_log(e.srv, "msg=\"handshake refused\"") &&
+                 tu_server_log_has(e.srv, "reason=\"unknown client key\"");
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK_MSG(ok[0], "truncated HELLO");
+    CHECK_MSG(ok[1], "unknown client key");
+    CHECK_MSG(ok[2], "wrong server key");
+    CHECK(log_ok);
+}
+
+/* SIGHUP after removing device 0: its session is closed, device 1's goes on. */
+static void t_e2e_sighup_revokes(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 1), 0);
+    int fa = tu_connect_server(e.srv), fb = tu_connect_server(e.srv);
+    fw_secure_session sa, sb;
+    int up = fa >= 0 && fb >= 0 && e2e_handshake(fa, &sa, &e.dev[0], e.server.pk) == 0 &&
+             e2e_handshake(fb, &sb, &e.dev[1], e.server.pk) == 0;
+    char line[200];
+    fw_secure_format_key_line(FW_SECURE_PUB_TAG, e.dev[1].pk, "dev1 only", line, sizeof line);
+    int reloaded = up && write_file(e.ak, line, 0644) == 0 && tu_server_kill(e.srv, SIGHUP) == 0 &&
+                   tu_server_wait_log(e.srv, "msg=\"authorized keys reloaded\"");
+    int a_closed = reloaded && tu_wait_closed(fa) == 1;
+    int b_alive = reloaded && e2e_sealed_ping(fb, &sb, 11, "still trusted");
+    int logged = tu_server_log_has(e.srv, "keys=1 sessions_closed=1");
+    /* and device 0 cannot come back */
+    int fc = tu_connect_server(e.srv);
+    fw_secure_session sc;
+    int refused = fc >= 0 && e2e_handshake(fc, &sc, &e.dev[0], e.server.pk) == FW_SEC_E_REJECTED;
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    if (fc >= 0)
+        close(fc);
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK(up);
+    CHECK(reloaded);
+    CHECK_MSG(a_closed, "revoked session still open");
+    CHECK_MSG(b_alive, "other session disturbed");
+    CHECK(logged);
+    CHECK(refused);
+}
+
+/* libfacewire through fwcat: --key / --server-pub, a wrong pin, an unknown device. */
+static void t_e2e_fwcat(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 1), 0);
+    char port[16], out[4096], out2[4096], out3[4096], out4[4096];
+    snprintf(port, sizeof port, "%d", e.srv->port);
+    const char *ok_args[] = {"-p", port, "--key", e.dkey[0], "--server-pub", e.spub, "ping",
+                             "sealed-echo", NULL};
+    int rc_ok = tu_run("fwcat", ok_args, out, sizeof out);
+    const char *pin_args[] = {"-p", port, "--key", e.dkey[0], "--server-pub", e.dpub[1], "ping",
+                              "x", NULL};
+    int rc_pin = tu_run("fwcat", pin_args, out2, sizeof out2);
+    /* a device key the server does not list: the server key doubles as one */
+    const char *unk_args[] = {"-p", port, "--key", e.skey, "--server-pub", e.spub, "ping", "x",
+                              NULL};
+    int rc_unk = tu_run("fwcat", unk_args, out3, sizeof out3);
+    const char *plain_args[] = {"-p", port, "ping", "x", NULL};
+    int rc_plain = tu_run("fwcat", plain_args, out4, sizeof out4);
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK_EQ_INT(rc_ok, 0);
+    CHECK_EQ_STR(out, "sealed-echo\n");
+    CHECK_EQ_INT(rc_pin, 2);
+    CHECK_EQ_STR(out2, "fwcat: secure handshake: server key mismatch: the server is not the pinned one\n");
+    CHECK_EQ_INT(rc_unk, 2);
+    CHECK_EQ_STR(out3, "fwcat: server refused this device's key: unknown client key\n");
+    CHECK_EQ_INT(rc_plain, 1);
+    CHECK_EQ_STR(out4, "fwcat: UNAUTHORIZED: secure session required\n");
+}
+
+/* A camera stream over a secure session, through libfacewire: frames go out sealed, events
+ * come back sealed, and ordinary calls go on on the same connection. */
+static void t_e2e_stream_sealed(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_keys(&e), 0);
+    const char *args[] = {"--server-key", e.skey, "--authorized-keys", e.ak, "--data", e.data,
+                          "--require-secure", "--enable-test-ops", NULL};
+    e.srv = calloc(1, sizeof *e.srv);
+    CHECK(e.srv != NULL);
+    if (tu_server_start(e.srv, args) != 0) {
+        free(e.srv);
+        CHECK_MSG(0, "server did not start");
+    }
+    fw_client_secure sec;
+    char err[512] = "", port[16], why[256] = "";
+    int loaded = fw_client_secure_load(&sec, e.dkey[0], e.spub, err, sizeof err);
+    snprintf(port, sizeof port, "%d", e.srv->port);
+    fw_client_config cfg;
+    fw_client_config_init(&cfg);
+    cfg.port = port;
+    cfg.secure = &sec;
+    fw_client *c = NULL;
+    int opened = loaded == FW_OK && fw_client_open(&cfg, &c) == FW_OK &&
+                 fw_client_connect(c) == FW_OK;
+    uint32_t sid = 0;
+    fw_stream_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.name = "door-1";
+    sc.mode = FW_STREAM_TEST;
+    fw_stream_event ev;
+    fw_stream_face faces[4];
+    fw_stream_stats st;
+    memset(&ev, 0, sizeof ev);
+    memset(&st, 0, sizeof st);
+    static const char frame[] = "test mode does not decode this";
+    int streamed = opened && fw_stream_open(c, &sc, &sid) == FW_OK &&
+                   fw_stream_push(c, sid, 1, 0, frame, sizeof frame) == FW_OK &&
+                   fw_stream_poll(c, 10000, &ev, faces, 4) == FW_OK &&
+                   fw_stream_close(c, sid, &st) == FW_OK;
+    const uint8_t *echo = NULL;
+    size_t elen = 0;
+    int pinged = streamed && fw_ping(c, "after", 5, &echo, &elen) == FW_OK && elen == 5 &&
+                 memcmp(echo, "after", 5) == 0;
+    if (c)
+        snprintf(why, sizeof why, "%s", fw_client_errmsg(c));
+    fw_client_close(c);
+    memset(&sec, 0, sizeof sec);
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK_MSG(opened, "secure connect: %s %s", err, why);
+    CHECK_MSG(streamed, "stream: %s", why);
+    CHECK_EQ_INT(ev.kind, FW_STREAM_EV_FACES);
+    CHECK_EQ_INT(ev.seq, 1);
+    CHECK_EQ_INT(st.received, 1);
+    CHECK_MSG(pinged, "ping after the stream: %s", why);
+}
+
+static void t_e2e_command_line(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_keys(&e), 0);
+    char out[4096], want[1024];
+    const char *open_args[] = {"--listen", "0.0.0.0:0", NULL};
+    CHECK_EQ_INT(tu_run("facewired", open_args, out, sizeof out), 2);
+    CHECK(strstr(out, "refusing to serve plaintext on 0.0.0.0:0: give --server-key and "
+                      "--authorized-keys, or --insecure-plaintext") != NULL);
+    const char *req_args[] = {"--require-secure", NULL};
+    CHECK_EQ_INT(tu_run("facewired", req_args, out, sizeof out), 2);
+    CHECK(strstr(out, "--require-secure needs --server-key") != NULL);
+    /* a server key readable by others: refused at start */
+    CHECK_EQ_INT(chmod(e.skey, 0644), 0);
+    const char *perm_args[] = {"--server-key", e.skey, "--authorized-keys", e.ak, NULL};
+    CHECK_EQ_INT(tu_run("facewired", perm_args, out, sizeof out), 1);
+    snprintf(want, sizeof want, "%s: permissions 0644 are too open", e.skey);
+    CHECK_MSG(strstr(out, want) != NULL, "%s", out);
+    /* keygen */
+    char prefix[400];
+    snprintf(prefix, sizeof prefix, "%s/e2e-kg", e.dir);
+    const char *kg[] = {"keygen", prefix, NULL};
+    CHECK_EQ_INT(tu_run("facewired", kg, out, sizeof out), 0);
+    CHECK_EQ_INT(tu_run("facewired", kg, out, sizeof out), 1);
+    CHECK(strstr(out, "exists; refusing to overwrite a key") != NULL);
+    char kp[420];
+    snprintf(kp, sizeof kp, "%s.key", prefix);
+    struct stat st;
+    CHECK_EQ_INT(stat(kp, &st), 0);
+    CHECK_EQ_INT(st.st_mode & 0777, 0600);
+}
+
 static void t_cleanup(void)
 {
     /* remove what the tests left: key files, and the servers' --data directories */
@@ -1348,6 +1765,13 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_loopback_rule),
     CHECK_TEST(t_record_seal_open),
     CHECK_TEST(t_key_check_value),
+    CHECK_TEST(t_e2e_handshake_require_secure),
+    CHECK_TEST(t_e2e_tamper_closes),
+    CHECK_TEST(t_e2e_bad_handshakes),
+    CHECK_TEST(t_e2e_sighup_revokes),
+    CHECK_TEST(t_e2e_fwcat),
+    CHECK_TEST(t_e2e_stream_sealed),
+    CHECK_TEST(t_e2e_command_line),
     CHECK_TEST(t_cleanup),
 };
 
