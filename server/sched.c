@@ -370,6 +370,23 @@ static void maybe_drained(fw_sched *s);
 static void maybe_stopped(fw_sched *s);
 static void dispatch(fw_sched *s);
 
+/* A running job's deadline passed: answer DEADLINE_EXCEEDED (its result, if any comes, is
+ * discarded). The breaker hears of it only if the job ran for at least half its budget: one
+ * that spent its budget queueing and then overran says the server is loaded, which admission
+ * control answers, not that the stage is broken. */
+static void expire_running(fw_sched *s, fw_job *j)
+{
+    s->stats[j->op_index].timed_out++;
+    uint64_t ran_ms = (uv_hrtime() / 1000 - j->t_started_us) / 1000;
+    if (ran_ms * 2 >= j->budget_ms)
+        breaker_record(s, j, 1);
+    else
+        breaker_forget(s, j);
+    char msg[96];
+    snprintf(msg, sizeof msg, "deadline exceeded while running (budget %u ms)", j->budget_ms);
+    job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, msg, 0, 0);
+}
+
 static void after_work_cb(uv_work_t *w, int status)
 {
     fw_job *j = (fw_job *)((char *)w - offsetof(fw_job, work));
@@ -393,6 +410,14 @@ static void after_work_cb(uv_work_t *w, int status)
     fw_hist_record(&st->run_us, ran_us);
     heap_remove(s, j);
 
+    /* The deadline timer only fires when the loop gets to it; a loop that was busy may see the
+     * worker's completion first. A result that arrives after the deadline is late whichever
+     * fired first, so it is answered as the timer would have: never an OK past the deadline. */
+    if (!j->answered && !s->stopping && j->deadline) {
+        uv_update_time(s->loop);
+        if (uv_now(s->loop) >= j->deadline)
+            expire_running(s, j);
+    }
     if (!j->answered && !s->stopping) {
         if (status != 0) {
             /* uv_cancel is never called on compute work; treat it as an internal error */
@@ -545,18 +570,7 @@ static void deadline_timer_cb(uv_timer_t *t)
             expire_waiting(s, j, "deadline exceeded while queued");
         } else {
             heap_remove(s, j);
-            s->stats[j->op_index].timed_out++;
-            /* The breaker hears of it only if the job ran for at least half its budget: one
-             * that spent its budget queueing and then overran says the server is loaded,
-             * which admission control answers, not that the stage is broken. */
-            uint64_t ran_ms = (uv_hrtime() / 1000 - j->t_started_us) / 1000;
-            if (ran_ms * 2 >= j->budget_ms)
-                breaker_record(s, j, 1);
-            else
-                breaker_forget(s, j);
-            char msg[96];
-            snprintf(msg, sizeof msg, "deadline exceeded while running (budget %u ms)", j->budget_ms);
-            job_answer(s, j, FW_STATUS_DEADLINE_EXCEEDED, NULL, 0, msg, 0, 0);
+            expire_running(s, j);
             /* the worker still owns its slot; after_work_cb frees the job */
         }
     }
