@@ -36,10 +36,13 @@
 #include <strings.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "engine/engine.h"
 #include "server/compute.h"
 #include "server/faceops.h"
 #include "server/galleryops.h"
+#include "server/keys.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/sched.h"
@@ -299,7 +302,8 @@ bad:
 /* Flags of ours that take a value, other than the integer ones in int_flags. */
 static const char *const value_flags[] = { "--deadline-ms", "--default-deadline-ms",
                                            "--queue-max-bytes", "--verify-threshold",
-                                           "--metrics-listen", "--stream-memory" };
+                                           "--metrics-listen", "--stream-memory",
+                                           "--gallery-key" };
 
 /* Messages leave out the flag's name: the caller prefixes it. A flag of ours given without
  * its value returns 1 with *takes_value set and nothing changed, so the caller reports the
@@ -388,6 +392,12 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         o->stream_memory = b;
         return 1;
     }
+    if (strcmp(flag, "--gallery-key") == 0) {
+        /* Loaded (and its permissions checked) when the gallery opens: the file is read once,
+         * and the key lives only as long as the start-up needs it outside the gallery. */
+        o->gallery_key = value;
+        return 1;
+    }
     if (strcmp(flag, "--verify-threshold") == 0) {
         char *end;
         float t = strtof(value, &end);
@@ -437,6 +447,9 @@ void fw_compute_usage(FILE *out)
         "                            the damaged records (reported in the log); without it such a\n"
         "                            gallery stops start-up. A torn tail is always cut.\n"
         "  --gallery-max-faces N     faces the gallery may hold (default 10000000)\n"
+        "  --gallery-key FILE        encrypt the gallery log and snapshots with this key (mode\n"
+        "                            0600, made by `facewired keygen --symmetric FILE`); a\n"
+        "                            gallery written under another key, or none, is refused\n"
         "  --stream-memory B         frame buffer bytes of all camera streams (default 67108864);\n"
         "                            a frame that would need more is dropped\n",
         out);
@@ -613,7 +626,19 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     go.log = cp->log;
     go.face = &cp->face_env;
     char gerr[256];
-    if (fw_galops_open(loop, &go, &cp->galops, gerr, sizeof gerr) != 0) {
+    uint8_t gkey[FW_SECURE_SYMKEY_LEN];
+    if (o->gallery_key) {
+        if (fw_keys_load_symmetric(o->gallery_key, gkey, gerr, sizeof gerr) != 0) {
+            snprintf(err, errlen, "--gallery-key: %s", gerr);
+            fw_compute_stop(cp);
+            return -1;
+        }
+        go.key = gkey;
+    }
+    /* the gallery keeps its own copy: wipe ours whatever happens */
+    int grc = fw_galops_open(loop, &go, &cp->galops, gerr, sizeof gerr);
+    sodium_memzero(gkey, sizeof gkey);
+    if (grc != 0) {
         snprintf(err, errlen, "cannot open the gallery: %s", gerr);
         fw_compute_stop(cp);
         return -1;

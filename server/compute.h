@@ -72,6 +72,7 @@ typedef struct fw_compute_options {
     int repair;                  /* --repair: open a gallery whose log is corrupt in the middle,
                                     dropping the damaged records */
     uint32_t gallery_max_faces;  /* --gallery-max-faces, 0 = the gallery's default (10,000,000) */
+    const char *gallery_key;     /* --gallery-key FILE: encrypt the gallery at rest; NULL = off */
     /* added for camera streams (server/streams.h) */
     uint64_t stream_memory;      /* --stream-memory: frame buffer bytes of all streams */
 } fw_compute_options;

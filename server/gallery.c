@@ -88,10 +88,13 @@ struct fw_gallery {
     uint64_t c_next_id;
     galmerge_result c_res;
     unsigned char key[16];         /* keys subject hashes; immutable after open */
+    uint8_t rest_key_buf[FW_SECURE_SYMKEY_LEN]; /* the --gallery-key; wiped at free */
+    const uint8_t *rest_key;       /* rest_key_buf, or NULL: plaintext files */
 
     /* writer-private (and fw_gallery_open's, before the writer exists) */
     uint64_t last_seq, next_id;
     uint64_t log_off, snap_bytes, compact_retry_at;
+    uint8_t log_id[GALOG_FILE_ID_LEN]; /* the live log's file id (encrypted galleries) */
     uint64_t old_bytes;            /* size of GALOG_LOG_OLD while it exists */
     int old_segment;               /* GALOG_LOG_OLD exists: a compaction is due or running */
     int compaction_off;            /* a rotation could not be undone: none until restart */
@@ -256,8 +259,8 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
             snprintf(err, errlen, "read " GALOG_SNAP_NAME ": %s", strerror(errno));
             goto err;
         }
-        if (galog_load_snapshot(map ? map : (const uint8_t *)"", len, g->opt.repair, replay_cb,
-                                g, &si, err, errlen) != 0)
+        if (galog_load_snapshot(map ? map : (const uint8_t *)"", len, g->rest_key,
+                                g->opt.repair, replay_cb, g, &si, err, errlen) != 0)
             goto err;
         if (si.damaged) {
             glog(g, GALOG_SNAP_NAME ": damaged, kept %llu of %llu faces (--repair)",
@@ -289,8 +292,8 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
             snprintf(err, errlen, "read " GALOG_LOG_OLD ": %s", strerror(errno));
             goto err;
         }
-        if (galog_scan_log(map ? map : (const uint8_t *)"", len, after_seq, g->opt.repair,
-                           replay_cb, g, &sc, err, errlen) != 0) {
+        if (galog_scan_log(map ? map : (const uint8_t *)"", len, g->rest_key, after_seq,
+                           g->opt.repair, replay_cb, g, &sc, err, errlen) != 0) {
             /* Name the file: galog's messages speak of the live log. */
             char inner[256];
             snprintf(inner, sizeof inner, "%s", err);
@@ -328,8 +331,8 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
             snprintf(err, errlen, "read " GALOG_LOG_NAME ": %s", strerror(errno));
             goto err;
         }
-        if (galog_scan_log(map ? map : (const uint8_t *)"", len, after_seq, g->opt.repair,
-                           replay_cb, g, &sc, err, errlen) != 0)
+        if (galog_scan_log(map ? map : (const uint8_t *)"", len, g->rest_key, after_seq,
+                           g->opt.repair, replay_cb, g, &sc, err, errlen) != 0)
             goto err;
         if (map)
             munmap((void *)map, len);
@@ -339,7 +342,7 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         rep->repaired_records += sc.dropped_runs;
         if (sc.last_seq > g->last_seq)
             g->last_seq = sc.last_seq;
-        if (sc.end < GALOG_LOG_HDR || sc.last_seq < after_seq) {
+        if (sc.end < galog_log_hdr_size(g->rest_key) || sc.last_seq < after_seq) {
             /* Repair threw the whole log away, or it ends before the snapshot (which covers
              * all of it): start a fresh one, so new records continue the snapshot's seqs. */
             close(fd);
@@ -358,6 +361,7 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
             }
             g->logfd = fd;
             g->log_off = sc.end;
+            memcpy(g->log_id, sc.file_id, sizeof g->log_id);
             fd = -1;
         }
         if (sc.dropped_bytes) {
@@ -372,10 +376,11 @@ static int load_dir(fw_gallery *g, fw_gallery_report *rep, char *err, size_t err
         }
     }
     if (g->logfd < 0) {
-        g->logfd = galog_log_create(g->dirfd, g->opt.io, g->last_seq, err, errlen);
+        g->logfd = galog_log_create_key(g->dirfd, g->opt.io, g->rest_key, g->last_seq,
+                                        g->log_id, err, errlen);
         if (g->logfd < 0)
             return -1;
-        g->log_off = GALOG_LOG_HDR;
+        g->log_off = galog_log_hdr_size(g->rest_key);
     }
     /* After a repair, rewrite the state cleanly so the damage is not met again next start. */
     if (need_compact && compact(g, err, errlen) != 0)
@@ -413,7 +418,8 @@ static int compact(fw_gallery *g, char *err, size_t errlen)
     galog_snap_writer w;
     snap_ctx c = { &w, err, errlen };
     uint64_t bytes = 0;
-    if (galog_snap_begin(&w, g->dirfd, g->opt.io, g->last_seq, g->next_id, err, errlen) != 0 ||
+    if (galog_snap_begin(&w, g->dirfd, g->opt.io, g->rest_key, g->last_seq, g->next_id, err,
+                         errlen) != 0 ||
         galidx_visit(g->ix, snap_visit, &c) != 0 ||
         galog_snap_commit(&w, &bytes, err, errlen) != 0) {
         galog_snap_abort(&w);
@@ -422,12 +428,15 @@ static int compact(fw_gallery *g, char *err, size_t errlen)
     g->snap_bytes = bytes;
     /* The snapshot now covers every record: the old log is redundant (replay skips seq <=
      * the snapshot's), so a failure below loses nothing; we just keep appending to it. */
-    int fd = galog_log_create(g->dirfd, g->opt.io, g->last_seq, err, errlen);
+    uint8_t id[GALOG_FILE_ID_LEN];
+    int fd = galog_log_create_key(g->dirfd, g->opt.io, g->rest_key, g->last_seq, id, err,
+                                  errlen);
     if (fd < 0)
         return -1;
     close(g->logfd);
     g->logfd = fd;
-    g->log_off = GALOG_LOG_HDR;
+    g->log_off = galog_log_hdr_size(g->rest_key);
+    memcpy(g->log_id, id, sizeof id);
     if (unlinkat(g->dirfd, GALOG_LOG_OLD, 0) == 0)
         fsync(g->dirfd);
     g->old_segment = 0;
@@ -446,10 +455,12 @@ static int rotate(fw_gallery *g)
         return -1;
     }
     int fd = -1;
+    uint8_t id[GALOG_FILE_ID_LEN];
     if (fsync(g->dirfd) != 0)
         snprintf(err, sizeof err, "sync directory: %s", strerror(errno));
     else
-        fd = galog_log_create(g->dirfd, g->opt.io, g->last_seq, err, sizeof err);
+        fd = galog_log_create_key(g->dirfd, g->opt.io, g->rest_key, g->last_seq, id, err,
+                                  sizeof err);
     if (fd < 0) {
         /* Put the live log back under its name. If even that fails we go on appending to it
          * under the old-segment name (the next start reads it first, then creates a log), but
@@ -467,7 +478,8 @@ static int rotate(fw_gallery *g)
     close(g->logfd);
     g->logfd = fd;
     g->old_bytes = g->log_off;
-    g->log_off = GALOG_LOG_HDR;
+    g->log_off = galog_log_hdr_size(g->rest_key);
+    memcpy(g->log_id, id, sizeof id);
     g->old_segment = 1;
     return 0;
 }
@@ -538,7 +550,8 @@ static void *compactor_main(void *arg)
         galmerge_result res;
         char err[256];
         uint64_t t0 = uv_hrtime();
-        int rc = galmerge_run(g->dirfd, g->opt.io, g->key, next_id, &res, err, sizeof err);
+        int rc = galmerge_run(g->dirfd, g->opt.io, g->key, g->rest_key, next_id, &res, err,
+                              sizeof err);
         if (rc == 0) {
             atomic_fetch_add(&g->a_compactions, 1);
             glog(g, "compacted in the background: snapshot of %llu faces up to seq %llu, %llu "
@@ -669,7 +682,7 @@ static int batch_write(fw_gallery *g, greq **b, int n, char *msg, size_t msglen)
         rec.meta = r->meta;
         rec.meta_len = r->meta_len;
         memcpy(rec.desc, r->desc, sizeof rec.desc);
-        len += galog_encode(&rec, g->wbuf + len);
+        len += galog_encode_key(g->rest_key, g->log_id, &rec, g->wbuf + len);
     }
     if (!len)
         return 0;
@@ -1051,6 +1064,7 @@ static void gallery_free(fw_gallery *g)
     if (g->dirfd >= 0)
         close(g->dirfd);
     galidx_free(g->ix);
+    sodium_memzero(g->rest_key_buf, sizeof g->rest_key_buf);
     pthread_rwlock_destroy(&g->lock);
     pthread_mutex_destroy(&g->qmu);
     pthread_cond_destroy(&g->qcv);
@@ -1094,6 +1108,11 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
     if (g->opt.batch_max > 65536)
         g->opt.batch_max = 65536;
     g->opt.data_dir = NULL; /* g->dir owns the copy */
+    g->opt.key = NULL;      /* rest_key_buf holds the copy */
+    if (opt && opt->key && opt->data_dir) {
+        memcpy(g->rest_key_buf, opt->key, sizeof g->rest_key_buf);
+        g->rest_key = g->rest_key_buf;
+    }
     g->next_id = 1;
     pthread_rwlockattr_init(&ra);
     /* Without this glibc prefers readers, and back-to-back searches would starve the writer. */
@@ -1107,7 +1126,7 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
     pthread_cond_init(&g->ccv, NULL);
     randombytes_buf(g->key, sizeof g->key);
     g->ix = galidx_new(g->key, g->opt.max_faces);
-    g->wbuf = malloc((size_t)g->opt.batch_max * GALOG_REC_MAX);
+    g->wbuf = malloc((size_t)g->opt.batch_max * GALOG_SREC_MAX);
     g->batch = malloc((size_t)g->opt.batch_max * sizeof *g->batch);
     if (opt && opt->data_dir)
         g->dir = strdup(opt->data_dir);

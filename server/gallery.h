@@ -54,6 +54,10 @@ typedef struct fw_gallery_io {
 
 typedef struct fw_gallery_options {
     const char *data_dir;     /* NULL: memory only (nothing survives close) */
+    /* --gallery-key: 32 bytes, copied at open (the caller may wipe its copy then); the log and
+     * snapshots are written encrypted and must have been written under this key. NULL: the
+     * plaintext format, and an encrypted gallery is refused. Ignored without data_dir. */
+    const uint8_t *key;
     int repair;               /* --repair: drop corrupt records in the middle of the log */
     uint32_t max_faces;       /* enroll beyond this -> INTERNAL "gallery full"; 0 = 10,000,000 */
     uint32_t queue_max;       /* enroll/delete requests waiting for the writer; 0 = 4096 */

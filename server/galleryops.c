@@ -625,6 +625,7 @@ int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out,
     go.data_dir = o->data_dir;
     go.repair = o->repair;
     go.max_faces = o->max_faces;
+    go.key = o->key;
     go.log = gallery_log_cb;
     go.log_arg = (void *)o->log;
     if (fw_gallery_open(&go, &gx->g, &rep, err, errlen) != 0) {

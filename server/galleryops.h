@@ -55,6 +55,7 @@ typedef struct fw_galops_options {
     const char *data_dir;     /* --data; NULL: memory only */
     int repair;               /* --repair */
     uint32_t max_faces;       /* --gallery-max-faces, 0 = the gallery's default */
+    const uint8_t *key;       /* --gallery-key, 32 bytes, NULL = plaintext (fw_gallery_options) */
     const fw_log *log;        /* not owned; must outlive the fw_galops (gallery threads use it) */
     const fw_face_env *face;  /* not owned; must outlive the fw_galops */
 } fw_galops_options;

@@ -236,7 +236,8 @@ static void unmap(mapped *m)
 }
 
 int galmerge_run(int dirfd, const fw_gallery_io *io, const unsigned char key[16],
-                 uint64_t next_face_id, galmerge_result *res, char *err, size_t errlen)
+                 const uint8_t *rest_key, uint64_t next_face_id, galmerge_result *res,
+                 char *err, size_t errlen)
 {
     mapped snap, seg;
     merge m;
@@ -253,15 +254,15 @@ int galmerge_run(int dirfd, const fw_gallery_io *io, const unsigned char key[16]
         return -1;
     if (map_named(dirfd, GALOG_LOG_OLD, 0, &seg, err, errlen) != 0)
         goto out;
-    if (snap.present && galog_snap_peek(snap.p ? snap.p : (const uint8_t *)"", snap.len,
+    if (snap.present && galog_snap_peek(snap.p ? snap.p : (const uint8_t *)"", snap.len, rest_key,
                                         &snap_seq) != 0) {
         snprintf(err, errlen, "compaction: " GALOG_SNAP_NAME ": bad header");
         goto out;
     }
     /* 1: what the segment deletes. The segment was synced before it was closed: any damage
      * (even a "torn tail") means the disk changed it, and we do not build on it. */
-    if (galog_scan_log(seg.p ? seg.p : (const uint8_t *)"", seg.len, snap_seq, 0, collect_cb, &m,
-                       &sc, err, errlen) != 0)
+    if (galog_scan_log(seg.p ? seg.p : (const uint8_t *)"", seg.len, rest_key, snap_seq, 0,
+                       collect_cb, &m, &sc, err, errlen) != 0)
         goto out;
     if (sc.truncated) {
         snprintf(err, errlen, "compaction: " GALOG_LOG_OLD ": damaged tail at offset %llu",
@@ -270,14 +271,15 @@ int galmerge_run(int dirfd, const fw_gallery_io *io, const unsigned char key[16]
     }
     res->last_seq = sc.last_seq > snap_seq ? sc.last_seq : snap_seq;
     began = 1; /* abort is safe after any begin, even a failed one */
-    if (galog_snap_begin(&m.w, dirfd, io, res->last_seq, next_face_id, err, errlen) != 0)
+    if (galog_snap_begin(&m.w, dirfd, io, rest_key, res->last_seq, next_face_id, err,
+                         errlen) != 0)
         goto out;
     /* 2 and 3 */
-    if (snap.present && galog_load_snapshot(snap.p ? snap.p : (const uint8_t *)"", snap.len, 0,
-                                            keep_snapshot_cb, &m, &si, err, errlen) != 0)
+    if (snap.present && galog_load_snapshot(snap.p ? snap.p : (const uint8_t *)"", snap.len, rest_key,
+                                            0, keep_snapshot_cb, &m, &si, err, errlen) != 0)
         goto out;
-    if (galog_scan_log(seg.p ? seg.p : (const uint8_t *)"", seg.len, snap_seq, 0, keep_log_cb, &m,
-                       &sc, err, errlen) != 0)
+    if (galog_scan_log(seg.p ? seg.p : (const uint8_t *)"", seg.len, rest_key, snap_seq, 0,
+                       keep_log_cb, &m, &sc, err, errlen) != 0)
         goto out;
     res->faces = m.w.faces;
     if (galog_snap_commit(&m.w, &res->snap_bytes, err, errlen) != 0)

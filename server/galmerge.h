@@ -21,10 +21,12 @@ typedef struct galmerge_result {
 } galmerge_result;
 
 /* Merge, install the new snapshot (temp file, sync, rename, sync dir), then unlink the segment.
- * key: 16 random bytes keying the subject hash. next_face_id goes into the snapshot header.
+ * key: 16 random bytes keying the subject hash. rest_key: the --gallery-key (32 bytes, not
+ * owned) the files are encrypted with, or NULL. next_face_id goes into the snapshot header.
  * On failure the segment stays where it is (the next attempt, or the next start, finishes the
  * job) and nothing else changed. 0, or -1 with err. */
 int galmerge_run(int dirfd, const fw_gallery_io *io, const unsigned char key[16],
-                 uint64_t next_face_id, galmerge_result *res, char *err, size_t errlen);
+                 const uint8_t *rest_key, uint64_t next_face_id, galmerge_result *res,
+                 char *err, size_t errlen);
 
 #endif

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "server/galidx.h"
 #include "server/galog.h"
 
@@ -228,14 +230,104 @@ int galog_decode(const uint8_t *p, size_t avail, galog_rec *r, size_t *used)
     return 0;
 }
 
+/* ---- sealed records (--gallery-key) ----------------------------------------------------- */
+
+/* Associated data: file_id || len || seq, the record's place. */
+static void rec_ad(uint8_t ad[GALOG_FILE_ID_LEN + 12], const uint8_t *file_id,
+                   const uint8_t *len_seq)
+{
+    memcpy(ad, file_id, GALOG_FILE_ID_LEN);
+    memcpy(ad + GALOG_FILE_ID_LEN, len_seq, 12);
+}
+
+size_t galog_encode_key(const uint8_t *key, const uint8_t *file_id, const galog_rec *r,
+                        uint8_t *buf)
+{
+    if (!key)
+        return galog_encode(r, buf);
+    /* Encode in plaintext, then seal type || payload: one encoder for both formats. */
+    uint8_t pt[GALOG_REC_MAX], ad[GALOG_FILE_ID_LEN + 12];
+    size_t n = galog_encode(r, pt);
+    size_t ptlen = n - GALOG_REC_OVERHEAD + 1, out = 0;
+    pt[12] = pt[4]; /* type, just before the payload at 13 */
+    uint32_t len = (uint32_t)(8 + ptlen + FW_REC_OVERHEAD);
+    put32(buf, len);
+    put64(buf + 4, r->seq);
+    rec_ad(ad, file_id, buf);
+    /* cannot fail: the room is exactly what is needed */
+    (void)fw_keys_record_seal(key, ad, sizeof ad, pt + 12, ptlen, buf + 12, len - 8, &out);
+    sodium_memzero(pt, sizeof pt);
+    return 4 + (size_t)len;
+}
+
+int galog_decode_key(const uint8_t *key, const uint8_t *file_id, const uint8_t *p, size_t avail,
+                     galog_rec *r, size_t *used, uint8_t *scratch)
+{
+    if (!key)
+        return galog_decode(p, avail, r, used);
+    if (avail < 12)
+        return -1;
+    uint32_t len = get32(p);
+    if (len < 8 + FW_REC_OVERHEAD + 1 || len > GALOG_SREC_MAX - 4 || avail - 4 < len)
+        return -1;
+    uint8_t ad[GALOG_FILE_ID_LEN + 12];
+    size_t ptlen = 0, u;
+    rec_ad(ad, file_id, p);
+    /* Open type || payload at scratch + 12, then rebuild the plaintext record around it
+     * (len | type | seq | payload | crc) so galog_decode validates every field as always. */
+    if (fw_keys_record_open(key, ad, sizeof ad, p + 12, len - 8, scratch + 12,
+                            GALOG_REC_MAX - 16, &ptlen) != 0 || ptlen < 1)
+        return -1;
+    scratch[4] = scratch[12];
+    memcpy(scratch + 5, p + 4, 8);
+    put32(scratch, (uint32_t)(ptlen + 8));
+    put32(scratch + 4 + ptlen + 8, galog_crc32c(0, scratch, 4 + ptlen + 8));
+    if (galog_decode(scratch, 4 + ptlen + 8 + 4, r, &u) != 0)
+        return -1;
+    *used = 4 + (size_t)len;
+    return 0;
+}
+
+size_t galog_log_hdr_size(const uint8_t *key) { return key ? GALOG_ELOG_HDR : GALOG_LOG_HDR; }
+
+/* Does the key fit the header at buf (magic already matched the key's format)? */
+static int kcv_ok(const uint8_t *key, const uint8_t *file_id, const uint8_t *kcv)
+{
+    uint8_t want[FW_REC_KCV_LEN];
+    fw_keys_key_check(key, file_id, GALOG_FILE_ID_LEN, want);
+    return sodium_memcmp(want, kcv, FW_REC_KCV_LEN) == 0;
+}
+
+/* The key-versus-format checks shared by log and snapshot: 0 if they fit, else -1 with
+ * "NAME: reason". Only the magic is looked at here; the rest of the header is checked as
+ * before (a torn or corrupt header stays a --repair matter). */
+static int mode_check(const uint8_t *buf, size_t len, const char *name, const char *plain_magic,
+                      const char *enc_magic, const uint8_t *key, char *err, size_t errlen)
+{
+    if (len >= 8 && !key && memcmp(buf, enc_magic, 8) == 0) {
+        snprintf(err, errlen, "%s: " GALOG_ERR_NEED_KEY, name);
+        return -1;
+    }
+    if (len >= 8 && key && memcmp(buf, plain_magic, 8) == 0) {
+        snprintf(err, errlen, "%s: " GALOG_ERR_NOT_ENCRYPTED, name);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- reading ---------------------------------------------------------------------------- */
 
-int galog_scan_log(const uint8_t *buf, size_t len, uint64_t after_seq, int repair,
-                   galog_rec_fn fn, void *arg, galog_scan *res, char *err, size_t errlen)
+int galog_scan_log(const uint8_t *buf, size_t len, const uint8_t *key, uint64_t after_seq,
+                   int repair, galog_rec_fn fn, void *arg, galog_scan *res, char *err,
+                   size_t errlen)
 {
+    uint8_t scratch[GALOG_REC_MAX];
+    size_t hdr = galog_log_hdr_size(key);
     memset(res, 0, sizeof *res);
-    if (len < GALOG_LOG_HDR || memcmp(buf, "FWGLOG01", 8) != 0 ||
-        galog_crc32c(0, buf, 20) != get32(buf + 20)) {
+    if (mode_check(buf, len, GALOG_LOG_NAME, "FWGLOG01", "FWGLOGE1", key, err, errlen) != 0)
+        return -1;
+    if (len < hdr || memcmp(buf, key ? "FWGLOGE1" : "FWGLOG01", 8) != 0 ||
+        galog_crc32c(0, buf, hdr - 4) != get32(buf + hdr - 4)) {
         /* The header is written to a temp file and renamed in after a sync, so a bad one is
          * damage, not a crash artefact. */
         if (!repair) {
@@ -248,6 +340,13 @@ int galog_scan_log(const uint8_t *buf, size_t len, uint64_t after_seq, int repai
         res->dropped_runs = 1;
         return 0; /* end = 0: the caller writes a fresh log */
     }
+    if (key) {
+        memcpy(res->file_id, buf + 16, GALOG_FILE_ID_LEN);
+        if (!kcv_ok(key, res->file_id, buf + 16 + GALOG_FILE_ID_LEN)) {
+            snprintf(err, errlen, GALOG_LOG_NAME ": " GALOG_ERR_WRONG_KEY);
+            return -1;
+        }
+    }
     res->start_seq = get64(buf + 8);
     if (res->start_seq > after_seq && !repair) {
         snprintf(err, errlen, GALOG_LOG_NAME ": starts after seq %llu but the records before it "
@@ -256,12 +355,13 @@ int galog_scan_log(const uint8_t *buf, size_t len, uint64_t after_seq, int repai
         return -1;
     }
     uint64_t expected = res->start_seq + 1;
-    size_t off = GALOG_LOG_HDR;
+    size_t off = hdr;
     res->last_seq = res->start_seq;
     while (off < len) {
         galog_rec r;
         size_t used;
-        if (galog_decode(buf + off, len - off, &r, &used) == 0 && r.seq == expected) {
+        if (galog_decode_key(key, res->file_id, buf + off, len - off, &r, &used, scratch) == 0 &&
+            r.seq == expected) {
             if (r.seq > after_seq) {
                 if (fn(arg, &r, err, errlen))
                     return -1;
@@ -277,7 +377,8 @@ int galog_scan_log(const uint8_t *buf, size_t len, uint64_t after_seq, int repai
         size_t y;
         galog_rec ry;
         for (y = off + 1; y < len; y++)
-            if (galog_decode(buf + y, len - y, &ry, &used) == 0 && ry.seq >= expected)
+            if (galog_decode_key(key, res->file_id, buf + y, len - y, &ry, &used, scratch) == 0 &&
+                ry.seq >= expected)
                 break;
         if (y >= len) {
             res->truncated = len - off;
@@ -299,12 +400,18 @@ int galog_scan_log(const uint8_t *buf, size_t len, uint64_t after_seq, int repai
     return 0;
 }
 
-int galog_load_snapshot(const uint8_t *buf, size_t len, int repair, galog_rec_fn fn, void *arg,
-                        galog_snap_info *info, char *err, size_t errlen)
+int galog_load_snapshot(const uint8_t *buf, size_t len, const uint8_t *key, int repair,
+                        galog_rec_fn fn, void *arg, galog_snap_info *info, char *err,
+                        size_t errlen)
 {
+    uint8_t scratch[GALOG_REC_MAX];
+    const uint8_t *fid = NULL; /* encrypted: the header's file id, once it is checked */
+    size_t hdr = key ? GALOG_ESNAP_HDR : GALOG_SNAP_HDR;
     memset(info, 0, sizeof *info);
-    if (len < GALOG_SNAP_HDR || memcmp(buf, "FWGSNP01", 8) != 0 ||
-        galog_crc32c(0, buf, 36) != get32(buf + 36)) {
+    if (mode_check(buf, len, GALOG_SNAP_NAME, "FWGSNP01", "FWGSNPE1", key, err, errlen) != 0)
+        return -1;
+    if (len < hdr || memcmp(buf, key ? "FWGSNPE1" : "FWGSNP01", 8) != 0 ||
+        galog_crc32c(0, buf, hdr - 4) != get32(buf + hdr - 4)) {
         if (!repair) {
             snprintf(err, errlen, GALOG_SNAP_NAME ": bad header; start with --repair to "
                      "discard the snapshot");
@@ -313,14 +420,23 @@ int galog_load_snapshot(const uint8_t *buf, size_t len, int repair, galog_rec_fn
         info->damaged = 1;
         return 0;
     }
+    if (key)
+        fid = buf + 32;
+    if (key && !kcv_ok(key, fid, buf + 32 + GALOG_FILE_ID_LEN)) {
+        snprintf(err, errlen, GALOG_SNAP_NAME ": " GALOG_ERR_WRONG_KEY);
+        return -1;
+    }
     info->last_seq = get64(buf + 8);
     info->next_face_id = get64(buf + 16);
     info->faces = get64(buf + 24);
-    size_t off = GALOG_SNAP_HDR;
+    size_t off = hdr;
     for (uint64_t i = 0; i < info->faces; i++) {
         galog_rec r;
         size_t used;
-        if (galog_decode(buf + off, len - off, &r, &used) != 0 || r.type != GALOG_ENROLL) {
+        /* Encrypted snapshots number their records 1, 2, ...: none can be dropped, repeated
+         * or reordered without a tag or sequence failure. */
+        if (galog_decode_key(key, fid, buf + off, len - off, &r, &used, scratch) != 0 ||
+            r.type != GALOG_ENROLL || (key && r.seq != i + 1)) {
             if (!repair) {
                 snprintf(err, errlen, GALOG_SNAP_NAME ": damaged record at offset %zu (face %llu "
                          "of %llu); start with --repair to keep the faces before it", off,
@@ -335,8 +451,21 @@ int galog_load_snapshot(const uint8_t *buf, size_t len, int repair, galog_rec_fn
         info->loaded++;
         off += used;
     }
-    if (len - off != GALOG_SNAP_TRAILER || memcmp(buf + off, "FWGSEND1", 8) != 0 ||
-        get64(buf + off + 8) != info->faces || galog_crc32c(0, buf + off, 16) != get32(buf + off + 16)) {
+    int trailer_ok;
+    if (key) {
+        /* The trailer is the sealed first 32 header bytes: the count and seqs are authentic. */
+        uint8_t t[32];
+        size_t tl = 0;
+        trailer_ok = len - off == GALOG_ESNAP_TRAILER &&
+                     fw_keys_record_open(key, fid, GALOG_FILE_ID_LEN, buf + off,
+                                         GALOG_ESNAP_TRAILER, t, sizeof t, &tl) == 0 &&
+                     tl == 32 && memcmp(t, buf, 32) == 0;
+    } else {
+        trailer_ok = len - off == GALOG_SNAP_TRAILER && memcmp(buf + off, "FWGSEND1", 8) == 0 &&
+                     get64(buf + off + 8) == info->faces &&
+                     galog_crc32c(0, buf + off, 16) == get32(buf + off + 16);
+    }
+    if (!trailer_ok) {
         if (!repair) {
             snprintf(err, errlen, GALOG_SNAP_NAME ": bad trailer at offset %zu", off);
             return -1;
@@ -346,10 +475,12 @@ int galog_load_snapshot(const uint8_t *buf, size_t len, int repair, galog_rec_fn
     return 0;
 }
 
-int galog_snap_peek(const uint8_t *buf, size_t len, uint64_t *last_seq)
+int galog_snap_peek(const uint8_t *buf, size_t len, const uint8_t *key, uint64_t *last_seq)
 {
-    if (len < GALOG_SNAP_HDR || memcmp(buf, "FWGSNP01", 8) != 0 ||
-        galog_crc32c(0, buf, 36) != get32(buf + 36))
+    size_t hdr = key ? GALOG_ESNAP_HDR : GALOG_SNAP_HDR;
+    if (len < hdr || memcmp(buf, key ? "FWGSNPE1" : "FWGSNP01", 8) != 0 ||
+        galog_crc32c(0, buf, hdr - 4) != get32(buf + hdr - 4) ||
+        (key && !kcv_ok(key, buf + 32, buf + 32 + GALOG_FILE_ID_LEN)))
         return -1;
     *last_seq = get64(buf + 8);
     return 0;
@@ -387,17 +518,31 @@ int galog_datasync(const fw_gallery_io *io, int fd)
 int galog_log_create(int dirfd, const fw_gallery_io *io, uint64_t start_seq, char *err,
                      size_t errlen)
 {
-    uint8_t h[GALOG_LOG_HDR];
-    memcpy(h, "FWGLOG01", 8);
-    put64(h + 8, start_seq);
-    put32(h + 16, 0);
-    put32(h + 20, galog_crc32c(0, h, 20));
+    return galog_log_create_key(dirfd, io, NULL, start_seq, NULL, err, errlen);
+}
+
+int galog_log_create_key(int dirfd, const fw_gallery_io *io, const uint8_t *key,
+                         uint64_t start_seq, uint8_t *file_id, char *err, size_t errlen)
+{
+    uint8_t h[GALOG_ELOG_HDR];
+    size_t hl = galog_log_hdr_size(key);
+    if (key) {
+        memcpy(h, "FWGLOGE1", 8);
+        put64(h + 8, start_seq);
+        randombytes_buf(h + 16, GALOG_FILE_ID_LEN);
+        fw_keys_key_check(key, h + 16, GALOG_FILE_ID_LEN, h + 16 + GALOG_FILE_ID_LEN);
+    } else {
+        memcpy(h, "FWGLOG01", 8);
+        put64(h + 8, start_seq);
+        put32(h + 16, 0);
+    }
+    put32(h + hl - 4, galog_crc32c(0, h, hl - 4));
     int fd = openat(dirfd, GALOG_LOG_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "create " GALOG_LOG_TMP ": %s", strerror(errno));
         return -1;
     }
-    if (galog_write_all(io, fd, h, sizeof h, 0) != 0 || galog_datasync(io, fd) != 0) {
+    if (galog_write_all(io, fd, h, hl, 0) != 0 || galog_datasync(io, fd) != 0) {
         snprintf(err, errlen, "write " GALOG_LOG_TMP ": %s", strerror(errno));
         goto err;
     }
@@ -405,6 +550,8 @@ int galog_log_create(int dirfd, const fw_gallery_io *io, uint64_t start_seq, cha
         snprintf(err, errlen, "install " GALOG_LOG_NAME ": %s", strerror(errno));
         goto err;
     }
+    if (key)
+        memcpy(file_id, h + 16, GALOG_FILE_ID_LEN);
     return fd;
 err:
     close(fd);
@@ -427,22 +574,35 @@ static int snap_flush(galog_snap_writer *w, char *err, size_t errlen)
     return 0;
 }
 
-static void snap_header(uint8_t *h, uint64_t last_seq, uint64_t next_face_id, uint64_t faces)
+/* Writes the header for w's format into h (GALOG_ESNAP_HDR bytes of room); returns its size. */
+static size_t snap_header(const galog_snap_writer *w, uint8_t *h, uint64_t faces)
 {
-    memcpy(h, "FWGSNP01", 8);
-    put64(h + 8, last_seq);
-    put64(h + 16, next_face_id);
+    memcpy(h, w->key ? "FWGSNPE1" : "FWGSNP01", 8);
+    put64(h + 8, w->last_seq);
+    put64(h + 16, w->next_face_id);
     put64(h + 24, faces);
-    put32(h + 32, 0);
-    put32(h + 36, galog_crc32c(0, h, 36));
+    if (!w->key) {
+        put32(h + 32, 0);
+        put32(h + 36, galog_crc32c(0, h, 36));
+        return GALOG_SNAP_HDR;
+    }
+    memcpy(h + 32, w->file_id, GALOG_FILE_ID_LEN);
+    fw_keys_key_check(w->key, w->file_id, GALOG_FILE_ID_LEN, h + 32 + GALOG_FILE_ID_LEN);
+    put32(h + GALOG_ESNAP_HDR - 8, 0);
+    put32(h + GALOG_ESNAP_HDR - 4, galog_crc32c(0, h, GALOG_ESNAP_HDR - 4));
+    return GALOG_ESNAP_HDR;
 }
 
-int galog_snap_begin(galog_snap_writer *w, int dirfd, const fw_gallery_io *io, uint64_t last_seq,
-                     uint64_t next_face_id, char *err, size_t errlen)
+int galog_snap_begin(galog_snap_writer *w, int dirfd, const fw_gallery_io *io,
+                     const uint8_t *key, uint64_t last_seq, uint64_t next_face_id, char *err,
+                     size_t errlen)
 {
     memset(w, 0, sizeof *w);
     w->dirfd = dirfd;
     w->io = io;
+    w->key = key;
+    if (key)
+        randombytes_buf(w->file_id, sizeof w->file_id);
     w->last_seq = last_seq;
     w->next_face_id = next_face_id;
     w->buf = malloc(SNAP_BUF);
@@ -457,8 +617,7 @@ int galog_snap_begin(galog_snap_writer *w, int dirfd, const fw_gallery_io *io, u
         snprintf(err, errlen, "create " GALOG_SNAP_TMP ": %s", strerror(errno));
         return -1;
     }
-    snap_header(w->buf, last_seq, next_face_id, 0); /* the count is patched in at commit */
-    w->used = GALOG_SNAP_HDR;
+    w->used = snap_header(w, w->buf, 0); /* the count is patched in at commit */
     return 0;
 }
 
@@ -467,34 +626,41 @@ int galog_snap_add(galog_snap_writer *w, uint64_t face_id, const char *subject, 
 {
     galog_rec r;
     r.type = GALOG_ENROLL;
-    r.seq = 0;
+    r.seq = w->key ? w->faces + 1 : 0; /* numbered when sealed, see galog_load_snapshot */
     r.face_id = face_id;
     r.subject = subject;
     r.subject_len = (uint16_t)subject_len;
     r.meta = meta;
     r.meta_len = (uint16_t)meta_len;
     memcpy(r.desc, desc, sizeof r.desc);
-    if (w->cap - w->used < GALOG_REC_MAX && snap_flush(w, err, errlen) != 0)
+    if (w->cap - w->used < GALOG_SREC_MAX && snap_flush(w, err, errlen) != 0)
         return -1;
-    w->used += galog_encode(&r, w->buf + w->used);
+    w->used += galog_encode_key(w->key, w->file_id, &r, w->buf + w->used);
     w->faces++;
     return 0;
 }
 
 int galog_snap_commit(galog_snap_writer *w, uint64_t *bytes, char *err, size_t errlen)
 {
-    uint8_t h[GALOG_SNAP_HDR];
-    if (w->cap - w->used < GALOG_SNAP_TRAILER && snap_flush(w, err, errlen) != 0)
+    uint8_t h[GALOG_ESNAP_HDR];
+    size_t hl = snap_header(w, h, w->faces);
+    if (w->cap - w->used < GALOG_ESNAP_TRAILER && snap_flush(w, err, errlen) != 0)
         return -1;
     uint8_t *t = w->buf + w->used;
-    memcpy(t, "FWGSEND1", 8);
-    put64(t + 8, w->faces);
-    put32(t + 16, galog_crc32c(0, t, 16));
-    w->used += GALOG_SNAP_TRAILER;
+    if (w->key) {
+        size_t tl = 0;
+        (void)fw_keys_record_seal(w->key, w->file_id, GALOG_FILE_ID_LEN, h, 32, t,
+                                  GALOG_ESNAP_TRAILER, &tl);
+        w->used += GALOG_ESNAP_TRAILER;
+    } else {
+        memcpy(t, "FWGSEND1", 8);
+        put64(t + 8, w->faces);
+        put32(t + 16, galog_crc32c(0, t, 16));
+        w->used += GALOG_SNAP_TRAILER;
+    }
     if (snap_flush(w, err, errlen) != 0)
         return -1;
-    snap_header(h, w->last_seq, w->next_face_id, w->faces);
-    if (galog_write_all(w->io, w->fd, h, sizeof h, 0) != 0) {
+    if (galog_write_all(w->io, w->fd, h, hl, 0) != 0) {
         snprintf(err, errlen, "write " GALOG_SNAP_TMP ": %s", strerror(errno));
         return -1;
     }

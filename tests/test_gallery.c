@@ -1,7 +1,8 @@
 /*
  * test_gallery.c — the gallery (server/gallery.h) on its own: round trips, search against a
  * brute-force reference, durability (restart, kill -9 mid-stream, torn and corrupt logs,
- * repair), write failures (injected, and a real full tmpfs when mounting is allowed), and
+ * repair), encryption at rest (--gallery-key: round trips, no plaintext on disk, wrong or
+ * missing keys, torn and corrupt encrypted logs), write failures (injected, and a real full tmpfs when mounting is allowed), and
  * searches racing enrolls and deletes.
  *
  * The kill -9 test re-executes this binary as the enrolling child ("--child-enroll DIR FD"),
@@ -1839,6 +1840,266 @@ static void t_identify_races_enroll_delete(void)
     rm_dir(dir);
 }
 
+/* ---- encryption at rest (--gallery-key) -------------------------------------------------- */
+
+/* The size of the encrypted form of REC: nonce and tag instead of the CRC (docs/gallery.md). */
+#define EREC (REC + (off_t)(GALOG_SREC_MAX - GALOG_REC_MAX))
+
+static const uint8_t key_a[32] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31 };
+static const uint8_t key_b[32] = { 99 };
+
+/* Read a whole file of dir into a malloc'd buffer (*len bytes), or NULL. */
+static uint8_t *slurp(const char *dir, const char *name, size_t *len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "rb");
+    if (!f)
+        return NULL;
+    uint8_t *buf = malloc(1 << 22);
+    *len = buf ? fread(buf, 1, 1 << 22, f) : 0;
+    fclose(f);
+    return buf;
+}
+
+static int contains(const uint8_t *hay, size_t n, const void *needle, size_t m)
+{
+    for (size_t i = 0; i + m <= n; i++)
+        if (memcmp(hay + i, needle, m) == 0)
+            return 1;
+    return 0;
+}
+
+/* No subject, metadata or descriptor bytes of what was enrolled may reach the file. */
+static void check_no_plaintext(const char *dir, const char *name, const char *magic)
+{
+    size_t n = 0;
+    uint8_t *b = slurp(dir, name, &n);
+    CHECK(b != NULL && n > 8);
+    if (!b)
+        return;
+    CHECK(memcmp(b, magic, 8) == 0);
+    CHECK(!contains(b, n, "AliceSecret", 11));
+    CHECK(!contains(b, n, "MetaSecret", 10));
+    float d[DIM];
+    for (int i = 1; i < 300; i += 37) {
+        desc_for((uint64_t)i, d);
+        CHECK(!contains(b, n, d, 16)); /* four floats in a row, in host = on-disk order */
+    }
+    free(b);
+}
+
+static void t_encrypted_codec(void)
+{
+    uint8_t buf[GALOG_SREC_MAX], scratch[GALOG_REC_MAX], fid[GALOG_FILE_ID_LEN] = { 7 };
+    galog_rec r, back;
+    size_t used = 0;
+    memset(&r, 0, sizeof r);
+    r.type = GALOG_ENROLL;
+    r.seq = 5;
+    r.face_id = 42;
+    r.subject = "AliceSecret";
+    r.subject_len = 11;
+    desc_for(3, r.desc);
+    size_t len = galog_encode_key(key_a, fid, &r, buf);
+    CHECK_EQ_INT(len, galog_rec_size(&r) + (GALOG_SREC_MAX - GALOG_REC_MAX));
+    CHECK(!contains(buf, len, "AliceSecret", 11));
+    CHECK_EQ_INT(galog_decode_key(key_a, fid, buf, len, &back, &used, scratch), 0);
+    CHECK_EQ_INT(used, len);
+    CHECK(back.seq == 5 && back.face_id == 42 && back.subject_len == 11);
+    CHECK(memcmp(back.subject, "AliceSecret", 11) == 0);
+    CHECK(memcmp(back.desc, r.desc, sizeof r.desc) == 0);
+    /* another key, another file, any changed byte or a cut: not a record */
+    CHECK_EQ_INT(galog_decode_key(key_b, fid, buf, len, &back, &used, scratch), -1);
+    fid[0] ^= 1;
+    CHECK_EQ_INT(galog_decode_key(key_a, fid, buf, len, &back, &used, scratch), -1);
+    fid[0] ^= 1;
+    for (size_t i = 0; i < len; i += 7) {
+        buf[i] ^= 0x10;
+        CHECK_EQ_INT(galog_decode_key(key_a, fid, buf, len, &back, &used, scratch), -1);
+        buf[i] ^= 0x10;
+    }
+    for (size_t cut = 0; cut < len; cut += 13)
+        CHECK_EQ_INT(galog_decode_key(key_a, fid, buf, cut, &back, &used, scratch), -1);
+}
+
+static void t_encrypted_roundtrip(void)
+{
+    char dir[64];
+    tg t;
+    float d[DIM], got[DIM];
+    uint64_t ids[300];
+    atomic_int compacted = 0;
+    make_tmpdir(dir, sizeof dir);
+    CHECK(dir[0]);
+    fw_gallery_options o = durable(dir);
+    o.key = key_a;
+    o.compact_min_bytes = 16 << 10;
+    o.log = count_compactions;
+    o.log_arg = &compacted;
+    CHECK(tg_open(&t, &o) == 0);
+    for (int i = 0; i < 300; i++) {
+        desc_for((uint64_t)i, d);
+        CHECK_EQ_INT(enroll(&t, "AliceSecret", "MetaSecret", d, &ids[i], NULL), FW_STATUS_OK);
+        if (i % 5 == 0)
+            CHECK_EQ_INT(del_face(&t, ids[i], NULL, NULL), FW_STATUS_OK);
+    }
+    tg_close(&t);
+    CHECK(atomic_load(&compacted) >= 1);
+    CHECK(file_size(dir, GALOG_SNAP_NAME) > 0);
+    check_no_plaintext(dir, GALOG_SNAP_NAME, "FWGSNPE1");
+    check_no_plaintext(dir, GALOG_LOG_NAME, "FWGLOGE1");
+
+    /* Restart: snapshot and log both read back under the key. */
+    o.log = quiet_log;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK(t.rep.snapshot_faces > 0);
+    CHECK_EQ_INT(t.rep.truncated_bytes, 0);
+    fw_gallery_info info;
+    fw_gallery_info_get(t.g, &info);
+    CHECK_EQ_INT(info.faces, 240);
+    CHECK_EQ_INT(info.next_face_id, 301);
+    fw_gallery_subject s;
+    char meta[FW_GALLERY_META_MAX];
+    size_t meta_len = 0;
+    CHECK_EQ_INT(fw_gallery_get(t.g, ids[299], &s, meta, &meta_len, got), FW_STATUS_OK);
+    CHECK_EQ_STR(s.subject, "AliceSecret");
+    CHECK(meta_len == 10 && memcmp(meta, "MetaSecret", 10) == 0);
+    desc_for(299, d);
+    CHECK(memcmp(got, d, sizeof d) == 0);
+    CHECK_EQ_INT(fw_gallery_get(t.g, ids[295], NULL, NULL, NULL, NULL), FW_STATUS_NOT_FOUND);
+    tg_close(&t);
+
+    /* The snapshot is checked first: a wrong key is named there, even with --repair. */
+    o.key = key_b;
+    o.repair = 1;
+    CHECK(tg_open(&t, &o) != 0);
+    CHECK_EQ_STR(t.err, "gallery.snap: wrong --gallery-key (the key check value does not match)");
+    o.key = NULL;
+    CHECK(tg_open(&t, &o) != 0);
+    CHECK_EQ_STR(t.err, "gallery.snap: the gallery is encrypted: start with --gallery-key");
+    rm_dir(dir);
+}
+
+static void t_encrypted_key_mismatch(void)
+{
+    char dir[64], plain[64];
+    uint64_t ids[10];
+    tg t;
+    float d[DIM];
+    make_tmpdir(dir, sizeof dir);
+    fw_gallery_options o = durable(dir);
+    o.key = key_a;
+    CHECK(tg_open(&t, &o) == 0);
+    desc_for(1, d);
+    CHECK_EQ_INT(enroll(&t, "AliceSecret", NULL, d, &ids[0], NULL), FW_STATUS_OK);
+    tg_close(&t);
+    off_t size = file_size(dir, GALOG_LOG_NAME);
+
+    o.key = key_b;
+    CHECK(tg_open(&t, &o) != 0);
+    CHECK_EQ_STR(t.err, "gallery.log: wrong --gallery-key (the key check value does not match)");
+    o.repair = 1; /* repairing would discard every record: still refused */
+    CHECK(tg_open(&t, &o) != 0);
+    CHECK_EQ_STR(t.err, "gallery.log: wrong --gallery-key (the key check value does not match)");
+    o.key = NULL;
+    o.repair = 0;
+    CHECK(tg_open(&t, &o) != 0);
+    CHECK_EQ_STR(t.err, "gallery.log: the gallery is encrypted: start with --gallery-key");
+    CHECK_EQ_INT(file_size(dir, GALOG_LOG_NAME), size); /* none of these touched it */
+    o.key = key_a;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(fw_gallery_get(t.g, ids[0], NULL, NULL, NULL, NULL), FW_STATUS_OK);
+    tg_close(&t);
+    rm_dir(dir);
+
+    make_tmpdir(plain, sizeof plain);
+    CHECK(write_n(plain, 3, ids) == 0);
+    fw_gallery_options p = durable(plain);
+    p.key = key_a;
+    CHECK(tg_open(&t, &p) != 0);
+    CHECK_EQ_STR(t.err, "gallery.log: the gallery is not encrypted but --gallery-key was given");
+    rm_dir(plain);
+}
+
+/* Write n records "f<i>" under key_a. */
+static int write_n_enc(const char *dir, int n, uint64_t *ids)
+{
+    tg t;
+    float d[DIM];
+    fw_gallery_options o = durable(dir);
+    o.key = key_a;
+    if (tg_open(&t, &o) != 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        char s[16];
+        snprintf(s, sizeof s, "f%d", i);
+        desc_for((uint64_t)i, d);
+        if (enroll(&t, s, NULL, d, &ids[i], NULL) != FW_STATUS_OK)
+            return -1;
+    }
+    tg_close(&t);
+    return 0;
+}
+
+/* A torn or changed last record fails its tag and is cut like a torn plaintext tail; a
+ * changed record in the middle stops start-up with the same message as without a key. */
+static void t_encrypted_damage(void)
+{
+    char dir[64], want[400];
+    uint64_t ids[10];
+    tg t;
+    make_tmpdir(dir, sizeof dir);
+    CHECK(write_n_enc(dir, 10, ids) == 0);
+    off_t size = file_size(dir, GALOG_LOG_NAME);
+    CHECK_EQ_INT(size, GALOG_ELOG_HDR + 10 * EREC);
+    CHECK(patch_file(dir, GALOG_LOG_NAME, size - 3, 1) == 0);
+    fw_gallery_options o = durable(dir);
+    o.key = key_a;
+    o.log = quiet_log;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(t.rep.truncated_bytes, EREC - 3);
+    CHECK_EQ_INT(t.rep.log_records, 9);
+    CHECK_EQ_INT(file_size(dir, GALOG_LOG_NAME), GALOG_ELOG_HDR + 9 * EREC);
+    float d[DIM];
+    uint64_t id;
+    desc_for(99, d);
+    CHECK_EQ_INT(enroll(&t, "g", NULL, d, &id, NULL), FW_STATUS_OK); /* appends after the cut */
+    tg_close(&t);
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(t.rep.truncated_bytes, 0);
+    CHECK_EQ_INT(t.rep.log_records, 10);
+    tg_close(&t);
+
+    /* One flipped ciphertext byte in the last record: its tag fails, it is a torn tail. */
+    CHECK(patch_file(dir, GALOG_LOG_NAME, GALOG_ELOG_HDR + 9 * EREC + 100, 0) == 0);
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(t.rep.truncated_bytes, EREC - 1); /* record 10 was "g": one byte shorter */
+    CHECK_EQ_INT(t.rep.log_records, 9);
+    tg_close(&t);
+
+    off_t bad = GALOG_ELOG_HDR + 4 * EREC;
+    CHECK(patch_file(dir, GALOG_LOG_NAME, bad + 60, 0) == 0); /* record 5 of 9 */
+    CHECK(tg_open(&t, &o) != 0);
+    snprintf(want, sizeof want, "gallery.log: corrupt record at offset %lld (seq 5 expected) "
+             "followed by a valid record at offset %lld (seq 6); start with --repair to drop the "
+             "%lld bad bytes", (long long)bad, (long long)(bad + EREC), (long long)EREC);
+    CHECK_EQ_STR(t.err, want);
+    o.repair = 1;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(t.rep.repaired_bytes, EREC);
+    CHECK_EQ_INT(t.rep.log_records, 8);
+    tg_close(&t);
+    /* the repair rewrote an encrypted snapshot: a plain start under the key works */
+    o.repair = 0;
+    CHECK(tg_open(&t, &o) == 0);
+    CHECK_EQ_INT(t.rep.snapshot_faces, 8);
+    tg_close(&t);
+    check_no_plaintext(dir, GALOG_SNAP_NAME, "FWGSNPE1");
+    rm_dir(dir);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_roundtrip),
     CHECK_TEST(t_bad_input),
@@ -1868,6 +2129,10 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_tmpfs_full),
     CHECK_TEST(t_kill9_during_enrolls),
     CHECK_TEST(t_identify_races_enroll_delete),
+    CHECK_TEST(t_encrypted_codec),
+    CHECK_TEST(t_encrypted_roundtrip),
+    CHECK_TEST(t_encrypted_key_mismatch),
+    CHECK_TEST(t_encrypted_damage),
 };
 
 int main(int argc, char **argv)

@@ -9,7 +9,8 @@
  * directory keeps everything, LIST paging follows next_cursor, every malformed body gets its
  * exact BAD_REQUEST and the connection goes on, start-up refuses a directory in use and a log
  * corrupt in the middle (unless --repair), and shutdown waits for gallery writes in flight,
- * including the write of a request whose connection is gone.
+ * including the write of a request whose connection is gone. --gallery-key: an encrypted
+ * gallery survives a restart; a wrong key, no key or a key file mode 0644 stop start-up.
  */
 // run-under: tsan
 #include <errno.h>
@@ -1237,6 +1238,86 @@ static void t_disk_full(void)
     data_dir[0] = '\0';
 }
 
+/* --gallery-key: the gallery is written encrypted and read back across a restart; a wrong
+ * key, no key, and a key file others can read all stop start-up with the reason. */
+static void t_gallery_key_body(void)
+{
+    static char out[65536];
+    char key[128], other[128], flag[160], path[128];
+    CHECK(new_data_dir() == 0);
+    snprintf(key, sizeof key, "%s/gallery.key", data_dir);
+    snprintf(other, sizeof other, "%s/other.key", data_dir);
+    const char *kg[] = { "keygen", "--symmetric", key, NULL };
+    CHECK_EQ_INT(tu_run("facewired", kg, out, sizeof out), 0);
+    kg[2] = other;
+    CHECK_EQ_INT(tu_run("facewired", kg, out, sizeof out), 0);
+    snprintf(flag, sizeof flag, "--gallery-key=%s", key);
+
+    CHECK(start_server(flag) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    float a[128], b[128];
+    unit_desc(a, 0, 0.5f);
+    unit_desc(b, 1, 0.5f);
+    uint64_t ida = 0, idb = 0;
+    resp r;
+    CHECK(enroll_desc(fd, "alicesecret", "door 3", a, &ida, &r) == 0);
+    resp_free(&r);
+    CHECK(enroll_desc(fd, "bob", "", b, &idb, &r) == 0);
+    resp_free(&r);
+    CHECK_EQ_INT(ida, 1);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+
+    /* on disk: the encrypted format, and not the subject's name */
+    snprintf(path, sizeof path, "%s/gallery.log", data_dir);
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    size_t n = f ? fread(out, 1, sizeof out, f) : 0;
+    if (f)
+        fclose(f);
+    CHECK(n > 8 && memcmp(out, "FWGLOGE1", 8) == 0);
+    CHECK(memmem(out, n, "alicesecret", 11) == NULL);
+
+    CHECK(start_server(flag) == 0);
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    buf *q = buf_new();
+    CHECK(q);
+    put_desc(&q->w, a);
+    fw_put_u16(&q->w, 1);
+    fw_put_u8(&q->w, 0);
+    fw_put_f32(&q->w, 0);
+    CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &r) == 0);
+    free(q);
+    ident id;
+    CHECK_MSG(r.status == FW_STATUS_OK, "IDENTIFY: %u %s", r.status, r.msg);
+    CHECK(parse_ident(&r, &id) == 0);
+    resp_free(&r);
+    CHECK_EQ_INT(id.n, 1);
+    CHECK_EQ_INT(id.nm[0], 1);
+    CHECK_EQ_STR(id.subject[0][0], "alicesecret");
+    CHECK_EQ_INT(id.id[0][0], ida);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+
+    const char *args[] = { "--listen", "127.0.0.1:0", "--models", "/nonexistent/facewire-models",
+                           "--data", data_dir, "--gallery-key", other, NULL };
+    CHECK_EQ_INT(tu_run("facewired", args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "cannot open the gallery: gallery.log: wrong --gallery-key (the key "
+                     "check value does not match)"), "%s", out);
+    args[6] = NULL;
+    CHECK_EQ_INT(tu_run("facewired", args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "cannot open the gallery: gallery.log: the gallery is encrypted: start "
+                     "with --gallery-key"), "%s", out);
+    args[6] = "--gallery-key";
+    args[7] = key;
+    CHECK(chmod(key, 0644) == 0);
+    CHECK_EQ_INT(tu_run("facewired", args, out, sizeof out), 1);
+    CHECK_MSG(strstr(out, "--gallery-key: ") && strstr(out, key) &&
+              strstr(out, "permissions 0644 are too open"), "%s", out);
+}
+
 static void cleanup(void)
 {
     if (srv.pid > 0)
@@ -1258,6 +1339,7 @@ T(t_startup_refusals)
 T(t_timed_out_enroll_not_written)
 T(t_without_models)
 T(t_metrics)
+T(t_gallery_key)
 
 static const struct check_test tests[] = {
     CHECK_TEST(t_descriptor_roundtrip),
@@ -1272,6 +1354,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_without_models),
     CHECK_TEST(t_metrics),
     CHECK_TEST(t_disk_full),
+    CHECK_TEST(t_gallery_key),
 };
 
 int main(int argc, char **argv)
