@@ -193,7 +193,7 @@ test: deps models
 	$(MAKE) CC=clang OUT=build/clang all
 	$(MAKE) SAN=address,undefined tests-build
 	$(MAKE) SAN=thread OUT=build/san-thread $(addprefix build/san-thread/tests/,$(TSAN_TESTS)) \
-	    build/san-thread/bin/facewired
+	    build/san-thread/bin/facewired build/san-thread/bin/fwcat
 	$(if $(HAVE_CROSS),$(MAKE) CROSS=$(CROSS_PREFIX) tests-build)
 	tests/run.sh
 
