@@ -36,6 +36,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include <cblas.h>
 #include <sodium.h>
 
 #include "engine/engine.h"
@@ -576,6 +577,11 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
         free_compute(cp);
         return -1;
     }
+
+    /* The pool is the parallelism: BLAS calls (the networks and the gallery's search) run
+     * single-threaded inside workers. Said here, not only when the models load, because the
+     * gallery searches with BLAS even on a server whose models failed to load. */
+    openblas_set_num_threads(1);
 
     for (int i = 0; i < 256; i++)
         cp->op_index[i] = -1;
