@@ -31,33 +31,7 @@ static int start_with(const char *extra)
 
 /* ---- framing helpers ----------------------------------------------------------------------- */
 
-typedef struct resp {
-    uint16_t status;
-    uint32_t rid;
-    uint8_t *body; /* malloc'd */
-    uint32_t len;
-    char msg[256];
-} resp;
-
-static void resp_free(resp *r)
-{
-    free(r->body);
-    r->body = NULL;
-}
-
-static int read_resp(int fd, resp *r)
-{
-    fw_header h;
-    memset(r, 0, sizeof *r);
-    if (tu_read_frame(fd, &h, &r->body) != 1)
-        return -1;
-    r->status = h.status;
-    r->rid = h.request_id;
-    r->len = h.body_len;
-    if (h.status != FW_STATUS_OK)
-        tu_error_message(r->body, r->len, r->msg, sizeof r->msg);
-    return 0;
-}
+typedef tu_resp resp;
 
 /* Every request carries a deadline of ten minutes: the ops' defaults (seconds) are meant for
  * production, not for eight EMBEDs queued on two workers under ThreadSanitizer. */
@@ -98,7 +72,7 @@ static int roundtrip(int fd, uint8_t op, const void *body, size_t len, resp *r)
 {
     static uint32_t rid = 1;
     uint32_t want = ++rid;
-    if (send_req(fd, op, want, body, len) != 0 || read_resp(fd, r) != 0)
+    if (send_req(fd, op, want, body, len) != 0 || tu_read_resp(fd, r) != 0)
         return -1;
     return r->rid == want ? 0 : -1;
 }
@@ -224,7 +198,7 @@ static void t_detect_layout_body(void)
     resp r;
     CHECK(analyze(fd, FW_OP_DETECT, "barack_obama_1.jpg", &f, &r) == 0);
     CHECK_EQ_INT(r.len, 10 + 1 * (5 + 136) * 4);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(f.width, 1480);
     CHECK_EQ_INT(f.height, 832);
     CHECK_EQ_INT(f.n, 1);
@@ -239,7 +213,7 @@ static void t_detect_layout_body(void)
     }
     /* two people, best score first */
     CHECK(analyze(fd, FW_OP_DETECT, "group_two_people.jpg", &f, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(f.n, 2);
     CHECK(f.score[0] >= f.score[1]);
     close(fd);
@@ -254,10 +228,10 @@ static void t_embed_matches_detect_body(void)
     static faces d, e;
     resp r;
     CHECK(analyze(fd, FW_OP_DETECT, "joe_biden_1.jpg", &d, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(analyze(fd, FW_OP_EMBED, "joe_biden_1.jpg", &e, &r) == 0);
     CHECK_EQ_INT(r.len, 10 + e.n * (5 + 136 + 128) * 4);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(e.n, 1);
     CHECK_EQ_INT(d.n, e.n);
     /* the same picture gives the same box and landmarks either way */
@@ -294,14 +268,14 @@ static void t_verify_same_and_different_body(void)
     };
     for (int i = 0; i < 3; i++) {
         CHECK(verify_pics(fd, same[i][0], same[i][1], &r, &v) == 0);
-        resp_free(&r);
+        tu_resp_free(&r);
         CHECK_MSG(v.same == 1, "%s vs %s: distance %.3f", same[i][0], same[i][1], v.distance);
         CHECK(v.distance < 0.6f);
         CHECK_NEAR(v.threshold, 0.6, 1e-6);
     }
     for (int i = 0; i < 3; i++) {
         CHECK(verify_pics(fd, diff[i][0], diff[i][1], &r, &v) == 0);
-        resp_free(&r);
+        tu_resp_free(&r);
         CHECK_MSG(v.same == 0, "%s vs %s: distance %.3f", diff[i][0], diff[i][1], v.distance);
         CHECK(v.distance >= 0.6f);
     }
@@ -320,11 +294,11 @@ static void t_verify_descriptor_inputs_body(void)
     resp r;
     verdict vj, vd, vm;
     CHECK(analyze(fd, FW_OP_EMBED, "barack_obama_3.jpg", &a, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(analyze(fd, FW_OP_EMBED, "joe_biden_2.jpg", &b, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(verify_pics(fd, "barack_obama_3.jpg", "joe_biden_2.jpg", &r, &vj) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
 
     static uint8_t body[4096];
     size_t jl;
@@ -337,7 +311,7 @@ static void t_verify_descriptor_inputs_body(void)
     CHECK(roundtrip(fd, FW_OP_VERIFY, body, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(parse_verdict(&r, &vd) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_NEAR(vd.distance, vj.distance, 1e-4);
     CHECK_NEAR(vd.threshold, 5.0, 1e-6);
     CHECK_EQ_INT(vd.same, 1); /* everybody is the same person at 5.0 */
@@ -359,7 +333,7 @@ static void t_verify_descriptor_inputs_body(void)
     CHECK(rc == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(parse_verdict(&r, &vm) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_NEAR(vm.distance, vj.distance, 1e-4);
     CHECK_NEAR(vm.threshold, 0.6, 1e-6);
     close(fd);
@@ -378,14 +352,14 @@ static void t_bad_images_body(void)
     CHECK(roundtrip(fd, FW_OP_DETECT, junk, sizeof junk, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_BAD_IMAGE);
     CHECK(r.msg[0] != '\0');
-    resp_free(&r);
+    tu_resp_free(&r);
     /* a JPEG whose header has a marker libjpeg refuses: the decoder must recover from the
      * error, so the next picture on the same worker slot (sequential requests reuse it) is
      * still decoded (checked at the end) */
     static const uint8_t badmarker[] = { 0, 0, 0, 10, 0xFF, 0xD8, 0xFF, 0xF9, 0x00, 0x04, 0x00, 0x00, 0xFF, 0xD9 };
     CHECK(roundtrip(fd, FW_OP_DETECT, badmarker, sizeof badmarker, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_BAD_IMAGE);
-    resp_free(&r);
+    tu_resp_free(&r);
     /* a real JPEG cut in the middle of its data */
     size_t jl, bl;
     uint8_t *jpeg = tu_eval_pic("barack_obama_1.jpg", &jl);
@@ -397,7 +371,7 @@ static void t_bad_images_body(void)
     free(body);
     CHECK(rc == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_BAD_IMAGE);
-    resp_free(&r);
+    tu_resp_free(&r);
     /* a face-less picture: DETECT finds nothing (not an error), VERIFY says which input */
     uint8_t *blank = blank_jpeg(&jl);
     CHECK(blank != NULL);
@@ -408,7 +382,7 @@ static void t_bad_images_body(void)
     CHECK(rc == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(parse_faces(&r, 0, &f) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(f.n, 0);
     CHECK_EQ_INT(f.width, 160);
     CHECK_EQ_INT(f.height, 120);
@@ -423,7 +397,7 @@ static void t_bad_images_body(void)
     CHECK(roundtrip(fd, FW_OP_VERIFY, vb, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_NO_FACE);
     CHECK_EQ_STR(r.msg, "no face in input b");
-    resp_free(&r);
+    tu_resp_free(&r);
     fw_writer_init(&w, vb, sizeof vb);
     put_jpeg_input(&w, blank, jl);
     put_desc_input(&w, zero);
@@ -433,11 +407,11 @@ static void t_bad_images_body(void)
     CHECK(roundtrip(fd, FW_OP_VERIFY, vb, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_NO_FACE);
     CHECK_EQ_STR(r.msg, "no face in input a");
-    resp_free(&r);
+    tu_resp_free(&r);
     /* the server goes on */
     rc = analyze(fd, FW_OP_DETECT, "kit_harington_2.jpg", &f, &r);
     CHECK_MSG(rc == 0, "a good picture after the bad ones: status %u %s", r.status, r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(f.n, 1);
     /* client errors are not failures for the breaker */
     char text[16384];
@@ -467,7 +441,7 @@ static void t_malformed_bodies_body(void)
         CHECK(roundtrip(fd, (opcode), b, w.len, &r) == 0); \
         CHECK_EQ_INT(r.status, FW_STATUS_BAD_REQUEST); \
         CHECK_EQ_STR(r.msg, (message)); \
-        resp_free(&r); \
+        tu_resp_free(&r); \
     } while (0)
 
     fw_writer_init(&w, b, sizeof b); /* empty */
@@ -559,7 +533,7 @@ static void t_pipelined_embeds_body(void)
     resp r;
     for (int i = 0; i < 2; i++) {
         CHECK(analyze(fd, FW_OP_EMBED, pics[i], &ref[i], &r) == 0);
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     uint8_t *bodies[2];
     size_t blen[2];
@@ -578,14 +552,14 @@ static void t_pipelined_embeds_body(void)
     free(bodies[1]);
     int seen[N] = { 0 };
     for (int k = 0; k < N; k++) {
-        CHECK(read_resp(fd, &r) == 0);
+        CHECK(tu_read_resp(fd, &r) == 0);
         CHECK_EQ_INT(r.status, FW_STATUS_OK);
         CHECK(r.rid >= 1000 && r.rid < 1000 + N);
         int idx = (int)(r.rid - 1000);
         CHECK(!seen[idx]);
         seen[idx] = 1;
         int rc = parse_faces(&r, 1, &got);
-        resp_free(&r);
+        tu_resp_free(&r);
         CHECK(rc == 0);
         CHECK_EQ_INT(got.n, ref[idx % 2].n);
         for (int j = 0; j < 128; j++)
@@ -606,7 +580,7 @@ static void t_degraded_detector_body(void)
     CHECK(tu_server_kill(&srv, SIGUSR1) == 0);
     CHECK(tu_server_wait_log(&srv, "msg=\"degraded mode on\" detector_size=320"));
     CHECK(analyze(fd, FW_OP_DETECT, "barack_obama_2.jpg", &f, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(f.n, 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
@@ -635,7 +609,7 @@ static void t_no_models_body(void)
     CHECK(roundtrip(fd, FW_OP_VERIFY, b, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(parse_verdict(&r, &v) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_NEAR(v.distance, 0.5, 1e-6);
     CHECK_EQ_INT(v.same, 1);
     fw_writer_init(&w, b, sizeof b);
@@ -644,7 +618,7 @@ static void t_no_models_body(void)
     CHECK(roundtrip(fd, FW_OP_EMBED, b, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
     CHECK_MSG(strncmp(r.msg, "models not loaded: ", 19) == 0, "message: %s", r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -684,12 +658,12 @@ static void t_random_bodies_body(void)
         CHECK_MSG(r.status == FW_STATUS_BAD_REQUEST || r.status == FW_STATUS_BAD_IMAGE ||
                   r.status == FW_STATUS_NO_FACE || r.status == FW_STATUS_OK,
                   "body %d (op 0x%02X, %zu bytes): status %u %s", i, op, len, r.status, r.msg);
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     static faces f;
     int rc = analyze(fd, FW_OP_DETECT, "rose_leslie_2.jpg", &f, &r);
     CHECK_MSG(rc == 0, "after the random bodies: status %u %s", r.status, r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(f.n, 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);

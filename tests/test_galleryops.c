@@ -79,33 +79,7 @@ static int start_server(const char *extra)
 
 /* ---- framing ------------------------------------------------------------------------------- */
 
-typedef struct resp {
-    uint16_t status;
-    uint32_t rid;
-    uint8_t *body; /* malloc'd */
-    uint32_t len;
-    char msg[256];
-} resp;
-
-static void resp_free(resp *r)
-{
-    free(r->body);
-    r->body = NULL;
-}
-
-static int read_resp(int fd, resp *r)
-{
-    fw_header h;
-    memset(r, 0, sizeof *r);
-    if (tu_read_frame(fd, &h, &r->body) != 1)
-        return -1;
-    r->status = h.status;
-    r->rid = h.request_id;
-    r->len = h.body_len;
-    if (h.status != FW_STATUS_OK)
-        tu_error_message(r->body, r->len, r->msg, sizeof r->msg);
-    return 0;
-}
+typedef tu_resp resp;
 
 /* Ten-minute deadlines: the defaults are for production, not for sanitizer builds. */
 static int send_req(int fd, uint8_t op, uint32_t rid, const void *body, size_t len)
@@ -120,7 +94,7 @@ static uint32_t next_rid = 1;
 static int roundtrip(int fd, uint8_t op, const void *body, size_t len, resp *r)
 {
     uint32_t want = ++next_rid;
-    if (send_req(fd, op, want, body, len) != 0 || read_resp(fd, r) != 0)
+    if (send_req(fd, op, want, body, len) != 0 || tu_read_resp(fd, r) != 0)
         return -1;
     return r->rid == want ? 0 : -1;
 }
@@ -130,7 +104,7 @@ static int ping_ok(int fd)
     resp r;
     int ok = roundtrip(fd, FW_OP_PING, "hi", 2, &r) == 0 && r.status == FW_STATUS_OK && r.len == 2 &&
              memcmp(r.body, "hi", 2) == 0;
-    resp_free(&r);
+    tu_resp_free(&r);
     return ok;
 }
 
@@ -232,7 +206,7 @@ static int gallery_info(int fd, uint64_t v[4])
         for (int i = 0; i < 4; i++)
             v[i] = fw_get_u64(&rd);
     }
-    resp_free(&r);
+    tu_resp_free(&r);
     return rc;
 }
 
@@ -292,7 +266,7 @@ static long long info_value(int fd, const char *key)
             free(text);
         }
     }
-    resp_free(&r);
+    tu_resp_free(&r);
     return v;
 }
 
@@ -311,9 +285,9 @@ static void t_descriptor_roundtrip_body(void)
     resp r;
     CHECK(enroll_desc(fd, "alice", "door 3", a, &ida, &r) == 0);
     CHECK_EQ_INT(r.len, 8);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(enroll_desc(fd, "bob", "", b, &idb, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(ida, 1);
     CHECK_EQ_INT(idb, 2);
 
@@ -338,7 +312,7 @@ static void t_descriptor_roundtrip_body(void)
     fw_put_f32(&want->w, (float)sqrt(0.5));
     CHECK_EQ_INT(r.len, want->w.len);
     CHECK(memcmp(r.body, want->b, want->w.len) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
 
     /* with threshold 0.5 only alice is left (distance < threshold) */
     fw_writer_init(&q->w, q->b, sizeof q->b);
@@ -349,7 +323,7 @@ static void t_descriptor_roundtrip_body(void)
     CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &r) == 0);
     static ident id;
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 1);
     CHECK_EQ_INT(id.nm[0], 1);
     CHECK_EQ_STR(id.subject[0][0], "alice");
@@ -379,22 +353,22 @@ static void t_descriptor_roundtrip_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK_EQ_INT(r.len, 4);
     CHECK_EQ_INT(fw_rd32(r.body), 1);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(roundtrip(fd, FW_OP_DELETE, del, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_NOT_FOUND);
     CHECK_EQ_STR(r.msg, "no face with id 2");
-    resp_free(&r);
+    tu_resp_free(&r);
     fw_writer_init(&w, del, sizeof del);
     fw_put_u8(&w, 1);
     fw_put_str(&w, "alice", 5);
     CHECK(roundtrip(fd, FW_OP_DELETE, del, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK_EQ_INT(fw_rd32(r.body), 1);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(roundtrip(fd, FW_OP_DELETE, del, w.len, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_NOT_FOUND);
     CHECK_EQ_STR(r.msg, "no subject \"alice\"");
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(gallery_info(fd, gi) == 0);
     CHECK_EQ_INT(gi[0], 0);
     CHECK_EQ_INT(gi[1], 0);
@@ -411,7 +385,7 @@ static void t_descriptor_roundtrip_body(void)
     free(q);
     CHECK(rc == 0);
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 1);
     CHECK_EQ_INT(id.nm[0], 0);
     close(fd);
@@ -427,17 +401,17 @@ static void t_jpeg_inputs_body(void)
     resp r;
     CHECK(pic_request(fd, "obama", "barack_obama_1.jpg", 0, &r) == 0);
     CHECK_MSG(r.status == FW_STATUS_OK && r.len == 8, "ENROLL obama: %u %s", r.status, r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(pic_request(fd, "biden", "joe_biden_1.jpg", 0, &r) == 0);
     CHECK_MSG(r.status == FW_STATUS_OK && r.len == 8, "ENROLL biden: %u %s", r.status, r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
 
     /* another picture of Obama: one face, nearest obama under 0.6, biden second */
     static ident id;
     CHECK(pic_request(fd, NULL, "barack_obama_2.jpg", 2, &r) == 0);
     CHECK_MSG(r.status == FW_STATUS_OK, "IDENTIFY: %u %s", r.status, r.msg);
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 1);
     CHECK(id.box[0][2] > 20 && id.box[0][3] > 20);
     CHECK_EQ_INT(id.nm[0], 2);
@@ -450,14 +424,14 @@ static void t_jpeg_inputs_body(void)
     /* a picture with two people: one face entry each, one search */
     CHECK(pic_request(fd, NULL, "group_two_people.jpg", 1, &r) == 0);
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 2);
 
     /* ENROLL needs exactly one face */
     CHECK(pic_request(fd, "both", "group_two_people.jpg", 0, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(r.msg, "2 faces in picture; enroll needs exactly one");
-    resp_free(&r);
+    tu_resp_free(&r);
     size_t bl, jl;
     uint8_t *blank = blank_jpeg(&jl);
     CHECK(blank);
@@ -469,7 +443,7 @@ static void t_jpeg_inputs_body(void)
     CHECK(rc == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_NO_FACE);
     CHECK_EQ_STR(r.msg, "no face in picture");
-    resp_free(&r);
+    tu_resp_free(&r);
     /* IDENTIFY of a picture without a face: OK, no face ("nobody"), not NO_FACE */
     blank = blank_jpeg(&jl);
     CHECK(blank);
@@ -481,7 +455,7 @@ static void t_jpeg_inputs_body(void)
     CHECK(rc == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 0);
     /* a JPEG that does not decode */
     body = jpeg_body("broken", (const uint8_t *)"\xff\xd8garbage", 9, 0, &bl);
@@ -490,7 +464,7 @@ static void t_jpeg_inputs_body(void)
     free(body);
     CHECK(rc == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_BAD_IMAGE);
-    resp_free(&r);
+    tu_resp_free(&r);
 
     uint64_t gi[4];
     CHECK(gallery_info(fd, gi) == 0);
@@ -515,7 +489,7 @@ static int list_all(int fd, uint16_t limit, char (*names)[16], uint32_t *faces_o
         fw_put_u16(&w, limit);
         resp r;
         if (roundtrip(fd, FW_OP_LIST, req, w.len, &r) != 0 || r.status != FW_STATUS_OK) {
-            resp_free(&r);
+            tu_resp_free(&r);
             return -1;
         }
         (*pages)++;
@@ -536,7 +510,7 @@ static int list_all(int fd, uint16_t limit, char (*names)[16], uint32_t *faces_o
         int ok = fw_reader_done(&rd) && clen <= 128;
         if (ok && clen)
             memcpy(cursor, next, clen);
-        resp_free(&r);
+        tu_resp_free(&r);
         if (!ok)
             return -1;
         if (clen == 0)
@@ -573,10 +547,10 @@ static void t_list_paging_and_restart_body(void)
     int ok = 0;
     for (int i = 0; i < N; i++) {
         resp r;
-        if (read_resp(fd, &r) != 0)
+        if (tu_read_resp(fd, &r) != 0)
             break;
         ok += r.status == FW_STATUS_OK && r.rid >= 1000 && r.rid < 1000 + N;
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     CHECK_EQ_INT(ok, N);
 
@@ -613,7 +587,7 @@ static void t_list_paging_and_restart_body(void)
     resp r;
     unit_desc(d, 5, 3.0f);
     CHECK(enroll_desc(fd, "late", "", d, &id, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id, N + 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
@@ -647,10 +621,10 @@ static void t_list_page_cap_body(void)
     int ok = 0;
     for (int i = 0; i < N; i++) {
         resp r;
-        if (read_resp(fd, &r) != 0)
+        if (tu_read_resp(fd, &r) != 0)
             break;
         ok += r.status == FW_STATUS_OK;
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     CHECK_EQ_INT(ok, N);
     static char names[N + 8][16];
@@ -671,7 +645,7 @@ static void t_list_page_cap_body(void)
     /* the cursor after the page is its last subject */
     CHECK(r.len > 8);
     CHECK(memcmp(r.body + r.len - 8, "\x00\x06" "c04095", 8) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -726,20 +700,20 @@ static void t_concurrent_reads_and_writes_body(void)
     int enrolled = 0, deleted = 0, not_found = 0, searches = 0, lists = 0, bad = 0;
     for (int i = 0; i < N; i++) {
         resp r;
-        CHECK(read_resp(w, &r) == 0);
+        CHECK(tu_read_resp(w, &r) == 0);
         enrolled += r.status == FW_STATUS_OK;
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     for (int i = 0; i < N / 2; i++) {
         resp r;
-        CHECK(read_resp(d, &r) == 0);
+        CHECK(tu_read_resp(d, &r) == 0);
         deleted += r.status == FW_STATUS_OK;
         not_found += r.status == FW_STATUS_NOT_FOUND; /* the delete overtook its enroll */
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     for (int i = 0; i < N / 4 * 2; i++) {
         resp r;
-        CHECK(read_resp(q, &r) == 0);
+        CHECK(tu_read_resp(q, &r) == 0);
         if (r.rid >= 100000) {
             lists += r.status == FW_STATUS_OK;
         } else if (r.status == FW_STATUS_OK && r.len >= 2 && fw_rd16(r.body) == 1) {
@@ -760,7 +734,7 @@ static void t_concurrent_reads_and_writes_body(void)
             bad += !fw_reader_done(&rd);
             searches++;
         }
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     CHECK_EQ_INT(enrolled, N);
     CHECK_EQ_INT(deleted + not_found, N / 2);
@@ -796,7 +770,7 @@ static void t_malformed_bodies_body(void)
         CHECK(roundtrip(fd, (opcode), b->b, b->w.len, &r) == 0); \
         CHECK_MSG(r.status == FW_STATUS_BAD_REQUEST, "%s: status %u %s", (message), r.status, r.msg); \
         CHECK_EQ_STR(r.msg, (message)); \
-        resp_free(&r); \
+        tu_resp_free(&r); \
         CHECK(ping_ok(fd)); \
     } while (0)
 
@@ -941,9 +915,9 @@ static void t_shutdown_waits_for_writes_body(void)
     close(b); /* a reset: the server drops the answer, not the write */
     CHECK_EQ_INT(tu_server_kill(&srv, SIGTERM), 0);
     resp r;
-    CHECK(read_resp(a, &r) == 0);
+    CHECK(tu_read_resp(a, &r) == 0);
     CHECK_MSG(r.status == FW_STATUS_OK && r.rid == 1, "ENROLL during shutdown: %u %s", r.status, r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
     close(a);
     CHECK_EQ_INT(tu_server_wait(&srv), 0);
 
@@ -977,7 +951,7 @@ static void t_startup_refusals_body(void)
         resp r;
         unit_desc(d, i, 1.0f);
         CHECK(enroll_desc(fd, i == 0 ? "first" : "later", "", d, &id, &r) == 0);
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     close(fd);
     static char out[65536];
@@ -1040,9 +1014,9 @@ static void t_timed_out_enroll_not_written_body(void)
     free(body);
     CHECK(sent);
     resp r;
-    CHECK(read_resp(fd, &r) == 0);
+    CHECK(tu_read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_DEADLINE_EXCEEDED);
-    resp_free(&r);
+    tu_resp_free(&r);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
     CHECK(start_server(NULL) == 0);
@@ -1072,7 +1046,7 @@ static void t_without_models_body(void)
     unit_desc(d, 9, 2.0f);
     CHECK(enroll_desc(fd, "desc", "", d, &id, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
-    resp_free(&r);
+    tu_resp_free(&r);
     buf *q = buf_new();
     CHECK(q);
     put_desc(&q->w, d);
@@ -1084,16 +1058,16 @@ static void t_without_models_body(void)
     CHECK(rc == 0);
     static ident id2;
     CHECK(parse_ident(&r, &id2) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id2.nm[0], 1);
     CHECK_EQ_INT(id2.id[0][0], id);
     CHECK(pic_request(fd, "obama", "barack_obama_1.jpg", 0, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
     CHECK_MSG(strncmp(r.msg, "models not loaded: ", 19) == 0, "%s", r.msg);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(pic_request(fd, NULL, "barack_obama_1.jpg", 1, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_UNAVAILABLE);
-    resp_free(&r);
+    tu_resp_free(&r);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -1118,7 +1092,7 @@ static void t_metrics_body(void)
     resp r;
     unit_desc(d, 1, 1.0f);
     CHECK(enroll_desc(fd, "m", "", d, &id, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     close(fd);
     int hf = tu_connect("127.0.0.1", port);
     CHECK(hf >= 0);
@@ -1177,7 +1151,7 @@ static void disk_full_body(void)
         } else {
             CHECK_MSG(0, "enroll %d: status %u %s", i, r.status, r.msg);
         }
-        resp_free(&r);
+        tu_resp_free(&r);
     }
     CHECK(acked > 10);
     CHECK(internal >= 1);
@@ -1198,7 +1172,7 @@ static void disk_full_body(void)
     CHECK(rc == 0);
     static ident id;
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.nm[0], 1);
     CHECK_EQ_INT(id.id[0][0], 1);
     CHECK_EQ_INT(id.dist[0][0], 0);
@@ -1262,9 +1236,9 @@ static void t_gallery_key_body(void)
     uint64_t ida = 0, idb = 0;
     resp r;
     CHECK(enroll_desc(fd, "alicesecret", "door 3", a, &ida, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK(enroll_desc(fd, "bob", "", b, &idb, &r) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(ida, 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
@@ -1293,7 +1267,7 @@ static void t_gallery_key_body(void)
     ident id;
     CHECK_MSG(r.status == FW_STATUS_OK, "IDENTIFY: %u %s", r.status, r.msg);
     CHECK(parse_ident(&r, &id) == 0);
-    resp_free(&r);
+    tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 1);
     CHECK_EQ_INT(id.nm[0], 1);
     CHECK_EQ_STR(id.subject[0][0], "alicesecret");

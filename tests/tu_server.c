@@ -528,3 +528,23 @@ int tu_raise_nofile(unsigned long want)
     rl.rlim_cur = want;
     return setrlimit(RLIMIT_NOFILE, &rl);
 }
+
+int tu_read_resp(int fd, tu_resp *r)
+{
+    fw_header h;
+    memset(r, 0, sizeof *r);
+    if (tu_read_frame(fd, &h, &r->body) != 1)
+        return -1;
+    r->status = h.status;
+    r->rid = h.request_id;
+    r->len = h.body_len;
+    if (h.status != FW_STATUS_OK)
+        tu_error_message(r->body, r->len, r->msg, sizeof r->msg);
+    return 0;
+}
+
+void tu_resp_free(tu_resp *r)
+{
+    free(r->body);
+    r->body = NULL;
+}

@@ -100,6 +100,20 @@ int tu_wait_closed(int fd);
 /* The message of an error body (u16 length + text), NUL-terminated into out; -1 if the body
  * is malformed. */
 int tu_error_message(const uint8_t *body, uint32_t len, char *out, size_t cap);
+
+/* One response read whole: header fields, the body (malloc'd, owned until tu_resp_free) and,
+ * for an error status, its message. */
+typedef struct tu_resp {
+    uint16_t status;
+    uint32_t rid;
+    uint8_t *body;
+    uint32_t len;
+    char msg[256];
+} tu_resp;
+
+/* 0, or -1 when no whole frame could be read (closed, timed out, malformed). */
+int tu_read_resp(int fd, tu_resp *r);
+void tu_resp_free(tu_resp *r);
 /* Raise RLIMIT_NOFILE's soft limit to at least want; -1 if the hard limit is lower. */
 int tu_raise_nofile(unsigned long want);
 
