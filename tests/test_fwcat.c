@@ -13,7 +13,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -795,12 +794,6 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_busy_and_retry),
 };
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 int main(int argc, char **argv)
 {
     char data[] = "/tmp/fwcat-data-XXXXXX";
@@ -818,8 +811,7 @@ int main(int argc, char **argv)
     int rc = check_main(tests, CHECK_COUNT(tests), argc, argv);
     int st = tu_server_stop(srv);
     free(srv);
-    if (nftw(data, remove_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
-        fprintf(stderr, "could not remove %s\n", data);
+    (void)tu_rmtree(data);
     if (st != 0) {
         printf("server exit status %d\n0 passed, 1 failed\n", st);
         return 1;

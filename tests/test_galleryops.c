@@ -15,7 +15,6 @@
 // run-under: tsan
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -57,12 +56,6 @@ static uint8_t *blank_jpeg(size_t *len)
     tjFree(out);
     *len = n;
     return copy;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
 }
 
 static int new_data_dir(void)
@@ -1296,8 +1289,8 @@ static void cleanup(void)
 {
     if (srv.pid > 0)
         tu_server_stop(&srv);
-    if (data_dir[0] && nftw(data_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS) != 0)
-        fprintf(stderr, "  could not remove %s\n", data_dir);
+    if (data_dir[0])
+        (void)tu_rmtree(data_dir);
     data_dir[0] = '\0';
 }
 

@@ -12,7 +12,6 @@
 #include "check.h"
 
 #include <arpa/inet.h>
-#include <ftw.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -1306,13 +1305,6 @@ static void t_key_check_value(void)
     CHECK(memcmp(a, c, 16) != 0); /* another file */
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
 /* ---- end to end: facewired and fwcat -------------------------------------------------------- */
 
 /* Keys for a server and two devices in tmpdir, the authorized-keys file naming both devices. */
@@ -1730,7 +1722,7 @@ static void t_cleanup(void)
     /* remove what the tests left: key files, and the servers' --data directories */
     const char *d = tmpdir();
     CHECK(d[0]);
-    CHECK_EQ_INT(nftw(d, remove_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    CHECK_EQ_INT(tu_rmtree(d), 0);
     CHECK(access(d, F_OK) != 0);
 }
 
