@@ -24,8 +24,6 @@
 #   a test containing the line  "// run-under: tsan"  also runs under ThreadSanitizer.
 
 comma := ,
-empty :=
-space := $(empty) $(empty)
 
 ifneq ($(CROSS),)
   CC := $(CROSS)gcc
@@ -69,7 +67,6 @@ CFLAGS_PROTO:= -std=c99 $(WARN) $(OPT) -g -fPIC -MMD -MP -I. -Iproto $(if $(SAN)
 LDFLAGS_ALL := $(LDSAN) $(LDFLAGS)
 
 # ---- sources -------------------------------------------------------------------------------
-mains        = $(wildcard $(1)/*_main.c)
 PROTO_SRC   := $(wildcard proto/*.c)
 CLIENT_SRC  := $(filter-out %_main.c,$(wildcard client/*.c))
 ENGINE_SRC  := $(filter-out %_main.c,$(wildcard engine/*.c))
