@@ -56,7 +56,7 @@ ifeq ($(CROSS),)
   NATIVE ?= -march=native
 endif
 
-PKGS        := libuv libsodium openblas libturbojpeg libcjson
+PKGS        := libuv libsodium openblas libturbojpeg libcjson libpq
 PKG_CFLAGS  := $(if $(CROSS),,$(shell pkg-config --cflags $(PKGS) 2>/dev/null))
 PKG_LIBS    := $(if $(CROSS),,$(shell pkg-config --libs $(PKGS) 2>/dev/null)) -lhttp_parser -lm -lpthread
 
@@ -200,7 +200,8 @@ run: deps models all
 
 DEB_PKGS := build-essential pkg-config clang npm libuv1-dev libsodium-dev libopenblas-dev \
             libturbojpeg0-dev libjpeg62-turbo-dev libcjson-dev libhttp-parser-dev \
-            qemu-user gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+            qemu-user gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+            libpq-dev postgresql haproxy
 deps:
 	@DEB_PKGS="$(DEB_PKGS)" sh .ci/deps.sh
 
