@@ -41,6 +41,12 @@ typedef struct fwl_opts {
     uint32_t body_bytes;       /* --body-bytes: PING payload */
     uint32_t sleep_ms;         /* --sleep-ms: TEST_SLEEP duration */
     const char *image;         /* --image: JPEG for EMBED */
+    const char *descriptor;    /* --descriptor: 128 numbers (text) for IDENTIFY and ENROLL;
+                                * NULL: a fixed pseudo-random descriptor */
+    uint16_t k;                /* --k: IDENTIFY's matches per face, 1..100 */
+    int has_threshold;         /* --threshold given */
+    float threshold;           /* --threshold: IDENTIFY's distance bound */
+    const char *subject;       /* --subject: ENROLL's subject */
     uint8_t priority;          /* --priority 0..2 */
     uint32_t deadline_ms;      /* --deadline-ms, 0 = server default */
     uint32_t late_ms;          /* --late-ms: OK answers later than this are counted; 0 = off

@@ -993,6 +993,12 @@ static void usage(FILE *out)
         "  --body-bytes N         PING body size (default 0, max %u)\n"
         "  --sleep-ms N           TEST_SLEEP duration (default 10)\n"
         "  --image FILE           JPEG for --op embed\n"
+        "  --descriptor FILE      128 numbers (text: blanks, commas, brackets; e.g. the\n"
+        "                         descriptor line of fwcat embed) for --op identify and\n"
+        "                         enroll (default: a fixed pseudo-random descriptor)\n"
+        "  --k K                  identify: matches per face, 1..100 (default 10)\n"
+        "  --threshold T          identify: only matches nearer than T (default: none)\n"
+        "  --subject S            enroll: the subject of every enrolled face (default fwload)\n"
         "  --rate RPS             open loop: RPS requests per second over all connections,\n"
         "                         latency counted from each request's intended send time\n"
         "  --priority P           0 normal, 1 high, 2 low (default 0)\n"
@@ -1045,7 +1051,7 @@ static int parse_double(const char *s, double lo, double hi, double *out)
 }
 
 enum {
-    O_OP = 256, O_MIX, O_BODY, O_SLEEP, O_IMAGE, O_RATE, O_PRIO, O_DEADLINE, O_TIMEOUT,
+    O_OP = 256, O_MIX, O_BODY, O_SLEEP, O_IMAGE, O_DESC, O_K, O_THRESHOLD, O_SUBJECT, O_RATE, O_PRIO, O_DEADLINE, O_TIMEOUT,
     O_CTIMEOUT, O_CBATCH, O_LATE, O_IDLE, O_MAXRESP, O_MAXBACKLOG, O_JSON, O_PROGRESS, O_NOPROGRESS,
     O_HELP
 };
@@ -1059,6 +1065,10 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
         {"body-bytes", required_argument, NULL, O_BODY},
         {"sleep-ms", required_argument, NULL, O_SLEEP},
         {"image", required_argument, NULL, O_IMAGE},
+        {"descriptor", required_argument, NULL, O_DESC},
+        {"k", required_argument, NULL, O_K},
+        {"threshold", required_argument, NULL, O_THRESHOLD},
+        {"subject", required_argument, NULL, O_SUBJECT},
         {"rate", required_argument, NULL, O_RATE},
         {"priority", required_argument, NULL, O_PRIO},
         {"deadline-ms", required_argument, NULL, O_DEADLINE},
@@ -1077,7 +1087,7 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
     };
     *o = (fwl_opts){
         .host = "127.0.0.1", .port = FW_DEFAULT_PORT, .connections = 1, .pipeline = 1,
-        .op = "ping", .sleep_ms = 10, .timeout_ms = 10000, .connect_timeout_ms = 5000,
+        .op = "ping", .sleep_ms = 10, .k = 10, .timeout_ms = 10000, .connect_timeout_ms = 5000,
         .connect_batch = 200, .max_response = 1u << 20, .max_backlog = 1u << 20,
     };
     int have_d = 0, have_n = 0, have_op = 0, have_late = 0;
@@ -1119,6 +1129,19 @@ static int parse_args(int argc, char **argv, fwl_opts *o)
             o->sleep_ms = (uint32_t)v;
             break;
         case O_IMAGE: o->image = optarg; break;
+        case O_DESC: o->descriptor = optarg; break;
+        case O_K:
+            if (parse_u64(optarg, 1, 100, &v)) bad = "--k: want 1..100";
+            o->k = (uint16_t)v;
+            break;
+        case O_THRESHOLD: {
+            double t = 0;
+            if (parse_double(optarg, 0, 1e30, &t)) bad = "--threshold: want a distance >= 0";
+            o->threshold = (float)t;
+            o->has_threshold = 1;
+            break;
+        }
+        case O_SUBJECT: o->subject = optarg; break;
         case O_RATE:
             if (parse_double(optarg, 0.001, 1e9, &o->rate)) bad = "--rate: want requests/s > 0";
             break;
