@@ -15,6 +15,10 @@
  * Searches, lists and gets hold the read lock for their whole scan. The lock prefers writers
  * (glibc's PREFER_WRITER_NONRECURSIVE kind) so a steady stream of searches cannot starve the
  * writer; the writer holds it only for pointer swaps and O(1) applies.
+ *
+ * With PostgreSQL as the system of record (galpg.c) the gallery is memory-only and the writer
+ * thread idles: fw_gallery_apply takes changes from the database's change table instead,
+ * through the same reserve-outside / apply-under-the-lock steps as a batch of the writer.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -960,6 +964,213 @@ int fw_gallery_delete_subject(fw_gallery *g, const char *subject, size_t subject
     memcpy(r->subject, subject, subject_len);
     r->subject_len = (uint16_t)subject_len;
     return submit(g, r, err, errlen);
+}
+
+/* ---- changes from an external system of record (galpg.c) ------------------------------- */
+
+/* Per ADD of one fw_gallery_apply call: what was reserved for it outside the lock. */
+typedef struct apply_res {
+    galidx_subj *subj;
+    void *meta;
+} apply_res;
+
+static int change_check(const fw_gallery_change *c, uint64_t *prev_seq, char *err,
+                        size_t errlen)
+{
+    if (c->seq && c->seq <= *prev_seq) {
+        snprintf(err, errlen, "change seq %llu does not follow %llu", (unsigned long long)c->seq,
+                 (unsigned long long)*prev_seq);
+        return -1;
+    }
+    if (c->seq)
+        *prev_seq = c->seq;
+    if (c->face_id == 0) {
+        snprintf(err, errlen, "change seq %llu: face id 0", (unsigned long long)c->seq);
+        return -1;
+    }
+    if (c->kind == FW_GALLERY_CHANGE_REMOVE)
+        return 0;
+    if (c->kind != FW_GALLERY_CHANGE_ADD) {
+        snprintf(err, errlen, "change seq %llu: unknown kind %d", (unsigned long long)c->seq,
+                 c->kind);
+        return -1;
+    }
+    if (!c->subject || !galidx_subject_valid(c->subject, c->subject_len) ||
+        c->meta_len > FW_GALLERY_META_MAX || (c->meta_len && !c->meta) || !c->desc ||
+        !galidx_desc_valid(c->desc)) {
+        snprintf(err, errlen, "change seq %llu: face %llu has an invalid subject, metadata or "
+                 "descriptor", (unsigned long long)c->seq, (unsigned long long)c->face_id);
+        return -1;
+    }
+    return 0;
+}
+
+static void apply_unreserve(const fw_gallery_change *c, apply_res *res, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (c[i].kind != FW_GALLERY_CHANGE_ADD || !res[i].subj)
+            continue;
+        galidx_meta_free(res[i].meta);
+        galidx_subj_unreserve(res[i].subj, 1);
+        res[i].subj = NULL;
+        res[i].meta = NULL;
+    }
+}
+
+/* The subject record each ADD will use: the index's, or one new record per distinct new name
+ * (found through a small keyed hash of this call's new names, so a batch of n distinct
+ * subjects costs O(n), not O(n^2)). Reserves a row in it and copies the metadata. */
+static int apply_reserve(fw_gallery *g, const fw_gallery_change *c, apply_res *res, int n,
+                         uint64_t *adds, uint64_t *fresh_subjects)
+{
+    uint32_t cap = 16;
+    while (cap < (uint32_t)n * 2u)
+        cap *= 2;
+    int32_t *tab = malloc(cap * sizeof *tab); /* index into c/res of a fresh subject, -1 */
+    if (!tab)
+        return -1;
+    memset(tab, 0xff, cap * sizeof *tab);
+    for (int i = 0; i < n; i++) {
+        if (c[i].kind != FW_GALLERY_CHANGE_ADD)
+            continue;
+        galidx_subj *s = galidx_find_subject(g->ix, c[i].subject, c[i].subject_len);
+        int fresh = 0;
+        if (!s) {
+            unsigned char h[crypto_shorthash_BYTES];
+            uint64_t hv;
+            crypto_shorthash(h, (const unsigned char *)c[i].subject, c[i].subject_len, g->key);
+            memcpy(&hv, h, sizeof hv);
+            uint32_t slot = (uint32_t)hv & (cap - 1);
+            while (tab[slot] >= 0 && !galidx_subj_same(res[tab[slot]].subj, c[i].subject,
+                                                        c[i].subject_len))
+                slot = (slot + 1) & (cap - 1);
+            if (tab[slot] >= 0) {
+                s = res[tab[slot]].subj;
+            } else {
+                if (!(s = galidx_subj_new(g->ix, c[i].subject, c[i].subject_len)))
+                    goto oom;
+                tab[slot] = i;
+                fresh = 1;
+            }
+        }
+        if (galidx_subj_reserve(s, 1) != 0) {
+            if (fresh)
+                galidx_subj_free(s);
+            goto oom;
+        }
+        int oom = 0;
+        void *meta = galidx_meta_new(c[i].meta, c[i].meta_len, &oom);
+        if (oom) {
+            galidx_subj_unreserve(s, 1); /* frees a fresh s: nothing else is pending on it */
+            goto oom;
+        }
+        res[i].subj = s;
+        res[i].meta = meta;
+        (*adds)++;
+        *fresh_subjects += fresh;
+    }
+    free(tab);
+    return 0;
+oom:
+    free(tab);
+    apply_unreserve(c, res, n);
+    return -1;
+}
+
+int fw_gallery_apply(fw_gallery *g, const fw_gallery_change *c, int n, char *err, size_t errlen)
+{
+    uint64_t prev = g->last_seq, adds = 0, fresh = 0;
+    apply_res *res = NULL;
+    galidx_grow gr;
+    if (g->dir) {
+        snprintf(err, errlen, "changes can only be applied to a memory-only gallery");
+        return -1;
+    }
+    if (n < 0 || (n > 0 && !c)) {
+        snprintf(err, errlen, "bad change list");
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    /* Everything is checked before anything is touched: a bad change applies nothing. */
+    for (int i = 0; i < n; i++)
+        if (change_check(&c[i], &prev, err, errlen) != 0)
+            return -1;
+    if (!(res = calloc((size_t)n, sizeof *res)))
+        goto oom;
+    if (apply_reserve(g, c, res, n, &adds, &fresh) != 0)
+        goto oom;
+    /* Room for every ADD even if some turn out to be no-ops: REMOVEs only free rows, so the
+     * index never holds more than faces + adds at any point of the call. */
+    if ((uint64_t)galidx_faces(g->ix) + adds > g->opt.max_faces) {
+        apply_unreserve(c, res, n);
+        free(res);
+        snprintf(err, errlen, "gallery full (%u faces)", g->opt.max_faces);
+        return -1;
+    }
+    if (galidx_grow_prepare(g->ix, (uint64_t)galidx_faces(g->ix) + adds,
+                            (uint64_t)galidx_subjects(g->ix) + fresh, &gr) != 0) {
+        apply_unreserve(c, res, n);
+        goto oom;
+    }
+    pthread_rwlock_wrlock(&g->lock);
+    galidx_grow_commit(g->ix, &gr);
+    for (int i = 0; i < n; i++) {
+        if (c[i].kind == FW_GALLERY_CHANGE_REMOVE) {
+            galidx_apply_delete_face(g->ix, c[i].face_id);
+        } else if (galidx_has_face(g->ix, c[i].face_id)) {
+            /* Already there (a change seen twice): idempotent, give the reservation back. */
+            galidx_meta_free(res[i].meta);
+            galidx_subj_unreserve(res[i].subj, 1);
+        } else {
+            galidx_apply_enroll(g->ix, c[i].face_id, res[i].subj, res[i].meta, c[i].desc);
+        }
+        if (c[i].kind == FW_GALLERY_CHANGE_ADD && c[i].face_id >= g->next_id)
+            g->next_id = c[i].face_id + 1;
+        if (c[i].seq)
+            g->last_seq = c[i].seq;
+    }
+    pthread_rwlock_unlock(&g->lock);
+    galidx_grow_release(&gr);
+    free(res);
+    publish(g);
+    return 0;
+oom:
+    free(res);
+    snprintf(err, errlen, "out of memory applying %d changes", n);
+    return -1;
+}
+
+static int collect_id(void *arg, uint64_t face_id, const char *subject, size_t subject_len,
+                      const void *meta, size_t meta_len, const float *desc)
+{
+    uint64_t **p = arg;
+    *(*p)++ = face_id;
+    return 0;
+}
+
+int fw_gallery_apply_reset(fw_gallery *g, uint64_t seq, char *err, size_t errlen)
+{
+    if (g->dir) {
+        snprintf(err, errlen, "changes can only be applied to a memory-only gallery");
+        return -1;
+    }
+    uint32_t n = galidx_faces(g->ix);
+    uint64_t *ids = malloc(((size_t)n + 1) * sizeof *ids), *p = ids;
+    if (!ids) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    galidx_visit(g->ix, collect_id, &p);
+    pthread_rwlock_wrlock(&g->lock);
+    for (uint32_t i = 0; i < n; i++)
+        galidx_apply_delete_face(g->ix, ids[i]);
+    g->last_seq = seq;
+    g->next_id = 1;
+    pthread_rwlock_unlock(&g->lock);
+    free(ids);
+    publish(g);
+    return 0;
 }
 
 /* ---- readers ---------------------------------------------------------------------------- */

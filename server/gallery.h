@@ -19,6 +19,8 @@
  *                              any thread, concurrently; they take the read lock, so run
  *                              them on worker threads, never on the loop thread
  *   fw_gallery_info            any thread including the loop thread: atomics only, no lock
+ *   fw_gallery_apply, _reset   one thread that is not the loop (galpg.c's follower), instead
+ *                              of enroll/delete: see "an external system of record" below
  *   fw_gallery_close           the loop thread (or any thread when no loop is attached)
  *
  * Status codes are enum fw_status from fw_proto.h, so compute.c can put them on the wire as
@@ -165,6 +167,42 @@ typedef struct fw_gallery_info {
 
 /* Figures as of the last applied batch. Lock-free (atomics): safe on the loop thread. */
 void fw_gallery_info_get(fw_gallery *g, fw_gallery_info *info);
+
+/* ---- an external system of record (galpg.c, --gallery-url) -------------------------------
+ * With PostgreSQL as the system of record the gallery is opened memory-only and its own
+ * enroll/delete are not used: every change, the node's own writes included, comes back from
+ * the database's change table and is applied here, in the database's order, by one thread.
+ */
+enum { FW_GALLERY_CHANGE_ADD = 1, FW_GALLERY_CHANGE_REMOVE = 2 };
+
+typedef struct fw_gallery_change {
+    uint64_t seq;              /* the change's sequence number; 0: a face of a full load */
+    int kind;                  /* FW_GALLERY_CHANGE_ADD or _REMOVE */
+    uint64_t face_id;          /* >= 1 */
+    /* ADD only; borrowed for the call (everything is copied) */
+    const char *subject;
+    size_t subject_len;
+    const void *meta;
+    size_t meta_len;
+    const float *desc;         /* FW_GALLERY_DIM floats */
+} fw_gallery_change;
+
+/* Apply n changes in order. All of them are checked first (valid subject, metadata and
+ * descriptor as for fw_gallery_enroll, a known kind, face id >= 1, non-zero seqs increasing
+ * and above last_seq); if one is bad nothing is applied. Idempotent per change: an ADD of an
+ * id that is present and a REMOVE of an id that is absent are no-ops. Memory is reserved
+ * outside the lock; the write lock is held once, for O(1) work per change. Afterwards
+ * fw_gallery_info_get reports last_seq = the last non-zero seq, next_face_id = the largest id
+ * added + 1.
+ * One thread only, never the loop thread (it is the gallery's only mutator: the gallery's own
+ * enroll/delete must not be used on it), and only on a memory-only gallery. 0, or -1 with err
+ * (out of memory, gallery full, a bad change). */
+int fw_gallery_apply(fw_gallery *g, const fw_gallery_change *c, int n, char *err, size_t errlen);
+
+/* Remove every face and set last_seq to seq: the start of a full load of the state as of seq
+ * (its faces then come as ADDs with seq 0), also when an earlier load broke off halfway. Same
+ * thread rules as fw_gallery_apply. 0, or -1 with err (out of memory, not memory-only). */
+int fw_gallery_apply_reset(fw_gallery *g, uint64_t seq, char *err, size_t errlen);
 
 /* Stop: new requests get SHUTTING_DOWN; requests already queued are written and completed
  * (their callbacks run inside this call), then the writer thread is joined, a compaction in
