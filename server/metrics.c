@@ -1,9 +1,9 @@
 /*
- * metrics.c — GET /metrics over HTTP/1.x (see metrics.h).
+ * metrics.c — GET /metrics and GET /health over HTTP/1.x (see metrics.h).
  *
  * One request per connection: we answer the first complete request and close, which is what
- * Prometheus scrapers expect of "Connection: close" and keeps the state per connection to a
- * parser, a fixed read buffer and a timer.
+ * Prometheus scrapers and load balancers' health checks expect of "Connection: close", and
+ * keeps the state per connection to a parser, a fixed read buffer and a timer.
  */
 #include "server/metrics.h"
 
@@ -84,6 +84,8 @@ struct fw_metrics {
     uv_tcp_t listener;
     fw_metrics_render_fn render;
     void *arg;
+    fw_metrics_health_fn health; /* NULL: /health answers 503 "starting" */
+    void *health_arg;
     const fw_log *log;
     char addr[64];
     mconn *conns;            /* open connections (for stop) */
@@ -159,10 +161,13 @@ static void write_done_cb(uv_write_t *w, int status)
     mconn_close(w->data);
 }
 
+#define CTYPE_PROM "text/plain; version=0.0.4; charset=utf-8" /* Prometheus text format */
+#define CTYPE_TEXT "text/plain; charset=utf-8"
+
 /* Send the response and close. head_only (a HEAD request): the headers a GET would get,
  * Content-Length included, and no body. */
-static void respond(mconn *mc, int code, const char *reason, const char *body, size_t body_len,
-                    int head_only)
+static void respond(mconn *mc, int code, const char *reason, const char *ctype, const char *body,
+                    size_t body_len, int head_only)
 {
     char head[256];
     int hn = snprintf(head, sizeof head,
@@ -170,9 +175,7 @@ static void respond(mconn *mc, int code, const char *reason, const char *body, s
                       "Content-Type: %s\r\n"
                       "Content-Length: %zu\r\n"
                       "Connection: close\r\n\r\n",
-                      code, reason,
-                      code == 200 ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8",
-                      body_len);
+                      code, reason, ctype, body_len);
     mc->responding = 1;
     uv_read_stop((uv_stream_t *)&mc->tcp);
     /* the timer keeps running: a scraper that never reads its response is closed on time too */
@@ -194,7 +197,7 @@ static void respond(mconn *mc, int code, const char *reason, const char *body, s
 
 static void respond_text(mconn *mc, int code, const char *reason, const char *text)
 {
-    respond(mc, code, reason, text, strlen(text), 0);
+    respond(mc, code, reason, CTYPE_TEXT, text, strlen(text), 0);
 }
 
 static int on_url_cb(http_parser *p, const char *at, size_t len)
@@ -233,12 +236,31 @@ static void serve(mconn *mc)
     }
     const char *path = mc->url + u.field_data[UF_PATH].off;
     size_t plen = u.field_data[UF_PATH].len;
-    if (plen != 8 || memcmp(path, "/metrics", 8) != 0) {
-        respond_text(mc, 404, "Not Found", "not found; try /metrics\n");
+    int is_metrics = plen == 8 && memcmp(path, "/metrics", 8) == 0;
+    int is_health = plen == 7 && memcmp(path, "/health", 7) == 0;
+    if (!is_metrics && !is_health) {
+        respond_text(mc, 404, "Not Found", "not found; try /metrics or /health\n");
         return;
     }
     if (mc->parser.method != HTTP_GET && mc->parser.method != HTTP_HEAD) {
         respond_text(mc, 405, "Method Not Allowed", "only GET\n");
+        return;
+    }
+    int head_only = mc->parser.method == HTTP_HEAD;
+    if (is_health) {
+        /* the reason goes in the body, so that `curl` and a balancer's log show why */
+        char why[128] = "starting"; /* no callback yet: see fw_metrics_set_health */
+        char body[160];
+        fw_metrics *m = mc->m;
+        if (m->health)
+            why[0] = '\0';
+        if (m->health && m->health(m->health_arg, why, sizeof why)) {
+            respond(mc, 200, "OK", CTYPE_TEXT, "ok\n", 3, head_only);
+            return;
+        }
+        int n = snprintf(body, sizeof body, "%s\n", why[0] ? why : "unhealthy");
+        size_t blen = n < 0 ? 0 : (size_t)n >= sizeof body ? sizeof body - 1 : (size_t)n;
+        respond(mc, 503, "Service Unavailable", CTYPE_TEXT, body, blen, head_only);
         return;
     }
     fw_sb sb;
@@ -249,7 +271,7 @@ static void serve(mconn *mc)
         respond_text(mc, 500, "Internal Server Error", "out of memory\n");
         return;
     }
-    respond(mc, 200, "OK", sb.p ? sb.p : "", sb.len, mc->parser.method == HTTP_HEAD);
+    respond(mc, 200, "OK", CTYPE_PROM, sb.p ? sb.p : "", sb.len, head_only);
     fw_sb_free(&sb);
 }
 
@@ -413,6 +435,12 @@ int fw_metrics_start(uv_loop_t *loop, const char *hostport, fw_metrics_render_fn
     fw_log_info(log, "metrics listening", "addr=%s", m->addr);
     *out = m;
     return 0;
+}
+
+void fw_metrics_set_health(fw_metrics *m, fw_metrics_health_fn health, void *arg)
+{
+    m->health = health;
+    m->health_arg = arg;
 }
 
 const char *fw_metrics_addr(const fw_metrics *m)

@@ -4,8 +4,11 @@
  * INFO and /metrics render into.
  *
  * The listener knows nothing about what it serves: on each GET /metrics it calls the render
- * callback (loop thread) for the body. Other paths get 404, other methods 405, malformed or
- * oversized requests 400; the connection closes after every response. A connection is closed
+ * callback (loop thread) for the body, and on each GET /health the health callback, which
+ * says whether this node should take traffic (200 "ok\n", or 503 with the reason as the
+ * body: what a load balancer's HTTP check looks at). HEAD is answered like GET without the
+ * body. Other paths get 404, other methods 405, malformed or oversized requests 400; the
+ * connection closes after every response. A connection is closed
  * FW_METRICS_TIMEOUT_MS after it was accepted whatever its state (request not complete, or
  * response not read), and at most FW_METRICS_MAX_CONNS are open at once (more are closed on
  * accept), so a slow or hostile scraper cannot hold the loop's resources.
@@ -42,6 +45,9 @@ void fw_sb_free(fw_sb *b); /* dynamic only */
 
 typedef struct fw_metrics fw_metrics;
 typedef void (*fw_metrics_render_fn)(void *arg, fw_sb *out);
+/* 1 when healthy; else 0 with a short reason ("draining", "lagging 7300 ms") in why. Loop
+ * thread, once per GET /health: it must be cheap (no I/O, no lock held for long). */
+typedef int (*fw_metrics_health_fn)(void *arg, char *why, size_t whylen);
 
 /* Parse "HOST:PORT" / "[V6]:PORT" (numeric host) into ss. 0, or -1 with a message. */
 struct sockaddr_storage;
@@ -52,6 +58,9 @@ int fw_metrics_parse_addr(const char *hostport, struct sockaddr_storage *ss, cha
  * Returns 0, or -1 with a message. log may be NULL. */
 int fw_metrics_start(uv_loop_t *loop, const char *hostport, fw_metrics_render_fn render, void *arg,
                      const fw_log *log, fw_metrics **out, char *err, size_t errlen);
+/* The /health callback. Without one, /health answers 503 "starting": a listener whose owner
+ * has not said what healthy means must not be sent traffic. */
+void fw_metrics_set_health(fw_metrics *m, fw_metrics_health_fn health, void *arg);
 /* The bound address ("127.0.0.1:9100"). */
 const char *fw_metrics_addr(const fw_metrics *m);
 /* Close the listener and every connection; on_closed(arg) runs once all handles closed, after
