@@ -26,6 +26,11 @@
  * the gallery write is queued from the loop. Breaker classes: "gallery_write" (ENROLL, DELETE:
  * a failing disk opens it and writes are refused fast) and "gallery_read" (IDENTIFY, LIST,
  * GALLERY_INFO), kept apart so that reads go on being served while the disk fails.
+ *
+ * /health (on the --metrics-listen port) is answered from fw_compute_health: what a load
+ * balancer needs to know before it sends this node work — listening, not draining, models
+ * loaded when --models asked for them, and the gallery in sync with PostgreSQL (the embedded
+ * gallery always is).
  */
 #include <errno.h>
 #include <limits.h>
@@ -37,6 +42,7 @@
 #include <time.h>
 
 #include <cblas.h>
+#include <libpq-fe.h>
 #include <sodium.h>
 
 #include "engine/engine.h"
@@ -198,6 +204,8 @@ struct fw_compute {
     fw_galops *galops;           /* owned; the gallery and its queued writes */
     fw_streams *streams;         /* owned; freed once the last worker returned */
     fw_test_gate gate;           /* TEST_HOLD / TEST_RELEASE */
+    int serving;                 /* the server's listeners are open (fw_compute_serving) */
+    int drain_announced;         /* /health says "draining" (fw_compute_announce_drain) */
     int draining;
     int sched_drained;           /* the scheduler reported drained; waiting for gallery writes */
     void (*on_drained)(void *arg);
@@ -235,6 +243,7 @@ void fw_compute_options_default(fw_compute_options *o)
     o->detector_size = 416;
     o->degraded_detector_size = 320;
     o->stream_memory = FW_STREAM_MEMORY_DEFAULT;
+    o->health_max_lag_ms = 5000;
 }
 
 static int parse_long(const char *v, long lo, long hi, long *out)
@@ -271,6 +280,7 @@ static const int_flag int_flags[] = {
     { "--detector-size", offsetof(fw_compute_options, detector_size), 0, 32, 4096 },
     { "--degraded-detector-size", offsetof(fw_compute_options, degraded_detector_size), 0, 0, 4096 },
     { "--gallery-max-faces", offsetof(fw_compute_options, gallery_max_faces), 1, 1, 100000000 },
+    { "--health-max-lag-ms", offsetof(fw_compute_options, health_max_lag_ms), 1, 1, 86400000 },
 };
 
 static int parse_deadline_pair(fw_compute_options *o, const char *v, char *err, size_t errlen)
@@ -304,7 +314,7 @@ bad:
 static const char *const value_flags[] = { "--deadline-ms", "--default-deadline-ms",
                                            "--queue-max-bytes", "--verify-threshold",
                                            "--metrics-listen", "--stream-memory",
-                                           "--gallery-key" };
+                                           "--gallery-key", "--gallery-url" };
 
 /* Messages leave out the flag's name: the caller prefixes it. A flag of ours given without
  * its value returns 1 with *takes_value set and nothing changed, so the caller reports the
@@ -399,6 +409,22 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
         o->gallery_key = value;
         return 1;
     }
+    if (strcmp(flag, "--gallery-url") == 0) {
+        /* libpq's own parser, so that a typo is a usage error now rather than a node that
+         * starts and never becomes healthy. It only parses: nothing is resolved or connected. */
+        char *perr = NULL;
+        PQconninfoOption *opts = value[0] ? PQconninfoParse(value, &perr) : NULL;
+        if (!opts) {
+            size_t n = perr ? strcspn(perr, "\n") : 0;
+            snprintf(err, errlen, "not a PostgreSQL connection string or URI%s%.*s", n ? ": " : "", (int)n,
+                     perr ? perr : "");
+            PQfreemem(perr);
+            return -1;
+        }
+        PQconninfoFree(opts);
+        o->gallery_url = value;
+        return 1;
+    }
     if (strcmp(flag, "--verify-threshold") == 0) {
         char *end;
         float t = strtof(value, &end);
@@ -441,7 +467,10 @@ void fw_compute_usage(FILE *out)
         "  --degraded-detector-size N  detector input in degraded mode (default 320, 0 = same)\n"
         "  --degraded                start in degraded mode (SIGUSR1 toggles it)\n"
         "  --verify-threshold T      VERIFY's default distance threshold (default 0.6)\n"
-        "  --metrics-listen HOST:PORT  Prometheus text on GET /metrics\n"
+        "  --metrics-listen HOST:PORT  Prometheus text on GET /metrics; GET /health answers 200\n"
+        "                            \"ok\" when this node should take traffic, else 503 and why\n"
+        "                            (starting, models not loaded, gallery loading, lagging N ms,\n"
+        "                            draining)\n"
         "  --enable-test-ops         accept the test ops (TEST_SLEEP, TEST_FAIL, TEST_HOLD,\n"
         "                            TEST_RELEASE) and the streams' test mode\n"
         "  --repair                  open a gallery whose log is damaged in the middle by dropping\n"
@@ -452,7 +481,17 @@ void fw_compute_usage(FILE *out)
         "                            0600, made by `facewired keygen --symmetric FILE`); a\n"
         "                            gallery written under another key, or none, is refused\n"
         "  --stream-memory B         frame buffer bytes of all camera streams (default 67108864);\n"
-        "                            a frame that would need more is dropped\n",
+        "                            a frame that would need more is dropped\n"
+        "  --gallery-url URL         keep the gallery in PostgreSQL (a libpq connection string or\n"
+        "                            postgresql:// URI) so that several nodes share it: each node\n"
+        "                            loads it at start and follows every change; ENROLL and DELETE\n"
+        "                            are answered after COMMIT, and UNAVAILABLE (with\n"
+        "                            retry_after_ms) while the database is unreachable, when\n"
+        "                            IDENTIFY goes on from memory. Excludes --data, --repair and\n"
+        "                            --gallery-key (docs/gallery.md, \"PostgreSQL\")\n"
+        "  --health-max-lag-ms MS    GET /health on --metrics-listen answers 503 \"lagging N ms\"\n"
+        "                            while the gallery is more than MS behind PostgreSQL\n"
+        "                            (default 5000; the embedded gallery is never behind)\n",
         out);
 }
 
@@ -473,6 +512,7 @@ static void sigusr1_cb(uv_signal_t *h, int signum)
 
 static void metrics_render(void *arg, fw_sb *out);
 static void gallery_idle_cb(void *arg);
+static int health_cb(void *arg, char *why, size_t whylen);
 
 /* Load the engines and make one fw_face_slot per worker. On failure the reason stays in
  * cp->engine_err and face ops answer UNAVAILABLE; PING and the test ops still work. */
@@ -629,6 +669,8 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     go.data_dir = o->data_dir;
     go.repair = o->repair;
     go.max_faces = o->gallery_max_faces;
+    go.gallery_url = o->gallery_url;
+    go.max_lag_ms = o->health_max_lag_ms;
     go.log = cp->log;
     go.face = &cp->face_env;
     char gerr[256];
@@ -676,8 +718,40 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
         fw_compute_stop(cp);
         return -1;
     }
+    if (cp->metrics)
+        fw_metrics_set_health(cp->metrics, health_cb, cp);
     *out = cp;
     return 0;
+}
+
+/* ---- health -------------------------------------------------------------------------------- */
+
+void fw_compute_serving(fw_compute *cp) { cp->serving = 1; }
+void fw_compute_announce_drain(fw_compute *cp) { cp->drain_announced = 1; }
+
+/* In the order a balancer's operator wants the reason: a node on its way out says so first. */
+int fw_compute_health(fw_compute *cp, char *why, size_t whylen)
+{
+    if (cp->drain_announced || cp->draining) {
+        snprintf(why, whylen, "draining");
+        return 0;
+    }
+    if (!cp->serving) {
+        snprintf(why, whylen, "starting");
+        return 0;
+    }
+    /* the models load at start, before anything listens: without them now, they will not
+     * come (a restart with good --models does) */
+    if (cp->opt.models_required && !cp->engine) {
+        snprintf(why, whylen, "models not loaded");
+        return 0;
+    }
+    return fw_galops_ready(cp->galops, why, whylen);
+}
+
+static int health_cb(void *arg, char *why, size_t whylen)
+{
+    return fw_compute_health(arg, why, whylen);
 }
 
 /* ---- requests ------------------------------------------------------------------------------ */
@@ -710,6 +784,12 @@ void fw_compute_request(fw_compute *cp, fw_conn *c, const fw_header *h, const ui
     if (h->opcode == FW_OP_TEST_RELEASE) {
         test_gate_release(&cp->gate, 0);
         fw_sched_answer_direct(cp->sched, c, h, idx, FW_STATUS_OK, NULL, 0, NULL, 0, 0);
+        return;
+    }
+    if (op->cls == CLS_GALLERY_READ && !cp->draining && fw_galops_loading(cp->galops)) {
+        /* a partly loaded gallery would answer "no match" for faces that exist */
+        fw_sched_answer_now(cp->sched, c, h, idx, FW_STATUS_UNAVAILABLE, "gallery loading", 1,
+                            FW_GALOPS_LOADING_RETRY_MS);
         return;
     }
     if (op->direct && op->direct(body, h->body_len)) {
@@ -788,6 +868,11 @@ static void render_info(fw_compute *cp, fw_sb *b)
     fw_sb_printf(b, "compute_degraded: %d\n", cp->degraded);
     fw_sb_printf(b, "compute_degraded_toggles: %llu\n", (unsigned long long)cp->degraded_toggles);
     fw_sb_printf(b, "compute_models_loaded: %d\n", cp->engine != NULL);
+    char why[128];
+    if (fw_compute_health(cp, why, sizeof why))
+        fw_sb_printf(b, "health: ok\n");
+    else
+        fw_sb_printf(b, "health: %s\n", why);
     fw_sb_printf(b, "compute_unknown_ops: %llu\n", (unsigned long long)cp->unknown_ops);
     /* before the per-op lines, whose number grows with the statuses seen: a reader with a
      * small buffer (conn.c's INFO) cuts the tail, and these are the lines people look for */
@@ -893,6 +978,9 @@ static void metrics_render(void *arg, fw_sb *b)
     fw_sb_printf(b, "facewire_degraded %d\n", cp->degraded);
     PROM_HEAD(b, "facewire_models_loaded", "gauge", "1 when the face models are loaded.");
     fw_sb_printf(b, "facewire_models_loaded %d\n", cp->engine != NULL);
+    char why[128];
+    PROM_HEAD(b, "facewire_healthy", "gauge", "1 when GET /health answers 200.");
+    fw_sb_printf(b, "facewire_healthy %d\n", fw_compute_health(cp, why, sizeof why));
     PROM_HEAD(b, "facewire_breaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
     for (int c = 0; c < fw_sched_nclasses(s); c++)
         fw_sb_printf(b, "facewire_breaker_state{class=\"%s\"} %d\n", fw_sched_class(s, c)->name,

@@ -75,6 +75,11 @@ typedef struct fw_compute_options {
     const char *gallery_key;     /* --gallery-key FILE: encrypt the gallery at rest; NULL = off */
     /* added for camera streams (server/streams.h) */
     uint64_t stream_memory;      /* --stream-memory: frame buffer bytes of all streams */
+    /* added for the PostgreSQL gallery and /health (server/galpg.h) */
+    const char *gallery_url;     /* --gallery-url: PostgreSQL is the gallery's system of record */
+    uint32_t health_max_lag_ms;  /* --health-max-lag-ms: /health is 503 beyond this lag */
+    int models_required;         /* --models was given: /health is 503 without the models (a
+                                    node started without it may serve descriptors only) */
 } fw_compute_options;
 
 void fw_compute_options_default(fw_compute_options *o);
@@ -86,12 +91,23 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
 void fw_compute_usage(FILE *out);
 
 /* Start on loop: sets UV_THREADPOOL_SIZE (must be called before anything queues work on this
- * loop), loads models, opens the gallery (data_dir; blocks while it loads), starts the
- * metrics listener. Returns 0 or -1 with a message; a gallery that cannot be opened (corrupt
- * log without --repair, a data directory another process holds) is such a failure. After a
- * failure the loop must still be run once so that the handles already made can close. */
+ * loop), loads models, opens the gallery (data_dir; blocks while it loads; with gallery_url
+ * the PostgreSQL store starts loading on its own threads), starts the metrics listener.
+ * Returns 0 or -1 with a message; a gallery that cannot be opened (corrupt log without
+ * --repair, a data directory another process holds) is such a failure. After a failure the
+ * loop must still be run once so that the handles already made can close. */
 int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **out,
                      char *err, size_t errlen);
+
+/* GET /health on the metrics listener (and INFO's health line) answer 503 "starting" until
+ * the server calls fw_compute_serving (its listeners are open), and 503 "draining" from
+ * fw_compute_announce_drain (a signal arrived; requests are still served for the drain
+ * delay) or fw_compute_drain on. In between: 200 when the models are loaded (if required)
+ * and the gallery is in sync. Loop thread. */
+void fw_compute_serving(fw_compute *cp);
+void fw_compute_announce_drain(fw_compute *cp);
+/* 1 when healthy, else 0 with the reason in why (the body of the 503). Loop thread. */
+int fw_compute_health(fw_compute *cp, char *why, size_t whylen);
 
 /* A request for any opcode other than PING/INFO. Called on the loop thread with the body
  * still in the connection's buffer (compute copies what it keeps). Answers now or later. */

@@ -613,6 +613,10 @@ int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out,
     fw_gallery_report rep;
     char q[300];
     *out = NULL;
+    if (o->gallery_url) {
+        snprintf(err, errlen, "--gallery-url: not built yet");
+        return -1;
+    }
     fw_galops *gx = calloc(1, sizeof *gx);
     if (!gx) {
         snprintf(err, errlen, "out of memory");
@@ -658,6 +662,10 @@ void fw_galops_set_sched(fw_galops *gx, fw_sched *sched) { gx->sched = sched; }
 const fw_gallery_env *fw_galops_env(const fw_galops *gx) { return &gx->env; }
 uint32_t fw_galops_pending(const fw_galops *gx) { return gx ? gx->pending : 0; }
 
+/* INTERIM until server/galpg.c lands: the embedded gallery only. */
+int fw_galops_loading(fw_galops *gx) { (void)gx; return 0; }
+int fw_galops_ready(fw_galops *gx, char *why, size_t whylen) { (void)gx; (void)why; (void)whylen; return 1; }
+
 void fw_galops_on_idle(fw_galops *gx, void (*cb)(void *arg), void *arg)
 {
     gx->on_idle = cb;
@@ -699,6 +707,7 @@ void fw_galops_info(fw_galops *gx, fw_sb *b)
     fw_sb_printf(b, "gallery_pending_writes: %u\n", gx->pending);
     fw_sb_printf(b, "gallery_write_ms: p50=%.3f p99=%.3f\n", (double)fw_hist_quantile(&gx->write_us, 0.5) / 1000.0,
                  (double)fw_hist_quantile(&gx->write_us, 0.99) / 1000.0);
+    fw_sb_printf(b, "gallery_store: embedded\n");
 }
 
 void fw_galops_metrics(fw_galops *gx, fw_sb *b)

@@ -17,6 +17,13 @@
  * pointer is cleared by fw_galops_conn_closed, the answer is then dropped), and shutdown
  * waits for the last one (fw_galops_pending) before the gallery is closed.
  *
+ * With --gallery-url the system of record is PostgreSQL (server/galpg.h): the fw_gallery is
+ * memory-only and only galpg's follower thread changes it; ENROLL and DELETE become galpg
+ * writes (same fw_galreq, same completion path, answered after COMMIT). A database that cannot
+ * be reached makes them UNAVAILABLE with retry_after_ms while IDENTIFY, LIST and VERIFY go on
+ * from memory. Until the initial load has finished, the reads are refused (fw_galops_loading):
+ * a partly loaded gallery would answer "not found" for faces that exist.
+ *
  * Threading: everything here runs on the loop thread except the work functions, which run on
  * a pool thread and touch only their job, the read-only fw_gallery_env and the gallery's
  * thread-safe read calls.
@@ -41,6 +48,9 @@
 /* retry_after_ms of a BUSY answer when the gallery's write queue is full: the writer empties
  * a batch of up to 512 requests per fdatasync, a few milliseconds each. */
 #define FW_GALOPS_BUSY_RETRY_MS 100
+/* retry_after_ms of the reads refused while a PostgreSQL gallery is still loading: a million
+ * faces load in seconds, and a client that can reach another node goes there meanwhile. */
+#define FW_GALOPS_LOADING_RETRY_MS 1000
 
 typedef struct fw_galops fw_galops;
 
@@ -56,13 +66,17 @@ typedef struct fw_galops_options {
     int repair;               /* --repair */
     uint32_t max_faces;       /* --gallery-max-faces, 0 = the gallery's default */
     const uint8_t *key;       /* --gallery-key, 32 bytes, NULL = plaintext (fw_gallery_options) */
+    const char *gallery_url;  /* --gallery-url: PostgreSQL is the system of record; data_dir,
+                                 repair and key must then be unset (copied by galpg) */
+    uint32_t max_lag_ms;      /* --health-max-lag-ms: in sync while the lag is at most this */
     const fw_log *log;        /* not owned; must outlive the fw_galops (gallery threads use it) */
     const fw_face_env *face;  /* not owned; must outlive the fw_galops */
 } fw_galops_options;
 
 /* Open the gallery (blocks: loads it from disk), attach it to loop, log what recovery found.
- * 0 and *out, or -1 with a one-line reason in err (a corrupt log without --repair, a data
- * directory another process holds, ...). */
+ * With gallery_url: a memory-only gallery and the PostgreSQL store, which connects and loads
+ * on its own threads (does not block). 0 and *out, or -1 with a one-line reason in err (a
+ * corrupt log without --repair, a data directory another process holds, ...). */
 int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out, char *err,
                    size_t errlen);
 
@@ -74,7 +88,15 @@ const fw_gallery_env *fw_galops_env(const fw_galops *gx);
 
 /* Called once, on the loop, each time the number of queued gallery writes drops to 0. */
 void fw_galops_on_idle(fw_galops *gx, void (*cb)(void *arg), void *arg);
+/* Writes queued and not yet answered (the disk gallery's and PostgreSQL's alike). */
 uint32_t fw_galops_pending(const fw_galops *gx);
+
+/* 1 while a PostgreSQL gallery has not finished its initial load (reads are then refused
+ * UNAVAILABLE "gallery loading"); always 0 for the embedded gallery. Loop thread. */
+int fw_galops_loading(fw_galops *gx);
+/* For /health: 1 when the gallery is in sync (always for the embedded gallery), else 0 with
+ * the reason in why ("gallery loading", "lagging 7300 ms", ...). Loop thread. */
+int fw_galops_ready(fw_galops *gx, char *why, size_t whylen);
 
 /* ---- the op table's functions (see fw_op in sched.h) --------------------------------------- */
 
@@ -109,10 +131,13 @@ void fw_galops_conn_closed(fw_galops *gx, fw_conn *c);
 /* Close the gallery (it finishes the writes already queued, inside this call) and free
  * everything. Call on the loop thread after the last worker job returned (the jobs read the
  * gallery) and after the scheduler is gone: no request is counted or answered from here on.
- * The loop must run afterwards so that the gallery's async handle closes. */
+ * With PostgreSQL, the store is closed first (its threads joined, so nothing mutates the
+ * gallery any more), then the gallery; a write whose completion the store delivers on a later
+ * turn of the loop keeps this module's memory until it has run. The loop must run afterwards
+ * so that the async handles close. */
 void fw_galops_close(fw_galops *gx);
 
-/* INFO lines and /metrics families. */
+/* INFO lines and /metrics families (the PostgreSQL ones only with --gallery-url). */
 void fw_galops_info(fw_galops *gx, fw_sb *b);
 void fw_galops_metrics(fw_galops *gx, fw_sb *b);
 

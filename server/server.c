@@ -9,6 +9,10 @@
  * connections cost no timer memory at all.
  *
  * Shutdown (SIGINT/SIGTERM):
+ *   0. GET /health answers 503 "draining" at once. With --drain-delay-ms N everything else
+ *      goes on for N ms (listeners open, every request served) so that a load balancer's
+ *      health check sees the 503 and stops sending work before connections are refused; a
+ *      second signal cuts the delay short (an operator who means "now");
  *   1. close the listeners; new requests are answered SHUTTING_DOWN (compute does it for its
  *      ops, conn.c for PING);
  *   2. fw_compute_drain(grace): jobs in flight may finish until grace_ms, then compute answers
@@ -85,11 +89,17 @@ void fw_server_usage(FILE *out, const char *prog)
 "                           milliseconds (slow senders). 0 disables. Default: %u.\n"
 "  --grace-ms MS            On SIGINT/SIGTERM, how long requests in flight may still\n"
 "                           finish; the rest are answered SHUTTING_DOWN. Default: %u.\n"
+"  --drain-delay-ms MS      On SIGINT/SIGTERM, first answer GET /health with 503\n"
+"                           \"draining\" and go on serving everything for MS milliseconds,\n"
+"                           so that a load balancer checking /health stops sending work\n"
+"                           before the listeners close; then drain as above. A second\n"
+"                           signal ends the delay at once. Default: 0.\n"
 "\n"
 "Data options:\n"
 "  --data DIR               Gallery directory, created (one level, mode 0700) if\n"
-"                           missing. Default: ./data.\n"
-"  --models DIR             Face model weights. Default: ./models.\n"
+"                           missing. Default: ./data. Not with --gallery-url.\n"
+"  --models DIR             Face model weights. Default: ./models. When given, GET\n"
+"                           /health is 503 \"models not loaded\" if they fail to load.\n"
 "\n"
 "Other options:\n"
 "  --log-level LEVEL        debug, info, warn, error or off. Logs are logfmt lines on\n"
@@ -121,7 +131,8 @@ void fw_server_usage(FILE *out, const char *prog)
 "\n"
 "Options take their value as the next argument or after '=' (--grace-ms=500).\n"
 "\n"
-"Signals: SIGINT and SIGTERM start a graceful shutdown; a second one is ignored.\n"
+"Signals: SIGINT and SIGTERM start a graceful shutdown; a second one during\n"
+"--drain-delay-ms ends the delay, any later one is ignored.\n"
 "Exit status: 0 after a clean shutdown, 1 if the server cannot start, 2 on a usage error.\n");
 }
 
@@ -164,7 +175,7 @@ static int parse_listen(const char *spec, struct sockaddr_storage *ss, char *err
 enum flag_id {
     F_SERVER_KEY, F_AUTHORIZED_KEYS, F_REQUIRE_SECURE, F_INSECURE_PLAINTEXT,
     F_LISTEN, F_DATA, F_MODELS, F_MAX_BODY, F_MAX_CONNECTIONS, F_MAX_OUTPUT, F_IDLE_TIMEOUT,
-    F_FRAME_TIMEOUT, F_GRACE, F_LOG_LEVEL, F_HELP, F_VERSION
+    F_FRAME_TIMEOUT, F_GRACE, F_DRAIN_DELAY, F_LOG_LEVEL, F_HELP, F_VERSION
 };
 
 static const struct {
@@ -181,6 +192,7 @@ static const struct {
     {"--idle-timeout-ms", F_IDLE_TIMEOUT, 1},
     {"--frame-timeout-ms", F_FRAME_TIMEOUT, 1},
     {"--grace-ms", F_GRACE, 1},
+    {"--drain-delay-ms", F_DRAIN_DELAY, 1},
     {"--log-level", F_LOG_LEVEL, 1},
     {"--server-key", F_SERVER_KEY, 1},
     {"--authorized-keys", F_AUTHORIZED_KEYS, 1},
@@ -211,9 +223,11 @@ static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FIL
         return 0;
     case F_DATA:
         cfg->data_dir = v;
+        cfg->data_given = 1;
         return 0;
     case F_MODELS:
         cfg->models_dir = v;
+        cfg->compute.models_required = 1;
         return 0;
     case F_MAX_BODY:
         if (parse_u32(v, 1, FW_MAX_BODY_LIMIT, 1, &cfg->max_body) == 0)
@@ -232,9 +246,11 @@ static int apply_flag(fw_server_config *cfg, enum flag_id id, const char *v, FIL
         return -1;
     case F_IDLE_TIMEOUT:
     case F_FRAME_TIMEOUT:
-    case F_GRACE: {
+    case F_GRACE:
+    case F_DRAIN_DELAY: {
         uint32_t *dst = id == F_IDLE_TIMEOUT ? &cfg->idle_timeout_ms
-                      : id == F_FRAME_TIMEOUT ? &cfg->frame_timeout_ms : &cfg->grace_ms;
+                      : id == F_FRAME_TIMEOUT ? &cfg->frame_timeout_ms
+                      : id == F_GRACE ? &cfg->grace_ms : &cfg->drain_delay_ms;
         if (parse_u32(v, 0, ms_max, 0, dst) == 0)
             return 0;
         snprintf(err, errlen, "expected milliseconds from 0 to %u, got '%s'", ms_max, v);
@@ -296,6 +312,23 @@ static int check_security_flags(const fw_server_config *cfg, char *err, size_t e
             return -1;
         }
     }
+    return 0;
+}
+
+/* --gallery-url moves the gallery's system of record to PostgreSQL: the flags that are about
+ * a gallery directory would be silently ignored, so they are refused. */
+static int check_gallery_flags(fw_server_config *cfg, char *err, size_t errlen)
+{
+    const fw_compute_options *o = &cfg->compute;
+    const char *clash = cfg->data_given ? "--data" : o->repair ? "--repair" : o->gallery_key ? "--gallery-key" : NULL;
+    if (!o->gallery_url)
+        return 0;
+    if (clash) {
+        snprintf(err, errlen, "--gallery-url cannot be combined with %s: the gallery is then kept in "
+                 "PostgreSQL, not in a data directory", clash);
+        return -1;
+    }
+    cfg->data_dir = NULL; /* not the default ./data either */
     return 0;
 }
 
@@ -377,7 +410,7 @@ int fw_server_parse_args(fw_server_config *cfg, int argc, char **argv, FILE *out
         if (takes && !inline_value)
             i++;
     }
-    if (check_security_flags(cfg, err, sizeof err) != 0) {
+    if (check_security_flags(cfg, err, sizeof err) != 0 || check_gallery_flags(cfg, err, sizeof err) != 0) {
         fprintf(errf, "%s: %s\n", prog, err);
         return -1;
     }
@@ -500,7 +533,8 @@ static void close_listeners(fw_server *s)
 
 static void close_handles(fw_server *s)
 {
-    uv_handle_t *hs[] = {(uv_handle_t *)&s->sweep, (uv_handle_t *)&s->flush, (uv_handle_t *)&s->nudge,
+    uv_handle_t *hs[] = {(uv_handle_t *)&s->sweep, (uv_handle_t *)&s->drain_delay,
+                         (uv_handle_t *)&s->flush, (uv_handle_t *)&s->nudge,
                          (uv_handle_t *)&s->sigint, (uv_handle_t *)&s->sigterm,
                          (uv_handle_t *)&s->sighup};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
@@ -625,18 +659,53 @@ static void on_drained(void *arg)
     maybe_finish(s);
 }
 
+/* Step 1 of the shutdown (see the top of this file). */
+static void begin_drain(fw_server *s)
+{
+    s->draining = 1;
+    s->force_close_at = uv_now(s->loop) + s->cfg.grace_ms + FW_FLUSH_GRACE_MS;
+    fw_log_info(&s->log, "shutting down", "reason=%s grace_ms=%u connections=%u", s->shutdown_why,
+                s->cfg.grace_ms, s->n_conns);
+    close_listeners(s);
+    fw_compute_drain(s->compute, s->cfg.grace_ms, on_drained, s);
+}
+
+static void end_delay(fw_server *s, const char *why)
+{
+    s->delaying = 0;
+    uv_timer_stop(&s->drain_delay);
+    fw_log_info(&s->log, "drain delay over", "reason=%s elapsed_ms=%llu connections=%u", why,
+                (unsigned long long)(uv_now(s->loop) - s->delay_started), s->n_conns);
+    begin_drain(s);
+}
+
+static void on_drain_delay(uv_timer_t *t)
+{
+    end_delay(t->data, "timer");
+}
+
 void fw_server_shutdown(fw_server *s, const char *why)
 {
     if (s->draining) {
         fw_log_info(&s->log, "shutdown already in progress", "reason=%s", why);
         return;
     }
-    s->draining = 1;
-    s->force_close_at = uv_now(s->loop) + s->cfg.grace_ms + FW_FLUSH_GRACE_MS;
-    fw_log_info(&s->log, "shutting down", "reason=%s grace_ms=%u connections=%u", why,
-                s->cfg.grace_ms, s->n_conns);
-    close_listeners(s);
-    fw_compute_drain(s->compute, s->cfg.grace_ms, on_drained, s);
+    if (s->delaying) {
+        end_delay(s, why); /* a second signal: the operator wants it now */
+        return;
+    }
+    snprintf(s->shutdown_why, sizeof s->shutdown_why, "%s", why);
+    /* first, so the very next health check sees it */
+    fw_compute_announce_drain(s->compute);
+    fw_log_info(&s->log, "draining", "reason=%s delay_ms=%u connections=%u", why, s->cfg.drain_delay_ms,
+                s->n_conns);
+    if (s->cfg.drain_delay_ms == 0) {
+        begin_drain(s);
+        return;
+    }
+    s->delaying = 1;
+    s->delay_started = uv_now(s->loop);
+    uv_timer_start(&s->drain_delay, on_drain_delay, s->cfg.drain_delay_ms, 0);
 }
 
 /* ---- start / info / free ------------------------------------------------------------------- */
@@ -659,6 +728,8 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
     memset(s, 0, sizeof *s);
     s->loop = loop;
     s->cfg = *cfg;
+    if (s->cfg.compute.gallery_url)
+        s->cfg.data_dir = NULL; /* PostgreSQL holds the gallery (check_gallery_flags) */
     s->cfg.compute.data_dir = s->cfg.data_dir;
     s->cfg.compute.models_dir = s->cfg.models_dir;
     fw_log_init(&s->log, cfg->log_level);
@@ -670,9 +741,10 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
 
     /* Handles first, so the error path can close exactly what exists (data != NULL). */
     uv_timer_init(loop, &s->sweep);
+    uv_timer_init(loop, &s->drain_delay);
     uv_check_init(loop, &s->flush);
     uv_idle_init(loop, &s->nudge);
-    s->sweep.data = s->flush.data = s->nudge.data = s;
+    s->sweep.data = s->drain_delay.data = s->flush.data = s->nudge.data = s;
     if ((r = uv_signal_init(loop, &s->sigint)) != 0) {
         fw_log_error(&s->log, "cannot watch signals", "err=%s", uv_err_name(r));
         goto err;
@@ -727,6 +799,7 @@ int fw_server_start(fw_server *s, uv_loop_t *loop, const fw_server_config *cfg)
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sighup, on_sighup, SIGHUP);
+    fw_compute_serving(s->compute); /* /health may say ok from now on */
     if (s->security.enabled)
         fw_log_info(&s->log, "secure sessions", "authorized_keys=%zu require_secure=%d",
                     s->security.keys.n, s->security.require_secure);

@@ -54,14 +54,18 @@ static inline void fw_link_append(fw_link *head, fw_link *l)
 typedef struct fw_server_config {
     const char *listen[FW_MAX_LISTEN]; /* point into argv (or static strings) */
     int n_listen;                      /* 0 means the default 127.0.0.1:7420 */
-    const char *data_dir;
+    const char *data_dir;         /* NULL with --gallery-url (PostgreSQL holds the gallery) */
     const char *models_dir;
+    int data_given;               /* --data was on the command line (not the default) */
     uint32_t max_body;            /* bytes; requests above get TOO_LARGE and a close */
     uint32_t max_connections;     /* beyond it, new connections are accepted and closed */
     uint32_t max_output;          /* unsent response bytes per connection before reading pauses */
     uint32_t idle_timeout_ms;     /* 0 = never */
     uint32_t frame_timeout_ms;    /* a started frame must complete within this; 0 = never */
     uint32_t grace_ms;            /* shutdown: how long jobs in flight may still finish */
+    uint32_t drain_delay_ms;      /* shutdown: /health says 503 and requests are still served
+                                     for this long before the listeners close (a balancer's
+                                     health check needs time to notice) */
     fw_log_level log_level;
     const char *server_key;       /* --server-key FILE: secure sessions on (NULL: off) */
     const char *authorized_keys;  /* --authorized-keys FILE, re-read on SIGHUP */
@@ -86,6 +90,7 @@ typedef struct fw_server {
     int n_listeners;
 
     uv_timer_t sweep;    /* idle / partial-frame / shutdown deadlines */
+    uv_timer_t drain_delay; /* the --drain-delay-ms between the signal and the drain */
     uv_check_t flush;    /* after each poll: service queued connections (one write per batch) */
     uv_idle_t nudge;     /* active while connections are queued: keeps poll from blocking */
     uv_signal_t sigint, sigterm, sighup;
@@ -109,7 +114,10 @@ typedef struct fw_server {
     uint64_t connections_total, requests_total, bytes_in, bytes_out, rejected_connections;
 
     /* Shutdown state. */
-    int draining;        /* a signal arrived: listeners closed, compute draining */
+    int delaying;        /* a signal arrived: /health is 503, still serving (--drain-delay-ms) */
+    uint64_t delay_started;
+    char shutdown_why[32];
+    int draining;        /* the delay is over: listeners closed, compute draining */
     int drained;         /* compute reported every job answered: connections close once flushed */
     int finished;        /* every handle of ours has been closed */
     uint64_t force_close_at; /* uv_now after which connections are closed unflushed */
@@ -128,7 +136,9 @@ void fw_server_usage(FILE *out, const char *prog);
  * fw_server_free). */
 int fw_server_start(fw_server *srv, uv_loop_t *loop, const fw_server_config *cfg);
 
-/* Begin a graceful shutdown, as SIGINT/SIGTERM do. */
+/* Begin a graceful shutdown, as SIGINT/SIGTERM do: /health turns 503 at once; after
+ * cfg.drain_delay_ms (during which everything is still served) the listeners close and
+ * compute drains. Called again during the delay, it cuts the delay short. */
 void fw_server_shutdown(fw_server *srv, const char *why);
 
 /* Free what fw_server_start allocated. Only after uv_run has returned. */
