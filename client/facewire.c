@@ -57,10 +57,23 @@
 #define MAX_IOV 8
 #define ALIGN 16u
 
+#define HOST_MAX 255 /* cfg.host, without the NUL */
+#define PORT_MAX 31  /* cfg.port */
+
+/* One server to connect to. The three strings live in the pool at the end of the client's
+ * block (see fw_client_open()). */
+typedef struct endpoint {
+    const char *text;  /* "host:port" / "[v6]:port": for messages and fw_client_endpoint() */
+    const char *host;  /* for getaddrinfo: brackets removed */
+    const char *port;
+} endpoint;
+
 struct fw_client {
-    char host[256];
-    char port[32];
-    fw_client_config cfg;  /* copy; host/port point at the arrays above, mem at nothing */
+    fw_client_config cfg;  /* copy; host, port, endpoints and mem point at nothing */
+    endpoint ep[FW_MAX_ENDPOINTS];
+    int n_ep;              /* >= 1: cfg.endpoints, or host/port as the only one */
+    int ep_cur;            /* the endpoint in use, or the one the next connect starts at */
+    int managed;           /* cfg.endpoints given: calls connect on their own, failover */
     uint32_t timeout_ms;
     int fd;                /* -1 when not connected */
     uint32_t next_id;
@@ -126,6 +139,16 @@ static void drop_conn(fw_client *c)
 #endif
 }
 
+/* The connection ends in an error: the next connect starts at the next endpoint, so that a
+ * dead or misbehaving server is not the first one tried again. */
+static void conn_failed(fw_client *c)
+{
+    if (c->fd < 0)
+        return;
+    drop_conn(c);
+    c->ep_cur = (c->ep_cur + 1) % c->n_ep;
+}
+
 /* A secure session whose handshake is complete: requests are sealed, responses opened. */
 static int sealed(const fw_client *c)
 {
@@ -173,13 +196,36 @@ static int fail(fw_client *c, int rc, const char *fmt, ...)
     vsnprintf(c->errmsg, sizeof c->errmsg, fmt, ap);
     va_end(ap);
     if (closes_conn(rc))
-        drop_conn(c);
+        conn_failed(c);
     return rc;
 }
 
 const char *fw_client_errmsg(const fw_client *c) { return c ? c->errmsg : "no client"; }
 uint32_t fw_client_retry_after(const fw_client *c) { return c ? c->retry_after : 0; }
 int fw_client_is_connected(const fw_client *c) { return c && c->fd >= 0; }
+const char *fw_client_endpoint(const fw_client *c) { return c ? c->ep[c->ep_cur].text : ""; }
+
+int fw_client_op_resendable(uint8_t opcode)
+{
+    switch (opcode) {
+    case FW_OP_PING:
+    case FW_OP_INFO:
+    case FW_OP_DETECT:
+    case FW_OP_EMBED:
+    case FW_OP_VERIFY:
+    case FW_OP_IDENTIFY:
+    case FW_OP_LIST:
+    case FW_OP_GALLERY_INFO:
+    case FW_OP_TEST_SLEEP:
+    case FW_OP_TEST_FAIL:
+        return 1;
+    default:
+        /* ENROLL, DELETE: may have been carried out. STREAM_*: the stream was the dead
+         * connection's. HELLO/AUTH: belong to one connection's handshake. TEST_RELEASE
+         * counts (each lets one hold go), TEST_HOLD waits for one. Unknown: who knows. */
+        return 0;
+    }
+}
 void fw_client_set_timeout(fw_client *c, uint32_t timeout_ms)
 {
     if (c)
@@ -232,17 +278,196 @@ static int over_u32(size_t n) { return (n >> 16 >> 16) != 0; }
 
 static size_t round_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
 
-size_t fw_client_footprint(const fw_client_config *cfg)
+/* Where host and port are in an endpoint's text ("host:port", "[v6]:port"). */
+typedef struct ep_split {
+    size_t len;         /* of the whole text */
+    size_t hoff, hlen;  /* the host, brackets excluded */
+    size_t poff, plen;  /* the port */
+} ep_split;
+
+/* Pool bytes of one endpoint: its text, host and port, each with a NUL. */
+static size_t ep_pool_bytes(const ep_split *sp) { return sp->len + sp->hlen + sp->plen + 3; }
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static int bad_config(char *err, size_t cap, const char *fmt, ...)
 {
-    if (!cfg || cfg->rx_buf_size < MIN_RX || cfg->tx_buf_size < MIN_TX)
-        return 0;
+    if (err && cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, cap, fmt, ap);
+        va_end(ap);
+    }
+    return FW_ERR_INVALID;
+}
+
+/* Check one endpoint string (num counts from 1, for the message) and find host and port. The
+ * port must be numeric: an endpoint list is written by hand into a config file, and a typo
+ * is better caught at open than by a service lookup at the first failover. */
+static int split_endpoint(const char *s, int num, ep_split *sp, char *err, size_t cap)
+{
+    if (!s)
+        return bad_config(err, cap, "bad endpoint %d: NULL", num);
+    size_t len = strnlen(s, FW_ENDPOINT_MAX + 1);
+    if (len > FW_ENDPOINT_MAX)
+        return bad_config(err, cap, "bad endpoint %d: longer than %d bytes", num, FW_ENDPOINT_MAX);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= ' ' || ch >= 0x7f)
+            return bad_config(err, cap, "bad endpoint %d: byte 0x%02x is not printable ASCII", num, ch);
+    }
+    /* From here on s is short and printable: it may be quoted in the messages. */
+    const char *colon;
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':')
+            return bad_config(err, cap, "bad endpoint \"%s\": expected HOST:PORT or [IPV6]:PORT", s);
+        sp->hoff = 1;
+        sp->hlen = (size_t)(rb - s) - 1;
+        colon = rb + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return bad_config(err, cap, "bad endpoint \"%s\": expected HOST:PORT or [IPV6]:PORT", s);
+        if (memchr(s, ':', (size_t)(colon - s)))
+            return bad_config(err, cap, "bad endpoint \"%s\": an IPv6 address goes in brackets, "
+                              "[ADDR]:PORT", s);
+        sp->hoff = 0;
+        sp->hlen = (size_t)(colon - s);
+    }
+    if (sp->hlen == 0)
+        return bad_config(err, cap, "bad endpoint \"%s\": empty host", s);
+    if (memchr(s + sp->hoff, '[', sp->hlen) || memchr(s + sp->hoff, ']', sp->hlen))
+        return bad_config(err, cap, "bad endpoint \"%s\": expected HOST:PORT or [IPV6]:PORT", s);
+    sp->poff = (size_t)(colon + 1 - s);
+    sp->plen = len - sp->poff;
+    unsigned long port = 0;
+    int ok = sp->plen >= 1 && sp->plen <= 5;
+    for (size_t i = 0; ok && i < sp->plen; i++) {
+        char ch = s[sp->poff + i];
+        ok = ch >= '0' && ch <= '9';
+        port = port * 10 + (unsigned long)(ch - '0');
+    }
+    if (!ok || port < 1 || port > 65535)
+        return bad_config(err, cap, "bad endpoint \"%s\": port must be a number 1..65535", s);
+    sp->len = len;
+    return FW_OK;
+}
+
+/* cfg.host/cfg.port as the only endpoint, its text composed the way an endpoint is written. */
+static int split_host_port(const char *host, const char *port, ep_split *sp, char *err, size_t cap)
+{
+    size_t hlen = strnlen(host, HOST_MAX + 1), plen = strnlen(port, PORT_MAX + 1);
+    if (hlen == 0 || hlen > HOST_MAX)
+        return bad_config(err, cap, "host must be 1..%d bytes", HOST_MAX);
+    if (plen == 0 || plen > PORT_MAX)
+        return bad_config(err, cap, "port must be 1..%d bytes", PORT_MAX);
+    size_t br = memchr(host, ':', hlen) ? 1 : 0; /* an IPv6 address: [addr]:port */
+    sp->hoff = br;
+    sp->hlen = hlen;
+    sp->poff = hlen + 1 + 2 * br;
+    sp->plen = plen;
+    sp->len = sp->poff + plen;
+    return FW_OK;
+}
+
+/* Everything fw_client_open() checks. On FW_OK: the endpoints in sp[0..*n) and the bytes
+ * the client needs in *need. */
+static int check_config(const fw_client_config *cfg, ep_split *sp, int *n, size_t *need, char *err,
+                        size_t cap)
+{
+    if (!cfg)
+        return bad_config(err, cap, "NULL config");
+    if (cfg->rx_buf_size < MIN_RX)
+        return bad_config(err, cap, "rx_buf_size must be at least %u bytes", MIN_RX);
     /* The rx buffer must be able to hold a whole frame, whose body_len is a u32. */
     if (over_u32(cfg->rx_buf_size - FW_HEADER_LEN))
-        return 0;
-    size_t fixed = (ALIGN - 1) + round_up(sizeof(fw_client));
+        return bad_config(err, cap, "rx_buf_size must be under 4 GiB");
+    if (cfg->tx_buf_size < MIN_TX)
+        return bad_config(err, cap, "tx_buf_size must be at least %u bytes", MIN_TX);
+    if (cfg->priority >= FW_PRIO_COUNT)
+        return bad_config(err, cap, "priority must be 0..%d", FW_PRIO_COUNT - 1);
+    if (cfg->n_endpoints < 0 || cfg->n_endpoints > FW_MAX_ENDPOINTS)
+        return bad_config(err, cap, "n_endpoints must be 0..%d, not %d", FW_MAX_ENDPOINTS, cfg->n_endpoints);
+    if (cfg->n_endpoints > 0 && !cfg->endpoints)
+        return bad_config(err, cap, "endpoints is NULL but n_endpoints is %d", cfg->n_endpoints);
+    size_t pool = 0;
+    if (cfg->n_endpoints == 0) {
+        int rc = split_host_port(cfg->host ? cfg->host : "127.0.0.1", cfg->port ? cfg->port : "7420",
+                                 &sp[0], err, cap);
+        if (rc != FW_OK)
+            return rc;
+        *n = 1;
+    } else {
+        for (int i = 0; i < cfg->n_endpoints; i++) {
+            int rc = split_endpoint(cfg->endpoints[i], i + 1, &sp[i], err, cap);
+            if (rc != FW_OK)
+                return rc;
+        }
+        *n = cfg->n_endpoints;
+    }
+    for (int i = 0; i < *n; i++)
+        pool += ep_pool_bytes(&sp[i]); /* at most 8 * 768: no overflow */
+    size_t fixed = (ALIGN - 1) + round_up(sizeof(fw_client)) + pool;
     if (cfg->rx_buf_size > SIZE_MAX - fixed || cfg->tx_buf_size > SIZE_MAX - fixed - cfg->rx_buf_size)
-        return 0;
-    return fixed + cfg->rx_buf_size + cfg->tx_buf_size;
+        return bad_config(err, cap, "rx_buf_size + tx_buf_size do not fit in memory");
+    *need = fixed + cfg->rx_buf_size + cfg->tx_buf_size;
+    return FW_OK;
+}
+
+int fw_client_config_check(const fw_client_config *cfg, char *err, size_t errcap)
+{
+    ep_split sp[FW_MAX_ENDPOINTS];
+    int n;
+    size_t need;
+    if (err && errcap)
+        err[0] = '\0';
+    return check_config(cfg, sp, &n, &need, err, errcap);
+}
+
+size_t fw_client_footprint(const fw_client_config *cfg)
+{
+    ep_split sp[FW_MAX_ENDPOINTS];
+    int n;
+    size_t need;
+    return check_config(cfg, sp, &n, &need, NULL, 0) == FW_OK ? need : 0;
+}
+
+/* Lay out the endpoints' strings in the pool (as many bytes as check_config() counted). */
+static void copy_endpoints(fw_client *c, const fw_client_config *cfg, const ep_split *sp, int n, char *pool)
+{
+    for (int i = 0; i < n; i++) {
+        endpoint *e = &c->ep[i];
+        char *text = pool;
+        if (cfg->n_endpoints > 0) {
+            memcpy(text, cfg->endpoints[i], sp[i].len);
+        } else {
+            const char *host = cfg->host ? cfg->host : "127.0.0.1";
+            const char *port = cfg->port ? cfg->port : "7420";
+            if (sp[i].hoff)
+                text[0] = '[';
+            memcpy(text + sp[i].hoff, host, sp[i].hlen);
+            if (sp[i].hoff)
+                text[sp[i].hoff + sp[i].hlen] = ']';
+            text[sp[i].poff - 1] = ':';
+            memcpy(text + sp[i].poff, port, sp[i].plen);
+        }
+        text[sp[i].len] = '\0';
+        pool += sp[i].len + 1;
+        memcpy(pool, text + sp[i].hoff, sp[i].hlen);
+        pool[sp[i].hlen] = '\0';
+        e->host = pool;
+        pool += sp[i].hlen + 1;
+        memcpy(pool, text + sp[i].poff, sp[i].plen);
+        pool[sp[i].plen] = '\0';
+        e->port = pool;
+        pool += sp[i].plen + 1;
+        e->text = text;
+    }
+    c->n_ep = n;
+    c->ep_cur = 0;
+    c->managed = cfg->n_endpoints > 0;
 }
 
 int fw_client_open(const fw_client_config *cfg, fw_client **out)
@@ -250,11 +475,10 @@ int fw_client_open(const fw_client_config *cfg, fw_client **out)
     if (!cfg || !out)
         return FW_ERR_INVALID;
     *out = NULL;
-    size_t need = fw_client_footprint(cfg);
-    const char *host = cfg->host ? cfg->host : "127.0.0.1";
-    const char *port = cfg->port ? cfg->port : "7420";
-    if (need == 0 || cfg->priority >= FW_PRIO_COUNT || strlen(host) >= sizeof(((fw_client *)0)->host) ||
-        strlen(port) >= sizeof(((fw_client *)0)->port) || *host == '\0' || *port == '\0')
+    ep_split sp[FW_MAX_ENDPOINTS];
+    int n = 0;
+    size_t need = 0;
+    if (check_config(cfg, sp, &n, &need, NULL, 0) != FW_OK)
         return FW_ERR_INVALID;
 
     void *block = cfg->mem;
@@ -267,14 +491,14 @@ int fw_client_open(const fw_client_config *cfg, fw_client **out)
         if (!block)
             return FW_ERR_NOMEM;
     }
+    /* The block: [align slack][fw_client][rx][tx][endpoint strings] */
     uintptr_t base = ((uintptr_t)block + (ALIGN - 1)) & ~(uintptr_t)(ALIGN - 1);
     fw_client *c = (fw_client *)base;
     memset(c, 0, sizeof *c);
-    memcpy(c->host, host, strlen(host) + 1);
-    memcpy(c->port, port, strlen(port) + 1);
     c->cfg = *cfg;
-    c->cfg.host = c->host;
-    c->cfg.port = c->port;
+    c->cfg.host = NULL; /* the caller's strings may go away: c->ep has the copies */
+    c->cfg.port = NULL;
+    c->cfg.endpoints = NULL;
     c->cfg.mem = NULL;
     c->cfg.mem_size = 0;
     if (c->cfg.retry.max_attempts == 0)
@@ -287,6 +511,7 @@ int fw_client_open(const fw_client_config *cfg, fw_client **out)
     c->rx_cap = cfg->rx_buf_size;
     c->tx = c->rx + c->rx_cap;
     c->tx_cap = cfg->tx_buf_size;
+    copy_endpoints(c, cfg, sp, n, (char *)(c->tx + c->tx_cap));
     /* Jitter only has to differ between devices that were told to back off together. */
     c->rng = cfg->retry.seed ? cfg->retry.seed
                              : (uint32_t)(now_ms() * 2654435761u) ^ (uint32_t)(uintptr_t)c ^ (uint32_t)getpid();
@@ -367,7 +592,7 @@ static int hs_exchange(fw_client *c, uint8_t *frame, size_t len, uint32_t id, ui
 
 static int hs_fail(fw_client *c, const char *fmt, const char *what, int n)
 {
-    drop_conn(c);
+    conn_failed(c);
     return fail(c, FW_ERR_AUTH, fmt, n, what);
 }
 #endif
@@ -501,23 +726,17 @@ err:;
     return -1;
 }
 
-int fw_client_connect(fw_client *c)
+/* One endpoint: resolve it, try its addresses in turn, then the handshake; all before
+ * `deadline` (budget_ms is only for the message). */
+static int connect_endpoint(fw_client *c, const endpoint *ep, uint64_t deadline, uint32_t budget_ms)
 {
-    if (!c)
-        return FW_ERR_INVALID;
-    drop_conn(c);
-    c->errmsg[0] = '\0';
-    c->retry_after = 0;
-    uint32_t budget = c->cfg.connect_timeout_ms ? c->cfg.connect_timeout_ms : c->timeout_ms;
-    uint64_t deadline = now_ms() + budget;
-
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    int g = getaddrinfo(c->host, c->port, &hints, &res);
+    int g = getaddrinfo(ep->host, ep->port, &hints, &res);
     if (g != 0)
-        return fail(c, FW_ERR_RESOLVE, "cannot resolve %s port %s: %s", c->host, c->port, gai_strerror(g));
+        return fail(c, FW_ERR_RESOLVE, "cannot resolve %s port %s: %s", ep->host, ep->port, gai_strerror(g));
 
     int rc = FW_ERR_CONNECT;
     char where[NI_MAXHOST + NI_MAXSERV + 4] = "";
@@ -537,11 +756,74 @@ int fw_client_connect(fw_client *c)
     freeaddrinfo(res);
     if (rc != FW_OK) {
         if (last_errno == ETIMEDOUT)
-            return fail(c, FW_ERR_TIMEOUT, "connect to %s: timed out after %u ms", where, (unsigned)budget);
+            return fail(c, FW_ERR_TIMEOUT, "connect to %s: timed out after %u ms", where, (unsigned)budget_ms);
         char eb[128];
         return fail(c, FW_ERR_CONNECT, "connect to %s: %s", where, errtext(last_errno, eb, sizeof eb));
     }
     return session_start(c, deadline);
+}
+
+/* Connect to the endpoints in order from ep_cur, before `deadline`. Each gets an equal share
+ * of the time left (the last one all of it), so that one that swallows SYNs costs the others
+ * only its share. On return ep_cur is the endpoint connected to, or the one after the last
+ * that failed. One endpoint: its own error as it is. */
+static int connect_until(fw_client *c, uint64_t deadline, uint32_t budget_ms)
+{
+    drop_conn(c);
+    int n = c->n_ep, start = c->ep_cur, tried = 0, rc = FW_ERR_CONNECT;
+    for (int k = 0; k < n; k++) {
+        int i = (start + k) % n;
+        int left = ms_left(deadline);
+        if (left == 0 && k > 0)
+            break;
+        uint32_t share = (uint32_t)left / (uint32_t)(n - k);
+        c->ep_cur = i;
+        rc = connect_endpoint(c, &c->ep[i], k == n - 1 ? deadline : now_ms() + share,
+                              k == n - 1 ? (uint32_t)left : share);
+        tried++;
+        if (rc == FW_OK) {
+            c->ep_cur = i;
+            return FW_OK;
+        }
+        drop_conn(c);
+        c->ep_cur = (i + 1) % n;
+        if (rc == FW_ERR_AUTH)
+            return rc; /* a server that fails the handshake is reported, not skipped */
+    }
+    if (n == 1)
+        return rc;
+    char last[sizeof c->errmsg];
+    memcpy(last, c->errmsg, sizeof last);
+    if (tried < n || (rc == FW_ERR_TIMEOUT && ms_left(deadline) == 0))
+        return fail(c, FW_ERR_TIMEOUT, "no endpoint connected within %u ms (%d of %d tried); last: %s",
+                    (unsigned)budget_ms, tried, n, last);
+    return fail(c, FW_ERR_CONNECT, "all %d endpoints failed; last: %s", n, last);
+}
+
+/* The time fw_client_connect() may take. */
+static uint32_t connect_budget(const fw_client *c)
+{
+    return c->cfg.connect_timeout_ms ? c->cfg.connect_timeout_ms : c->timeout_ms;
+}
+
+int fw_client_connect(fw_client *c)
+{
+    if (!c)
+        return FW_ERR_INVALID;
+    c->errmsg[0] = '\0';
+    c->retry_after = 0;
+    uint32_t budget = connect_budget(c);
+    return connect_until(c, now_ms() + budget, budget);
+}
+
+/* A call that found no connection (managed clients only) connects first, within the
+ * connect budget and the call's own deadline, whichever ends first. */
+static int connect_for_call(fw_client *c, uint64_t deadline)
+{
+    uint64_t now = now_ms(), until = now + connect_budget(c);
+    if (until > deadline)
+        until = deadline;
+    return connect_until(c, until, (uint32_t)(until > now ? until - now : 0));
 }
 
 /* ---- transport --------------------------------------------------------------------------- */
@@ -634,7 +916,7 @@ static int check_header(fw_client *c, const fw_header *h)
                     (unsigned)h->version, (unsigned)FW_PROTO_VERSION);
     case FW_HDR_TOO_LARGE:
         /* Its body is on the way and nothing could skip it safely: the stream is lost. */
-        drop_conn(c);
+        conn_failed(c);
         return fail(c, FW_ERR_TOO_LARGE, "response body of %lu bytes does not fit rx_buf_size %lu",
                     (unsigned long)h->body_len, (unsigned long)c->rx_cap);
     default:
@@ -663,7 +945,7 @@ static int open_arrived(fw_client *c)
         fw_header h;
         fw_header_decode(f, &h);
         if (!(h.flags & FW_FLAG_SEALED)) {
-            drop_conn(c);
+            conn_failed(c);
             return fail(c, FW_ERR_AUTH, "unsealed response in a secure session (connection closed)");
         }
         h.flags &= (uint8_t)~FW_FLAG_SEALED;
@@ -676,7 +958,7 @@ static int open_arrived(fw_client *c)
         rc = fw_secure_open(&c->sess, f, f + FW_HEADER_LEN, h.body_len, f + FW_HEADER_LEN,
                             h.body_len, &plen);
         if (rc != FW_SEC_OK) {
-            drop_conn(c);
+            conn_failed(c);
             return fail(c, FW_ERR_AUTH, "response %s (connection closed)", fw_secure_strerror(rc));
         }
         size_t end = c->rx_open + FW_HEADER_LEN + h.body_len;
@@ -889,7 +1171,7 @@ static int req_send(req *r, uint8_t opcode, uint32_t *id, uint64_t deadline)
         int src = fw_secure_seal(&c->sess, &h, f + FW_HEADER_LEN, body, f,
                                  (size_t)total + FW_SECURE_TAG_LEN, &flen);
         if (src != FW_SEC_OK) {
-            drop_conn(c);
+            conn_failed(c);
             return fail(c, FW_ERR_AUTH, "cannot seal request: %s (connection closed)",
                         fw_secure_strerror(src));
         }
@@ -908,9 +1190,12 @@ static int req_send(req *r, uint8_t opcode, uint32_t *id, uint64_t deadline)
 static int send_built(req *r, uint8_t opcode, uint32_t *request_id)
 {
     fw_client *c = r->c;
+    uint64_t deadline = now_ms() + c->timeout_ms;
     int rc = req_finish(r);
+    if (rc == FW_OK && c->fd < 0) /* a managed client (begin_call() let it through) */
+        rc = connect_for_call(c, deadline);
     if (rc == FW_OK)
-        rc = req_send(r, opcode, request_id, now_ms() + c->timeout_ms);
+        rc = req_send(r, opcode, request_id, deadline);
     if (rc == FW_OK)
         release_claim(c);
     return rc;
@@ -918,16 +1203,23 @@ static int send_built(req *r, uint8_t opcode, uint32_t *request_id)
 
 /* ---- public pipelined API ---------------------------------------------------------------- */
 
-static int begin_call(fw_client *c)
+/* The start of every call. Without a connection, a managed client's call goes on and
+ * connects once its request is built (so that a bad argument is reported without touching
+ * the network); calls that need the connection they were started on (may_connect 0) and
+ * every call of an unmanaged client fail. */
+static int begin_call_ex(fw_client *c, int may_connect)
 {
     if (!c)
         return FW_ERR_INVALID;
     c->errmsg[0] = '\0';
     c->retry_after = 0;
-    if (c->fd < 0)
+    if (c->fd < 0 && !(may_connect && c->managed))
         return fail(c, FW_ERR_NOT_CONNECTED, "not connected");
     return FW_OK;
 }
+
+static int begin_call(fw_client *c) { return begin_call_ex(c, 1); }
+static int begin_on_conn(fw_client *c) { return begin_call_ex(c, 0); }
 
 int fw_send(fw_client *c, uint8_t opcode, const void *body, size_t len, uint32_t *request_id)
 {
@@ -946,7 +1238,7 @@ int fw_send(fw_client *c, uint8_t opcode, const void *body, size_t len, uint32_t
 
 int fw_send_raw(fw_client *c, const void *bytes, size_t len)
 {
-    int rc = begin_call(c);
+    int rc = begin_on_conn(c);
     if (rc != FW_OK)
         return rc;
     if (len && !bytes)
@@ -962,7 +1254,7 @@ int fw_send_raw(fw_client *c, const void *bytes, size_t len)
 
 int fw_recv(fw_client *c, uint32_t request_id, fw_response *resp)
 {
-    int rc = begin_call(c);
+    int rc = begin_on_conn(c);
     if (rc != FW_OK)
         return rc;
     if (!resp)
@@ -1029,8 +1321,13 @@ static int req_uses_rx(const req *r)
     return 0;
 }
 
+/* The connection broke under a request: it may or may not have been carried out. */
+static int conn_broke(int rc) { return rc == FW_ERR_CLOSED || rc == FW_ERR_IO; }
+
 /* Send the built request, wait for its answer; OK → FW_OK with *resp, a status → that status
- * with errmsg / retry_after set (after retries, when the policy allows). */
+ * with errmsg / retry_after set (after retries, when the policy allows). A managed client
+ * connects first when it has no connection, and re-sends a request that is safe to repeat
+ * on a new connection (the next endpoint) when the connection broke under it. */
 static int call(req *r, uint8_t opcode, fw_response *resp)
 {
     fw_client *c = r->c;
@@ -1039,21 +1336,32 @@ static int call(req *r, uint8_t opcode, fw_response *resp)
     if (rc != FW_OK)
         return rc;
     int may_retry = c->cfg.retry.enabled && !req_uses_rx(r);
+    int may_resend = may_retry && c->managed && fw_client_op_resendable(opcode);
     for (uint32_t attempt = 1;; attempt++) {
+        if (c->fd < 0 && (rc = connect_for_call(c, deadline)) != FW_OK)
+            return rc;
         uint32_t id;
         rc = req_send(r, opcode, &id, deadline);
-        if (rc != FW_OK)
+        if (rc == FW_OK) {
+            release_claim(c);
+            rc = recv_frame(c, id, deadline, resp);
+        }
+        if (rc != FW_OK) {
+            /* fail() closed the connection and moved ep_cur on: the loop connects there. */
+            if (conn_broke(rc) && may_resend && attempt < c->cfg.retry.max_attempts &&
+                ms_left(deadline) > 0)
+                continue;
             return rc;
-        release_claim(c);
-        rc = recv_frame(c, id, deadline, resp);
-        if (rc != FW_OK)
-            return rc;
+        }
         if (resp->hdr.opcode != opcode) /* a response copies its request's opcode */
             return fail(c, FW_ERR_PROTOCOL, "response to a %s request has opcode 0x%02x",
                         fw_op_name(opcode), (unsigned)resp->hdr.opcode);
         uint16_t st = resp->hdr.status;
-        if (st == FW_STATUS_OK)
+        if (st == FW_STATUS_OK) {
+            c->errmsg[0] = '\0'; /* what failed on the way was dealt with */
+            c->retry_after = 0;
             return FW_OK;
+        }
         const char *msg;
         uint16_t mlen;
         fw_response_error(resp, &msg, &mlen, &c->retry_after);
@@ -1654,7 +1962,7 @@ int fw_stream_open(fw_client *c, const fw_stream_config *sc, uint32_t *stream_id
 int fw_stream_push(fw_client *c, uint32_t stream_id, uint64_t seq, uint64_t capture_us,
                    const void *jpeg, size_t len)
 {
-    int rc = begin_call(c);
+    int rc = begin_on_conn(c);
     if (rc != FW_OK)
         return rc;
     if (!jpeg || len == 0)
@@ -1703,7 +2011,7 @@ int fw_stream_push(fw_client *c, uint32_t stream_id, uint64_t seq, uint64_t capt
         int src = fw_secure_seal(&c->sess, &h, c->tx + FW_HEADER_LEN, total - FW_HEADER_LEN, c->tx,
                                  total + FW_SECURE_TAG_LEN, &flen);
         if (src != FW_SEC_OK) {
-            drop_conn(c);
+            conn_failed(c);
             return fail(c, FW_ERR_AUTH, "cannot seal stream frame: %s (connection closed)",
                         fw_secure_strerror(src));
         }
@@ -1827,7 +2135,7 @@ static int decode_event(const fw_response *resp, fw_stream_event *ev, fw_stream_
 int fw_stream_poll(fw_client *c, uint32_t timeout_ms, fw_stream_event *ev, fw_stream_face *faces,
                    size_t max_faces)
 {
-    int rc = begin_call(c);
+    int rc = begin_on_conn(c);
     if (rc != FW_OK)
         return rc;
     if (!ev)
@@ -1861,7 +2169,7 @@ int fw_stream_poll(fw_client *c, uint32_t timeout_ms, fw_stream_event *ev, fw_st
 
 int fw_stream_close(fw_client *c, uint32_t stream_id, fw_stream_stats *out)
 {
-    int rc = begin_call(c);
+    int rc = begin_on_conn(c);
     if (rc != FW_OK)
         return rc;
     req r;

@@ -16,8 +16,8 @@
  *   fw_client_close(c);
  *
  * MEMORY. fw_client_open() allocates exactly one block of fw_client_footprint(cfg) bytes
- * (the connection state, under 1 KiB, plus rx_buf_size plus tx_buf_size: about 261 KiB with
- * the defaults), or none at all when the caller passes that block in cfg.mem (any alignment;
+ * (the connection state, under 1 KiB, plus rx_buf_size plus tx_buf_size plus twice the
+ * length of the host/port or endpoint strings: about 261 KiB with the defaults), or none at all when the caller passes that block in cfg.mem (any alignment;
  * it must outlive the client). Nothing else is allocated by the library, ever; the only
  * allocation on the way is the C library's own inside getaddrinfo() during a connect.
  *   - tx_buf_size bounds the fixed-size part of a request (header, lengths, descriptors,
@@ -36,7 +36,8 @@
  * After FW_ERR_TIMEOUT, FW_ERR_IO, FW_ERR_CLOSED, FW_ERR_PROTOCOL, FW_ERR_MALFORMED,
  * FW_ERR_RX_FULL and a FW_ERR_TOO_LARGE response the connection is closed (the byte stream
  * can no longer be trusted to be in step, or a late answer would be taken for the next one);
- * every later call fails with FW_ERR_NOT_CONNECTED until fw_client_connect() is called again.
+ * every later call fails with FW_ERR_NOT_CONNECTED until fw_client_connect() is called again
+ * (with cfg.endpoints the next call connects by itself: see ENDPOINTS AND FAILOVER).
  * Errors found before anything was sent (FW_ERR_INVALID, a request over tx_buf_size) leave
  * the connection as it was.
  *
@@ -121,9 +122,41 @@ typedef struct fw_retry_policy {
 } fw_retry_policy;
 
 /* Always start from fw_client_config_init(): fields only ever get added at the end, with a
- * zero meaning "the old behaviour", so code written now keeps compiling and working.
- * Several endpoints with failover (a later issue) will arrive as an `endpoints` array next to
- * host/port. */
+ * zero meaning "the old behaviour", so code written now keeps compiling and working. */
+
+/* ENDPOINTS AND FAILOVER. cfg.endpoints lists the servers of one cluster (or HAProxy
+ * frontends) as "host:port" or "[ipv6]:port" strings, port 1..65535; at most
+ * FW_MAX_ENDPOINTS of at most FW_ENDPOINT_MAX bytes each. They are checked and copied into
+ * the client's one block at open (a bad one: FW_ERR_INVALID, fw_client_config_check() says
+ * why); cfg.host / cfg.port are then ignored. Setting them hands the connection to the
+ * library:
+ *   - fw_client_connect() tries the endpoints in order, starting at the current one (the one
+ *     in use, or the one after the last that failed), moving on after a failure, and stops
+ *     at the first that connects (and, in a secure session, completes the handshake). Each
+ *     gets an equal share of the time left of connect_timeout_ms, so a host that swallows
+ *     SYNs cannot use up the time of the others. When every endpoint failed it returns
+ *     FW_ERR_CONNECT (FW_ERR_TIMEOUT if the time ran out) and the message names the last
+ *     error. FW_ERR_AUTH stops it at once: a server that fails the handshake is reported,
+ *     not skipped (the next connect starts after it).
+ *   - A call that finds no connection connects first (from the current endpoint, within the
+ *     call's own timeout). Calls that only make sense on the connection they were started on
+ *     never do: fw_recv(), fw_send_raw(), fw_stream_push(), fw_stream_poll(),
+ *     fw_stream_close() return FW_ERR_NOT_CONNECTED.
+ *   - Any error that closes the connection marks its endpoint failed: the next connect
+ *     starts at the next endpoint (round robin).
+ *   - When the connection breaks during a synchronous call (send failed, reset, closed before
+ *     the answer: FW_ERR_CLOSED or FW_ERR_IO) and cfg.retry.enabled, the request is sent
+ *     again on a new connection to the next endpoint, at once (no back-off: it is another
+ *     server), counted as an attempt of the retry policy and within the call's timeout_ms --
+ *     but only when fw_client_op_resendable() says repeating it is harmless. ENROLL and
+ *     DELETE may have been carried out before the connection broke (repeating ENROLL would
+ *     add the face twice), and a stream lives and dies with its connection: for those the
+ *     error is returned, the outcome is the caller's to find out (LIST, IDENTIFY), and the
+ *     next call connects again.
+ * Without cfg.endpoints (host/port) the library never connects on its own: after a
+ * connection error every call fails with FW_ERR_NOT_CONNECTED until fw_client_connect(). */
+#define FW_MAX_ENDPOINTS 8
+#define FW_ENDPOINT_MAX 255   /* bytes in one endpoint string, without the NUL */
 
 /* Secure sessions (docs/security.md): this device's identity and the pinned server key. Fill
  * it with fw_client_secure_load() (or by hand, from keys kept elsewhere) and point
@@ -158,17 +191,24 @@ typedef struct fw_client_config {
     const fw_client_secure *secure; /* NULL = plaintext (the default); see fw_client_secure.
                                   Without libsodium, non-NULL makes fw_client_open() fail
                                   FW_ERR_UNSUPPORTED rather than silently talk plaintext */
+    const char *const *endpoints; /* n_endpoints strings, see ENDPOINTS AND FAILOVER; copied */
+    int n_endpoints;           /*   at open. 0 = one server, host/port */
 } fw_client_config;
 
 typedef struct fw_client fw_client; /* opaque; owned by the library */
 
 void fw_client_config_init(fw_client_config *cfg);
+/* FW_OK, or FW_ERR_INVALID with the reason in err (NUL-terminated, truncated to errcap; err
+ * may be NULL): exactly the checks fw_client_open() makes, for a message to show the user,
+ * e.g. 'bad endpoint "db1:80x": port must be a number 1..65535'. */
+int fw_client_config_check(const fw_client_config *cfg, char *err, size_t errcap);
 /* Bytes fw_client_open() needs for this config (0 if the config is invalid). */
 size_t fw_client_footprint(const fw_client_config *cfg);
 /* Set up a client (no network yet). FW_OK, FW_ERR_INVALID or FW_ERR_NOMEM. */
 int fw_client_open(const fw_client_config *cfg, fw_client **out);
 /* Connect (or reconnect: an existing connection is closed first, pending responses are
- * dropped). Tries every address getaddrinfo returns, within connect_timeout_ms in total. */
+ * dropped). Tries every address getaddrinfo returns, within connect_timeout_ms in total;
+ * with cfg.endpoints, the endpoints in turn (see ENDPOINTS AND FAILOVER). */
 int fw_client_connect(fw_client *c);
 /* Close the connection and free what fw_client_open() allocated. NULL is fine. */
 void fw_client_close(fw_client *c);
@@ -181,6 +221,15 @@ uint32_t fw_client_retry_after(const fw_client *c);
 int fw_client_is_connected(const fw_client *c);
 /* Change the per-call bound for the following calls. */
 void fw_client_set_timeout(fw_client *c, uint32_t timeout_ms);
+/* The endpoint in use ("host:port" or "[ipv6]:port", as configured; host/port are shown the
+ * same way), or when not connected the one the next connect starts at. Owned by c, valid
+ * until fw_client_close(). */
+const char *fw_client_endpoint(const fw_client *c);
+/* 1 if a request with this opcode may be sent again after its connection broke before the
+ * answer (its effect, if it had one, is the same done twice): PING, INFO, DETECT, EMBED,
+ * VERIFY, IDENTIFY, LIST, GALLERY_INFO, TEST_SLEEP and TEST_FAIL. 0 for ENROLL, DELETE, the
+ * stream ops, the handshake, TEST_HOLD/TEST_RELEASE and any opcode this library does not know. */
+int fw_client_op_resendable(uint8_t opcode);
 
 /* ---- pipelined API ---------------------------------------------------------------------- */
 

@@ -37,6 +37,10 @@
 typedef struct fwcat {
     fw_client_config cfg;
     fw_client *c;
+    char *hosts[FW_MAX_ENDPOINTS];  /* -h values split at commas (into argv) */
+    int n_hosts;
+    const char *eps[FW_MAX_ENDPOINTS]; /* cfg.endpoints: hosts[] or ep_text[] */
+    char ep_text[FW_MAX_ENDPOINTS][FW_ENDPOINT_MAX + 1]; /* HOST given without port, with -p's */
     int json;
     int retry;
     uint64_t stream_t0;  /* stream: monotonic us of the first frame; capture ts are relative */
@@ -49,9 +53,9 @@ static void usage(FILE *out)
         "    fwcat - send commands to a facewire server (facewired)\n"
         "\n"
         "SYNOPSIS\n"
-        "    fwcat [-h HOST] [-p PORT] [--timeout MS] [--json] [--retry] COMMAND [ARGS...]\n"
-        "    fwcat [-h HOST] [-p PORT] [--timeout MS] [--json] [--retry]  < commands.txt\n"
-        "    fwcat [-h HOST] [-p PORT] [--timeout MS] --raw  < frames.hex\n"
+        "    fwcat [-h SERVERS]... [-p PORT] [--timeout MS] [--json] [--retry] COMMAND [ARGS...]\n"
+        "    fwcat [-h SERVERS]... [-p PORT] [--timeout MS] [--json] [--retry]  < commands.txt\n"
+        "    fwcat [-h SERVERS]... [-p PORT] [--timeout MS] --raw  < frames.hex\n"
         "\n"
         "DESCRIPTION\n"
         "    With a COMMAND, fwcat runs it once and prints the answer. Without one it reads\n"
@@ -60,8 +64,13 @@ static void usage(FILE *out)
         "    prints one answer per line and goes on after errors, like netcat.\n"
         "\n"
         "OPTIONS\n"
-        "    -h, --host HOST   server name or address, IPv4 or IPv6 (default 127.0.0.1)\n"
-        "    -p, --port PORT   server port (default 7420)\n"
+        "    -h, --host SERVERS\n"
+        "                      the server: a name or an IPv4 or IPv6 address (default\n"
+        "                      127.0.0.1), or several servers of one cluster to fail over\n"
+        "                      between, HOST:PORT[,HOST:PORT...] (an IPv6 address with a\n"
+        "                      port goes in brackets: [::1]:7420). May be repeated; at most\n"
+        "                      8 servers in all. See FAILOVER\n"
+        "    -p, --port PORT   the port of every server given without one (default 7420)\n"
         "    --timeout MS      bound on each command, connect included (default 5000)\n"
         "    --json            machine-readable output: one JSON object per answer, on one line\n"
         "    --retry           retry BUSY and UNAVAILABLE answers with jittered back-off,\n"
@@ -100,6 +109,15 @@ static void usage(FILE *out)
         "                                (dropped_at_source). --test-sleep MS: the server's test\n"
         "                                mode (--enable-test-ops; no analysis, sleeps MS)\n"
         "\n"
+        "FAILOVER\n"
+        "    With several servers fwcat connects to the first one that answers, in the\n"
+        "    order given. When a connection fails (refused, reset, closed before the\n"
+        "    answer) the command fails, and the next command connects to the next server.\n"
+        "    With --retry the command itself is sent again to the next server, within\n"
+        "    --timeout, if repeating it is harmless: every command but enroll, delete and\n"
+        "    stream, which may have been carried out before the connection broke (check\n"
+        "    with list or identify before sending them again).\n"
+        "\n"
         "JSON OUTPUT\n"
         "    detect/embed {\"width\":W,\"height\":H,\"faces\":[{\"box\":[x,y,w,h],\"score\":S,\n"
         "                 \"landmarks\":[[x,y],...],\"descriptor\":[...]}]} (descriptor: embed only)\n"
@@ -128,6 +146,8 @@ static void usage(FILE *out)
         "\n"
         "EXAMPLES\n"
         "    fwcat -p 7420 ping hi            prints hi\n"
+        "    fwcat -h 10.0.0.5:7420,10.0.0.6:7420 --retry identify face.jpg\n"
+        "    fwcat -h node1 -h node2 -h '[fd00::3]:7421' -p 7420 info\n"
         "    fwcat --json verify a.jpg b.jpg\n"
         "    printf 'ping a\\ninfo\\n' | fwcat\n"
         "    echo 'face 01 01 00 00 0000 00000007 00000000 00000002 6869' | fwcat --raw\n",
@@ -1466,6 +1486,45 @@ static int run_raw(fwcat *fc)
 
 /* ---- main -------------------------------------------------------------------------------- */
 
+/* Does this -h piece name its port? "[v6]:P" and "host:P" do; "host", "[v6]" and a bare IPv6
+ * address (two colons or more) do not. */
+static int has_port(const char *h)
+{
+    if (h[0] == '[')
+        return strstr(h, "]:") != NULL;
+    const char *colon = strchr(h, ':');
+    return colon && !strchr(colon + 1, ':');
+}
+
+/* The -h pieces into the client config. One server without a port stays the host/port pair
+ * of old (fwcat connects to it, and to nothing else on its own). Otherwise the servers are an
+ * endpoint list, those without a port taking -p's; the library checks them (exact messages). */
+static int set_servers(fwcat *fc)
+{
+    if (fc->n_hosts == 0)
+        return 0;
+    if (fc->n_hosts == 1 && !has_port(fc->hosts[0])) {
+        fc->cfg.host = fc->hosts[0];
+        return 0;
+    }
+    const char *port = fc->cfg.port;
+    for (int i = 0; i < fc->n_hosts; i++) {
+        const char *h = fc->hosts[i];
+        if (has_port(h)) {
+            fc->eps[i] = h;
+            continue;
+        }
+        int bare_v6 = h[0] != '[' && strchr(h, ':') != NULL;
+        int n = snprintf(fc->ep_text[i], sizeof fc->ep_text[i], bare_v6 ? "[%s]:%s" : "%s:%s", h, port);
+        if (n < 0 || (size_t)n >= sizeof fc->ep_text[i])
+            return usage_error(fc, "bad endpoint %d: longer than %d bytes", i + 1, FW_ENDPOINT_MAX);
+        fc->eps[i] = fc->ep_text[i];
+    }
+    fc->cfg.endpoints = fc->eps;
+    fc->cfg.n_endpoints = fc->n_hosts;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     fwcat fc;
@@ -1491,7 +1550,17 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--retry") == 0) {
             fc.cfg.retry.enabled = 1;
         } else if ((strcmp(a, "-h") == 0 || strcmp(a, "--host") == 0) && has_val) {
-            fc.cfg.host = argv[++i];
+            /* HOST[:PORT][,HOST[:PORT]...]: split in place, -p is only known at the end. */
+            for (char *list = argv[++i];;) {
+                char *comma = strchr(list, ',');
+                if (fc.n_hosts == FW_MAX_ENDPOINTS)
+                    return usage_error(&fc, "%s: more than %d servers", a, FW_MAX_ENDPOINTS);
+                fc.hosts[fc.n_hosts++] = list;
+                if (!comma)
+                    break;
+                *comma = '\0';
+                list = comma + 1;
+            }
         } else if ((strcmp(a, "-p") == 0 || strcmp(a, "--port") == 0) && has_val) {
             fc.cfg.port = argv[++i];
         } else if (strcmp(a, "--key") == 0 && has_val) {
@@ -1529,10 +1598,15 @@ int main(int argc, char **argv)
         /* A sealed request is assembled whole in tx: room for the largest picture. */
         fc.cfg.tx_buf_size = MAX_FILE + 64u * 1024u;
     }
+    int ec = set_servers(&fc);
+    if (ec)
+        return ec;
+    char err[512];
+    if (fw_client_config_check(&fc.cfg, err, sizeof err) != FW_OK)
+        return usage_error(&fc, "%s", err);
     int rc = fw_client_open(&fc.cfg, &fc.c);
     if (rc != FW_OK)
-        return usage_error(&fc, "bad host or port");
-    int ec;
+        return usage_error(&fc, "cannot set up the client: %s", fw_strerror(rc));
     if (raw)
         ec = run_raw(&fc);
     else if (i < argc)
