@@ -16,7 +16,7 @@
  *   fw_client_close(c);
  *
  * MEMORY. fw_client_open() allocates exactly one block of fw_client_footprint(cfg) bytes
- * (the connection state, under 1 KiB, plus rx_buf_size plus tx_buf_size plus twice the
+ * (the connection state, about 1 KiB, plus rx_buf_size plus tx_buf_size plus twice the
  * length of the host/port or endpoint strings: about 261 KiB with the defaults), or none at all when the caller passes that block in cfg.mem (any alignment;
  * it must outlive the client). Nothing else is allocated by the library, ever; the only
  * allocation on the way is the C library's own inside getaddrinfo() during a connect.
