@@ -64,7 +64,9 @@ if command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 && command -v qemu-arm >/d
     if set_dir build/cross/tests; then
         for t in build/cross/tests/test_client_*; do
             [ -e "$t" ] || continue
-            run_one "arm/qemu $(basename "$t")" "$top/build/cross/bin" \
+            # Only the library under test is ARM: the servers (and fwcat) these tests start
+            # are the native build, as they would be on the far end of a real device's link.
+            run_one "arm/qemu $(basename "$t")" "$top/bin" \
                 qemu-arm -L /usr/arm-linux-gnueabihf "$t"
         done
     fi
