@@ -984,6 +984,8 @@ static int change_check(const fw_gallery_change *c, uint64_t *prev_seq, char *er
     }
     if (c->seq)
         *prev_seq = c->seq;
+    if (c->kind == FW_GALLERY_CHANGE_SKIP)
+        return 0;
     if (c->face_id == 0) {
         snprintf(err, errlen, "change seq %llu: face id 0", (unsigned long long)c->seq);
         return -1;
@@ -1118,6 +1120,8 @@ int fw_gallery_apply(fw_gallery *g, const fw_gallery_change *c, int n, char *err
     for (int i = 0; i < n; i++) {
         if (c[i].kind == FW_GALLERY_CHANGE_REMOVE) {
             galidx_apply_delete_face(g->ix, c[i].face_id);
+        } else if (c[i].kind == FW_GALLERY_CHANGE_SKIP) {
+            /* nothing but the seq below */
         } else if (galidx_has_face(g->ix, c[i].face_id)) {
             /* Already there (a change seen twice): idempotent, give the reservation back. */
             galidx_meta_free(res[i].meta);

@@ -173,12 +173,18 @@ void fw_gallery_info_get(fw_gallery *g, fw_gallery_info *info);
  * enroll/delete are not used: every change, the node's own writes included, comes back from
  * the database's change table and is applied here, in the database's order, by one thread.
  */
-enum { FW_GALLERY_CHANGE_ADD = 1, FW_GALLERY_CHANGE_REMOVE = 2 };
+enum {
+    FW_GALLERY_CHANGE_ADD = 1,
+    FW_GALLERY_CHANGE_REMOVE = 2,
+    FW_GALLERY_CHANGE_SKIP = 3     /* only advances last_seq: a change the caller decided to
+                                    * pass over (a row it could not use), so that the sequence
+                                    * stays dense */
+};
 
 typedef struct fw_gallery_change {
     uint64_t seq;              /* the change's sequence number; 0: a face of a full load */
-    int kind;                  /* FW_GALLERY_CHANGE_ADD or _REMOVE */
-    uint64_t face_id;          /* >= 1 */
+    int kind;                  /* FW_GALLERY_CHANGE_ADD, _REMOVE or _SKIP */
+    uint64_t face_id;          /* >= 1 (ignored for SKIP) */
     /* ADD only; borrowed for the call (everything is copied) */
     const char *subject;
     size_t subject_len;

@@ -45,7 +45,11 @@ typedef struct fw_galpg_options {
     uint32_t max_lag_ms;        /* fw_galpg_ready: in sync when lag <= this; 0 = 5000 */
     /* Lines about connections, migrations, loads and errors; called from any of the module's
      * threads (must be thread-safe). level: 1 info, 2 warn, 3 error (fw_log_level). NULL:
-     * stderr. */
+     * stderr. A line is a fixed message, then, after a TAB when there are any, logfmt
+     * key=value pairs whose values are already quoted (fw_log_quote), e.g.
+     *   "gallery loaded from postgresql\tfaces=3 seq=5 ms=12"
+     *   "postgresql connection lost\trole=writer error=\"server closed the connection\""
+     * so the server can split at the TAB: fw_log_emit(lg, level, msg, "%s", pairs). */
     void (*log)(void *arg, int level, const char *line);
     void *log_arg;
 } fw_galpg_options;
@@ -86,6 +90,7 @@ typedef struct fw_galpg_info {
     uint64_t commits, write_errors, reconnects;
     uint64_t lag_p50_us, lag_p99_us; /* per-change apply lag since start (commit -> memory) */
     int breaker_state;          /* fw_breaker_state of the writes */
+    uint64_t bad_rows;          /* face or change rows passed over as unusable (docs/gallery.md) */
 } fw_galpg_info;
 
 void fw_galpg_info_get(fw_galpg *p, fw_galpg_info *info);
