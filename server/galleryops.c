@@ -27,6 +27,13 @@
  * Deadlines apply to the worker part only (IDENTIFY, LIST, the embedding of a JPEG ENROLL):
  * a job answered DEADLINE_EXCEEDED or SHUTTING_DOWN is never handed over, so such an ENROLL is
  * never written. A write, once queued, is not cut short: its answer says what happened.
+ *
+ * PostgreSQL (--gallery-url). The same fw_galreq and completion path, with fw_galpg_* in place
+ * of fw_gallery_enroll/_delete_*. UNAVAILABLE (database unreachable, or the store's own
+ * breaker open) is answered with the store's retry_after_ms, like the scheduler's breaker
+ * answers, and is no outcome for our "gallery_write" breaker (as BUSY): the store judges the
+ * database itself, and a second breaker on the same failures would only keep writes refused
+ * for a cooldown after the database is back.
  */
 #include "server/galleryops.h"
 
@@ -36,6 +43,7 @@
 #include <string.h>
 
 #include "server/galidx.h"
+#include "server/galpg.h"
 
 typedef struct fw_galreq fw_galreq;
 struct fw_galreq {
@@ -50,7 +58,10 @@ struct fw_galreq {
 
 struct fw_galops {
     uv_loop_t *loop;
-    fw_gallery *g;            /* owned */
+    fw_gallery *g;            /* owned; NULL once closed */
+    fw_galpg *pg;             /* owned; --gallery-url only, NULL once closed */
+    int pg_mode;              /* --gallery-url: PostgreSQL is the system of record */
+    int closed;               /* fw_galops_close ran: the last completion frees gx */
     fw_gallery_env env;       /* read by worker jobs; set before the first one */
     const fw_log *log;
     fw_sched *sched;          /* not owned; NULL from fw_galops_close on */
@@ -430,19 +441,21 @@ static fw_galreq *req_new(fw_galops *gx, fw_conn *c, const fw_header *h, int op_
     return r;
 }
 
-/* Answer r (when its connection is still there), report the outcome, free it. */
+/* Answer r (when its connection is still there), report the outcome, free it. has_retry:
+ * retry_ms goes after the message (BUSY, UNAVAILABLE). */
 static void req_finish(fw_galreq *r, uint16_t status, const void *body, size_t len, const char *msg,
-                       int has_retry)
+                       int has_retry, uint32_t retry_ms)
 {
     fw_galops *gx = r->gx;
     uint8_t extra[4];
-    fw_be32(extra, FW_GALOPS_BUSY_RETRY_MS);
+    fw_be32(extra, retry_ms);
     if (gx->sched) {
         if (r->conn)
             fw_sched_answer_direct(gx->sched, r->conn, &r->hdr, r->op_index, status, body, len, msg, has_retry,
-                                   FW_GALOPS_BUSY_RETRY_MS);
-        /* BUSY and SHUTTING_DOWN say nothing about the disk: no outcome */
-        if (status == FW_STATUS_BUSY || status == FW_STATUS_SHUTTING_DOWN)
+                                   retry_ms);
+        /* BUSY and SHUTTING_DOWN say nothing about the disk, UNAVAILABLE is the PostgreSQL
+         * store's own breaker speaking (see the top of this file): no outcome */
+        if (status == FW_STATUS_BUSY || status == FW_STATUS_SHUTTING_DOWN || status == FW_STATUS_UNAVAILABLE)
             fw_sched_cancel_outcome(gx->sched, r->op_index, r->probe);
         else
             fw_sched_record_outcome(gx->sched, r->op_index, status == FW_STATUS_INTERNAL, r->probe);
@@ -464,9 +477,13 @@ static void req_finish(fw_galreq *r, uint16_t status, const void *body, size_t l
     free(r);
     if (--gx->pending == 0 && gx->on_idle)
         gx->on_idle(gx->idle_arg);
+    if (gx->closed && gx->pending == 0)
+        free(gx); /* the store delivered its last completion after fw_galops_close */
 }
 
-/* The gallery's completion: the record is on disk (OK) or the write failed. */
+/* The gallery's completion: the record is on disk (OK) or the write failed. With PostgreSQL:
+ * committed (OK), or failed; UNAVAILABLE when the connection broke before the COMMIT was
+ * confirmed (the write may have committed: the follower applies it if so). */
 static void write_done_cb(void *arg, int status, uint64_t value, const char *msg)
 {
     fw_galreq *r = arg;
@@ -479,18 +496,48 @@ static void write_done_cb(void *arg, int status, uint64_t value, const char *msg
         fw_put_u64(&w, value); /* the new face id */
     else if (status == FW_STATUS_OK)
         fw_put_u32(&w, value > UINT32_MAX ? UINT32_MAX : (uint32_t)value); /* faces deleted */
-    req_finish(r, (uint16_t)status, body, w.len, msg ? msg : "gallery write failed", 0);
+    int unavailable = status == FW_STATUS_UNAVAILABLE;
+    uint32_t retry = unavailable && gx->pg ? fw_galpg_retry_after_ms(gx->pg) : 0;
+    req_finish(r, (uint16_t)status, body, w.len, msg ? msg : "gallery write failed", unavailable, retry);
 }
 
-/* Queue the enroll of r; a refusal (BUSY, SHUTTING_DOWN, BAD_REQUEST, INTERNAL) is answered
- * at once. */
+/* A write the gallery or the store refused at once (BUSY, UNAVAILABLE, SHUTTING_DOWN,
+ * BAD_REQUEST, INTERNAL): answered now, with retry_after_ms for the first two. */
+static void refused(fw_galreq *r, int rc, const char *err, uint32_t pg_retry_ms)
+{
+    uint32_t retry = rc == FW_STATUS_BUSY ? FW_GALOPS_BUSY_RETRY_MS : pg_retry_ms;
+    req_finish(r, (uint16_t)rc, NULL, 0, err, rc == FW_STATUS_BUSY || rc == FW_STATUS_UNAVAILABLE, retry);
+}
+
+/* Queue the enroll of r; a refusal is answered at once. */
 static void queue_enroll(fw_galops *gx, fw_galreq *r, const fw_job_args *a, const float *desc)
 {
-    char err[192];
-    int rc = fw_gallery_enroll(gx->g, a->enroll.subject, a->enroll.subject_len, a->enroll.meta,
-                               a->enroll.meta_len, desc, write_done_cb, r, err, sizeof err);
+    char err[192] = "";
+    uint32_t retry = 0;
+    int rc = gx->pg ? fw_galpg_enroll(gx->pg, a->enroll.subject, a->enroll.subject_len, a->enroll.meta,
+                                      a->enroll.meta_len, desc, write_done_cb, r, &retry, err, sizeof err)
+                    : fw_gallery_enroll(gx->g, a->enroll.subject, a->enroll.subject_len, a->enroll.meta,
+                                        a->enroll.meta_len, desc, write_done_cb, r, err, sizeof err);
     if (rc != FW_STATUS_OK)
-        req_finish(r, (uint16_t)rc, NULL, 0, err, rc == FW_STATUS_BUSY);
+        refused(r, rc, err, retry);
+}
+
+/* Queue the delete of r; a refusal is answered at once. */
+static void queue_delete(fw_galops *gx, fw_galreq *r, const delete_args *d)
+{
+    char err[192] = "";
+    uint32_t retry = 0;
+    int rc;
+    if (gx->pg)
+        rc = d->by_subject ? fw_galpg_delete_subject(gx->pg, d->subject, d->subject_len, write_done_cb, r, &retry,
+                                                     err, sizeof err)
+                           : fw_galpg_delete_face(gx->pg, d->face_id, write_done_cb, r, &retry, err, sizeof err);
+    else
+        rc = d->by_subject ? fw_gallery_delete_subject(gx->g, d->subject, d->subject_len, write_done_cb, r, err,
+                                                       sizeof err)
+                           : fw_gallery_delete_face(gx->g, d->face_id, write_done_cb, r, err, sizeof err);
+    if (rc != FW_STATUS_OK)
+        refused(r, rc, err, retry);
 }
 
 void fw_galops_enroll_handover(fw_job *j)
@@ -565,11 +612,7 @@ void fw_galops_serve(fw_galops *gx, fw_conn *c, const fw_header *h, int op_index
         fw_galreq *r = req_new(gx, c, h, op_index, probe, 1);
         if (!r)
             goto nomem;
-        int rc = d.by_subject
-                     ? fw_gallery_delete_subject(gx->g, d.subject, d.subject_len, write_done_cb, r, err, sizeof err)
-                     : fw_gallery_delete_face(gx->g, d.face_id, write_done_cb, r, err, sizeof err);
-        if (rc != FW_STATUS_OK)
-            req_finish(r, (uint16_t)rc, NULL, 0, err, rc == FW_STATUS_BUSY);
+        queue_delete(gx, r, &d);
         return;
     }
     snprintf(err, sizeof err, "opcode 0x%02X is not a direct gallery op", h->opcode);
@@ -607,24 +650,64 @@ static void gallery_log_cb(void *arg, const char *line)
     fw_log_emit(lg, level, "gallery", "detail=%s", fw_log_quote(q, sizeof q, line));
 }
 
-int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out, char *err, size_t errlen)
+/* The PostgreSQL store's lines, from its threads: a fixed message, then after a TAB logfmt
+ * pairs already quoted (galpg.h), so they read like ours and tests and operators can wait for
+ * msg="postgresql connected". fw_log is safe from any thread (see gallery_log_cb). */
+static void galpg_log_cb(void *arg, int level, const char *line)
+{
+    const fw_log *lg = arg;
+    char msg[256];
+    const char *tab = strchr(line, '\t');
+    size_t n = tab ? (size_t)(tab - line) : strlen(line);
+    if (n >= sizeof msg)
+        n = sizeof msg - 1;
+    memcpy(msg, line, n);
+    msg[n] = '\0';
+    fw_log_level lv = level <= FW_LOG_INFO ? FW_LOG_INFO : level == FW_LOG_WARN ? FW_LOG_WARN : FW_LOG_ERROR;
+    if (tab)
+        fw_log_emit(lg, lv, msg, "%s", tab + 1);
+    else
+        fw_log_emit(lg, lv, msg, NULL);
+}
+
+/* --gallery-url: a memory-only gallery that only the store's follower thread changes (never
+ * attached to the loop: a stray fw_gallery_enroll on it fails INTERNAL instead of forking
+ * the gallery from the database), and the store, which connects and loads on its threads. */
+static int open_pg(fw_galops *gx, uv_loop_t *loop, const fw_galops_options *o, char *err, size_t errlen)
+{
+    fw_gallery_options go;
+    fw_gallery_options_default(&go);
+    go.max_faces = o->max_faces;
+    go.log = gallery_log_cb;
+    go.log_arg = (void *)o->log;
+    if (fw_gallery_open(&go, &gx->g, NULL, err, errlen) != 0)
+        return -1;
+    fw_galpg_options po;
+    memset(&po, 0, sizeof po);
+    po.url = o->gallery_url;
+    po.gallery = gx->g;
+    po.max_lag_ms = o->max_lag_ms;
+    po.log = galpg_log_cb;
+    po.log_arg = (void *)o->log;
+    char perr[200];
+    if (fw_galpg_open(loop, &po, &gx->pg, perr, sizeof perr) != 0) {
+        snprintf(err, errlen, "postgresql: %s", perr);
+        fw_gallery_close(gx->g);
+        gx->g = NULL;
+        return -1;
+    }
+    /* not the URL: it may hold a password */
+    fw_log_info(o->log, "gallery opened", "store=postgresql max_lag_ms=%u", o->max_lag_ms);
+    return 0;
+}
+
+/* --data (or memory only): open, load and recover the gallery, attach it to the loop. */
+static int open_embedded(fw_galops *gx, uv_loop_t *loop, const fw_galops_options *o, char *err,
+                         size_t errlen)
 {
     fw_gallery_options go;
     fw_gallery_report rep;
     char q[300];
-    *out = NULL;
-    if (o->gallery_url) {
-        snprintf(err, errlen, "--gallery-url: not built yet");
-        return -1;
-    }
-    fw_galops *gx = calloc(1, sizeof *gx);
-    if (!gx) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    gx->loop = loop;
-    gx->log = o->log;
-    gx->disk = o->data_dir != NULL;
     fw_gallery_options_default(&go);
     go.data_dir = o->data_dir;
     go.repair = o->repair;
@@ -632,15 +715,13 @@ int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out,
     go.key = o->key;
     go.log = gallery_log_cb;
     go.log_arg = (void *)o->log;
-    if (fw_gallery_open(&go, &gx->g, &rep, err, errlen) != 0) {
-        free(gx);
+    if (fw_gallery_open(&go, &gx->g, &rep, err, errlen) != 0)
         return -1;
-    }
     int rc = fw_gallery_attach_loop(gx->g, loop);
     if (rc != 0) {
         snprintf(err, errlen, "gallery: cannot attach to the loop: %s", uv_strerror(rc));
         fw_gallery_close(gx->g); /* not attached: frees at once */
-        free(gx);
+        gx->g = NULL;
         return -1;
     }
     if (rep.message[0])
@@ -651,6 +732,36 @@ int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out,
                 fw_log_quote(q, sizeof q, o->data_dir ? o->data_dir : "(memory only)"),
                 (unsigned long long)gi.faces, (unsigned long long)gi.subjects,
                 (unsigned long long)rep.snapshot_faces, (unsigned long long)rep.log_records);
+    return 0;
+}
+
+int fw_galops_open(uv_loop_t *loop, const fw_galops_options *o, fw_galops **out, char *err, size_t errlen)
+{
+    int rc;
+    *out = NULL;
+    fw_galops *gx = calloc(1, sizeof *gx);
+    if (!gx) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    gx->loop = loop;
+    gx->log = o->log;
+    gx->disk = o->data_dir != NULL;
+    if (o->gallery_url && (o->data_dir || o->repair || o->key)) {
+        /* the command line refuses this already; a caller that did not ask must not get a
+         * gallery that silently ignores half of its options */
+        snprintf(err, errlen, "--gallery-url excludes --data, --repair and --gallery-key");
+        rc = -1;
+    } else if (o->gallery_url) {
+        gx->pg_mode = 1;
+        rc = open_pg(gx, loop, o, err, errlen);
+    } else {
+        rc = open_embedded(gx, loop, o, err, errlen);
+    }
+    if (rc != 0) {
+        free(gx);
+        return -1;
+    }
     gx->env.face = o->face;
     gx->env.gallery = gx->g;
     gx->env.owner = gx;
@@ -662,9 +773,31 @@ void fw_galops_set_sched(fw_galops *gx, fw_sched *sched) { gx->sched = sched; }
 const fw_gallery_env *fw_galops_env(const fw_galops *gx) { return &gx->env; }
 uint32_t fw_galops_pending(const fw_galops *gx) { return gx ? gx->pending : 0; }
 
-/* INTERIM until server/galpg.c lands: the embedded gallery only. */
-int fw_galops_loading(fw_galops *gx) { (void)gx; return 0; }
-int fw_galops_ready(fw_galops *gx, char *why, size_t whylen) { (void)gx; (void)why; (void)whylen; return 1; }
+int fw_galops_loading(fw_galops *gx)
+{
+    fw_galpg_info pi;
+    if (!gx || !gx->pg)
+        return 0;
+    fw_galpg_info_get(gx->pg, &pi);
+    return !pi.loaded;
+}
+
+int fw_galops_ready(fw_galops *gx, char *why, size_t whylen)
+{
+    char r[96] = "";
+    if (!gx) {
+        snprintf(why, whylen, "starting");
+        return 0;
+    }
+    if (!gx->pg || fw_galpg_ready(gx->pg, r, sizeof r))
+        return 1; /* the embedded gallery is its own system of record: always in sync */
+    /* the store says "loading"; a balancer's log is clearer with what is loading */
+    if (strcmp(r, "loading") == 0 || r[0] == '\0')
+        snprintf(why, whylen, "gallery loading");
+    else
+        snprintf(why, whylen, "%s", r);
+    return 0;
+}
 
 void fw_galops_on_idle(fw_galops *gx, void (*cb)(void *arg), void *arg)
 {
@@ -678,8 +811,20 @@ void fw_galops_close(fw_galops *gx)
         return;
     gx->sched = NULL;
     gx->on_idle = NULL;
-    /* the writes still queued complete inside this call (write_done_cb frees them) */
+    if (gx->pg) {
+        /* First: its follower thread writes into the gallery. Its queued writes finish (their
+         * completions run inside this call or on a later turn of the loop). */
+        fw_galpg_close(gx->pg);
+        gx->pg = NULL;
+    }
+    /* the embedded gallery's queued writes complete inside this call (write_done_cb frees
+     * them); a PostgreSQL gallery has none of its own */
     fw_gallery_close(gx->g);
+    gx->g = NULL;
+    if (gx->pg_mode && gx->pending > 0) {
+        gx->closed = 1; /* req_finish frees gx with the last one */
+        return;
+    }
     while (gx->pending_head) { /* only if the gallery broke its exactly-once promise */
         fw_galreq *r = gx->pending_head;
         gx->pending_head = r->next;
@@ -707,7 +852,69 @@ void fw_galops_info(fw_galops *gx, fw_sb *b)
     fw_sb_printf(b, "gallery_pending_writes: %u\n", gx->pending);
     fw_sb_printf(b, "gallery_write_ms: p50=%.3f p99=%.3f\n", (double)fw_hist_quantile(&gx->write_us, 0.5) / 1000.0,
                  (double)fw_hist_quantile(&gx->write_us, 0.99) / 1000.0);
-    fw_sb_printf(b, "gallery_store: embedded\n");
+    fw_sb_printf(b, "gallery_store: %s\n", gx->pg ? "postgresql" : "embedded");
+    if (!gx->pg)
+        return;
+    fw_galpg_info pi;
+    fw_galpg_info_get(gx->pg, &pi);
+    fw_sb_printf(b, "gallery_pg_loaded: %d\n", pi.loaded);
+    fw_sb_printf(b, "gallery_pg_applied_seq: %llu\n", (unsigned long long)pi.applied_seq);
+    fw_sb_printf(b, "gallery_pg_head_seq: %llu\n", (unsigned long long)pi.head_seq);
+    fw_sb_printf(b, "gallery_pg_lag_ms: %llu\n", (unsigned long long)pi.lag_ms);
+    fw_sb_printf(b, "gallery_pg_apply_lag_ms: p50=%.3f p99=%.3f\n", (double)pi.lag_p50_us / 1000.0,
+                 (double)pi.lag_p99_us / 1000.0);
+    fw_sb_printf(b, "gallery_pg_writer_connected: %d\n", pi.writer_connected);
+    fw_sb_printf(b, "gallery_pg_follower_connected: %d\n", pi.follower_connected);
+    fw_sb_printf(b, "gallery_pg_commits: %llu\n", (unsigned long long)pi.commits);
+    fw_sb_printf(b, "gallery_pg_write_errors: %llu\n", (unsigned long long)pi.write_errors);
+    fw_sb_printf(b, "gallery_pg_reconnects: %llu\n", (unsigned long long)pi.reconnects);
+    fw_sb_printf(b, "gallery_pg_bad_rows: %llu\n", (unsigned long long)pi.bad_rows);
+    fw_sb_printf(b, "gallery_pg_load_faces: %llu\n", (unsigned long long)pi.load_faces);
+    fw_sb_printf(b, "gallery_pg_load_ms: %llu\n", (unsigned long long)pi.load_ms);
+    fw_sb_printf(b, "gallery_pg_writes_breaker: %s\n", fw_breaker_state_name((fw_breaker_state)pi.breaker_state));
+}
+
+/* The PostgreSQL store's families (--gallery-url only). */
+static void pg_metrics(fw_galops *gx, fw_sb *b)
+{
+    fw_galpg_info pi;
+    fw_galpg_info_get(gx->pg, &pi);
+    static const struct {
+        const char *name, *type, *help;
+    } m[] = {
+        { "facewire_gallery_pg_loaded", "gauge", "1 once the initial load from PostgreSQL finished." },
+        { "facewire_gallery_pg_applied_seq", "gauge", "Last change of the change table applied to memory." },
+        { "facewire_gallery_pg_head_seq", "gauge", "Last change known to exist in the database." },
+        { "facewire_gallery_pg_commits_total", "counter", "Write transactions committed by this node." },
+        { "facewire_gallery_pg_write_errors_total", "counter", "Write transactions that failed." },
+        { "facewire_gallery_pg_reconnects_total", "counter", "Connections to PostgreSQL made again after a loss." },
+        { "facewire_gallery_pg_bad_rows_total", "counter", "Face or change rows passed over as unusable." },
+        { "facewire_gallery_pg_load_faces", "gauge", "Faces read by the last full load." },
+        { "facewire_gallery_pg_writes_breaker_state", "gauge",
+          "Breaker of the writes to PostgreSQL: 0 closed, 1 open, 2 half-open." },
+    };
+    uint64_t v[] = { (uint64_t)pi.loaded, pi.applied_seq, pi.head_seq, pi.commits, pi.write_errors,
+                     pi.reconnects, pi.bad_rows, pi.load_faces, (uint64_t)pi.breaker_state };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        fw_sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m[i].name, m[i].help, m[i].name, m[i].type);
+        fw_sb_printf(b, "%s %llu\n", m[i].name, (unsigned long long)v[i]);
+    }
+    const char *n = "facewire_gallery_pg_connected";
+    fw_sb_printf(b, "# HELP %s 1 while the connection is up, by role.\n# TYPE %s gauge\n", n, n);
+    fw_sb_printf(b, "%s{role=\"writer\"} %d\n", n, pi.writer_connected);
+    fw_sb_printf(b, "%s{role=\"follower\"} %d\n", n, pi.follower_connected);
+    n = "facewire_gallery_pg_lag_seconds";
+    fw_sb_printf(b, "# HELP %s Age of the oldest change known and not yet applied (0: caught up).\n"
+                    "# TYPE %s gauge\n", n, n);
+    fw_sb_printf(b, "%s %.3f\n", n, (double)pi.lag_ms / 1e3);
+    n = "facewire_gallery_pg_apply_lag_seconds";
+    fw_sb_printf(b, "# HELP %s Per change, from its commit to this node's memory, since start.\n"
+                    "# TYPE %s gauge\n", n, n);
+    fw_sb_printf(b, "%s{quantile=\"0.5\"} %.6f\n", n, (double)pi.lag_p50_us / 1e6);
+    fw_sb_printf(b, "%s{quantile=\"0.99\"} %.6f\n", n, (double)pi.lag_p99_us / 1e6);
+    n = "facewire_gallery_pg_load_seconds";
+    fw_sb_printf(b, "# HELP %s Duration of the last full load.\n# TYPE %s gauge\n", n, n);
+    fw_sb_printf(b, "%s %.3f\n", n, (double)pi.load_ms / 1e3);
 }
 
 void fw_galops_metrics(fw_galops *gx, fw_sb *b)
@@ -740,4 +947,6 @@ void fw_galops_metrics(fw_galops *gx, fw_sb *b)
     fw_sb_printf(b, "%s{quantile=\"0.99\"} %.6f\n", n, (double)fw_hist_quantile(&gx->write_us, 0.99) / 1e6);
     fw_sb_printf(b, "%s_sum %.6f\n", n, (double)gx->write_us.sum / 1e6);
     fw_sb_printf(b, "%s_count %llu\n", n, (unsigned long long)gx->write_us.count);
+    if (gx->pg)
+        pg_metrics(gx, b);
 }
