@@ -173,7 +173,8 @@ typedef struct follower {          /* follower thread only */
     uint64_t applied;
     fw_hist hist;
     uint64_t bad_rows;
-    char logged[256];
+    int apply_failed;              /* the last failure was the gallery's, not the database's */
+    char logged[256];              /* the last failure logged (said once until progress) */
     /* the binary COPY parser */
     uint8_t cbuf[PG_COPY_BUF];
     size_t clen;
@@ -1263,6 +1264,7 @@ static int flush_stage(fw_galpg *p)
     if (fw_gallery_apply(p->g, f->chg, f->n, err, sizeof err) != 0) {
         set_why(p, 0, "cannot apply changes: %s", err);
         snprintf(f->x.err, sizeof f->x.err, "cannot apply changes: %s", err);
+        f->apply_failed = 1;
         if (strcmp(f->logged, f->x.err) != 0) {
             snprintf(f->logged, sizeof f->logged, "%s", f->x.err);
             plog(p, FW_LOG_ERROR, "postgresql changes not applied", "error=%s",
@@ -1529,6 +1531,13 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
         PQclear(r);
         return -1;
     }
+    /* Rows come in seq order: the last one is the newest change known, applied or not. */
+    int64_t newest;
+    if (rows > 0 && res_int(r, rows - 1, 0, &newest) == 0 && newest > 0 &&
+        (uint64_t)newest > *last_seen) {
+        *last_seen = (uint64_t)newest;
+        atomic_store(&p->a_head, *last_seen);
+    }
     for (int i = 0; i < rows; i++) {
         int64_t seq, kind, id, present, age;
         if (res_int(r, i, 0, &seq) != 0 || seq < 1) {
@@ -1540,8 +1549,6 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
             age = 0;
         if (i == 0)
             *first_age_us = age;
-        if ((uint64_t)seq > *last_seen)
-            *last_seen = (uint64_t)seq;
         if ((uint64_t)seq != next + 1) {
             /* Never past a hole: the missing change may still commit (docs/gallery.md). */
             if (!*gap) {
@@ -1586,11 +1593,15 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
     return rows;
 }
 
-/* Follow the change table until the connection fails or we are stopped. */
-static int follow(fw_galpg *p)
+static int follower_sleep(fw_galpg *p, int ms);
+
+/* Follow the change table until the connection fails or we are stopped. *progress is set
+ * once a page has been applied. */
+static int follow(fw_galpg *p, int *progress)
 {
     follower *f = &p->f;
     pgx *x = &f->x;
+    uint32_t retry = PG_BACKOFF_MIN_MS;
     for (;;) {
         int gap;
         int64_t gap_age, first_age;
@@ -1598,8 +1609,23 @@ static int follow(fw_galpg *p)
         drain_notifies(x->conn);
         uint64_t t_query = mono_ms();
         int rows = apply_page(p, &gap, &gap_age, &first_age, &last_seen);
+        if (rows < 0 && f->apply_failed) {
+            /* The gallery refused (full, out of memory): the connection is fine, so keep it
+             * and try the same page again later; ready() says why meanwhile. */
+            f->apply_failed = 0;
+            atomic_store(&p->a_lag_ms, (uint64_t)first_age / 1000u + (mono_ms() - t_query));
+            if (follower_sleep(p, (int)retry)) {
+                snprintf(x->err, sizeof x->err, "stopping");
+                return -1;
+            }
+            retry = retry * 2 > p->opt.reconnect_max_ms ? p->opt.reconnect_max_ms : retry * 2;
+            continue;
+        }
         if (rows < 0)
             return -1;
+        retry = PG_BACKOFF_MIN_MS;
+        *progress = 1;
+        f->logged[0] = '\0';
         clear_why(p);
         if (last_seen < f->applied)
             last_seen = f->applied;
@@ -1725,27 +1751,31 @@ static void *follower_main(void *arg)
         if (ever)
             atomic_fetch_add(&p->a_reconnects, 1);
         ever = 1;
-        f->logged[0] = '\0';
         atomic_store(&p->a_fconn, 1);
         plog(p, FW_LOG_INFO, "postgresql connected", "role=follower");
-        int rc = 0;
-        if (!atomic_load(&p->a_loaded) && (rc = initial_load(p)) != 0) {
-            if (strcmp(f->x.err, "stopping") != 0)
-                plog(p, FW_LOG_WARN, "postgresql load failed", "error=%s",
-                     fw_log_quote(q, sizeof q, f->x.err));
+        int rc = 0, progress = 0;
+        const char *what = "postgresql connection lost";
+        if (!atomic_load(&p->a_loaded)) {
+            f->apply_failed = 0;
+            if ((rc = initial_load(p)) != 0)
+                what = "postgresql load failed";
+            else
+                progress = 1;
         }
-        if (rc == 0) {
-            backoff = PG_BACKOFF_MIN_MS;
-            follow(p);
-        }
+        if (rc == 0)
+            follow(p, &progress);
         atomic_store(&p->a_fconn, 0);
         pgx_close(&f->x);
         if (strcmp(f->x.err, "stopping") == 0)
             break;
-        if (rc == 0)
-            plog(p, FW_LOG_WARN, "postgresql connection lost", "role=follower error=%s",
+        if (progress)
+            backoff = PG_BACKOFF_MIN_MS;
+        /* A failure that repeats at every retry is said once (until something works). */
+        if (strcmp(f->logged, f->x.err) != 0) {
+            plog(p, FW_LOG_WARN, what, "role=follower error=%s",
                  fw_log_quote(q, sizeof q, f->x.err));
-        snprintf(f->logged, sizeof f->logged, "%s", f->x.err);
+            copy_str(f->logged, sizeof f->logged, f->x.err);
+        }
         if (follower_sleep(p, (int)backoff))
             break;
         backoff = backoff * 2 > p->opt.reconnect_max_ms ? p->opt.reconnect_max_ms : backoff * 2;

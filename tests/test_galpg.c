@@ -1211,6 +1211,68 @@ static void t_pg_breaker_opens_on_errors(void)
     env_close(&e);
 }
 
+/* A gallery that cannot take the next change (full) stops there, says why, keeps its
+ * connection and its memory, and never applies a later change past the one it could not. */
+static int is_stuck_full(void *arg)
+{
+    not_ready *r = arg;
+    fw_galpg_info i;
+    fw_galpg_info_get(r->n->p, &i);
+    return i.head_seq >= 3 && is_not_ready(arg);
+}
+
+static void t_pg_gallery_full_stops_in_order(void)
+{
+    env e;
+    node a;
+    fw_gallery_options go;
+    fw_galpg_options o;
+    char url[160], err[256];
+    done d;
+    CHECK(new_db(url, sizeof url) == 0);
+    env_init(&e);
+    memset(&a, 0, sizeof a);
+    fw_gallery_options_default(&go);
+    go.max_faces = 2;
+    CHECK_EQ_INT(fw_gallery_open(&go, &a.g, NULL, err, sizeof err), 0);
+    memset(&o, 0, sizeof o);
+    o.url = url;
+    o.gallery = a.g;
+    o.poll_ms = 200;
+    o.reconnect_max_ms = 400;
+    o.log = on_log;
+    CHECK_EQ_INT(fw_galpg_open(&e.loop, &o, &a.p, err, sizeof err), 0);
+    CHECK(wait_until(&e, is_loaded, &a));
+    uint64_t ids[3];
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(enroll(&e, &a, "full", 1 + (uint64_t)i, &d), FW_STATUS_OK);
+        ids[i] = d.value;
+    }
+    not_ready nr = { &a, "" };
+    CHECK(wait_until(&e, is_stuck_full, &nr));
+    CHECK_EQ_STR(nr.why, "cannot apply changes: gallery full (2 faces)");
+    fw_galpg_info i;
+    fw_galpg_info_get(a.p, &i);
+    CHECK_EQ_INT(i.applied_seq, 2);
+    CHECK_EQ_INT(i.follower_connected, 1);
+    CHECK_EQ_INT(fw_gallery_get(a.g, ids[2], NULL, NULL, NULL, NULL), FW_STATUS_NOT_FOUND);
+    /* A delete committed after it is not applied either: order is never broken. */
+    uint32_t retry;
+    memset(&d, 0, sizeof d);
+    CHECK_EQ_INT(fw_galpg_delete_face(a.p, ids[0], on_done, &d, &retry, err, sizeof err),
+                 FW_STATUS_OK);
+    CHECK(wait_until(&e, is_done, &d));
+    CHECK_EQ_INT(d.status, FW_STATUS_OK);
+    seen_head h = { &a, 4 };
+    CHECK(wait_until(&e, head_reached, &h));
+    fw_galpg_info_get(a.p, &i);
+    CHECK_EQ_INT(i.applied_seq, 2);
+    CHECK_EQ_INT(fw_gallery_get(a.g, ids[0], NULL, NULL, NULL, NULL), FW_STATUS_OK);
+    CHECK_EQ_INT(log_count("postgresql changes not applied\terror=\"gallery full (2 faces)\""), 1);
+    node_close(&e, &a);
+    env_close(&e);
+}
+
 /* close() with writes queued: every callback runs exactly once, each write committed. */
 static void t_pg_close_finishes_queued(void)
 {
@@ -1289,6 +1351,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_pg_database_behind_refused),
     CHECK_TEST(t_pg_hostile_rows),
     CHECK_TEST(t_pg_breaker_opens_on_errors),
+    CHECK_TEST(t_pg_gallery_full_stops_in_order),
     CHECK_TEST(t_pg_close_finishes_queued),
     CHECK_TEST(t_pg_database_down_and_back),
 };
