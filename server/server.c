@@ -320,9 +320,11 @@ static int check_security_flags(const fw_server_config *cfg, char *err, size_t e
 static int check_gallery_flags(fw_server_config *cfg, char *err, size_t errlen)
 {
     const fw_compute_options *o = &cfg->compute;
-    const char *clash = cfg->data_given ? "--data" : o->repair ? "--repair" : o->gallery_key ? "--gallery-key" : NULL;
     if (!o->gallery_url)
         return 0;
+    const char *clash = cfg->data_given ? "--data"
+                      : o->repair ? "--repair"
+                      : o->gallery_key ? "--gallery-key" : NULL;
     if (clash) {
         snprintf(err, errlen, "--gallery-url cannot be combined with %s: the gallery is then kept in "
                  "PostgreSQL, not in a data directory", clash);
