@@ -47,8 +47,9 @@
 #include "server/log.h"
 
 #define PG_SCHEMA_VERSION 1
-/* pg_advisory_xact_lock key that serialises schema migrations of all nodes ("fwgl" + 9). */
-#define PG_MIGRATE_LOCK "1719101228"
+/* pg_advisory_xact_lock key that serialises the schema migrations of all nodes: 0x6677676c,
+ * "fwgl" (any constant no other application of the database uses). */
+#define PG_MIGRATE_LOCK "1719101292"
 #define PG_IO_TIMEOUT_MS 30000     /* silence on a connection that means it is dead */
 #define PG_CONNECT_TIMEOUT_MS 10000
 #define PG_BACKOFF_MIN_MS 100
@@ -58,6 +59,8 @@
 #define PG_COPY_BUF 16384          /* > the largest tuple the load query can produce */
 #define PG_BAD_ROW_LOGS 10         /* bad rows logged one by one; after that only counted */
 #define PG_DESC_BYTES (FW_GALLERY_DIM * 4)
+#define PG_STR_(x) #x
+#define PG_STR(x) PG_STR_(x)
 
 #define OID_BOOL 16
 #define OID_BYTEA 17
@@ -96,7 +99,7 @@ static const char SQL_CHANGES[] =
     "CASE WHEN isfinite(c.at) THEN "
     "(extract(epoch FROM clock_timestamp() - c.at) * 1e6)::bigint END "
     "FROM fw_change c LEFT JOIN fw_face f ON c.kind = 1 AND f.id = c.face_id "
-    "WHERE c.seq > $1 ORDER BY c.seq LIMIT 4096";
+    "WHERE c.seq > $1 ORDER BY c.seq LIMIT " PG_STR(PG_CHANGE_PAGE);
 
 static const char SQL_ENROLL[] =
     "INSERT INTO fw_face (subject, meta, descriptor) VALUES ($1, $2, $3) RETURNING id";
@@ -733,7 +736,7 @@ static int grow_text(char **buf, size_t *cap, size_t need)
     return 0;
 }
 
-/* Append one change to the batch's text arrays ("{1,2" ... closed in tx_changes). */
+/* Append one change to the batch's text arrays ("{1,2" ... closed by tx_run). */
 static int add_change(writer *w, int kind, int64_t face_id)
 {
     if (grow_text(&w->kinds, &w->kinds_cap, w->kinds_len + 8) != 0 ||

@@ -57,7 +57,9 @@ typedef struct fw_galpg_options {
 /* Start the writer and follower threads and the uv_async that brings completions back to the
  * loop. Does not wait for the database: connecting, migrating the schema and the initial load
  * happen on the threads (fw_galpg_ready says when the gallery is loaded). 0 and *out, or -1
- * with a one-line reason in err (bad options, out of memory, threads). Loop thread. */
+ * with a one-line reason in err (bad options, a gallery with a data_dir, out of memory,
+ * threads; when the threads could not start, memory is released on the loop's next run).
+ * Loop thread. */
 int fw_galpg_open(uv_loop_t *loop, const fw_galpg_options *o, fw_galpg **out, char *err,
                   size_t errlen);
 
@@ -77,6 +79,8 @@ int fw_galpg_delete_face(fw_galpg *p, uint64_t face_id, fw_gallery_done_cb cb, v
 int fw_galpg_delete_subject(fw_galpg *p, const char *subject, size_t subject_len,
                             fw_gallery_done_cb cb, void *arg, uint32_t *retry_after_ms,
                             char *err, size_t errlen);
+/* A retry_after_ms for an UNAVAILABLE answer: the time to the writer's next connection
+ * attempt, or the rest of the breaker's cooldown, else 200. Loop thread. */
 uint32_t fw_galpg_retry_after_ms(fw_galpg *p);
 
 typedef struct fw_galpg_info {
@@ -97,7 +101,10 @@ void fw_galpg_info_get(fw_galpg *p, fw_galpg_info *info);
 
 /* 1 when the node may take traffic: loaded, and the lag is within max_lag_ms (while the
  * follower cannot reach the database it serves from memory and stays ready: no node can be
- * fresher then). Otherwise 0 with a short reason ("loading", "lagging 7300 ms"). Any thread. */
+ * fresher then). Otherwise 0 with a short reason: "loading", "lagging 7300 ms", "cannot apply
+ * changes: gallery full (N faces)", and for good (until a restart) "database behind this
+ * node" or "database schema version N is newer than this build's (M): upgrade facewired".
+ * why is "" when ready. Any thread (a mutex held for a string copy). */
 int fw_galpg_ready(fw_galpg *p, char *why, size_t whylen);
 
 /* Stop: new writes get SHUTTING_DOWN; writes already queued are finished (their callbacks run
