@@ -226,7 +226,9 @@ int tu_server_start(tu_server *s, const char *const *args)
         }
         if (strncmp(args[i], "--listen", 8) == 0)
             has_listen = 1;
-        if (strncmp(args[i], "--data", 6) == 0)
+        /* --gallery-url: PostgreSQL holds the gallery, no data directory (and --data with it
+         * is a usage error) */
+        if (strncmp(args[i], "--data", 6) == 0 || strncmp(args[i], "--gallery-url", 13) == 0)
             has_data = 1;
         argv[n++] = (char *)args[i];
     }
