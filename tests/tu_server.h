@@ -53,7 +53,8 @@ int tu_timeout_ms(void);
 const char *tu_bin_path(const char *name, char *buf, size_t cap);
 
 /* Start facewired with the extra arguments (NULL-terminated list, may be NULL). Unless the
- * list has its own --listen, "--listen 127.0.0.1:0" is added; unless it has its own --data,
+ * list has its own --listen, "--listen 127.0.0.1:0" is added; unless it has its own --data (or
+ * a --gallery-url, which excludes it),
  * a fresh temporary directory is (see data_dir). Waits until the server logs
  * its bound address. s can be large: give it static or heap storage, not a small stack.
  * Returns 0, or -1 after printing why (and the server's log). */
