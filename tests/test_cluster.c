@@ -335,33 +335,22 @@ static int node_start(cluster *cl, int i)
     return 0;
 }
 
-/* SIGTERM (or stop at once when sig is SIGKILL) and reap. Returns the exit status. */
-static int node_stop(node *n, int sig)
+/* Reap a node that has been sent a signal: 1 if it exited 0 (no sanitizer report) after
+ * closing its loop cleanly (msg="stopped", no handle left open), else 0. *status (may be NULL)
+ * gets its exit status: 0-255, 128+signal, -1 when it had to be killed after the timeout. */
+static int node_reap(node *n, int *status)
 {
-    int st;
+    int st = 0, ok = 1;
     fw_client_close(n->c);
     n->c = NULL;
-    if (!n->srv)
-        return 0;
-    tu_server_kill(n->srv, sig);
-    st = tu_server_wait(n->srv);
-    free(n->srv);
-    n->srv = NULL;
-    return st;
-}
-
-/* Reap a node that was sent SIGTERM: 1 if it exited 0 (no sanitizer report) after closing its
- * loop cleanly (every handle closed). */
-static int node_reap_clean(node *n)
-{
-    fw_client_close(n->c);
-    n->c = NULL;
-    if (!n->srv)
-        return 1;
-    int st = tu_server_wait(n->srv);
-    int ok = st == 0 && strstr(n->srv->log, "msg=\"stopped\"") && !strstr(n->srv->log, "handles open");
-    free(n->srv);
-    n->srv = NULL;
+    if (n->srv) {
+        st = tu_server_wait(n->srv);
+        ok = st == 0 && strstr(n->srv->log, "msg=\"stopped\"") && !strstr(n->srv->log, "handles open");
+        free(n->srv);
+        n->srv = NULL;
+    }
+    if (status)
+        *status = st;
     return ok;
 }
 
@@ -432,14 +421,14 @@ static void step_lag(cluster *cl)
  * HAProxy when `fresh`. Adds to *answers; returns 0, or -1 after saying which call failed. */
 static int identify_round(cluster *cl, int fresh, long *answers, long *fresh_answers)
 {
-    fw_client *all[HX_CLIENTS + 1];
     char who[64];
-    for (int i = 0; i < HX_CLIENTS; i++)
-        all[i] = cl->hc[i];
-    all[HX_CLIENTS] = cl->multi;
     for (int i = 0; i <= HX_CLIENTS; i++) {
-        snprintf(who, sizeof who, i < HX_CLIENTS ? "haproxy client %d" : "the multi-endpoint client", i + 1);
-        if (finds(all[i], random_face(cl), who, 1) != 1)
+        fw_client *c = i < HX_CLIENTS ? cl->hc[i] : cl->multi;
+        if (i < HX_CLIENTS)
+            snprintf(who, sizeof who, "haproxy client %d", i + 1);
+        else
+            snprintf(who, sizeof who, "the multi-endpoint client");
+        if (finds(c, random_face(cl), who, 1) != 1)
             return -1;
         (*answers)++;
     }
@@ -502,7 +491,8 @@ static void step_kill(cluster *cl)
            "answered meanwhile and after (%ld on fresh connections through HAProxy), all OK\n",
            (long long)(t_down - t_kill), answers, fresh);
     fprintf(stderr, "  (node 2 was killed on purpose: tu_server prints the log of a server that did not exit 0)\n");
-    int st = node_stop(&cl->n[1], SIGKILL);
+    int st;
+    node_reap(&cl->n[1], &st);
     CHECK_EQ_INT(st, 128 + SIGKILL);
 
     /* Faces enrolled while node 2 is down, through HAProxy: step c looks for them. */
@@ -681,7 +671,8 @@ static void step_drain(cluster *cl)
     size_t mark = tu_haproxy_log_mark(cl->hx);
     fw_client_close(cl->n[2].c); /* its own connection would only keep the drain waiting */
     cl->n[2].c = NULL;
-    int64_t t0 = now_ms(), t_503 = -1, t_down = -1, t_stop = -1, deadline = t0 + tu_timeout_ms();
+    int64_t t0 = now_ms(), t_503 = -1, t_down = -1, t_stop = -1;
+    int64_t deadline = t0 + atoi(DRAIN_DELAY_MS) + tu_timeout_ms();
     tu_server_kill(cl->n[2].srv, SIGTERM);
     while (t_stop < 0 || t_down < 0) {
         CHECK_MSG(identify_round(cl, t_down < 0, &answers, &fresh) == 0, "a call went unanswered %lld ms after SIGTERM",
@@ -699,7 +690,7 @@ static void step_drain(cluster *cl)
            "connections), all OK\n", DRAIN_DELAY_MS, t_503 >= 0 ? "seen" : "not seen before it stopped",
            (long long)(t_down - t0), (long long)(t_stop - t0), answers, fresh);
     CHECK_MSG(t_503 >= 0, "node 3's /health never answered 503 while draining");
-    CHECK_MSG(node_reap_clean(&cl->n[2]), "node 3 did not stop cleanly");
+    CHECK_MSG(node_reap(&cl->n[2], NULL), "node 3 did not stop cleanly");
 }
 
 static void teardown(cluster *cl)
@@ -723,7 +714,7 @@ static void teardown(cluster *cl)
     }
     for (int i = 0; i < NODES; i++)
         if (cl->n[i].srv)
-            CHECK_CONT(node_reap_clean(&cl->n[i]));
+            CHECK_CONT(node_reap(&cl->n[i], NULL));
     if (cl->pg_inited)
         tu_pg_destroy(&cl->pg);
     free(cl->faces);

@@ -26,7 +26,6 @@
 
 extern char **environ;
 
-#define TU_HAPROXY_ENV_MAX 512
 #define TU_HAPROXY_FRONT_FD 3
 
 static int64_t now_ms(void)
@@ -53,8 +52,6 @@ static char **child_env(const char *const *extra)
         n++;
     while (extra && extra[m])
         m++;
-    if (n + m > TU_HAPROXY_ENV_MAX)
-        return NULL;
     char **env = calloc(n + m + 1, sizeof *env);
     if (!env)
         return NULL;
