@@ -197,7 +197,10 @@ typedef struct fw_gallery_change {
  * descriptor as for fw_gallery_enroll, a known kind, face id >= 1, non-zero seqs increasing
  * and above last_seq); if one is bad nothing is applied. Idempotent per change: an ADD of an
  * id that is present and a REMOVE of an id that is absent are no-ops. Memory is reserved
- * outside the lock; the write lock is held once, for O(1) work per change. Afterwards
+ * outside the lock, with room for every ADD of the call: a call whose ADDs could take the
+ * gallery past max_faces is refused whole ("gallery full"), even when REMOVEs before them
+ * would make room — apply one change at a time there. The write lock is held once, for O(1)
+ * work per change. Afterwards
  * fw_gallery_info_get reports last_seq = the last non-zero seq, next_face_id = the largest id
  * added + 1.
  * One thread only, never the loop thread (it is the gallery's only mutator: the gallery's own

@@ -1257,27 +1257,25 @@ static void stage_simple(follower *f, uint64_t seq, int kind, int64_t id, int64_
     f->age_us[f->n++] = age_us;
 }
 
-/* Apply what is staged. 0, or -1 after logging why (the follower then starts over). */
+/* Apply what is staged. 0, or -1 after logging why (the follower then starts over from the
+ * first change not applied). */
 static int flush_stage(fw_galpg *p)
 {
     follower *f = &p->f;
     char err[200], q[240];
+    int done = 0, recorded = 0;
     if (!f->n)
         return 0;
-    if (fw_gallery_apply(p->g, f->chg, f->n, err, sizeof err) != 0) {
-        set_why(p, 0, "cannot apply changes: %s", err);
-        snprintf(f->x.err, sizeof f->x.err, "cannot apply changes: %s", err);
-        f->apply_failed = 1;
-        if (strcmp(f->logged, f->x.err) != 0) {
-            snprintf(f->logged, sizeof f->logged, "%s", f->x.err);
-            plog(p, FW_LOG_ERROR, "postgresql changes not applied", "error=%s",
-                 fw_log_quote(q, sizeof q, err));
-        }
-        f->n = 0;
-        return -1;
+    if (fw_gallery_apply(p->g, f->chg, f->n, err, sizeof err) == 0) {
+        done = f->n;
+    } else if (f->n > 1) {
+        /* A call is refused whole when it might not fit (room is reserved for each of its
+         * ADDs), yet a prefix may fit — and in a full gallery a REMOVE then an ADD does. One
+         * at a time applies all that can be, in order, and stops at the one that cannot. */
+        while (done < f->n && fw_gallery_apply(p->g, &f->chg[done], 1, err, sizeof err) == 0)
+            done++;
     }
-    int recorded = 0;
-    for (int i = 0; i < f->n; i++) {
+    for (int i = 0; i < done; i++) {
         if (f->chg[i].seq)
             f->applied = f->chg[i].seq;
         if (f->age_us[i] >= 0) {
@@ -1285,13 +1283,24 @@ static int flush_stage(fw_galpg *p)
             recorded = 1;
         }
     }
-    f->n = 0;
     if (recorded) {
         atomic_store(&p->a_p50, fw_hist_quantile(&f->hist, 0.50));
         atomic_store(&p->a_p99, fw_hist_quantile(&f->hist, 0.99));
     }
     atomic_store(&p->a_applied, f->applied);
-    return 0;
+    int n = f->n;
+    f->n = 0;
+    if (done == n)
+        return 0;
+    set_why(p, 0, "cannot apply changes: %s", err);
+    snprintf(f->x.err, sizeof f->x.err, "cannot apply changes: %s", err);
+    f->apply_failed = 1;
+    if (strcmp(f->logged, f->x.err) != 0) {
+        copy_str(f->logged, sizeof f->logged, f->x.err);
+        plog(p, FW_LOG_ERROR, "postgresql changes not applied", "error=%s",
+             fw_log_quote(q, sizeof q, err));
+    }
+    return -1;
 }
 
 /* ---- the follower: the initial load (binary COPY) ------------------------------------------- */
