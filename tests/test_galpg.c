@@ -967,8 +967,8 @@ static void t_pg_database_down_and_back(void)
     CHECK(wait_caught_up(&e, &a, url));
 
     CHECK(tu_pg_stop(&pg) == 0);
-    conn_state down = { &a, 0 };
-    int noticed = wait_until(&e, connected_is, &down);
+    conn_state down = { &a, 0 }, b_down = { &b, 0 };
+    int noticed = wait_until(&e, connected_is, &down) && wait_until(&e, connected_is, &b_down);
     desc_for(6, desc);
     memset(&d, 0, sizeof d);
     int st = fw_galpg_enroll(a.p, "eve", 3, NULL, 0, desc, on_done, &d, &retry, err, sizeof err);
@@ -992,8 +992,8 @@ static void t_pg_database_down_and_back(void)
     CHECK_EQ_INT(m[0].face_id, first);
     CHECK(ready);
 
-    conn_state up = { &a, 1 };
-    CHECK(wait_until(&e, connected_is, &up));
+    conn_state up = { &a, 1 }, b_up = { &b, 1 };
+    CHECK(wait_until(&e, connected_is, &up) && wait_until(&e, connected_is, &b_up));
     CHECK_EQ_INT(enroll(&e, &a, "eve", 6, &d), FW_STATUS_OK);
     CHECK(wait_face(&e, &b, d.value, 1));
     CHECK(wait_caught_up(&e, &b, url));
