@@ -3,12 +3,13 @@
  * between searches and mutations, completions to the libuv loop, start-up recovery.
  *
  * The life of an enroll: the loop thread validates and copies it into a request and appends
- * it to the writer queue (a mutex the writer holds only to unlink at most a batch of pointers,
- * about a microsecond: the loop never waits on I/O or on the rwlock). The writer thread takes every queued request (up to batch_max), checks each
- * against the index and the earlier requests of the batch, reserves all the memory applying
- * will need, appends all their records with one write and one fdatasync, then takes the write
- * lock once and applies them (O(1) each, nothing can fail there), and hands the finished
- * requests back to the loop with uv_async_send. So an acknowledged enroll is on disk, and a
+ * it to the writer queue (galwrite.c, the path galpg.c's writes take too: a mutex the writer
+ * holds only to unlink at most a batch of pointers, about a microsecond, so the loop never
+ * waits on I/O or on the rwlock). The writer thread takes every queued request (up to
+ * batch_max), checks each against the index and the earlier requests of the batch, reserves
+ * all the memory applying will need, appends all their records with one write and one
+ * fdatasync, then takes the write lock once and applies them (O(1) each, nothing can fail
+ * there), and hands the finished requests back to the loop with uv_async_send. So an acknowledged enroll is on disk, and a
  * failed write leaves nothing behind: the file is cut back to where the batch began and the
  * index was never touched.
  *
@@ -40,26 +41,14 @@
 #include "server/gallery.h"
 #include "server/galmerge.h"
 #include "server/galog.h"
+#include "server/galwrite.h"
 
-typedef struct greq {
-    struct greq *next;
-    uint8_t type;                  /* enum galog_type */
-    uint64_t face_id;              /* enroll: assigned by the writer; delete: the target */
-    uint16_t subject_len, meta_len;
-    char subject[FW_GALLERY_SUBJECT_MAX + 1];
-    uint8_t meta[FW_GALLERY_META_MAX];
-    float desc[FW_GALLERY_DIM];
-    fw_gallery_done_cb cb;
-    void *arg;
-    /* writer-side */
-    uint64_t seq;
-    galidx_subj *subj;             /* enroll: its subject, reserved */
-    void *meta_block;              /* enroll: owned until applied */
-    int done;                      /* answered before reaching the log */
-    int status;
-    uint64_t value;
-    char msg[192];
-} greq;
+/* What the writer reserves for one ENROLL of a batch (batch_check) until it is applied or
+ * given back; slot i belongs to the batch's request i. Writer thread only. */
+typedef struct greserve {
+    galidx_subj *subj;             /* its subject, with room for one more face */
+    void *meta_block;              /* its metadata, owned until applied */
+} greserve;
 
 struct fw_gallery {
     fw_gallery_options opt;
@@ -68,15 +57,8 @@ struct fw_gallery {
     galidx *ix;
     pthread_rwlock_t lock;         /* readers vs the writer's apply */
 
-    pthread_mutex_t qmu;           /* the writer queue */
-    pthread_cond_t qcv;
-    greq *qhead, *qtail;
-    uint32_t qlen;
-    int stopping;
-
-    pthread_mutex_t dmu;           /* finished requests for the loop */
-    greq *dhead, *dtail;
-    uv_async_t async;
+    fw_galwrite_queue q;           /* writes from the loop and back (galwrite.h) */
+    pthread_cond_t qcv;            /* on q.mu: the writer waits for work or for q.stopping */
     int loop_attached;             /* loop thread only */
     int closing;                   /* loop thread only */
 
@@ -103,7 +85,8 @@ struct fw_gallery {
     int old_segment;               /* GALOG_LOG_OLD exists: a compaction is due or running */
     int compaction_off;            /* a rotation could not be undone: none until restart */
     uint8_t *wbuf;
-    greq **batch;
+    fw_galwrite **batch;
+    greserve *res;                 /* batch_max, parallel to batch */
     int log_broken;
     char broken_msg[160];
 
@@ -578,49 +561,43 @@ static void *compactor_main(void *arg)
 
 /* ---- the writer thread ------------------------------------------------------------------ */
 
-static void finish(greq *r, int status, uint64_t value, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void finish(greq *r, int status, uint64_t value, const char *fmt, ...)
-{
-    r->done = 1;
-    r->status = status;
-    r->value = value;
-    r->msg[0] = '\0';
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(r->msg, sizeof r->msg, fmt, ap);
-        va_end(ap);
-    }
-}
+/* A write's type is the type of the record it appends (batch_write). */
+_Static_assert((int)FW_GALWRITE_ENROLL == (int)GALOG_ENROLL &&
+                   (int)FW_GALWRITE_DELETE_FACE == (int)GALOG_DELETE_FACE &&
+                   (int)FW_GALWRITE_DELETE_SUBJECT == (int)GALOG_DELETE_SUBJECT,
+               "gallery write types are galog record types");
 
 /* Decide each request against the index plus the earlier requests of the batch, and reserve
  * everything applying will need. Requests that need no record are finished here. */
-static void batch_check(fw_gallery *g, greq **b, int n, uint64_t *enrolls, uint64_t *new_subj)
+static void batch_check(fw_gallery *g, fw_galwrite **b, greserve *res, int n, uint64_t *enrolls,
+                        uint64_t *new_subj)
 {
     uint64_t first_id = g->next_id;
     for (int i = 0; i < n; i++) {
-        greq *r = b[i];
-        if (r->type == GALOG_DELETE_FACE) {
+        fw_galwrite *r = b[i];
+        res[i].subj = NULL;
+        res[i].meta_block = NULL;
+        if (r->type == FW_GALWRITE_DELETE_FACE) {
             if (!galidx_has_face(g->ix, r->face_id) &&
                 !(r->face_id >= first_id && r->face_id < g->next_id))
-                finish(r, FW_STATUS_NOT_FOUND, 0, "no face with id %llu",
-                       (unsigned long long)r->face_id);
+                fw_galwrite_finish(r, FW_STATUS_NOT_FOUND, 0, "no face with id %llu",
+                                   (unsigned long long)r->face_id);
             continue;
         }
         /* ENROLL and DELETE_SUBJECT: look for the subject in the index, then in this batch. */
         galidx_subj *s = galidx_find_subject(g->ix, r->subject, r->subject_len);
         for (int j = 0; j < i && !s; j++)
-            if (b[j]->type == GALOG_ENROLL && !b[j]->done &&
-                galidx_subj_same(b[j]->subj, r->subject, r->subject_len))
-                s = b[j]->subj;
-        if (r->type == GALOG_DELETE_SUBJECT) {
+            if (b[j]->type == FW_GALWRITE_ENROLL && !b[j]->done &&
+                galidx_subj_same(res[j].subj, r->subject, r->subject_len))
+                s = res[j].subj;
+        if (r->type == FW_GALWRITE_DELETE_SUBJECT) {
             if (!s)
-                finish(r, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", r->subject);
+                fw_galwrite_finish(r, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", r->subject);
             continue;
         }
         if ((uint64_t)galidx_faces(g->ix) + *enrolls >= g->opt.max_faces) {
-            finish(r, FW_STATUS_INTERNAL, 0, "gallery full (%u faces)", g->opt.max_faces);
+            fw_galwrite_finish(r, FW_STATUS_INTERNAL, 0, "gallery full (%u faces)",
+                               g->opt.max_faces);
             continue;
         }
         int fresh = !s, oom = 0;
@@ -631,55 +608,54 @@ static void batch_check(fw_gallery *g, greq **b, int n, uint64_t *enrolls, uint6
                 galidx_subj_free(s);
             goto oom;
         }
-        r->meta_block = galidx_meta_new(r->meta, r->meta_len, &oom);
+        res[i].meta_block = galidx_meta_new(r->meta, r->meta_len, &oom);
         if (oom) {
             galidx_subj_unreserve(s, 1);
             goto oom;
         }
-        r->subj = s;
+        res[i].subj = s;
         r->face_id = g->next_id++; /* ids are never reused, even if this batch fails */
         (*enrolls)++;
         *new_subj += fresh;
         continue;
     oom:
-        finish(r, FW_STATUS_INTERNAL, 0, "out of memory");
+        fw_galwrite_finish(r, FW_STATUS_INTERNAL, 0, "out of memory");
     }
 }
 
 /* Undo batch_check's reservations for requests that will not be applied. */
-static void batch_unreserve(greq **b, int n)
+static void batch_unreserve(fw_galwrite **b, greserve *res, int n)
 {
     for (int i = 0; i < n; i++) {
-        greq *r = b[i];
-        if (r->type != GALOG_ENROLL || !r->subj)
+        if (b[i]->type != FW_GALWRITE_ENROLL || !res[i].subj)
             continue;
-        galidx_meta_free(r->meta_block);
-        r->meta_block = NULL;
-        galidx_subj_unreserve(r->subj, 1);
-        r->subj = NULL;
+        galidx_meta_free(res[i].meta_block);
+        res[i].meta_block = NULL;
+        galidx_subj_unreserve(res[i].subj, 1);
+        res[i].subj = NULL;
     }
 }
 
-static void fail_pending(greq **b, int n, int status, const char *msg)
+static void fail_pending(fw_galwrite **b, int n, int status, const char *msg)
 {
     for (int i = 0; i < n; i++)
         if (!b[i]->done)
-            finish(b[i], status, 0, "%s", msg);
+            fw_galwrite_finish(b[i], status, 0, "%s", msg);
 }
 
 /* Append the batch's records and sync them. 0, or -1 with the file cut back and msg set. */
-static int batch_write(fw_gallery *g, greq **b, int n, char *msg, size_t msglen)
+static int batch_write(fw_gallery *g, fw_galwrite **b, int n, char *msg, size_t msglen)
 {
     size_t len = 0;
     uint64_t seq = g->last_seq;
     for (int i = 0; i < n; i++) {
-        greq *r = b[i];
+        fw_galwrite *r = b[i];
         if (r->done)
             continue;
         galog_rec rec;
         memset(&rec, 0, sizeof rec);
         rec.type = r->type;
-        rec.seq = r->seq = ++seq;
+        rec.seq = ++seq;
         rec.face_id = r->face_id;
         rec.subject = r->subject;
         rec.subject_len = r->subject_len;
@@ -717,39 +693,39 @@ static int batch_write(fw_gallery *g, greq **b, int n, char *msg, size_t msglen)
     return -1;
 }
 
-static void batch_apply(fw_gallery *g, greq **b, int n, galidx_grow *gr)
+static void batch_apply(fw_gallery *g, fw_galwrite **b, greserve *res, int n, galidx_grow *gr)
 {
     pthread_rwlock_wrlock(&g->lock);
     galidx_grow_commit(g->ix, gr);
     for (int i = 0; i < n; i++) {
-        greq *r = b[i];
+        fw_galwrite *r = b[i];
         if (r->done)
             continue;
-        if (r->type == GALOG_ENROLL) {
-            galidx_apply_enroll(g->ix, r->face_id, r->subj, r->meta_block, r->desc);
-            r->meta_block = NULL;
-            r->subj = NULL;
-            finish(r, FW_STATUS_OK, r->face_id, NULL);
-        } else if (r->type == GALOG_DELETE_FACE) {
+        if (r->type == FW_GALWRITE_ENROLL) {
+            galidx_apply_enroll(g->ix, r->face_id, res[i].subj, res[i].meta_block, r->desc);
+            res[i].meta_block = NULL;
+            res[i].subj = NULL;
+            fw_galwrite_finish(r, FW_STATUS_OK, r->face_id, NULL);
+        } else if (r->type == FW_GALWRITE_DELETE_FACE) {
             uint32_t c = galidx_apply_delete_face(g->ix, r->face_id);
             if (c)
-                finish(r, FW_STATUS_OK, c, NULL);
+                fw_galwrite_finish(r, FW_STATUS_OK, c, NULL);
             else /* deleted by an earlier request of the same batch */
-                finish(r, FW_STATUS_NOT_FOUND, 0, "no face with id %llu",
-                       (unsigned long long)r->face_id);
+                fw_galwrite_finish(r, FW_STATUS_NOT_FOUND, 0, "no face with id %llu",
+                                   (unsigned long long)r->face_id);
         } else {
             uint32_t c = galidx_apply_delete_subject(g->ix, r->subject, r->subject_len);
             if (c)
-                finish(r, FW_STATUS_OK, c, NULL);
+                fw_galwrite_finish(r, FW_STATUS_OK, c, NULL);
             else
-                finish(r, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", r->subject);
+                fw_galwrite_finish(r, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", r->subject);
         }
     }
     pthread_rwlock_unlock(&g->lock);
     galidx_grow_release(gr); /* the arrays replaced by the commit, freed outside the lock */
 }
 
-static void batch_process(fw_gallery *g, greq **b, int n)
+static void batch_process(fw_gallery *g, fw_galwrite **b, greserve *res, int n)
 {
     uint64_t enrolls = 0, new_subj = 0;
     char msg[192];
@@ -758,7 +734,7 @@ static void batch_process(fw_gallery *g, greq **b, int n)
         fail_pending(b, n, FW_STATUS_INTERNAL, g->broken_msg);
         return;
     }
-    batch_check(g, b, n, &enrolls, &new_subj);
+    batch_check(g, b, res, n, &enrolls, &new_subj);
     int pending = 0;
     for (int i = 0; i < n; i++)
         pending += !b[i]->done;
@@ -766,56 +742,33 @@ static void batch_process(fw_gallery *g, greq **b, int n)
         return;
     if (galidx_grow_prepare(g->ix, (uint64_t)galidx_faces(g->ix) + enrolls,
                             (uint64_t)galidx_subjects(g->ix) + new_subj, &gr) != 0) {
-        batch_unreserve(b, n);
+        batch_unreserve(b, res, n);
         fail_pending(b, n, FW_STATUS_INTERNAL, "out of memory");
         return;
     }
     if (batch_write(g, b, n, msg, sizeof msg) != 0) {
         galidx_grow_release(&gr);
-        batch_unreserve(b, n);
+        batch_unreserve(b, res, n);
         fail_pending(b, n, FW_STATUS_INTERNAL, msg);
         return;
     }
-    batch_apply(g, b, n, &gr);
-}
-
-static void hand_back(fw_gallery *g, greq **b, int n)
-{
-    pthread_mutex_lock(&g->dmu);
-    for (int i = 0; i < n; i++) {
-        b[i]->next = NULL;
-        if (g->dtail)
-            g->dtail->next = b[i];
-        else
-            g->dhead = b[i];
-        g->dtail = b[i];
-    }
-    pthread_mutex_unlock(&g->dmu);
-    uv_async_send(&g->async);
+    batch_apply(g, b, res, n, &gr);
 }
 
 static void *writer_main(void *arg)
 {
     fw_gallery *g = arg;
     for (;;) {
-        int n = 0;
-        pthread_mutex_lock(&g->qmu);
-        while (!g->qhead && !g->stopping)
-            pthread_cond_wait(&g->qcv, &g->qmu);
-        while (g->qhead && n < (int)g->opt.batch_max) {
-            greq *r = g->qhead;
-            g->qhead = r->next;
-            g->batch[n++] = r;
-            g->qlen--;
-        }
-        if (!g->qhead)
-            g->qtail = NULL;
-        pthread_mutex_unlock(&g->qmu);
+        pthread_mutex_lock(&g->q.mu);
+        while (!g->q.head && !g->q.stopping)
+            pthread_cond_wait(&g->qcv, &g->q.mu);
+        int n = fw_galwrite_take_locked(&g->q, g->batch, (int)g->opt.batch_max);
+        pthread_mutex_unlock(&g->q.mu);
         if (!n)
             break; /* stopping and drained */
-        batch_process(g, g->batch, n);
+        batch_process(g, g->batch, g->res, n);
         publish(g);
-        hand_back(g, g->batch, n);
+        fw_galwrite_hand_back_batch(&g->q, g->batch, n);
         maybe_compact(g);
     }
     return NULL;
@@ -823,147 +776,71 @@ static void *writer_main(void *arg)
 
 /* ---- the loop side ---------------------------------------------------------------------- */
 
-static void deliver(fw_gallery *g)
-{
-    pthread_mutex_lock(&g->dmu);
-    greq *r = g->dhead;
-    g->dhead = g->dtail = NULL;
-    pthread_mutex_unlock(&g->dmu);
-    while (r) {
-        greq *next = r->next;
-        r->cb(r->arg, r->status, r->value, r->msg);
-        free(r);
-        r = next;
-    }
-}
-
 static void on_completions(uv_async_t *h)
 {
-    deliver(h->data);
+    fw_gallery *g = h->data;
+    fw_galwrite_deliver(&g->q, NULL, NULL);
 }
 
 int fw_gallery_attach_loop(fw_gallery *g, uv_loop_t *loop)
 {
-    int rc = uv_async_init(loop, &g->async, on_completions);
-    if (rc == 0) {
-        g->async.data = g;
+    int rc = fw_galwrite_queue_attach(&g->q, loop, on_completions, g);
+    if (rc == 0)
         g->loop_attached = 1;
-    }
     return rc;
 }
 
-static int submit(fw_gallery *g, greq *r, char *err, size_t errlen)
+/* Check, copy and queue one write (the three entry points below). */
+static int queue_write(fw_gallery *g, const fw_galwrite_args *a, char *err, size_t errlen)
 {
-    int status = FW_STATUS_OK;
-    pthread_mutex_lock(&g->qmu);
-    if (g->stopping) {
-        status = FW_STATUS_SHUTTING_DOWN;
-        snprintf(err, errlen, "gallery is closing");
-    } else if (g->qlen >= g->opt.queue_max) {
-        status = FW_STATUS_BUSY;
-        snprintf(err, errlen, "gallery write queue full (%u waiting)", g->qlen);
-    } else {
-        r->next = NULL;
-        if (g->qtail)
-            g->qtail->next = r;
-        else
-            g->qhead = r;
-        g->qtail = r;
-        g->qlen++;
-        pthread_cond_signal(&g->qcv);
-    }
-    pthread_mutex_unlock(&g->qmu);
+    int status = fw_galwrite_check(a, UINT64_MAX, err, errlen);
     if (status != FW_STATUS_OK)
-        free(r);
-    return status;
-}
-
-static greq *new_req(fw_gallery *g, uint8_t type, fw_gallery_done_cb cb, void *arg, int *status,
-                     char *err, size_t errlen)
-{
-    greq *r;
+        return status;
     if (g->closing) {
-        *status = FW_STATUS_SHUTTING_DOWN;
         snprintf(err, errlen, "gallery is closing");
-        return NULL;
+        return FW_STATUS_SHUTTING_DOWN;
     }
-    if (!g->loop_attached || !cb) {
-        *status = FW_STATUS_INTERNAL;
+    if (!g->loop_attached || !a->cb) {
         snprintf(err, errlen, "gallery: no loop attached or no callback");
-        return NULL;
+        return FW_STATUS_INTERNAL;
     }
-    if (!(r = calloc(1, sizeof *r))) {
-        *status = FW_STATUS_INTERNAL;
-        snprintf(err, errlen, "out of memory");
-        return NULL;
+    fw_galwrite *r = fw_galwrite_new(a, &status, err, errlen);
+    if (!r)
+        return status;
+    if ((status = fw_galwrite_push(&g->q, r, NULL, err, errlen)) != FW_STATUS_OK) {
+        free(r);
+        return status;
     }
-    r->type = type;
-    r->cb = cb;
-    r->arg = arg;
-    return r;
+    /* Outside q.mu is enough: a writer that saw the queue empty is already waiting. */
+    pthread_cond_signal(&g->qcv);
+    return FW_STATUS_OK;
 }
 
 int fw_gallery_enroll(fw_gallery *g, const char *subject, size_t subject_len, const void *meta,
                       size_t meta_len, const float *desc, fw_gallery_done_cb cb, void *arg,
                       char *err, size_t errlen)
 {
-    int status;
-    if (!galidx_subject_valid(subject, subject_len)) {
-        snprintf(err, errlen, "subject must be 1-%d bytes of UTF-8 without NUL",
-                 FW_GALLERY_SUBJECT_MAX);
-        return FW_STATUS_BAD_REQUEST;
-    }
-    if (meta_len > FW_GALLERY_META_MAX) {
-        snprintf(err, errlen, "metadata is %zu bytes, at most %d", meta_len, FW_GALLERY_META_MAX);
-        return FW_STATUS_BAD_REQUEST;
-    }
-    if (!desc || !galidx_desc_valid(desc)) {
-        snprintf(err, errlen, "descriptor must be %d finite floats within +-%g", FW_GALLERY_DIM,
-                 (double)FW_GALLERY_VALUE_MAX);
-        return FW_STATUS_BAD_REQUEST;
-    }
-    greq *r = new_req(g, GALOG_ENROLL, cb, arg, &status, err, errlen);
-    if (!r)
-        return status;
-    memcpy(r->subject, subject, subject_len);
-    r->subject_len = (uint16_t)subject_len;
-    if (meta_len)
-        memcpy(r->meta, meta, meta_len);
-    r->meta_len = (uint16_t)meta_len;
-    memcpy(r->desc, desc, sizeof r->desc);
-    return submit(g, r, err, errlen);
+    fw_galwrite_args a = { .type = FW_GALWRITE_ENROLL, .subject = subject,
+                           .subject_len = subject_len, .meta = meta, .meta_len = meta_len,
+                           .desc = desc, .cb = cb, .arg = arg };
+    return queue_write(g, &a, err, errlen);
 }
 
 int fw_gallery_delete_face(fw_gallery *g, uint64_t face_id, fw_gallery_done_cb cb, void *arg,
                            char *err, size_t errlen)
 {
-    int status;
-    if (face_id == 0) { /* ids start at 1: answer without a trip to the writer */
-        snprintf(err, errlen, "no face with id 0");
-        return FW_STATUS_NOT_FOUND;
-    }
-    greq *r = new_req(g, GALOG_DELETE_FACE, cb, arg, &status, err, errlen);
-    if (!r)
-        return status;
-    r->face_id = face_id;
-    return submit(g, r, err, errlen);
+    /* ids start at 1: fw_galwrite_check answers id 0 without a trip to the writer */
+    fw_galwrite_args a = { .type = FW_GALWRITE_DELETE_FACE, .face_id = face_id, .cb = cb,
+                           .arg = arg };
+    return queue_write(g, &a, err, errlen);
 }
 
 int fw_gallery_delete_subject(fw_gallery *g, const char *subject, size_t subject_len,
                               fw_gallery_done_cb cb, void *arg, char *err, size_t errlen)
 {
-    int status;
-    if (!galidx_subject_valid(subject, subject_len)) {
-        snprintf(err, errlen, "subject must be 1-%d bytes of UTF-8 without NUL",
-                 FW_GALLERY_SUBJECT_MAX);
-        return FW_STATUS_BAD_REQUEST;
-    }
-    greq *r = new_req(g, GALOG_DELETE_SUBJECT, cb, arg, &status, err, errlen);
-    if (!r)
-        return status;
-    memcpy(r->subject, subject, subject_len);
-    r->subject_len = (uint16_t)subject_len;
-    return submit(g, r, err, errlen);
+    fw_galwrite_args a = { .type = FW_GALWRITE_DELETE_SUBJECT, .subject = subject,
+                           .subject_len = subject_len, .cb = cb, .arg = arg };
+    return queue_write(g, &a, err, errlen);
 }
 
 /* ---- changes from an external system of record (galpg.c) ------------------------------- */
@@ -1281,13 +1158,13 @@ static void gallery_free(fw_gallery *g)
     galidx_free(g->ix);
     sodium_memzero(g->rest_key_buf, sizeof g->rest_key_buf);
     pthread_rwlock_destroy(&g->lock);
-    pthread_mutex_destroy(&g->qmu);
+    fw_galwrite_queue_destroy(&g->q);
     pthread_cond_destroy(&g->qcv);
-    pthread_mutex_destroy(&g->dmu);
     pthread_mutex_destroy(&g->cmu);
     pthread_cond_destroy(&g->ccv);
     free(g->wbuf);
     free(g->batch);
+    free(g->res);
     free(g->dir);
     free(g);
 }
@@ -1334,18 +1211,18 @@ int fw_gallery_open(const fw_gallery_options *opt, fw_gallery **out, fw_gallery_
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&g->lock, &ra);
     pthread_rwlockattr_destroy(&ra);
-    pthread_mutex_init(&g->qmu, NULL);
+    fw_galwrite_queue_init(&g->q, g->opt.queue_max);
     pthread_cond_init(&g->qcv, NULL);
-    pthread_mutex_init(&g->dmu, NULL);
     pthread_mutex_init(&g->cmu, NULL);
     pthread_cond_init(&g->ccv, NULL);
     randombytes_buf(g->key, sizeof g->key);
     g->ix = galidx_new(g->key, g->opt.max_faces);
     g->wbuf = malloc((size_t)g->opt.batch_max * GALOG_SREC_MAX);
     g->batch = malloc((size_t)g->opt.batch_max * sizeof *g->batch);
+    g->res = malloc((size_t)g->opt.batch_max * sizeof *g->res);
     if (opt && opt->data_dir)
         g->dir = strdup(opt->data_dir);
-    if (!g->ix || !g->wbuf || !g->batch || (opt && opt->data_dir && !g->dir)) {
+    if (!g->ix || !g->wbuf || !g->batch || !g->res || (opt && opt->data_dir && !g->dir)) {
         snprintf(err, errlen, "out of memory");
         goto err;
     }
@@ -1388,16 +1265,15 @@ void fw_gallery_close(fw_gallery *g)
     if (!g)
         return;
     g->closing = 1;
-    pthread_mutex_lock(&g->qmu);
-    g->stopping = 1;
+    fw_galwrite_queue_stop(&g->q);
     pthread_cond_signal(&g->qcv);
-    pthread_mutex_unlock(&g->qmu);
     if (g->writer_started)
         pthread_join(g->writer, NULL);
     stop_compactor(g);
     if (g->loop_attached) {
-        deliver(g); /* what the writer finished after the loop's last turn */
-        uv_close((uv_handle_t *)&g->async, on_async_closed);
+        /* what the writer finished after the loop's last turn */
+        fw_galwrite_deliver(&g->q, NULL, NULL);
+        uv_close((uv_handle_t *)&g->q.async, on_async_closed);
     } else {
         gallery_free(g);
     }
