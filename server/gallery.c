@@ -9,9 +9,9 @@
  * batch_max), checks each against the index and the earlier requests of the batch, reserves
  * all the memory applying will need, appends all their records with one write and one
  * fdatasync, then takes the write lock once and applies them (O(1) each, nothing can fail
- * there), and hands the finished requests back to the loop with uv_async_send. So an acknowledged enroll is on disk, and a
- * failed write leaves nothing behind: the file is cut back to where the batch began and the
- * index was never touched.
+ * there), and hands the finished requests back to the loop with uv_async_send. So an
+ * acknowledged enroll is on disk, and a failed write leaves nothing behind: the file is cut
+ * back to where the batch began and the index was never touched.
  *
  * Searches, lists and gets hold the read lock for their whole scan. The lock prefers writers
  * (glibc's PREFER_WRITER_NONRECURSIVE kind) so a steady stream of searches cannot starve the

@@ -6,6 +6,7 @@
  *
  *   loop      validates and copies a write, asks the breaker, queues it for the writer; later
  *             delivers its completion (uv_async) and feeds the outcome back to the breaker.
+ *             The checks, the queue and the way back are galwrite.c's, shared with gallery.c.
  *             Never touches libpq and never blocks (a queue mutex held for a pointer swap).
  *   writer    takes up to batch_max queued writes and runs them as ONE transaction in libpq
  *             pipeline mode, two round trips per batch whatever its size:
@@ -43,6 +44,7 @@
 #include "fw_proto.h"
 #include "server/breaker.h"
 #include "server/galidx.h"
+#include "server/galwrite.h"
 #include "server/hist.h"
 #include "server/log.h"
 
@@ -116,27 +118,6 @@ static const char SQL_LOG_CHANGES[] =
 
 /* ---- types --------------------------------------------------------------------------------- */
 
-enum { PREQ_ENROLL = 1, PREQ_DELETE_FACE, PREQ_DELETE_SUBJECT };
-
-/* One write, from the loop to the writer and back. Allocated by the loop, freed by deliver(). */
-typedef struct preq {
-    struct preq *next;
-    uint8_t type;
-    uint8_t probe;                 /* admitted by the breaker as a half-open probe */
-    uint16_t subject_len, meta_len;
-    uint64_t face_id;
-    uint8_t id_be[8];              /* face_id as a binary int8 parameter */
-    char subject[FW_GALLERY_SUBJECT_MAX + 1];
-    uint8_t meta[FW_GALLERY_META_MAX];
-    uint8_t desc[PG_DESC_BYTES];   /* little-endian float32, as stored */
-    fw_gallery_done_cb cb;
-    void *arg;
-    /* set by the writer */
-    int status;
-    uint64_t value;
-    char msg[192];
-} preq;
-
 /* A connection and how to wait on it. */
 typedef struct pgx {
     PGconn *conn;
@@ -153,7 +134,7 @@ struct notice_ctx {
 typedef struct writer {            /* writer thread only */
     pgx x;
     notice_ctx notices;
-    preq **batch;
+    fw_galwrite **batch;
     char *kinds, *ids;             /* text arrays of the batch's changes, grow-only */
     size_t kinds_cap, ids_cap, kinds_len, ids_len;
     uint32_t nchanges;
@@ -189,19 +170,13 @@ struct fw_galpg {
     char *url;
     fw_gallery *g;
     uv_loop_t *loop;
-    uv_async_t async;
     int closing;                   /* loop thread only */
     fw_breaker breaker;            /* loop thread only */
 
-    pthread_mutex_t qmu;           /* the writer queue */
-    preq *qhead, *qtail;
-    uint32_t qlen;
-    int stopping;
-    int widle;                     /* the writer sleeps in poll(): wake it through qfd */
+    /* Writes from the loop and back (galwrite.h). The writer sleeps in poll(), so it sets
+     * q.idle before it does and a push that finds it set wakes it through qfd. */
+    fw_galwrite_queue q;
     int qfd;                       /* eventfd: work for the writer */
-
-    pthread_mutex_t dmu;           /* finished writes for the loop */
-    preq *dhead, *dtail;
 
     int stopfd;                    /* eventfd: the follower stops */
     pthread_t wthread, fthread;
@@ -706,21 +681,6 @@ static void log_unreachable(fw_galpg *p, char *logged, size_t cap, const char *r
 
 enum { TX_OK = 0, TX_RETRY, TX_FAILED, TX_LOST };
 
-static void finish(preq *r, int status, uint64_t value, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void finish(preq *r, int status, uint64_t value, const char *fmt, ...)
-{
-    r->status = status;
-    r->value = value;
-    r->msg[0] = '\0';
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(r->msg, sizeof r->msg, fmt, ap);
-        va_end(ap);
-    }
-}
-
 static int grow_text(char **buf, size_t *cap, size_t need)
 {
     if (need <= *cap)
@@ -750,21 +710,27 @@ static int add_change(writer *w, int kind, int64_t face_id)
     return 0;
 }
 
-static int send_request(PGconn *c, const preq *r)
+/* Queue one request's statement. libpq copies the parameters into its output buffer during
+ * the call, so the binary forms of the descriptor and the id can live on the stack. */
+static int send_request(PGconn *c, const fw_galwrite *r)
 {
     const char *vals[3];
     int lens[3], fmts[3] = { 1, 1, 1 };
+    uint8_t desc_le[PG_DESC_BYTES], id_be[8];
     switch (r->type) {
-    case PREQ_ENROLL:
+    case FW_GALWRITE_ENROLL:
+        desc_to_le(r->desc, desc_le); /* little-endian float32, as stored */
         vals[0] = r->subject;
         lens[0] = r->subject_len;
         vals[1] = (const char *)r->meta;
         lens[1] = r->meta_len;
-        vals[2] = (const char *)r->desc;
+        vals[2] = (const char *)desc_le;
         lens[2] = PG_DESC_BYTES;
         return PQsendQueryPrepared(c, "fw_enroll", 3, vals, lens, fmts, 1);
-    case PREQ_DELETE_FACE:
-        vals[0] = (const char *)r->id_be;
+    case FW_GALWRITE_DELETE_FACE:
+        for (int i = 0; i < 8; i++) /* a binary int8 parameter */
+            id_be[i] = (uint8_t)(r->face_id >> (56 - 8 * i));
+        vals[0] = (const char *)id_be;
         lens[0] = 8;
         return PQsendQueryPrepared(c, "fw_delete_face", 1, vals, lens, fmts, 1);
     default:
@@ -809,7 +775,7 @@ static void note_error(const PGresult *r, char *msg, size_t msglen, char *state)
 }
 
 /* Read the results of round 1 and decide every request. 0, or -1 when the connection failed. */
-static int read_requests(fw_galpg *p, preq **b, int n, char *msg, size_t msglen, char *state)
+static int read_requests(fw_galpg *p, fw_galwrite **b, int n, char *msg, size_t msglen, char *state)
 {
     writer *w = &p->w;
     PGresult *r = pipe_result(&w->x);
@@ -827,25 +793,27 @@ static int read_requests(fw_galpg *p, preq **b, int n, char *msg, size_t msglen,
             continue;
         }
         int rows = PQntuples(r);
-        preq *q = b[i];
+        fw_galwrite *q = b[i];
         int64_t id = 0;
         for (int k = 0; k < rows && !msg[0]; k++) {
             if (PQnfields(r) != 1 || res_int(r, k, 0, &id) != 0 || id < 1)
                 snprintf(msg, msglen, "unexpected face id from the database");
-            else if (add_change(w, q->type == PREQ_ENROLL ? FW_GALLERY_CHANGE_ADD
-                                                          : FW_GALLERY_CHANGE_REMOVE, id) != 0)
+            else if (add_change(w, q->type == FW_GALWRITE_ENROLL ? FW_GALLERY_CHANGE_ADD
+                                                                 : FW_GALLERY_CHANGE_REMOVE,
+                                id) != 0)
                 snprintf(msg, msglen, "out of memory");
         }
-        if (q->type == PREQ_ENROLL && rows != 1 && !msg[0])
+        if (q->type == FW_GALWRITE_ENROLL && rows != 1 && !msg[0])
             snprintf(msg, msglen, "the database returned %d ids for one enroll", rows);
-        if (q->type == PREQ_ENROLL)
-            finish(q, FW_STATUS_OK, (uint64_t)id, NULL);
+        if (q->type == FW_GALWRITE_ENROLL)
+            fw_galwrite_finish(q, FW_STATUS_OK, (uint64_t)id, NULL);
         else if (rows)
-            finish(q, FW_STATUS_OK, (uint64_t)rows, NULL);
-        else if (q->type == PREQ_DELETE_FACE)
-            finish(q, FW_STATUS_NOT_FOUND, 0, "no face with id %" PRIu64, q->face_id);
+            fw_galwrite_finish(q, FW_STATUS_OK, (uint64_t)rows, NULL);
+        else if (q->type == FW_GALWRITE_DELETE_FACE)
+            fw_galwrite_finish(q, FW_STATUS_NOT_FOUND, 0, "no face with id %" PRIu64,
+                               q->face_id);
         else
-            finish(q, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", q->subject);
+            fw_galwrite_finish(q, FW_STATUS_NOT_FOUND, 0, "no subject \"%s\"", q->subject);
         PQclear(r);
     }
     if (!(r = pipe_result(&w->x)))
@@ -907,7 +875,7 @@ static int read_commit(pgx *x, int with_changes, int *committed, char *msg, size
 
 /* One transaction for the whole batch. Sets every request's outcome on TX_OK; otherwise msg
  * says what went wrong and *commit_sent whether COMMIT may have reached the server. */
-static int tx_run(fw_galpg *p, preq **b, int n, int *commit_sent, char *msg, size_t msglen)
+static int tx_run(fw_galpg *p, fw_galwrite **b, int n, int *commit_sent, char *msg, size_t msglen)
 {
     writer *w = &p->w;
     pgx *x = &w->x;
@@ -977,7 +945,7 @@ lost:
 }
 
 /* Run a batch. Returns 1 when the connection is lost (every request answered UNAVAILABLE). */
-static int write_batch(fw_galpg *p, preq **b, int n)
+static int write_batch(fw_galpg *p, fw_galwrite **b, int n)
 {
     char msg[192], q[240];
     int commit_sent = 0, rc = TX_FAILED;
@@ -993,12 +961,13 @@ static int write_batch(fw_galpg *p, preq **b, int n)
     atomic_fetch_add(&p->a_write_errors, 1);
     for (int i = 0; i < n; i++) {
         if (rc == TX_LOST && commit_sent)
-            finish(b[i], FW_STATUS_UNAVAILABLE, 0,
-                   "database connection lost; the write may have committed");
+            fw_galwrite_finish(b[i], FW_STATUS_UNAVAILABLE, 0,
+                               "database connection lost; the write may have committed");
         else if (rc == TX_LOST)
-            finish(b[i], FW_STATUS_UNAVAILABLE, 0, "database connection lost; nothing written");
+            fw_galwrite_finish(b[i], FW_STATUS_UNAVAILABLE, 0,
+                               "database connection lost; nothing written");
         else
-            finish(b[i], FW_STATUS_UNAVAILABLE, 0, "database error: %s", msg);
+            fw_galwrite_finish(b[i], FW_STATUS_UNAVAILABLE, 0, "database error: %s", msg);
     }
     if (rc != TX_LOST)
         plog(p, FW_LOG_WARN, "postgresql write failed", "requests=%d error=%s", n,
@@ -1032,31 +1001,16 @@ out:
     return rc;
 }
 
-static void hand_back(fw_galpg *p, preq *head, preq *tail)
-{
-    if (!head)
-        return;
-    pthread_mutex_lock(&p->dmu);
-    if (p->dtail)
-        p->dtail->next = head;
-    else
-        p->dhead = head;
-    p->dtail = tail;
-    pthread_mutex_unlock(&p->dmu);
-    uv_async_send(&p->async);
-}
-
-/* Answer everything queued now (the writer has no connection). Caller holds qmu. */
+/* Answer everything queued now (the writer has no connection). Caller holds q.mu, which is
+ * let go while the answers are handed back. */
 static void fail_queue_locked(fw_galpg *p, const char *why)
 {
-    preq *head = p->qhead, *tail = p->qtail;
-    for (preq *r = head; r; r = r->next)
-        finish(r, FW_STATUS_UNAVAILABLE, 0, "database unavailable: %s", why);
-    p->qhead = p->qtail = NULL;
-    p->qlen = 0;
-    pthread_mutex_unlock(&p->qmu);
-    hand_back(p, head, tail);
-    pthread_mutex_lock(&p->qmu);
+    fw_galwrite *tail, *head = fw_galwrite_take_all_locked(&p->q, &tail);
+    for (fw_galwrite *r = head; r; r = r->next)
+        fw_galwrite_finish(r, FW_STATUS_UNAVAILABLE, 0, "database unavailable: %s", why);
+    pthread_mutex_unlock(&p->q.mu);
+    fw_galwrite_hand_back(&p->q, head, tail);
+    pthread_mutex_lock(&p->q.mu);
 }
 
 /* Sleep in poll() until the queue has work (qfd), the socket (fd >= 0) has something to
@@ -1066,9 +1020,9 @@ static short writer_sleep(fw_galpg *p, int fd, int timeout_ms)
     struct pollfd pf[2] = { { .fd = p->qfd, .events = POLLIN }, { .fd = fd, .events = POLLIN } };
     uint64_t v;
     int n = poll(pf, 2, timeout_ms);
-    pthread_mutex_lock(&p->qmu);
-    p->widle = 0;
-    pthread_mutex_unlock(&p->qmu);
+    pthread_mutex_lock(&p->q.mu);
+    p->q.idle = 0;
+    pthread_mutex_unlock(&p->q.mu);
     if (n > 0 && pf[0].revents)
         (void)!read(p->qfd, &v, sizeof v); /* non-blocking: resets the counter */
     return n > 0 ? pf[1].revents : 0;
@@ -1080,17 +1034,17 @@ static int writer_backoff(fw_galpg *p, uint32_t ms, const char *why)
 {
     uint64_t end = mono_ms() + ms;
     for (;;) {
-        pthread_mutex_lock(&p->qmu);
-        if (p->qhead)
+        pthread_mutex_lock(&p->q.mu);
+        if (p->q.head)
             fail_queue_locked(p, why);
-        int stop = p->stopping;
+        int stop = p->q.stopping;
         uint64_t now = mono_ms();
         if (stop || now >= end) {
-            pthread_mutex_unlock(&p->qmu);
+            pthread_mutex_unlock(&p->q.mu);
             return stop;
         }
-        p->widle = 1;
-        pthread_mutex_unlock(&p->qmu);
+        p->q.idle = 1;
+        pthread_mutex_unlock(&p->q.mu);
         writer_sleep(p, -1, (int)(end - now));
     }
 }
@@ -1098,17 +1052,16 @@ static int writer_backoff(fw_galpg *p, uint32_t ms, const char *why)
 /* Up to batch_max queued writes; 0 when stopping and drained, or when the idle connection
  * failed (*lost set, x->err says why): a database that goes away while we wait for work is
  * noticed at once, so writes are refused without a failed attempt first. */
-static int take_batch(fw_galpg *p, preq **b, int *lost)
+static int take_batch(fw_galpg *p, fw_galwrite **b, int *lost)
 {
     pgx *x = &p->w.x;
-    int n = 0;
     *lost = 0;
     for (;;) {
-        pthread_mutex_lock(&p->qmu);
-        if (p->qhead || p->stopping)
+        pthread_mutex_lock(&p->q.mu);
+        if (p->q.head || p->q.stopping)
             break;
-        p->widle = 1;
-        pthread_mutex_unlock(&p->qmu);
+        p->q.idle = 1;
+        pthread_mutex_unlock(&p->q.mu);
         short ev = writer_sleep(p, PQsocket(x->conn), -1);
         if (ev && (!PQconsumeInput(x->conn) || PQstatus(x->conn) != CONNECTION_OK)) {
             pgx_fail(x, "connection closed while idle");
@@ -1117,16 +1070,8 @@ static int take_batch(fw_galpg *p, preq **b, int *lost)
         }
         drain_notifies(x->conn); /* nothing is expected; notices and the like are dropped */
     }
-    while (p->qhead && n < (int)p->opt.batch_max) {
-        preq *r = p->qhead;
-        p->qhead = r->next;
-        r->next = NULL;
-        b[n++] = r;
-        p->qlen--;
-    }
-    if (!p->qhead)
-        p->qtail = NULL;
-    pthread_mutex_unlock(&p->qmu);
+    int n = fw_galwrite_take_locked(&p->q, b, (int)p->opt.batch_max);
+    pthread_mutex_unlock(&p->q.mu);
     return n;
 }
 
@@ -1139,9 +1084,9 @@ static void *writer_main(void *arg)
     char q[320];
     for (;;) {
         if (!w->x.conn) {
-            pthread_mutex_lock(&p->qmu);
-            int done = p->stopping && !p->qhead;
-            pthread_mutex_unlock(&p->qmu);
+            pthread_mutex_lock(&p->q.mu);
+            int done = p->q.stopping && !p->q.head;
+            pthread_mutex_unlock(&p->q.mu);
             if (done)
                 break;
             if (writer_connect(p, &newer) == 0) {
@@ -1180,15 +1125,12 @@ static void *writer_main(void *arg)
             snprintf(w->logged, sizeof w->logged, "%s", w->x.err);
             pgx_close(&w->x);
             atomic_store(&p->a_retry_at, mono_ms() + PG_BACKOFF_MIN_MS);
-            pthread_mutex_lock(&p->qmu); /* those behind it would wait for a reconnect */
-            if (p->qhead)
+            pthread_mutex_lock(&p->q.mu); /* those behind it would wait for a reconnect */
+            if (p->q.head)
                 fail_queue_locked(p, "connection lost");
-            pthread_mutex_unlock(&p->qmu);
+            pthread_mutex_unlock(&p->q.mu);
         }
-        for (int i = 0; i < n; i++)
-            w->batch[i]->next = i + 1 < n ? w->batch[i + 1] : NULL;
-        if (n)
-            hand_back(p, w->batch[0], w->batch[n - 1]);
+        fw_galwrite_hand_back_batch(&p->q, w->batch, n);
     }
     atomic_store(&p->a_wconn, 0);
     pgx_close(&w->x);
@@ -1797,36 +1739,28 @@ static void *follower_main(void *arg)
 
 /* ---- the loop side --------------------------------------------------------------------------- */
 
-static void deliver(fw_galpg *p)
+/* Each answered write, before its callback: its outcome goes to the writes' breaker. */
+static void on_answer(void *ctx, const fw_galwrite *r)
 {
-    pthread_mutex_lock(&p->dmu);
-    preq *r = p->dhead;
-    p->dhead = p->dtail = NULL;
-    pthread_mutex_unlock(&p->dmu);
-    uint64_t now = uv_now(p->loop);
-    while (r) {
-        preq *next = r->next;
-        if (r->status == FW_STATUS_SHUTTING_DOWN) {
-            if (r->probe)
-                fw_breaker_cancel_probe(&p->breaker);
-        } else {
-            /* NOT_FOUND is the database working as it should. */
-            int failure = r->status == FW_STATUS_UNAVAILABLE || r->status == FW_STATUS_INTERNAL;
-            if (fw_breaker_record(&p->breaker, now, failure, r->probe))
-                plog(p, p->breaker.state == FW_BREAKER_OPEN ? FW_LOG_WARN : FW_LOG_INFO,
-                     "postgresql writes breaker", "state=%s",
-                     fw_breaker_state_name(p->breaker.state));
-        }
-        atomic_store(&p->a_breaker, (int)p->breaker.state);
-        r->cb(r->arg, r->status, r->value, r->msg);
-        free(r);
-        r = next;
+    fw_galpg *p = ctx;
+    if (r->status == FW_STATUS_SHUTTING_DOWN) {
+        if (r->probe)
+            fw_breaker_cancel_probe(&p->breaker);
+    } else {
+        /* NOT_FOUND is the database working as it should. */
+        int failure = r->status == FW_STATUS_UNAVAILABLE || r->status == FW_STATUS_INTERNAL;
+        if (fw_breaker_record(&p->breaker, uv_now(p->loop), failure, r->probe))
+            plog(p, p->breaker.state == FW_BREAKER_OPEN ? FW_LOG_WARN : FW_LOG_INFO,
+                 "postgresql writes breaker", "state=%s",
+                 fw_breaker_state_name(p->breaker.state));
     }
+    atomic_store(&p->a_breaker, (int)p->breaker.state);
 }
 
 static void on_completions(uv_async_t *h)
 {
-    deliver(h->data);
+    fw_galpg *p = h->data;
+    fw_galwrite_deliver(&p->q, on_answer, p);
 }
 
 uint32_t fw_galpg_retry_after_ms(fw_galpg *p)
@@ -1881,133 +1815,64 @@ static int admit(fw_galpg *p, uint8_t *probe, uint32_t *retry_after_ms, char *er
     return FW_STATUS_OK;
 }
 
-static preq *new_req(fw_galpg *p, uint8_t type, fw_gallery_done_cb cb, void *arg,
-                     uint32_t *retry_after_ms, int *status, char *err, size_t errlen)
+/* Check, admit, copy and queue one write (the three entry points below). Ids above
+ * INT64_MAX cannot be bigserial ids, so such a DELETE is answered without a trip. */
+static int queue_write(fw_galpg *p, const fw_galwrite_args *a, uint32_t *retry_after_ms,
+                       char *err, size_t errlen)
 {
     uint8_t probe;
-    if (!cb) {
-        *status = FW_STATUS_INTERNAL;
+    int status = fw_galwrite_check(a, (uint64_t)INT64_MAX, err, errlen), wake;
+    if (status != FW_STATUS_OK)
+        return status;
+    if (!a->cb) {
         snprintf(err, errlen, "galpg: no callback");
-        return NULL;
+        return FW_STATUS_INTERNAL;
     }
-    if ((*status = admit(p, &probe, retry_after_ms, err, errlen)) != FW_STATUS_OK)
-        return NULL;
-    preq *r = calloc(1, sizeof *r);
-    if (!r) {
-        if (probe)
+    if ((status = admit(p, &probe, retry_after_ms, err, errlen)) != FW_STATUS_OK)
+        return status;
+    fw_galwrite *r = fw_galwrite_new(a, &status, err, errlen);
+    if (r) {
+        r->probe = probe;
+        status = fw_galwrite_push(&p->q, r, &wake, err, errlen);
+    }
+    if (status != FW_STATUS_OK) {
+        if (probe) /* admitted but never sent: the breaker must not wait for it */
             fw_breaker_cancel_probe(&p->breaker);
-        *status = FW_STATUS_INTERNAL;
-        snprintf(err, errlen, "out of memory");
-        return NULL;
+        free(r);
+        return status;
     }
-    r->type = type;
-    r->probe = probe;
-    r->cb = cb;
-    r->arg = arg;
-    return r;
-}
-
-static int submit(fw_galpg *p, preq *r, char *err, size_t errlen)
-{
-    int status = FW_STATUS_OK, wake = 0;
-    pthread_mutex_lock(&p->qmu);
-    if (p->stopping) {
-        status = FW_STATUS_SHUTTING_DOWN;
-        snprintf(err, errlen, "gallery is closing");
-    } else if (p->qlen >= p->opt.queue_max) {
-        status = FW_STATUS_BUSY;
-        snprintf(err, errlen, "gallery write queue full (%" PRIu32 " waiting)", p->qlen);
-    } else {
-        r->next = NULL;
-        if (p->qtail)
-            p->qtail->next = r;
-        else
-            p->qhead = r;
-        p->qtail = r;
-        p->qlen++;
-        wake = p->widle;
-        p->widle = 0;
-    }
-    pthread_mutex_unlock(&p->qmu);
     if (wake) {
         uint64_t one = 1;
         (void)!write(p->qfd, &one, sizeof one);
     }
-    if (status != FW_STATUS_OK) {
-        if (r->probe)
-            fw_breaker_cancel_probe(&p->breaker);
-        free(r);
-    }
-    return status;
-}
-
-static int subject_check(const char *subject, size_t len, char *err, size_t errlen)
-{
-    if (subject && galidx_subject_valid(subject, len))
-        return 0;
-    snprintf(err, errlen, "subject must be 1-%d bytes of UTF-8 without NUL",
-             FW_GALLERY_SUBJECT_MAX);
-    return -1;
+    return FW_STATUS_OK;
 }
 
 int fw_galpg_enroll(fw_galpg *p, const char *subject, size_t subject_len, const void *meta,
                     size_t meta_len, const float *desc, fw_gallery_done_cb cb, void *arg,
                     uint32_t *retry_after_ms, char *err, size_t errlen)
 {
-    int status;
-    if (subject_check(subject, subject_len, err, errlen) != 0)
-        return FW_STATUS_BAD_REQUEST;
-    if (meta_len > FW_GALLERY_META_MAX || (meta_len && !meta)) {
-        snprintf(err, errlen, "metadata is %zu bytes, at most %d", meta_len, FW_GALLERY_META_MAX);
-        return FW_STATUS_BAD_REQUEST;
-    }
-    if (!desc || !galidx_desc_valid(desc)) {
-        snprintf(err, errlen, "descriptor must be %d finite floats within +-%g", FW_GALLERY_DIM,
-                 (double)FW_GALLERY_VALUE_MAX);
-        return FW_STATUS_BAD_REQUEST;
-    }
-    preq *r = new_req(p, PREQ_ENROLL, cb, arg, retry_after_ms, &status, err, errlen);
-    if (!r)
-        return status;
-    memcpy(r->subject, subject, subject_len);
-    r->subject_len = (uint16_t)subject_len;
-    if (meta_len)
-        memcpy(r->meta, meta, meta_len);
-    r->meta_len = (uint16_t)meta_len;
-    desc_to_le(desc, r->desc);
-    return submit(p, r, err, errlen);
+    fw_galwrite_args a = { .type = FW_GALWRITE_ENROLL, .subject = subject,
+                           .subject_len = subject_len, .meta = meta, .meta_len = meta_len,
+                           .desc = desc, .cb = cb, .arg = arg };
+    return queue_write(p, &a, retry_after_ms, err, errlen);
 }
 
 int fw_galpg_delete_face(fw_galpg *p, uint64_t face_id, fw_gallery_done_cb cb, void *arg,
                          uint32_t *retry_after_ms, char *err, size_t errlen)
 {
-    int status;
-    if (face_id == 0 || face_id > (uint64_t)INT64_MAX) { /* no bigserial id: answered without a trip */
-        snprintf(err, errlen, "no face with id %" PRIu64, face_id);
-        return FW_STATUS_NOT_FOUND;
-    }
-    preq *r = new_req(p, PREQ_DELETE_FACE, cb, arg, retry_after_ms, &status, err, errlen);
-    if (!r)
-        return status;
-    r->face_id = face_id;
-    for (int i = 0; i < 8; i++)
-        r->id_be[i] = (uint8_t)(face_id >> (56 - 8 * i));
-    return submit(p, r, err, errlen);
+    fw_galwrite_args a = { .type = FW_GALWRITE_DELETE_FACE, .face_id = face_id, .cb = cb,
+                           .arg = arg };
+    return queue_write(p, &a, retry_after_ms, err, errlen);
 }
 
 int fw_galpg_delete_subject(fw_galpg *p, const char *subject, size_t subject_len,
                             fw_gallery_done_cb cb, void *arg, uint32_t *retry_after_ms,
                             char *err, size_t errlen)
 {
-    int status;
-    if (subject_check(subject, subject_len, err, errlen) != 0)
-        return FW_STATUS_BAD_REQUEST;
-    preq *r = new_req(p, PREQ_DELETE_SUBJECT, cb, arg, retry_after_ms, &status, err, errlen);
-    if (!r)
-        return status;
-    memcpy(r->subject, subject, subject_len);
-    r->subject_len = (uint16_t)subject_len;
-    return submit(p, r, err, errlen);
+    fw_galwrite_args a = { .type = FW_GALWRITE_DELETE_SUBJECT, .subject = subject,
+                           .subject_len = subject_len, .cb = cb, .arg = arg };
+    return queue_write(p, &a, retry_after_ms, err, errlen);
 }
 
 /* ---- state -------------------------------------------------------------------------------- */
@@ -2067,8 +1932,7 @@ static void galpg_free(fw_galpg *p)
         close(p->stopfd);
     if (p->qfd >= 0)
         close(p->qfd);
-    pthread_mutex_destroy(&p->qmu);
-    pthread_mutex_destroy(&p->dmu);
+    fw_galwrite_queue_destroy(&p->q);
     pthread_mutex_destroy(&p->smu);
     free(p->w.batch);
     free(p->w.kinds);
@@ -2088,9 +1952,7 @@ static void on_async_closed(uv_handle_t *h)
 /* Stop and join the threads (the writer first finishes what is queued). */
 static void stop_threads(fw_galpg *p)
 {
-    pthread_mutex_lock(&p->qmu);
-    p->stopping = 1;
-    pthread_mutex_unlock(&p->qmu);
+    fw_galwrite_queue_stop(&p->q);
     uint64_t one = 1;
     if (p->qfd >= 0)
         (void)!write(p->qfd, &one, sizeof one);
@@ -2132,8 +1994,7 @@ int fw_galpg_open(uv_loop_t *loop, const fw_galpg_options *o, fw_galpg **out, ch
     p->loop = loop;
     p->stopfd = p->qfd = -1;
     p->w.x.stopfd = -1; /* a write in flight is finished, even when closing */
-    pthread_mutex_init(&p->qmu, NULL);
-    pthread_mutex_init(&p->dmu, NULL);
+    fw_galwrite_queue_init(&p->q, p->opt.queue_max);
     pthread_mutex_init(&p->smu, NULL);
     fw_breaker_config bc = { .window_ms = 10000, .min_requests = 10, .failure_pct = 50,
                              .cooldown_ms = 1000, .probes = 1 };
@@ -2157,13 +2018,12 @@ int fw_galpg_open(uv_loop_t *loop, const fw_galpg_options *o, fw_galpg **out, ch
         return -1;
     }
     p->f.x.stopfd = p->stopfd;
-    int rc = uv_async_init(loop, &p->async, on_completions);
+    int rc = fw_galwrite_queue_attach(&p->q, loop, on_completions, p);
     if (rc != 0) {
         snprintf(err, errlen, "uv_async_init: %s", uv_strerror(rc));
         galpg_free(p);
         return -1;
     }
-    p->async.data = p;
     if (pthread_create(&p->wthread, NULL, writer_main, p) == 0)
         p->wstarted = 1;
     if (p->wstarted && pthread_create(&p->fthread, NULL, follower_main, p) == 0)
@@ -2172,7 +2032,7 @@ int fw_galpg_open(uv_loop_t *loop, const fw_galpg_options *o, fw_galpg **out, ch
         snprintf(err, errlen, "cannot start the postgresql threads");
         stop_threads(p);
         /* Freed when the loop has closed the handle. */
-        uv_close((uv_handle_t *)&p->async, on_async_closed);
+        uv_close((uv_handle_t *)&p->q.async, on_async_closed);
         return -1;
     }
     *out = p;
@@ -2185,6 +2045,7 @@ void fw_galpg_close(fw_galpg *p)
         return;
     p->closing = 1;
     stop_threads(p);
-    deliver(p); /* what the writer finished after the loop's last turn */
-    uv_close((uv_handle_t *)&p->async, on_async_closed);
+    /* what the writer finished after the loop's last turn */
+    fw_galwrite_deliver(&p->q, on_answer, p);
+    uv_close((uv_handle_t *)&p->q.async, on_async_closed);
 }
