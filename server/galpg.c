@@ -664,17 +664,42 @@ static int connect_migrate(fw_galpg *p, pgx *x, const char *role, int *newer)
     return 0;
 }
 
+/* A line about one thread's connection: msg, then its role and the error, quoted. */
+static void log_conn(fw_galpg *p, int level, const char *msg, const char *role,
+                     const char *err)
+{
+    char q[320];
+    plog(p, level, msg, "role=%s error=%s", role, fw_log_quote(q, sizeof q, err));
+}
+
 /* Log a connection failure once per distinct reason (a database that stays down would
  * otherwise fill the log at every retry). */
 static void log_unreachable(fw_galpg *p, char *logged, size_t cap, const char *role,
                             const char *err, int level)
 {
-    char q[320];
     if (strcmp(logged, err) == 0)
         return;
     snprintf(logged, cap, "%s", err);
-    plog(p, level, "postgresql unavailable", "role=%s error=%s", role,
-         fw_log_quote(q, sizeof q, err));
+    log_conn(p, level, "postgresql unavailable", role, err);
+}
+
+/* A thread's connection is up: *connected for INFO, a reconnect counted unless it is the
+ * thread's first connection (*ever). */
+static void note_connected(fw_galpg *p, int *ever, _Atomic int *connected, const char *role)
+{
+    if (*ever)
+        atomic_fetch_add(&p->a_reconnects, 1);
+    *ever = 1;
+    atomic_store(connected, 1);
+    plog(p, FW_LOG_INFO, "postgresql connected", "role=%s", role);
+}
+
+/* The reconnect delay after ms: doubled, up to reconnect_max_ms (ms is never above it, so
+ * max - ms cannot wrap, and nothing overflows however large the option). */
+static uint32_t backoff_next(const fw_galpg *p, uint32_t ms)
+{
+    uint32_t max = p->opt.reconnect_max_ms;
+    return ms >= max || ms > max - ms ? max : ms * 2;
 }
 
 /* ---- the writer ------------------------------------------------------------------------------ */
@@ -1081,7 +1106,6 @@ static void *writer_main(void *arg)
     writer *w = &p->w;
     uint32_t backoff = PG_BACKOFF_MIN_MS;
     int ever = 0, newer;
-    char q[320];
     for (;;) {
         if (!w->x.conn) {
             pthread_mutex_lock(&p->q.mu);
@@ -1090,13 +1114,9 @@ static void *writer_main(void *arg)
             if (done)
                 break;
             if (writer_connect(p, &newer) == 0) {
-                if (ever)
-                    atomic_fetch_add(&p->a_reconnects, 1);
-                ever = 1;
                 backoff = PG_BACKOFF_MIN_MS;
                 w->logged[0] = '\0';
-                atomic_store(&p->a_wconn, 1);
-                plog(p, FW_LOG_INFO, "postgresql connected", "role=writer");
+                note_connected(p, &ever, &p->a_wconn, "writer");
             } else {
                 pthread_mutex_lock(&p->smu);
                 copy_str(p->werr, sizeof p->werr, w->x.err);
@@ -1106,8 +1126,7 @@ static void *writer_main(void *arg)
                 atomic_store(&p->a_retry_at, mono_ms() + backoff);
                 if (writer_backoff(p, backoff, w->x.err))
                     break;
-                backoff = backoff * 2 > p->opt.reconnect_max_ms ? p->opt.reconnect_max_ms
-                                                                : backoff * 2;
+                backoff = backoff_next(p, backoff);
                 continue;
             }
         }
@@ -1120,8 +1139,7 @@ static void *writer_main(void *arg)
             pthread_mutex_lock(&p->smu);
             copy_str(p->werr, sizeof p->werr, w->x.err);
             pthread_mutex_unlock(&p->smu);
-            plog(p, FW_LOG_WARN, "postgresql connection lost", "role=writer error=%s",
-                 fw_log_quote(q, sizeof q, w->x.err));
+            log_conn(p, FW_LOG_WARN, "postgresql connection lost", "writer", w->x.err);
             snprintf(w->logged, sizeof w->logged, "%s", w->x.err);
             pgx_close(&w->x);
             atomic_store(&p->a_retry_at, mono_ms() + PG_BACKOFF_MIN_MS);
@@ -1690,7 +1708,6 @@ static void *follower_main(void *arg)
     follower *f = &p->f;
     uint32_t backoff = PG_BACKOFF_MIN_MS;
     int ever = 0, fatal;
-    char q[320];
     for (;;) {
         if (follower_connect(p, &fatal) != 0) {
             log_unreachable(p, f->logged, sizeof f->logged, "follower", f->x.err,
@@ -1698,15 +1715,10 @@ static void *follower_main(void *arg)
             /* Refused for good: serve what we have until a restart. */
             if (follower_sleep(p, fatal ? -1 : (int)backoff))
                 break;
-            backoff = backoff * 2 > p->opt.reconnect_max_ms ? p->opt.reconnect_max_ms
-                                                            : backoff * 2;
+            backoff = backoff_next(p, backoff);
             continue;
         }
-        if (ever)
-            atomic_fetch_add(&p->a_reconnects, 1);
-        ever = 1;
-        atomic_store(&p->a_fconn, 1);
-        plog(p, FW_LOG_INFO, "postgresql connected", "role=follower");
+        note_connected(p, &ever, &p->a_fconn, "follower");
         int rc = 0, progress = 0;
         const char *what = "postgresql connection lost";
         if (!atomic_load(&p->a_loaded)) {
@@ -1726,13 +1738,12 @@ static void *follower_main(void *arg)
             backoff = PG_BACKOFF_MIN_MS;
         /* A failure that repeats at every retry is said once (until something works). */
         if (strcmp(f->logged, f->x.err) != 0) {
-            plog(p, FW_LOG_WARN, what, "role=follower error=%s",
-                 fw_log_quote(q, sizeof q, f->x.err));
+            log_conn(p, FW_LOG_WARN, what, "follower", f->x.err);
             copy_str(f->logged, sizeof f->logged, f->x.err);
         }
         if (follower_sleep(p, (int)backoff))
             break;
-        backoff = backoff * 2 > p->opt.reconnect_max_ms ? p->opt.reconnect_max_ms : backoff * 2;
+        backoff = backoff_next(p, backoff);
     }
     return NULL;
 }
