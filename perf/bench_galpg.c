@@ -12,10 +12,10 @@
  *   enroll  durable enroll throughput: fw_galpg_enroll with W (default 256) in flight against
  *           fw_gallery_enroll into a data directory (fdatasync per group commit) in the same
  *           run, both fed from one uv loop; and with 1 in flight (commit latency). Ratios PG /
- *           embedded.
- *   lag     replication lag under a steady enroll stream: two fw_galpg on the same database
- *           in this process ("node A" and "node B", each with its own gallery, threads and
- *           connections). A enrolls at R/s (default 500) for S seconds (default 10); a
+ *           embedded; CPU per record of this process and of the PostgreSQL server.
+ *   lag     replication lag under a steady enroll stream: two fw_galpg on --url's database as
+ *           the load part left it (N faces, analysed) in this process ("node A" and "node B",
+ *           each with its own gallery, threads and connections). A enrolls at R/s (default 500) for S seconds (default 10); a
  *           watcher thread polls B's applied_seq every 200 us. For every face: the time from
  *           A's OK callback to B's applied_seq covering the face's change (fw_change says
  *           which seq each face got), beside galpg's own lag_p50/p99 of B (commit -> memory,
@@ -29,8 +29,9 @@
  * Run through perf/bench_scaleout.sh store (a throw-away PostgreSQL), or against your own:
  *   bin/bench_galpg --url CONNINFO [--write-url CONNINFO] [--n N] [--parts load,enroll,lag]
  * (--parts fill only fills --url's database with --n faces, for perf/bench_scaleout.sh haproxy.)
- * --url's database is emptied and refilled (load); --write-url's (default: --url's) is emptied
- * before each write part. Never point them at a database you want to keep.
+ * --url's database is emptied and refilled (load), then written to (lag); --write-url's
+ * (default: --url's) is emptied before the enroll part. Never point them at a database you
+ * want to keep.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -165,6 +166,19 @@ static double pg_cpu_ms(pid_t postmaster)
     return sum;
 }
 
+/* The postmaster of the server c is connected to: our backend's parent, when the server runs
+ * on this machine; 0 otherwise. */
+static pid_t postmaster_of(PGconn *c)
+{
+    pid_t pm = 0;
+    PGresult *r = PQexec(c, "SELECT pg_backend_pid()");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK ||
+        proc_cpu_ms((pid_t)atoi(PQgetvalue(r, 0, 0)), &pm) < 0)
+        pm = 0;
+    PQclear(r);
+    return pm;
+}
+
 static double self_cpu_ms(void)
 {
     struct rusage ru;
@@ -229,6 +243,9 @@ static void on_wait_tick(uv_timer_t *t)
         w->done = 1;
         w->timed_out = !all;
         uv_timer_stop(t);
+        /* Else this uv_run(ONCE), having run its timers, would go on to poll without a
+         * timeout for as long as the galpg asyncs keep the loop alive. */
+        uv_stop(t->loop);
     }
 }
 
@@ -275,25 +292,45 @@ static int node_open(uv_loop_t *loop, const char *url, node *nd)
     return 0;
 }
 
-static void node_close(uv_loop_t *loop, node *nd)
+/* Close n nodes on one loop: every fw_galpg first, then the loop runs until their uv_asyncs
+ * have closed (one node's open async would keep the loop alive while another's closes), and
+ * only then the galleries, which each fw_galpg used until its end. */
+static void nodes_close(uv_loop_t *loop, node *nd, int n)
 {
-    if (nd->p) {
-        fw_galpg_close(nd->p);
-        uv_run(loop, UV_RUN_DEFAULT); /* the uv_async closes, memory is freed */
+    for (int i = 0; i < n; i++)
+        if (nd[i].p)
+            fw_galpg_close(nd[i].p);
+    uv_run(loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < n; i++) {
+        if (nd[i].g)
+            fw_gallery_close(nd[i].g);
+        nd[i].p = NULL;
+        nd[i].g = NULL;
     }
-    if (nd->g)
-        fw_gallery_close(nd->g);
-    nd->p = NULL;
-    nd->g = NULL;
 }
 
-/* fw_galpg makes and migrates its own schema: open it once on the database and wait for the
- * (empty or not) initial load, so fw_face and friends exist. */
+static void node_close(uv_loop_t *loop, node *nd) { nodes_close(loop, nd, 1); }
+
+/* fw_galpg makes and migrates its own schema: when the tables are missing, open it once on
+ * the database and wait for its (empty) initial load, so fw_face and friends exist. When they
+ * are there already, nothing is done: opening would load the whole gallery for nothing. */
 static int ensure_schema(const char *url)
 {
     uv_loop_t loop;
     node nd;
     int rc = -1;
+    PGconn *c = PQconnectdb(url);
+    PGresult *r = PQstatus(c) == CONNECTION_OK
+                      ? PQexec(c, "SELECT to_regclass('fw_face') IS NOT NULL AND "
+                                  "to_regclass('fw_change') IS NOT NULL AND "
+                                  "to_regclass('fw_counter') IS NOT NULL")
+                      : NULL;
+    int present = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                  strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    PQfinish(c);
+    if (present)
+        return 0;
     uv_loop_init(&loop);
     if (node_open(&loop, url, &nd) == 0) {
         fw_galpg *p = nd.p;
@@ -572,14 +609,8 @@ static int part_load(const char *url, uint64_t n, const char *dir_base)
     PGconn *c = pg_connect(url);
     if (!c)
         return -1;
-    /* Our backend's parent is the postmaster (when the server runs on this machine): its
-     * children's CPU says how much of the load's time the server spent. */
-    pid_t postmaster = 0;
-    PGresult *pr = PQexec(c, "SELECT pg_backend_pid()");
-    if (PQresultStatus(pr) == PGRES_TUPLES_OK && proc_cpu_ms((pid_t)atoi(PQgetvalue(pr, 0, 0)),
-                                                               &postmaster) < 0)
-        postmaster = 0;
-    PQclear(pr);
+    /* The postmaster's children's CPU says how much of the load's time the server spent. */
+    pid_t postmaster = postmaster_of(c);
     int rc = pg_fill(c, n, &pg_fill_ms);
     PGresult *r = rc ? NULL : PQexec(c, "SELECT pg_total_relation_size('fw_face')");
     double table_mib = r && PQresultStatus(r) == PGRES_TUPLES_OK
@@ -767,10 +798,11 @@ static int feed(uv_loop_t *loop, feeder *f)
 
 typedef struct run_res {
     double ms, rps, p50, p99, max;
+    double cpu_self_us, cpu_pg_us; /* per record: this process (all threads), the server */
 } run_res;
 
 static int run_enrolls(uv_loop_t *loop, fw_gallery *g, fw_galpg *p, uint64_t n, int window,
-                       uint64_t base, run_res *out)
+                       uint64_t base, pid_t postmaster, run_res *out)
 {
     feeder f;
     memset(&f, 0, sizeof f);
@@ -784,9 +816,11 @@ static int run_enrolls(uv_loop_t *loop, fw_gallery *g, fw_galpg *p, uint64_t n, 
     f.start = calloc(n, sizeof *f.start);
     int rc = -1;
     if (f.lat && f.start) {
-        double t0 = now_ms();
+        double t0 = now_ms(), c0 = self_cpu_ms(), pg0 = pg_cpu_ms(postmaster);
         rc = feed(loop, &f);
         out->ms = now_ms() - t0;
+        out->cpu_self_us = (self_cpu_ms() - c0) * 1000.0 / (double)n;
+        out->cpu_pg_us = (pg_cpu_ms(postmaster) - pg0) * 1000.0 / (double)n;
         qsort(f.lat, n, sizeof *f.lat, cmp_double);
         out->rps = n / (out->ms / 1000);
         out->p50 = pct(f.lat, n, 0.5);
@@ -818,10 +852,11 @@ static int part_enroll(const char *url, uint64_t n, int window, const char *dir_
         goto out;
     fw_galpg_info i0, i1;
     fw_galpg_info_get(nd.p, &i0);
-    if (run_enrolls(&loop, NULL, nd.p, n, window, 0, &pg_w))
+    pid_t pm = postmaster_of(c);
+    if (run_enrolls(&loop, NULL, nd.p, n, window, 0, pm, &pg_w))
         goto out;
     fw_galpg_info_get(nd.p, &i1);
-    if (run_enrolls(&loop, NULL, nd.p, n1, 1, n, &pg_1))
+    if (run_enrolls(&loop, NULL, nd.p, n1, 1, n, pm, &pg_1))
         goto out;
     double t_apply = now_ms();
     if (wait_galpg(&loop, &nd.p, 1, n + n1, 60000) != 0) {
@@ -852,24 +887,29 @@ static int part_enroll(const char *url, uint64_t n, int window, const char *dir_
         goto out;
     }
     fw_gallery_attach_loop(g, &loop);
-    int erc = run_enrolls(&loop, g, NULL, n, window, 0, &em_w) ||
-              run_enrolls(&loop, g, NULL, n1, 1, n, &em_1);
+    int erc = run_enrolls(&loop, g, NULL, n, window, 0, 0, &em_w) ||
+              run_enrolls(&loop, g, NULL, n1, 1, n, 0, &em_1);
     fw_gallery_close(g);
     uv_run(&loop, UV_RUN_DEFAULT);
     rm_gallery_dir(dir);
     if (erc)
         goto out;
 
-    printf("  %-34s %8s %10s %9s %9s %9s\n", "", "records", "records/s", "p50 ms", "p99 ms",
-           "max ms");
-    printf("  %-34s %8" PRIu64 " %10.0f %9.2f %9.2f %9.2f\n", "postgresql, window", n, pg_w.rps,
-           pg_w.p50, pg_w.p99, pg_w.max);
-    printf("  %-34s %8" PRIu64 " %10.0f %9.2f %9.2f %9.2f\n", "embedded (fdatasync), window", n,
-           em_w.rps, em_w.p50, em_w.p99, em_w.max);
-    printf("  %-34s %8" PRIu64 " %10.0f %9.2f %9.2f %9.2f\n", "postgresql, 1 in flight", n1,
-           pg_1.rps, pg_1.p50, pg_1.p99, pg_1.max);
-    printf("  %-34s %8" PRIu64 " %10.0f %9.2f %9.2f %9.2f\n", "embedded (fdatasync), 1 in flight",
-           n1, em_1.rps, em_1.p50, em_1.p99, em_1.max);
+    printf("  %-34s %8s %10s %8s %8s %8s %18s\n", "", "records", "records/s", "p50 ms",
+           "p99 ms", "max ms", "CPU us/record");
+    const run_res *rows[4] = { &pg_w, &em_w, &pg_1, &em_1 };
+    const char *names[4] = { "postgresql, window", "embedded (fdatasync), window",
+                             "postgresql, 1 in flight", "embedded (fdatasync), 1 in flight" };
+    for (int i = 0; i < 4; i++) {
+        char cpu[48];
+        if (i % 2 == 0)
+            snprintf(cpu, sizeof cpu, "%.1f + %.1f server", rows[i]->cpu_self_us,
+                     rows[i]->cpu_pg_us);
+        else
+            snprintf(cpu, sizeof cpu, "%.1f", rows[i]->cpu_self_us);
+        printf("  %-34s %8" PRIu64 " %10.0f %8.2f %8.2f %8.2f %18s\n", names[i],
+               i < 2 ? n : n1, rows[i]->rps, rows[i]->p50, rows[i]->p99, rows[i]->max, cpu);
+    }
     printf("  ratio postgresql / embedded: throughput with %d in flight %.2f, with 1 %.2f; "
            "p50 latency with 1 in flight %.2f\n", window, pg_w.rps / em_w.rps,
            pg_1.rps / em_1.rps, pg_1.p50 / em_1.p50);
@@ -916,7 +956,8 @@ static void *watch_main(void *arg)
 static int part_lag(const char *url, double rate, double seconds)
 {
     uv_loop_t loop;
-    node a = { 0 }, b = { 0 };
+    node nodes[2] = { { 0 }, { 0 } };
+    node *a = &nodes[0], *b = &nodes[1];
     uint64_t n = (uint64_t)(rate * seconds);
     int rc = -1, watching = 0;
     pthread_t th;
@@ -927,24 +968,24 @@ static int part_lag(const char *url, double rate, double seconds)
     memset(&w, 0, sizeof w);
     printf("== replication lag: node A enrolls %.0f/s for %.0f s (%" PRIu64 " faces), node B "
            "follows ==\n", rate, seconds, n);
-    if (n < 1 || ensure_schema(url) != 0 || !(c = pg_connect(url)) || pg_empty(c))
+    if (n < 1 || ensure_schema(url) != 0 || !(c = pg_connect(url)))
         goto out_pg;
     uv_loop_init(&loop);
     fw_galpg *both[2];
-    if (node_open(&loop, url, &a) != 0 || node_open(&loop, url, &b) != 0)
+    if (node_open(&loop, url, a) != 0 || node_open(&loop, url, b) != 0)
         goto out;
-    both[0] = a.p;
-    both[1] = b.p;
+    both[0] = a->p;
+    both[1] = b->p;
     if (wait_galpg(&loop, both, 2, 0, LOAD_TIMEOUT_MS) != 0)
         goto out;
     fw_galpg_info ia, ib0;
-    fw_galpg_info_get(a.p, &ia);
-    fw_galpg_info_get(b.p, &ib0);
-    w.p = b.p;
+    fw_galpg_info_get(a->p, &ia);
+    fw_galpg_info_get(b->p, &ib0);
+    w.p = b->p;
     w.base = ia.applied_seq > ib0.applied_seq ? ia.applied_seq : ib0.applied_seq;
     w.n = n;
     f.enroll = enroll_pg;
-    f.p = a.p;
+    f.p = a->p;
     f.n = n;
     f.rate = rate;
     f.lat = calloc(n, sizeof *f.lat);
@@ -962,7 +1003,7 @@ static int part_lag(const char *url, double rate, double seconds)
     if (feed(&loop, &f) != 0)
         goto out_free;
     /* B must catch up with every change before the watcher can stop on its own. */
-    if (wait_galpg(&loop, &b.p, 1, w.base + n, 30000) != 0) {
+    if (wait_galpg(&loop, &b->p, 1, w.base + n, 30000) != 0) {
         fprintf(stderr, "node B did not apply all %" PRIu64 " changes within 30 s\n", n);
         goto out_free;
     }
@@ -1011,7 +1052,7 @@ static int part_lag(const char *url, double rate, double seconds)
     PQclear(r);
     free(req_of);
     fw_galpg_info ib;
-    fw_galpg_info_get(b.p, &ib);
+    fw_galpg_info_get(b->p, &ib);
     qsort(lag, m, sizeof *lag, cmp_double);
     qsort(e2e, m, sizeof *e2e, cmp_double);
     qsort(f.lat, n, sizeof *f.lat, cmp_double);
@@ -1030,7 +1071,7 @@ static int part_lag(const char *url, double rate, double seconds)
            "before A's OK arrived: %.1f%%\n", pct(lag, m, 0.5) / commit50,
            m ? 100.0 * (double)early / (double)m : 0.0);
     fw_galpg_info ia1;
-    fw_galpg_info_get(a.p, &ia1);
+    fw_galpg_info_get(a->p, &ia1);
     uint64_t commits = ia1.commits - ia.commits;
     printf("  A: %" PRIu64 " transactions (%.2f enrolls each); B: lag now %" PRIu64 " ms, "
            "reconnects %" PRIu64 "\n\n", commits, (double)n / (double)(commits ? commits : 1),
@@ -1049,8 +1090,7 @@ out_free:
     free(lag);
     free(e2e);
 out:
-    node_close(&loop, &a);
-    node_close(&loop, &b);
+    nodes_close(&loop, nodes, 2);
     uv_loop_close(&loop);
 out_pg:
     PQfinish(c);
@@ -1111,6 +1151,6 @@ int main(int argc, char **argv)
     if (strstr(parts, "enroll"))
         rc |= part_enroll(write_url, n_durable, window, dir);
     if (strstr(parts, "lag"))
-        rc |= part_lag(write_url, rate, seconds);
+        rc |= part_lag(url, rate, seconds);
     return rc ? 1 : 0;
 }

@@ -148,14 +148,21 @@ start_node() {
     exit 1
 }
 
-# start_haproxy N: HAProxy on docs/haproxy.cfg with its server lines cut to nodes 1..N.
+# start_haproxy N: HAProxy on docs/haproxy.cfg with its server lines cut to nodes 1..N, and
+# its global maxconn cut to what the descriptor limit allows: HAProxy needs about 2 x maxconn
+# descriptors and refuses to start when it cannot raise its limit that far (50000 needs
+# ~100,000; many machines and containers have a hard limit of 20,000 or less). Nothing else
+# is changed.
 start_haproxy() {
     n=$1
     cfg="$WORK/haproxy$n.cfg"
+    maxconn=$(( ($(ulimit -Hn) - 100) / 2 ))
+    [ "$maxconn" -gt 50000 ] && maxconn=50000
     case $n in
-    1) sed '/^ *server node[23] /d' docs/haproxy.cfg >"$cfg" ;;
-    2) sed '/^ *server node3 /d' docs/haproxy.cfg >"$cfg" ;;
+    1) cut='/^ *server node[23] /d' ;;
+    2) cut='/^ *server node3 /d' ;;
     esac
+    sed -e "$cut" -e "s/^\( *maxconn\) 50000\$/\1 $maxconn/" docs/haproxy.cfg >"$cfg"
     HAPORT=$(free_port)
     FW_FRONTEND="127.0.0.1:$HAPORT" FW_NODE1="127.0.0.1:$NODE1_PORT" FW_HEALTH1=$NODE1_MPORT \
         FW_NODE2="127.0.0.1:${NODE2_PORT:-1}" FW_HEALTH2=${NODE2_MPORT:-1} \
@@ -168,6 +175,7 @@ start_haproxy() {
         sleep 0.1
     done
     sleep 1.5
+    kill -0 "$HAPROXY_PID" 2>/dev/null || { echo "haproxy exited:" >&2; cat "$WORK/haproxy$n.log" >&2; exit 1; }
 }
 
 stop_pid() {
@@ -176,54 +184,67 @@ stop_pid() {
     PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$1" | tr '\n' ' ')
 }
 
-# measure LABEL PORT: fwload closed loop for DUR s; prints rps, p50/p99, and the CPU time per
-# request of each process in $PROCS and of fwload itself (user + system, /proc/PID/stat).
+# cpu_of PIDS: their user + system time so far, summed, in clock ticks.
+cpu_of() {
+    t=0
+    for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done
+    echo "$t"
+}
+
+# measure LABEL PORT: fwload closed loop for DUR s. Prints rps, p50/p99, OK/all and the CPU
+# time per request (user + system, /proc/PID/stat) of the nodes in $NODES together (and each
+# node's share), of HAProxy ($HA, may be empty) and of fwload itself (/usr/bin/time).
 measure() {
     label=$1
     port=$2
-    before=""
-    for p in $PROCS; do before="$before $(cpu_ticks "$p")"; done
+    n0=$(cpu_of $NODES)
+    h0=$(cpu_of $HA)
+    each0=""
+    for p in $NODES; do each0="$each0 $(cpu_ticks "$p")"; done
     out=$(/usr/bin/time -f '%U %S' -o "$WORK/fwload.time" bin/fwload -p "$port" -c "$CONNS" -P "$DEPTH" \
         -d "$DUR" --op identify --k "$K" --json --no-progress)
-    rps=$(echo "$out" | sed 's/.*"rps": \([0-9.]*\).*/\1/')
-    p50=$(echo "$out" | sed 's/.*"p50_us": \([0-9.]*\).*/\1/')
-    p99=$(echo "$out" | sed 's/.*"p99_us": \([0-9.]*\).*/\1/')
-    answered=$(echo "$out" | sed 's/.*"answered": \([0-9]*\).*/\1/')
-    errors=$(echo "$out" | sed 's/.*"errors": \([0-9]*\).*/\1/')
+    n1=$(cpu_of $NODES)
+    h1=$(cpu_of $HA)
+    json() { echo "$out" | sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p"; }
+    rps=$(json rps)
+    answered=$(json answered)
+    errors=$(json errors)
     ok=$(echo "$out" | sed -n 's/.*"status": {"OK": \([0-9]*\)}.*/\1/p')
-    cpu=""
-    set -- $before
-    for p in $PROCS; do
-        t0=$1
+    per() { awk -v d="$1" -v n="$answered" -v hz="$HZ" 'BEGIN {printf "%.0f", d * 1000000 / hz / n}'; }
+    shares=""
+    set -- $each0
+    for p in $NODES; do
+        shares="$shares${shares:+ + }$(per $(( $(cpu_ticks "$p") - $1 )))"
         shift
-        cpu="$cpu $(awk -v a="$t0" -v b="$(cpu_ticks "$p")" -v n="$answered" -v hz="$HZ" \
-            'BEGIN {printf "%.2f", (b - a) * 1000000 / hz / n}')"
     done
-    client=$(awk -v n="$answered" '{printf "%.2f", ($1 + $2) * 1000000 / n}' "$WORK/fwload.time")
-    printf "  %-28s %9.0f %9.2f %9.2f %9s   cpu us/req:%s client %s\n" "$label" "$rps" \
-        "$(echo "$p50" | awk '{print $1 / 1000}')" "$(echo "$p99" | awk '{print $1 / 1000}')" \
-        "${ok:-0}/$answered" "$cpu" "$client"
+    client=$(awk -v n="$answered" '{printf "%.0f", ($1 + $2) * 1000000 / n}' "$WORK/fwload.time")
+    printf "  %-20s %6.0f %8.1f %8.1f %11s %7s %-13s %7s %7s\n" "$label" "$rps" \
+        "$(json p50_us | awk '{print $1 / 1000}')" "$(json p99_us | awk '{print $1 / 1000}')" \
+        "${ok:-0}/$answered" "$(per $((n1 - n0)))" "($shares)" \
+        "$( [ -n "$HA" ] && per $((h1 - h0)) || echo -)" "$client"
     [ "$errors" = 0 ] && [ "${ok:-0}" = "$answered" ] || echo "  (errors: $out)" >&2
     LAST_RPS=$rps
 }
 
 echo "identify (k=$K, brute force over $FACES faces) by descriptor; fwload -c $CONNS -P $DEPTH -d $DUR;"
-echo "facewired --workers $WORKERS per node; every process shares the same $(nproc) cores"
-printf "  %-28s %9s %9s %9s %9s\n" "" "rps" "p50 ms" "p99 ms" "OK/all"
+echo "facewired --workers $WORKERS per node; every process shares the same $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "  cpu = CPU time per request in us (user + system) of the nodes (each node's share), HAProxy, fwload"
+printf "  %-20s %6s %8s %8s %11s %7s %-13s %7s %7s\n" "" "rps" "p50 ms" "p99 ms" "OK/all" "nodes" "(per node)" \
+    "haproxy" "fwload"
 
 start_node 1
-PROCS="$NODE1_PID"
+NODES="$NODE1_PID" HA=""
 measure "direct to node 1" "$NODE1_PORT"
 DIRECT=$LAST_RPS
 start_haproxy 1
-PROCS="$NODE1_PID $HAPROXY_PID"
+HA=$HAPROXY_PID
 measure "haproxy -> 1 node" "$HAPORT"
 ONE=$LAST_RPS
 stop_pid "$HAPROXY_PID"
 
 start_node 2
 start_haproxy 2
-PROCS="$NODE1_PID $NODE2_PID $HAPROXY_PID"
+NODES="$NODE1_PID $NODE2_PID" HA=$HAPROXY_PID
 r1=$(bin/fwcat -p "$NODE1_PORT" info | awk -F': ' '/^requests_total/ {print $2}')
 r2=$(bin/fwcat -p "$NODE2_PORT" info | awk -F': ' '/^requests_total/ {print $2}')
 measure "haproxy -> 2 nodes" "$HAPORT"
@@ -237,5 +258,6 @@ awk -v d="$DIRECT" -v o="$ONE" -v t="$TWO" 'BEGIN {
     printf "  ratio haproxy->1 node / direct: %.2f\n", o / d
     printf "  per-node efficiency 2 nodes / (2 x 1 node): %.2f  (2-node / 1-node rps: %.2f)\n", t / (2 * o), t / o
 }'
+echo "  load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  (on $(nproc) shared cores absolute scaling is impossible: the nodes, HAProxy and fwload take"
 echo "   turns on the same cores; the CPU per request says whether a second node costs extra work)"
