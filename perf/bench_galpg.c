@@ -27,11 +27,12 @@
  * Descriptors are the same pseudo-random rows as bench_gallery (uniform in [-1, 1)).
  *
  * Run through perf/bench_scaleout.sh store (a throw-away PostgreSQL), or against your own:
- *   bin/bench_galpg --url CONNINFO [--write-url CONNINFO] [--n N] [--parts load,enroll,lag]
+ *   bin/bench_galpg --url CONNINFO [--n N] [--parts load,enroll,lag]
  * (--parts fill only fills --url's database with --n faces, for perf/bench_scaleout.sh haproxy.)
- * --url's database is emptied and refilled (load), then written to (lag); --write-url's
- * (default: --url's) is emptied before the enroll part. Never point them at a database you
- * want to keep.
+ * All parts use --url's database: load empties and refills it, enroll and lag then write to
+ * the gallery it left (N faces, analysed) — on freshly emptied tables PostgreSQL plans the
+ * follower's query without statistics, which costs more than the write being measured
+ * (docs/performance.md). Never point it at a database you want to keep.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -845,7 +846,7 @@ static int part_enroll(const char *url, uint64_t n, int window, const char *dir_
     PGconn *c = NULL;
     printf("== durable enroll: %" PRIu64 " with %d in flight, %" PRIu64 " with 1 ==\n", n, window,
            n1);
-    if (ensure_schema(url) != 0 || !(c = pg_connect(url)) || pg_empty(c))
+    if (ensure_schema(url) != 0 || !(c = pg_connect(url)))
         goto out_pg;
     uv_loop_init(&loop);
     if (node_open(&loop, url, &nd) != 0 || wait_galpg(&loop, &nd.p, 1, 0, LOAD_TIMEOUT_MS))
@@ -859,7 +860,7 @@ static int part_enroll(const char *url, uint64_t n, int window, const char *dir_
     if (run_enrolls(&loop, NULL, nd.p, n1, 1, n, pm, &pg_1))
         goto out;
     double t_apply = now_ms();
-    if (wait_galpg(&loop, &nd.p, 1, n + n1, 60000) != 0) {
+    if (wait_galpg(&loop, &nd.p, 1, i0.applied_seq + n + n1, 60000) != 0) {
         fprintf(stderr, "the node did not apply its own %" PRIu64 " enrolls within 60 s\n",
                 n + n1);
         goto out;
@@ -1000,8 +1001,11 @@ static int part_lag(const char *url, double rate, double seconds)
     if (pthread_create(&th, NULL, watch_main, &w) != 0)
         goto out_free;
     watching = 1;
+    pid_t pm = postmaster_of(c);
+    double cpu0 = self_cpu_ms(), pg0 = pg_cpu_ms(pm);
     if (feed(&loop, &f) != 0)
         goto out_free;
+    double cpu_self = self_cpu_ms() - cpu0, cpu_pg = pg_cpu_ms(pm) - pg0;
     /* B must catch up with every change before the watcher can stop on its own. */
     if (wait_galpg(&loop, &b->p, 1, w.base + n, 30000) != 0) {
         fprintf(stderr, "node B did not apply all %" PRIu64 " changes within 30 s\n", n);
@@ -1074,8 +1078,11 @@ static int part_lag(const char *url, double rate, double seconds)
     fw_galpg_info_get(a->p, &ia1);
     uint64_t commits = ia1.commits - ia.commits;
     printf("  A: %" PRIu64 " transactions (%.2f enrolls each); B: lag now %" PRIu64 " ms, "
-           "reconnects %" PRIu64 "\n\n", commits, (double)n / (double)(commits ? commits : 1),
+           "reconnects %" PRIu64 "\n", commits, (double)n / (double)(commits ? commits : 1),
            ib.lag_ms, ib.reconnects);
+    printf("  CPU per enroll while streaming: %.0f us in this process (both nodes and the "
+           "watcher), %.0f us in the PostgreSQL server (A's transaction, both followers' "
+           "queries)\n\n", cpu_self * 1000.0 / (double)n, cpu_pg * 1000.0 / (double)n);
     rc = m == n ? 0 : -1;
 out_free:
     if (watching) {
@@ -1102,7 +1109,7 @@ out_pg:
 static void usage(const char *argv0)
 {
     fprintf(stderr,
-            "usage: %s --url CONNINFO [--write-url CONNINFO] [--parts load,enroll,lag|fill]\n"
+            "usage: %s --url CONNINFO [--parts load,enroll,lag|fill]\n"
             "          [--n FACES] [--durable N] [--window W] [--rate R] [--seconds S] [--dir DIR]\n"
             "The databases are EMPTIED: use throw-away ones (perf/bench_scaleout.sh store).\n",
             argv0);
@@ -1110,7 +1117,7 @@ static void usage(const char *argv0)
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL, *write_url = NULL, *parts = "load,enroll,lag", *dir = "/var/tmp";
+    const char *url = NULL, *parts = "load,enroll,lag", *dir = "/var/tmp";
     uint64_t n = 1000000, n_durable = 20000;
     int window = 256;
     double rate = 500, seconds = 10;
@@ -1121,7 +1128,6 @@ int main(int argc, char **argv)
             return 2;
         }
         if (!strcmp(a, "--url")) url = v;
-        else if (!strcmp(a, "--write-url")) write_url = v;
         else if (!strcmp(a, "--parts")) parts = v;
         else if (!strcmp(a, "--n")) n = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--durable")) n_durable = strtoull(v, NULL, 10);
@@ -1139,8 +1145,6 @@ int main(int argc, char **argv)
         usage(argv[0]);
         return 2;
     }
-    if (!write_url)
-        write_url = url;
     openblas_set_num_threads(1);
     setvbuf(stdout, NULL, _IOLBF, 0);
     int rc = 0;
@@ -1149,7 +1153,7 @@ int main(int argc, char **argv)
     if (strstr(parts, "load"))
         rc |= part_load(url, n, dir);
     if (strstr(parts, "enroll"))
-        rc |= part_enroll(write_url, n_durable, window, dir);
+        rc |= part_enroll(url, n_durable, window, dir);
     if (strstr(parts, "lag"))
         rc |= part_lag(url, rate, seconds);
     return rc ? 1 : 0;

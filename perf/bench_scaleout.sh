@@ -106,11 +106,7 @@ echo "postgresql $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); commit $(git rev-parse --short HEAD)"
 
 if [ "$MODE" = store ]; then
-    # The write parts get their own database, so the load part's million faces are not
-    # loaded again by every node they start.
-    psql_c "CREATE DATABASE fwbench_write"
-    OPENBLAS_NUM_THREADS=1 bin/bench_galpg --url "$PGURL" \
-        --write-url "host=127.0.0.1 port=$PGPORT user=fw dbname=fwbench_write" --dir "$TMPDIR_BASE" "$@"
+    OPENBLAS_NUM_THREADS=1 bin/bench_galpg --url "$PGURL" --dir "$TMPDIR_BASE" "$@"
     exit
 fi
 
