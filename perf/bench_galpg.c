@@ -180,6 +180,36 @@ static pid_t postmaster_of(PGconn *c)
     return pm;
 }
 
+/* The server's CPU by role: the backends of fw_galpg's writer and follower connections (by
+ * their application_name) and everything else of the server (walwriter, checkpointer,
+ * autovacuum, this benchmark's own connection), ms. */
+typedef struct pg_split {
+    double writer, follower, other;
+} pg_split;
+
+static void pg_cpu_split(PGconn *c, pid_t postmaster, pg_split *s)
+{
+    memset(s, 0, sizeof *s);
+    if (postmaster <= 0)
+        return;
+    PGresult *r = PQexec(c, "SELECT pid, application_name FROM pg_stat_activity "
+                            "WHERE backend_type = 'client backend'");
+    int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    double all = pg_cpu_ms(postmaster);
+    for (int i = 0; ok && i < PQntuples(r); i++) {
+        pid_t pp = 0;
+        double ms = proc_cpu_ms((pid_t)atoi(PQgetvalue(r, i, 0)), &pp);
+        if (ms < 0 || pp != postmaster)
+            continue;
+        if (strcmp(PQgetvalue(r, i, 1), "facewired-writer") == 0)
+            s->writer += ms;
+        else if (strcmp(PQgetvalue(r, i, 1), "facewired-follower") == 0)
+            s->follower += ms;
+    }
+    PQclear(r);
+    s->other = all - s->writer - s->follower;
+}
+
 static double self_cpu_ms(void)
 {
     struct rusage ru;
@@ -1002,10 +1032,13 @@ static int part_lag(const char *url, double rate, double seconds)
         goto out_free;
     watching = 1;
     pid_t pm = postmaster_of(c);
-    double cpu0 = self_cpu_ms(), pg0 = pg_cpu_ms(pm);
+    pg_split pg0, pg1;
+    pg_cpu_split(c, pm, &pg0);
+    double cpu0 = self_cpu_ms();
     if (feed(&loop, &f) != 0)
         goto out_free;
-    double cpu_self = self_cpu_ms() - cpu0, cpu_pg = pg_cpu_ms(pm) - pg0;
+    double cpu_self = self_cpu_ms() - cpu0;
+    pg_cpu_split(c, pm, &pg1);
     /* B must catch up with every change before the watcher can stop on its own. */
     if (wait_galpg(&loop, &b->p, 1, w.base + n, 30000) != 0) {
         fprintf(stderr, "node B did not apply all %" PRIu64 " changes within 30 s\n", n);
@@ -1080,9 +1113,13 @@ static int part_lag(const char *url, double rate, double seconds)
     printf("  A: %" PRIu64 " transactions (%.2f enrolls each); B: lag now %" PRIu64 " ms, "
            "reconnects %" PRIu64 "\n", commits, (double)n / (double)(commits ? commits : 1),
            ib.lag_ms, ib.reconnects);
+    double us = 1000.0 / (double)n;
     printf("  CPU per enroll while streaming: %.0f us in this process (both nodes and the "
-           "watcher), %.0f us in the PostgreSQL server (A's transaction, both followers' "
-           "queries)\n\n", cpu_self * 1000.0 / (double)n, cpu_pg * 1000.0 / (double)n);
+           "watcher); in the PostgreSQL server %.0f us: writer backends %.0f, follower backends "
+           "(both nodes) %.0f, the rest of the server %.0f\n\n", cpu_self * us,
+           (pg1.writer + pg1.follower + pg1.other - pg0.writer - pg0.follower - pg0.other) * us,
+           (pg1.writer - pg0.writer) * us, (pg1.follower - pg0.follower) * us,
+           (pg1.other - pg0.other) * us);
     rc = m == n ? 0 : -1;
 out_free:
     if (watching) {
