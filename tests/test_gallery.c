@@ -31,29 +31,15 @@
 #include "server/gallery.h"
 #include "server/galog.h"
 #include "tests/check.h"
+#include "tests/tu_data.h"
 
 #define DIM FW_GALLERY_DIM
+_Static_assert(DIM == TU_DESC_DIM, "tu_desc_for makes gallery descriptors");
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
 /* The size of an ENROLL record with a 2-byte subject and no metadata ("f<i>" for i < 10). */
 #define REC ((off_t)(GALOG_REC_OVERHEAD + 8 + 2 + 2 + 2 + 4 * DIM))
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* A deterministic descriptor for `seed`, components in [-1, 1). */
-static void desc_for(uint64_t seed, float *d)
-{
-    uint64_t s = seed * 7919 + 1;
-    for (int i = 0; i < DIM; i++)
-        d[i] = (float)((double)(splitmix(&s) >> 11) / (double)(1ULL << 53) * 2.0 - 1.0);
-}
 
 static void make_tmpdir(char *buf, size_t len)
 {
@@ -232,9 +218,9 @@ static void t_roundtrip(void)
     fw_gallery_match m[10];
     int cnt;
     CHECK(tg_open(&t, NULL) == 0);
-    desc_for(1, a);
-    desc_for(2, b);
-    desc_for(3, c);
+    tu_desc_for(1, a);
+    tu_desc_for(2, b);
+    tu_desc_for(3, c);
     CHECK_EQ_INT(enroll(&t, "alice", "badge 7", a, &ida, msg), FW_STATUS_OK);
     CHECK_EQ_INT(enroll(&t, "alice", NULL, b, &idb, msg), FW_STATUS_OK);
     CHECK_EQ_INT(enroll(&t, "bob", NULL, c, &idc, msg), FW_STATUS_OK);
@@ -300,7 +286,7 @@ static void t_bad_input(void)
     fw_gallery_match m[1];
     int cnt;
     CHECK(tg_open(&t, NULL) == 0);
-    desc_for(1, d);
+    tu_desc_for(1, d);
     CHECK_EQ_INT(enroll(&t, "", NULL, d, NULL, msg), FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "subject must be 1-128 bytes of UTF-8 without NUL");
     memset(sub129, 'x', 129);
@@ -324,7 +310,7 @@ static void t_bad_input(void)
     CHECK_EQ_STR(msg, "descriptor 0 must be 128 finite floats within +-10000");
     d[5] = 2e4f;
     CHECK_EQ_INT(enroll(&t, "x", NULL, d, NULL, msg), FW_STATUS_BAD_REQUEST);
-    desc_for(1, d);
+    tu_desc_for(1, d);
     CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 0, INFINITY, m, &cnt, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "k must be 1-100");
@@ -349,7 +335,7 @@ static void t_search_empty(void)
     fw_gallery_match m[5];
     int cnt = -1;
     CHECK(tg_open(&t, NULL) == 0);
-    desc_for(9, d);
+    tu_desc_for(9, d);
     CHECK_EQ_INT(search1(&t, d, 5, INFINITY, m, &cnt), FW_STATUS_OK);
     CHECK_EQ_INT(cnt, 0);
     tg_close(&t);
@@ -431,7 +417,7 @@ static void t_topk_vs_bruteforce(void)
     CHECK(res != NULL);
     for (int i = 0; i < N; i++) {
         char err[128];
-        desc_for(1000 + i, gal + (size_t)i * DIM);
+        tu_desc_for(1000 + i, gal + (size_t)i * DIM);
         snprintf(subject, sizeof subject, "s%d", i % 500);
         CHECK_EQ_INT(fw_gallery_enroll(t.g, subject, strlen(subject), NULL, 0,
                                        gal + (size_t)i * DIM, on_done, &res[i], err, sizeof err),
@@ -445,11 +431,11 @@ static void t_topk_vs_bruteforce(void)
     }
     for (int i = 0; i < NQ; i++) /* half near a gallery face, half anywhere */
         if (i % 2) {
-            desc_for(1000 + i * 97, q + i * DIM);
+            tu_desc_for(1000 + i * 97, q + i * DIM);
             for (int c = 0; c < DIM; c++)
                 q[i * DIM + c] += 0.01f * (float)(c % 3);
         } else {
-            desc_for(900000 + i, q + i * DIM);
+            tu_desc_for(900000 + i, q + i * DIM);
         }
     CHECK(check_against_brute(&t, gal, ids, alive, N, q, NQ, K) == 0); /* sgemm path */
     for (int i = 0; i < NQ; i++)                                       /* sgemv path */
@@ -487,7 +473,7 @@ static void t_index_doubling(void)
         char s[16];
         int oom;
         snprintf(s, sizeof s, "s%d", i % 7);
-        desc_for(5000 + (uint64_t)i, gal + (size_t)i * DIM);
+        tu_desc_for(5000 + (uint64_t)i, gal + (size_t)i * DIM);
         CHECK(galidx_grow_prepare(ix, (uint64_t)galidx_faces(ix) + 1,
                                   (uint64_t)galidx_subjects(ix) + 1, &gr) == 0);
         galidx_grow_commit(ix, &gr);
@@ -525,10 +511,10 @@ static void t_k_beyond_count(void)
     int cnt;
     CHECK(tg_open(&t, NULL) == 0);
     for (int i = 0; i < 5; i++) {
-        desc_for(50 + i, d);
+        tu_desc_for(50 + i, d);
         CHECK_EQ_INT(enroll(&t, "p", NULL, d, NULL, NULL), FW_STATUS_OK);
     }
-    desc_for(77, q);
+    tu_desc_for(77, q);
     CHECK_EQ_INT(search1(&t, q, 100, INFINITY, m, &cnt), FW_STATUS_OK);
     CHECK_EQ_INT(cnt, 5);
     for (int i = 1; i < cnt; i++)
@@ -581,7 +567,7 @@ static void t_threshold_large_norms(void)
     int cnt, hits = 0, misses = 0;
     CHECK(tg_open(&t, NULL) == 0);
     for (int f = 0; f < 200; f++) { /* 200 faces at distance ~0.5 from their query */
-        desc_for(7000 + (uint64_t)f, x);
+        tu_desc_for(7000 + (uint64_t)f, x);
         for (int c = 0; c < DIM; c++)
             x[c] = 7.5f + 2.5f * x[c]; /* |x|^2 ~ 7,000 */
         x[f % DIM] += 0.5f;
@@ -590,11 +576,11 @@ static void t_threshold_large_norms(void)
         CHECK_EQ_INT(enroll(&t, s, NULL, x, NULL, NULL), FW_STATUS_OK);
     }
     for (int f = 0; f < 200; f++) {
-        desc_for(7000 + (uint64_t)f, q);
+        tu_desc_for(7000 + (uint64_t)f, q);
         for (int c = 0; c < DIM; c++)
             q[c] = 7.5f + 2.5f * q[c];
         double exact = 0; /* the same sum the gallery does for its survivors */
-        desc_for(7000 + (uint64_t)f, x);
+        tu_desc_for(7000 + (uint64_t)f, x);
         for (int c = 0; c < DIM; c++)
             x[c] = 7.5f + 2.5f * x[c];
         x[f % DIM] += 0.5f;
@@ -620,7 +606,7 @@ static void t_list_paging(void)
     fw_gallery_subject out[10];
     int n;
     CHECK(tg_open(&t, NULL) == 0);
-    desc_for(3, d);
+    tu_desc_for(3, d);
     for (int i = 0; i < 25; i++) {
         snprintf(s, sizeof s, "s%02d", (i * 7) % 25); /* enrolled out of order */
         for (int j = 0; j <= i % 3; j++)
@@ -660,7 +646,7 @@ static void t_batch_dependencies(void)
     result r[6] = { { 0 } };
     char err[128];
     CHECK(tg_open(&t, NULL) == 0);
-    desc_for(4, d);
+    tu_desc_for(4, d);
     /* Queued back to back before the loop runs: typically one batch; correct either way. */
     CHECK_EQ_INT(fw_gallery_enroll(t.g, "n", 1, NULL, 0, d, on_done, &r[0], err, sizeof err), 0);
     CHECK_EQ_INT(fw_gallery_delete_subject(t.g, "n", 1, on_done, &r[1], err, sizeof err), 0);
@@ -694,7 +680,7 @@ static void t_close_flushes(void)
     result r = { 0 };
     char err[128];
     CHECK(tg_open(&t, NULL) == 0);
-    desc_for(5, d);
+    tu_desc_for(5, d);
     CHECK_EQ_INT(fw_gallery_enroll(t.g, "z", 1, NULL, 0, d, on_done, &r, err, sizeof err), 0);
     fw_gallery_close(t.g);
     CHECK_EQ_INT(r.fired, 1);
@@ -719,7 +705,7 @@ static void t_record_codec(void)
     r.subject_len = 4;
     r.meta = "meta";
     r.meta_len = 4;
-    desc_for(5, r.desc);
+    tu_desc_for(5, r.desc);
     len = galog_encode(&r, buf);
     CHECK_EQ_INT(len, galog_rec_size(&r));
     CHECK_EQ_INT(galog_decode(buf, len, &back, &used), 0);
@@ -755,8 +741,8 @@ static void t_record_codec(void)
     uint64_t st = 1;
     for (int i = 0; i < 20000; i++) {
         for (size_t j = 0; j < 64; j++)
-            buf[j] = (uint8_t)splitmix(&st);
-        CHECK(galog_decode(buf, (size_t)(splitmix(&st) % 65), &back, &used) == -1);
+            buf[j] = (uint8_t)tu_splitmix(&st);
+        CHECK(galog_decode(buf, (size_t)(tu_splitmix(&st) % 65), &back, &used) == -1);
     }
 }
 
@@ -776,7 +762,7 @@ static void t_restart(void)
         char s[16], m[16];
         snprintf(s, sizeof s, "subj%d", i % 10);
         snprintf(m, sizeof m, "meta%d", i);
-        desc_for(i, d);
+        tu_desc_for(i, d);
         CHECK_EQ_INT(enroll(&t, s, m, d, &ids[i], msg), FW_STATUS_OK);
     }
     CHECK_EQ_INT(del_face(&t, ids[0], &n, msg), FW_STATUS_OK);
@@ -806,12 +792,12 @@ static void t_restart(void)
             continue;
         }
         CHECK_EQ_INT(st, FW_STATUS_OK);
-        desc_for(i, d);
+        tu_desc_for(i, d);
         CHECK(memcmp(got, d, sizeof d) == 0);
         snprintf(want, sizeof want, "meta%d", i);
         CHECK(ml == strlen(want) && memcmp(m, want, ml) == 0);
     }
-    desc_for(100, d);
+    tu_desc_for(100, d);
     CHECK_EQ_INT(enroll(&t, "new", NULL, d, &n, msg), FW_STATUS_OK);
     CHECK_EQ_INT(n, 41);
     tg_close(&t);
@@ -841,7 +827,7 @@ static void t_compaction(void)
     o.log_arg = &compacted;
     CHECK(tg_open(&t, &o) == 0);
     for (int i = 0; i < 300; i++) {
-        desc_for(i, d);
+        tu_desc_for(i, d);
         CHECK_EQ_INT(enroll(&t, i % 2 ? "odd" : "even", NULL, d, &ids[i], NULL), FW_STATUS_OK);
         if (i % 5 == 0)
             CHECK_EQ_INT(del_face(&t, ids[i], NULL, NULL), FW_STATUS_OK);
@@ -881,23 +867,23 @@ static void t_merge_semantics(void)
     o.log_arg = &compacted;
     CHECK(tg_open(&t, &o) == 0);
     for (int i = 0; i < 10; i++) {
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "x", NULL, d, &id, NULL), FW_STATUS_OK);
     }
     uint64_t n;
     CHECK_EQ_INT(del_subject(&t, "x", &n, NULL), FW_STATUS_OK);
     CHECK_EQ_INT(n, 10);
     for (int i = 0; i < 3; i++) {
-        desc_for(100 + (uint64_t)i, d);
+        tu_desc_for(100 + (uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "x", "again", d, &x2[i], NULL), FW_STATUS_OK);
     }
     CHECK_EQ_INT(del_face(&t, x2[1], NULL, NULL), FW_STATUS_OK);
     for (int i = 0; i < 6; i++) {
-        desc_for(200 + (uint64_t)i, d);
+        tu_desc_for(200 + (uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "y", NULL, d, &y[i], NULL), FW_STATUS_OK);
     }
     for (int i = 0; i < 12; i++) { /* more records, to push the last ones through a merge */
-        desc_for(300 + (uint64_t)i, d);
+        tu_desc_for(300 + (uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "z", NULL, d, &id, NULL), FW_STATUS_OK);
     }
     CHECK_EQ_INT(del_subject(&t, "z", &n, NULL), FW_STATUS_OK);
@@ -940,7 +926,7 @@ static void t_crash_mid_compaction(void)
     o.log = quiet_log;
     CHECK(tg_open(&t, &o) == 0);
     for (int i = 0; i < 4; i++) {
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "a", NULL, d, &ids[i], NULL), FW_STATUS_OK);
     }
     tg_close(&t);
@@ -957,7 +943,7 @@ static void t_crash_mid_compaction(void)
     close(dfd);
     CHECK(tg_open(&t, &o) == 0);
     CHECK_EQ_INT(t.rep.log_records, 4);
-    desc_for(4, d);
+    tu_desc_for(4, d);
     CHECK_EQ_INT(enroll(&t, "b", NULL, d, &ids[4], NULL), FW_STATUS_OK);
     CHECK_EQ_INT(del_face(&t, ids[0], NULL, NULL), FW_STATUS_OK);
     tg_close(&t); /* waits for the merge the start-up handed to the compactor */
@@ -1010,7 +996,7 @@ static int write_n(const char *dir, int n, uint64_t *ids)
     for (int i = 0; i < n; i++) {
         char s[16];
         snprintf(s, sizeof s, "f%d", i);
-        desc_for(i, d);
+        tu_desc_for(i, d);
         if (enroll(&t, s, NULL, d, &ids[i], NULL) != FW_STATUS_OK)
             return -1;
     }
@@ -1066,7 +1052,7 @@ static void t_torn_tail(void)
     /* New records follow the last good one; the next start is clean. */
     float d[DIM];
     uint64_t id;
-    desc_for(99, d);
+    tu_desc_for(99, d);
     CHECK_EQ_INT(enroll(&t, "g", NULL, d, &id, NULL), FW_STATUS_OK);
     /* The cut stands for a crash before record 10 was whole, so before it was acknowledged:
      * no client can hold id 10, and it is handed out again. */
@@ -1154,7 +1140,7 @@ static void t_snapshot_damaged(void)
     for (int i = 0; i < 10; i++) {
         char s[8];
         snprintf(s, sizeof s, "f%d", i);
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, s, NULL, d, &id, NULL), FW_STATUS_OK);
     }
     tg_close(&t);
@@ -1200,15 +1186,15 @@ static void t_mangled_logs(void)
     for (int round = 0; round < 300; round++) {
         size_t n = len;
         memcpy(buf, orig, len);
-        int edits = 1 + (int)(splitmix(&st) % 4);
+        int edits = 1 + (int)(tu_splitmix(&st) % 4);
         for (int e = 0; e < edits; e++) {
-            size_t at = splitmix(&st) % n;
-            switch (splitmix(&st) % 3) {
-            case 0: buf[at] ^= (uint8_t)(1 + splitmix(&st) % 255); break; /* flip */
+            size_t at = tu_splitmix(&st) % n;
+            switch (tu_splitmix(&st) % 3) {
+            case 0: buf[at] ^= (uint8_t)(1 + tu_splitmix(&st) % 255); break; /* flip */
             case 1: n = at + 1; break;                                       /* cut */
             default:                                                         /* smear */
                 for (size_t j = at; j < n && j < at + 16; j++)
-                    buf[j] = (uint8_t)splitmix(&st);
+                    buf[j] = (uint8_t)tu_splitmix(&st);
             }
         }
         f = fopen(path, "wb");
@@ -1233,7 +1219,7 @@ static void t_mangled_logs(void)
                 float got[DIM], want[DIM];
                 if (fw_gallery_get(t.g, ids[i], NULL, NULL, NULL, got) != FW_STATUS_OK)
                     continue;
-                desc_for((uint64_t)i, want);
+                tu_desc_for((uint64_t)i, want);
                 CHECK(memcmp(got, want, sizeof got) == 0);
             }
             tg_close(&t);
@@ -1312,13 +1298,13 @@ static void t_write_failure(void)
     o.log = quiet_log;
     CHECK(tg_open(&t, &o) == 0);
     for (int i = 0; i < 3; i++) {
-        desc_for(i, d);
+        tu_desc_for(i, d);
         CHECK_EQ_INT(enroll(&t, "ok", NULL, d, &ids[i], msg), FW_STATUS_OK);
     }
     off_t size = file_size(dir, GALOG_LOG_NAME);
 
     atomic_store(&f.mode, IO_ENOSPC_PARTIAL);
-    desc_for(10, d);
+    tu_desc_for(10, d);
     CHECK_EQ_INT(enroll(&t, "nospace", NULL, d, &id, msg), FW_STATUS_INTERNAL);
     CHECK_EQ_STR(msg, "gallery write failed: No space left on device");
     CHECK_EQ_INT(file_size(dir, GALOG_LOG_NAME), size); /* the half record was cut back */
@@ -1343,7 +1329,7 @@ static void t_write_failure(void)
         CHECK_EQ_STR(m[i].subject, "ok");
 
     atomic_store(&f.mode, IO_OK);
-    desc_for(11, q);
+    tu_desc_for(11, q);
     CHECK_EQ_INT(enroll(&t, "later", NULL, q, &ids[3], msg), FW_STATUS_OK);
     tg_close(&t);
 
@@ -1414,7 +1400,7 @@ static void t_compaction_failure(void)
     CHECK(tg_open(&t, &o) == 0);
     int i = 0;
     for (; i < 10; i++) { /* past the first rotation */
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "c", NULL, d, &ids[i], NULL), FW_STATUS_OK);
     }
     pthread_mutex_lock(&sf.mu);
@@ -1425,7 +1411,7 @@ static void t_compaction_failure(void)
     CHECK_EQ_INT(file_size(dir, GALOG_SNAP_TMP), -1); /* the half snapshot was removed */
     atomic_store(&sf.fail, 0);
     for (; i < 60; i++) { /* > compact_min_bytes more log: the writer retries the merge */
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "c", NULL, d, &ids[i], NULL), FW_STATUS_OK);
     }
     tg_close(&t);
@@ -1477,7 +1463,7 @@ static void t_queue_full(void)
     o.io = &io;
     o.queue_max = 2;
     CHECK(tg_open(&t, &o) == 0);
-    desc_for(1, d);
+    tu_desc_for(1, d);
     pthread_mutex_lock(&gt.mu);
     gt.open = 0;
     int before = gt.entered;
@@ -1519,7 +1505,7 @@ static void tmpfs_full_body(const char *dir)
     o.compact_min_bytes = 1 << 30; /* no snapshot: the log alone fills the disk */
     CHECK(tg_open(&t, &o) == 0);
     for (int i = 0; i < 1000 && st == FW_STATUS_OK; i++) {
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         st = enroll(&t, "fill", NULL, d, &id, msg);
         acked += st == FW_STATUS_OK;
     }
@@ -1527,7 +1513,7 @@ static void tmpfs_full_body(const char *dir)
     fw_gallery_info_get(t.g, &info);
     fw_gallery_match m[1];
     int cnt = 0, sst;
-    desc_for(0, d);
+    tu_desc_for(0, d);
     sst = search1(&t, d, 1, INFINITY, m, &cnt);
     tg_close(&t);
     CHECK_EQ_INT(st, FW_STATUS_INTERNAL);
@@ -1611,7 +1597,7 @@ static void child_send(child_state *c, int slot)
     int i = c->next++;
     snprintf(s, sizeof s, "p%d", i);
     snprintf(m, sizeof m, "m%d", i);
-    desc_for(i, d);
+    tu_desc_for(i, d);
     memset(&c->res[slot], 0, sizeof c->res[slot]);
     c->idx[slot] = i;
     fw_gallery_enroll(c->t.g, s, strlen(s), m, strlen(m), d, on_done, &c->res[slot], err,
@@ -1685,7 +1671,7 @@ static void t_kill9_during_enrolls(void)
         CHECK_EQ_STR(s.subject, want);
         snprintf(want, sizeof want, "m%d", i);
         CHECK(ml == strlen(want) && memcmp(m, want, ml) == 0);
-        desc_for(i, d);
+        tu_desc_for(i, d);
         CHECK(memcmp(got, d, sizeof d) == 0);
     }
     /* Nothing is half there: every subject present is one p<i> with exactly its own face. */
@@ -1702,7 +1688,7 @@ static void t_kill9_during_enrolls(void)
             fw_gallery_match mm[1];
             int cnt;
             CHECK(page[j].subject[0] == 'p' && page[j].faces == 1);
-            desc_for(i, d);
+            tu_desc_for(i, d);
             CHECK_EQ_INT(search1(&t, d, 1, INFINITY, mm, &cnt), FW_STATUS_OK);
             CHECK(cnt == 1 && mm[0].distance == 0.0f);
             CHECK_EQ_STR(mm[0].subject, page[j].subject);
@@ -1743,10 +1729,10 @@ static void *searcher(void *arg)
     char err[128];
     atomic_fetch_add(&r->started, 1);
     while (!atomic_load(&r->stop)) {
-        int nq = 1 + (int)(splitmix(&s) % 4), a[4];
+        int nq = 1 + (int)(tu_splitmix(&s) % 4), a[4];
         for (int i = 0; i < nq; i++) {
-            a[i] = (int)(splitmix(&s) % ANCHORS);
-            desc_for((uint64_t)a[i], q + i * DIM);
+            a[i] = (int)(tu_splitmix(&s) % ANCHORS);
+            tu_desc_for((uint64_t)a[i], q + i * DIM);
         }
         if (fw_gallery_search(r->g, q, nq, 8, INFINITY, m, cnt, err, sizeof err) != 0) {
             atomic_fetch_add(&r->failures, 1);
@@ -1771,7 +1757,7 @@ static void *searcher(void *arg)
         fw_gallery_list(r->g, "", 0, 8, page, &n, next, &next_len, err, sizeof err);
         if (n < 1)
             atomic_fetch_add(&r->failures, 1);
-        if (fw_gallery_get(r->g, 1 + splitmix(&s) % ANCHORS, NULL, NULL, NULL, NULL) != 0)
+        if (fw_gallery_get(r->g, 1 + tu_splitmix(&s) % ANCHORS, NULL, NULL, NULL, NULL) != 0)
             atomic_fetch_add(&r->failures, 1);
         atomic_fetch_add(&r->searches, 1);
     }
@@ -1793,7 +1779,7 @@ static void t_identify_races_enroll_delete(void)
     for (int i = 0; i < ANCHORS; i++) {
         char s[16];
         snprintf(s, sizeof s, "a%d", i);
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, s, NULL, d, NULL, NULL), FW_STATUS_OK);
     }
     memset(&r, 0, sizeof r);
@@ -1811,7 +1797,7 @@ static void t_identify_races_enroll_delete(void)
         for (int i = 0; i < 32; i++) {
             char s[16], err[128];
             snprintf(s, sizeof s, "c%d", round * 4 + i % 4);
-            desc_for(10000 + (uint64_t)round * 32 + i, d);
+            tu_desc_for(10000 + (uint64_t)round * 32 + i, d);
             if (fw_gallery_enroll(t.g, s, strlen(s), NULL, 0, d, on_done, &res[i], err,
                                   sizeof err) != 0)
                 failures++;
@@ -1884,7 +1870,7 @@ static void check_no_plaintext(const char *dir, const char *name, const char *ma
     CHECK(!contains(b, n, "MetaSecret", 10));
     float d[DIM];
     for (int i = 1; i < 300; i += 37) {
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK(!contains(b, n, d, 16)); /* four floats in a row, in host = on-disk order */
     }
     free(b);
@@ -1901,7 +1887,7 @@ static void t_encrypted_codec(void)
     r.face_id = 42;
     r.subject = "AliceSecret";
     r.subject_len = 11;
-    desc_for(3, r.desc);
+    tu_desc_for(3, r.desc);
     size_t len = galog_encode_key(key_a, fid, &r, buf);
     CHECK_EQ_INT(len, galog_rec_size(&r) + (GALOG_SREC_MAX - GALOG_REC_MAX));
     CHECK(!contains(buf, len, "AliceSecret", 11));
@@ -1940,7 +1926,7 @@ static void t_encrypted_roundtrip(void)
     o.log_arg = &compacted;
     CHECK(tg_open(&t, &o) == 0);
     for (int i = 0; i < 300; i++) {
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         CHECK_EQ_INT(enroll(&t, "AliceSecret", "MetaSecret", d, &ids[i], NULL), FW_STATUS_OK);
         if (i % 5 == 0)
             CHECK_EQ_INT(del_face(&t, ids[i], NULL, NULL), FW_STATUS_OK);
@@ -1966,7 +1952,7 @@ static void t_encrypted_roundtrip(void)
     CHECK_EQ_INT(fw_gallery_get(t.g, ids[299], &s, meta, &meta_len, got), FW_STATUS_OK);
     CHECK_EQ_STR(s.subject, "AliceSecret");
     CHECK(meta_len == 10 && memcmp(meta, "MetaSecret", 10) == 0);
-    desc_for(299, d);
+    tu_desc_for(299, d);
     CHECK(memcmp(got, d, sizeof d) == 0);
     CHECK_EQ_INT(fw_gallery_get(t.g, ids[295], NULL, NULL, NULL, NULL), FW_STATUS_NOT_FOUND);
     tg_close(&t);
@@ -1992,7 +1978,7 @@ static void t_encrypted_key_mismatch(void)
     fw_gallery_options o = durable(dir);
     o.key = key_a;
     CHECK(tg_open(&t, &o) == 0);
-    desc_for(1, d);
+    tu_desc_for(1, d);
     CHECK_EQ_INT(enroll(&t, "AliceSecret", NULL, d, &ids[0], NULL), FW_STATUS_OK);
     tg_close(&t);
     off_t size = file_size(dir, GALOG_LOG_NAME);
@@ -2035,7 +2021,7 @@ static int write_n_enc(const char *dir, int n, uint64_t *ids)
     for (int i = 0; i < n; i++) {
         char s[16];
         snprintf(s, sizeof s, "f%d", i);
-        desc_for((uint64_t)i, d);
+        tu_desc_for((uint64_t)i, d);
         if (enroll(&t, s, NULL, d, &ids[i], NULL) != FW_STATUS_OK)
             return -1;
     }
@@ -2064,7 +2050,7 @@ static void t_encrypted_damage(void)
     CHECK_EQ_INT(file_size(dir, GALOG_LOG_NAME), GALOG_ELOG_HDR + 9 * EREC);
     float d[DIM];
     uint64_t id;
-    desc_for(99, d);
+    tu_desc_for(99, d);
     CHECK_EQ_INT(enroll(&t, "g", NULL, d, &id, NULL), FW_STATUS_OK); /* appends after the cut */
     tg_close(&t);
     CHECK(tg_open(&t, &o) == 0);

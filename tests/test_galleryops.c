@@ -30,6 +30,7 @@
 
 #include "tests/check.h"
 #include "tests/tu_data.h"
+#include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
 static tu_server srv;
@@ -116,20 +117,6 @@ static buf *buf_new(void)
     return b;
 }
 
-static void put_desc(fw_writer *w, const float *d)
-{
-    fw_put_u8(w, 1);
-    for (int i = 0; i < 128; i++)
-        fw_put_f32(w, d[i]);
-}
-
-/* A descriptor with value v at index i, 0 elsewhere. */
-static void unit_desc(float *d, int i, float v)
-{
-    memset(d, 0, 128 * sizeof *d);
-    d[i] = v;
-}
-
 static int enroll_desc(int fd, const char *subject, const char *meta, const float *d, uint64_t *id, resp *r)
 {
     buf *b = buf_new();
@@ -137,7 +124,7 @@ static int enroll_desc(int fd, const char *subject, const char *meta, const floa
         return -1;
     fw_put_str(&b->w, subject, strlen(subject));
     fw_put_bytes(&b->w, meta, (uint32_t)strlen(meta));
-    put_desc(&b->w, d);
+    tu_put_desc(&b->w, d);
     int rc = roundtrip(fd, FW_OP_ENROLL, b->b, b->w.len, r);
     free(b);
     if (rc == 0 && r->status == FW_STATUS_OK) {
@@ -149,37 +136,11 @@ static int enroll_desc(int fd, const char *subject, const char *meta, const floa
     return rc;
 }
 
-/* ENROLL (or IDENTIFY when k > 0) of an eval picture, or of the given JPEG. */
-static uint8_t *jpeg_body(const char *subject, const uint8_t *jpeg, size_t jl, uint16_t k, size_t *len)
-{
-    uint8_t *body = malloc(jl + 256);
-    if (!body)
-        return NULL;
-    fw_writer w;
-    fw_writer_init(&w, body, jl + 256);
-    if (subject) {
-        fw_put_str(&w, subject, strlen(subject));
-        fw_put_bytes(&w, "", 0);
-    }
-    fw_put_u8(&w, 0);
-    fw_put_bytes(&w, jpeg, (uint32_t)jl);
-    if (!subject) {
-        fw_put_u16(&w, k);
-        fw_put_u8(&w, 0);
-        fw_put_f32(&w, 0);
-    }
-    *len = w.len;
-    return body;
-}
-
+/* ENROLL (or IDENTIFY when k > 0) of an eval picture. */
 static int pic_request(int fd, const char *subject, const char *pic, uint16_t k, resp *r)
 {
-    size_t jl, bl;
-    uint8_t *jpeg = tu_eval_pic(pic, &jl);
-    if (!jpeg)
-        return -1;
-    uint8_t *body = jpeg_body(subject, jpeg, jl, k, &bl);
-    free(jpeg);
+    size_t bl;
+    uint8_t *body = tu_pic_body(subject, pic, k, &bl);
     if (!body)
         return -1;
     int rc = roundtrip(fd, subject ? FW_OP_ENROLL : FW_OP_IDENTIFY, body, bl, r);
@@ -272,8 +233,8 @@ static void t_descriptor_roundtrip_body(void)
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     float a[128], b[128];
-    unit_desc(a, 0, 0.5f);
-    unit_desc(b, 1, 0.5f);
+    tu_unit_desc(a, 0, 0.5f);
+    tu_unit_desc(b, 1, 0.5f);
     uint64_t ida = 0, idb = 0;
     resp r;
     CHECK(enroll_desc(fd, "alice", "door 3", a, &ida, &r) == 0);
@@ -287,7 +248,7 @@ static void t_descriptor_roundtrip_body(void)
     /* IDENTIFY a, k=2, no threshold: alice at exactly 0, bob at sqrt(0.5); box zeros */
     buf *q = buf_new(), *want = buf_new();
     CHECK(q && want);
-    put_desc(&q->w, a);
+    tu_put_desc(&q->w, a);
     fw_put_u16(&q->w, 2);
     fw_put_u8(&q->w, 0);
     fw_put_f32(&q->w, 0);
@@ -309,7 +270,7 @@ static void t_descriptor_roundtrip_body(void)
 
     /* with threshold 0.5 only alice is left (distance < threshold) */
     fw_writer_init(&q->w, q->b, sizeof q->b);
-    put_desc(&q->w, a);
+    tu_put_desc(&q->w, a);
     fw_put_u16(&q->w, 5);
     fw_put_u8(&q->w, 1);
     fw_put_f32(&q->w, 0.5f);
@@ -370,7 +331,7 @@ static void t_descriptor_roundtrip_body(void)
     /* an empty gallery: IDENTIFY answers one face with no match */
     q = buf_new();
     CHECK(q);
-    put_desc(&q->w, b);
+    tu_put_desc(&q->w, b);
     fw_put_u16(&q->w, 1);
     fw_put_u8(&q->w, 0);
     fw_put_f32(&q->w, 0);
@@ -428,7 +389,7 @@ static void t_jpeg_inputs_body(void)
     size_t bl, jl;
     uint8_t *blank = blank_jpeg(&jl);
     CHECK(blank);
-    uint8_t *body = jpeg_body("nobody", blank, jl, 0, &bl);
+    uint8_t *body = tu_jpeg_body("nobody", blank, jl, 0, &bl);
     free(blank);
     CHECK(body);
     int rc = roundtrip(fd, FW_OP_ENROLL, body, bl, &r);
@@ -440,7 +401,7 @@ static void t_jpeg_inputs_body(void)
     /* IDENTIFY of a picture without a face: OK, no face ("nobody"), not NO_FACE */
     blank = blank_jpeg(&jl);
     CHECK(blank);
-    body = jpeg_body(NULL, blank, jl, 3, &bl);
+    body = tu_jpeg_body(NULL, blank, jl, 3, &bl);
     free(blank);
     CHECK(body);
     rc = roundtrip(fd, FW_OP_IDENTIFY, body, bl, &r);
@@ -451,7 +412,7 @@ static void t_jpeg_inputs_body(void)
     tu_resp_free(&r);
     CHECK_EQ_INT(id.n, 0);
     /* a JPEG that does not decode */
-    body = jpeg_body("broken", (const uint8_t *)"\xff\xd8garbage", 9, 0, &bl);
+    body = tu_jpeg_body("broken", (const uint8_t *)"\xff\xd8garbage", 9, 0, &bl);
     CHECK(body);
     rc = roundtrip(fd, FW_OP_ENROLL, body, bl, &r);
     free(body);
@@ -528,11 +489,11 @@ static void t_list_paging_and_restart_body(void)
         char s[16];
         float d[128];
         snprintf(s, sizeof s, "s%03d", (i * 7) % N); /* not in order */
-        unit_desc(d, i % 128, 1.0f + (float)i);
+        tu_unit_desc(d, i % 128, 1.0f + (float)i);
         fw_writer_init(&b->w, b->b, sizeof b->b);
         fw_put_str(&b->w, s, strlen(s));
         fw_put_bytes(&b->w, "", 0);
-        put_desc(&b->w, d);
+        tu_put_desc(&b->w, d);
         sent = send_req(fd, FW_OP_ENROLL, 1000 + (uint32_t)i, b->b, b->w.len) == 0;
     }
     free(b);
@@ -578,7 +539,7 @@ static void t_list_paging_and_restart_body(void)
     float d[128];
     uint64_t id = 0;
     resp r;
-    unit_desc(d, 5, 3.0f);
+    tu_unit_desc(d, 5, 3.0f);
     CHECK(enroll_desc(fd, "late", "", d, &id, &r) == 0);
     tu_resp_free(&r);
     CHECK_EQ_INT(id, N + 1);
@@ -602,11 +563,11 @@ static void t_list_page_cap_body(void)
         char s[16];
         float d[128];
         snprintf(s, sizeof s, "c%05d", i);
-        unit_desc(d, i % 128, 1.0f);
+        tu_unit_desc(d, i % 128, 1.0f);
         fw_writer_init(&b->w, b->b, sizeof b->b);
         fw_put_str(&b->w, s, strlen(s));
         fw_put_bytes(&b->w, "", 0);
-        put_desc(&b->w, d);
+        tu_put_desc(&b->w, d);
         sent = send_req(fd, FW_OP_ENROLL, 10000 + (uint32_t)i, b->b, b->w.len) == 0;
     }
     free(b);
@@ -661,11 +622,11 @@ static void t_concurrent_reads_and_writes_body(void)
     for (int i = 0; i < N && sent; i++) {
         char s[16];
         snprintf(s, sizeof s, "w%03d", i);
-        unit_desc(v, 0, 1.0f + (float)i); /* face i+1 is at distance |i + 1 - 1| = i from e0 */
+        tu_unit_desc(v, 0, 1.0f + (float)i); /* face i+1 is at distance |i + 1 - 1| = i from e0 */
         fw_writer_init(&b->w, b->b, sizeof b->b);
         fw_put_str(&b->w, s, strlen(s));
         fw_put_bytes(&b->w, "", 0);
-        put_desc(&b->w, v);
+        tu_put_desc(&b->w, v);
         sent = send_req(w, FW_OP_ENROLL, 1 + (uint32_t)i, b->b, b->w.len) == 0;
         /* delete every other earlier face (ids 1, 3, 5, ... as they are enrolled) */
         if (sent && i % 2 == 1) {
@@ -676,8 +637,8 @@ static void t_concurrent_reads_and_writes_body(void)
         }
         if (sent && i % 4 == 0) {
             fw_writer_init(&b->w, b->b, sizeof b->b);
-            unit_desc(v, 0, 1.0f);
-            put_desc(&b->w, v);
+            tu_unit_desc(v, 0, 1.0f);
+            tu_put_desc(&b->w, v);
             fw_put_u16(&b->w, 100);
             fw_put_u8(&b->w, 0);
             fw_put_f32(&b->w, 0);
@@ -752,7 +713,7 @@ static void t_malformed_bodies_body(void)
     buf *b = buf_new();
     CHECK(b);
     float d[128];
-    unit_desc(d, 0, 1.0f);
+    tu_unit_desc(d, 0, 1.0f);
     char long_s[130];
     memset(long_s, 'x', sizeof long_s);
     resp r;
@@ -770,15 +731,15 @@ static void t_malformed_bodies_body(void)
     /* ENROLL */
     BEGIN();
     EXPECT(FW_OP_ENROLL, "ENROLL: truncated subject");
-    BEGIN(); fw_put_str(&b->w, "", 0); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, d);
+    BEGIN(); fw_put_str(&b->w, "", 0); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, d);
     EXPECT(FW_OP_ENROLL, "ENROLL: subject must be 1-128 bytes, not 0");
-    BEGIN(); fw_put_str(&b->w, long_s, 129); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, d);
+    BEGIN(); fw_put_str(&b->w, long_s, 129); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, d);
     EXPECT(FW_OP_ENROLL, "ENROLL: subject must be 1-128 bytes, not 129");
-    BEGIN(); fw_put_str(&b->w, "a\xff", 2); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, d);
+    BEGIN(); fw_put_str(&b->w, "a\xff", 2); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, d);
     EXPECT(FW_OP_ENROLL, "ENROLL: subject is not valid UTF-8 (or holds a NUL byte)");
-    BEGIN(); fw_put_str(&b->w, "a\0b", 3); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, d);
+    BEGIN(); fw_put_str(&b->w, "a\0b", 3); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, d);
     EXPECT(FW_OP_ENROLL, "ENROLL: subject is not valid UTF-8 (or holds a NUL byte)");
-    BEGIN(); fw_put_str(&b->w, "\xc0\xaf", 2); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, d);
+    BEGIN(); fw_put_str(&b->w, "\xc0\xaf", 2); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, d);
     EXPECT(FW_OP_ENROLL, "ENROLL: subject is not valid UTF-8 (or holds a NUL byte)");
     BEGIN(); fw_put_str(&b->w, "a", 1);
     EXPECT(FW_OP_ENROLL, "ENROLL: truncated body (metadata expected)");
@@ -786,7 +747,7 @@ static void t_malformed_bodies_body(void)
     EXPECT(FW_OP_ENROLL, "ENROLL: truncated metadata");
     {
         static uint8_t meta[1025];
-        BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, meta, 1025); put_desc(&b->w, d);
+        BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, meta, 1025); tu_put_desc(&b->w, d);
         EXPECT(FW_OP_ENROLL, "ENROLL: metadata is 1025 bytes, at most 1024");
     }
     BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0);
@@ -797,14 +758,14 @@ static void t_malformed_bodies_body(void)
     EXPECT(FW_OP_ENROLL, "ENROLL: truncated descriptor");
     {
         float bad[128];
-        unit_desc(bad, 3, NAN);
-        BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, bad);
+        tu_unit_desc(bad, 3, NAN);
+        BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, bad);
         EXPECT(FW_OP_ENROLL, "ENROLL: descriptor value 3 is not a finite number within +-10000");
-        unit_desc(bad, 127, -20000.0f);
-        BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, bad);
+        tu_unit_desc(bad, 127, -20000.0f);
+        BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, bad);
         EXPECT(FW_OP_ENROLL, "ENROLL: descriptor value 127 is not a finite number within +-10000");
     }
-    BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); put_desc(&b->w, d); fw_put_u8(&b->w, 0);
+    BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); tu_put_desc(&b->w, d); fw_put_u8(&b->w, 0);
     EXPECT(FW_OP_ENROLL, "ENROLL: 1 trailing bytes");
     /* JPEG inputs take the worker path: the same checks on the copy */
     BEGIN(); fw_put_str(&b->w, "a", 1); fw_put_bytes(&b->w, "", 0); fw_put_u8(&b->w, 0); fw_put_bytes(&b->w, "", 0);
@@ -821,19 +782,19 @@ static void t_malformed_bodies_body(void)
     /* IDENTIFY */
     BEGIN();
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: truncated body (input expected)");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 1);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 1);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: truncated body (k, has_threshold and threshold expected)");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 0); fw_put_u8(&b->w, 0); fw_put_f32(&b->w, 0);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 0); fw_put_u8(&b->w, 0); fw_put_f32(&b->w, 0);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: k must be 1-100, not 0");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 101); fw_put_u8(&b->w, 0); fw_put_f32(&b->w, 0);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 101); fw_put_u8(&b->w, 0); fw_put_f32(&b->w, 0);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: k must be 1-100, not 101");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 2); fw_put_f32(&b->w, 0);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 2); fw_put_f32(&b->w, 0);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: has_threshold must be 0 or 1, not 2");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 1); fw_put_f32(&b->w, -1);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 1); fw_put_f32(&b->w, -1);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: threshold must be a positive finite number");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 1); fw_put_f32(&b->w, INFINITY);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 1); fw_put_f32(&b->w, INFINITY);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: threshold must be a positive finite number");
-    BEGIN(); put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 0); fw_put_f32(&b->w, 0); fw_put_u8(&b->w, 0);
+    BEGIN(); tu_put_desc(&b->w, d); fw_put_u16(&b->w, 1); fw_put_u8(&b->w, 0); fw_put_f32(&b->w, 0); fw_put_u8(&b->w, 0);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: 1 trailing bytes");
     BEGIN(); fw_put_u8(&b->w, 3);
     EXPECT(FW_OP_IDENTIFY, "IDENTIFY: input kind 3 unknown (0 JPEG, 1 descriptor)");
@@ -893,7 +854,7 @@ static void t_shutdown_waits_for_writes_body(void)
     size_t jl, bl;
     uint8_t *jpeg = tu_eval_pic("kit_harington_1.jpg", &jl);
     CHECK(jpeg);
-    uint8_t *body = jpeg_body("kit", jpeg, jl, 0, &bl);
+    uint8_t *body = tu_jpeg_body("kit", jpeg, jl, 0, &bl);
     free(jpeg);
     CHECK(body);
     int ok = send_req(a, FW_OP_ENROLL, 1, body, bl) == 0 && send_req(b, FW_OP_ENROLL, 2, body, bl) == 0;
@@ -942,7 +903,7 @@ static void t_startup_refusals_body(void)
         float d[128];
         uint64_t id;
         resp r;
-        unit_desc(d, i, 1.0f);
+        tu_unit_desc(d, i, 1.0f);
         CHECK(enroll_desc(fd, i == 0 ? "first" : "later", "", d, &id, &r) == 0);
         tu_resp_free(&r);
     }
@@ -998,7 +959,7 @@ static void t_timed_out_enroll_not_written_body(void)
     size_t jl, bl;
     uint8_t *jpeg = tu_eval_pic("rose_leslie_1.jpg", &jl);
     CHECK(jpeg);
-    uint8_t *body = jpeg_body("rose", jpeg, jl, 0, &bl);
+    uint8_t *body = tu_jpeg_body("rose", jpeg, jl, 0, &bl);
     free(jpeg);
     CHECK(body);
     fw_header h = tu_request(FW_OP_ENROLL, 77, (uint32_t)bl);
@@ -1036,13 +997,13 @@ static void t_without_models_body(void)
     float d[128];
     uint64_t id = 0;
     resp r;
-    unit_desc(d, 9, 2.0f);
+    tu_unit_desc(d, 9, 2.0f);
     CHECK(enroll_desc(fd, "desc", "", d, &id, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     tu_resp_free(&r);
     buf *q = buf_new();
     CHECK(q);
-    put_desc(&q->w, d);
+    tu_put_desc(&q->w, d);
     fw_put_u16(&q->w, 1);
     fw_put_u8(&q->w, 0);
     fw_put_f32(&q->w, 0);
@@ -1083,7 +1044,7 @@ static void t_metrics_body(void)
     float d[128];
     uint64_t id;
     resp r;
-    unit_desc(d, 1, 1.0f);
+    tu_unit_desc(d, 1, 1.0f);
     CHECK(enroll_desc(fd, "m", "", d, &id, &r) == 0);
     tu_resp_free(&r);
     close(fd);
@@ -1130,7 +1091,7 @@ static void disk_full_body(void)
     for (int i = 0; i < 1000 && !unavailable; i++) {
         uint64_t id;
         resp r;
-        unit_desc(d, i % 128, 1.0f + (float)i);
+        tu_unit_desc(d, i % 128, 1.0f + (float)i);
         CHECK(enroll_desc(fd, "fill", "", d, &id, &r) == 0);
         if (r.status == FW_STATUS_OK) {
             acked++;
@@ -1154,8 +1115,8 @@ static void disk_full_body(void)
     /* reads go on */
     buf *q = buf_new();
     CHECK(q);
-    unit_desc(d, 0, 1.0f);
-    put_desc(&q->w, d);
+    tu_unit_desc(d, 0, 1.0f);
+    tu_put_desc(&q->w, d);
     fw_put_u16(&q->w, 1);
     fw_put_u8(&q->w, 0);
     fw_put_f32(&q->w, 0);
@@ -1224,8 +1185,8 @@ static void t_gallery_key_body(void)
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     float a[128], b[128];
-    unit_desc(a, 0, 0.5f);
-    unit_desc(b, 1, 0.5f);
+    tu_unit_desc(a, 0, 0.5f);
+    tu_unit_desc(b, 1, 0.5f);
     uint64_t ida = 0, idb = 0;
     resp r;
     CHECK(enroll_desc(fd, "alicesecret", "door 3", a, &ida, &r) == 0);
@@ -1251,7 +1212,7 @@ static void t_gallery_key_body(void)
     CHECK(fd >= 0);
     buf *q = buf_new();
     CHECK(q);
-    put_desc(&q->w, a);
+    tu_put_desc(&q->w, a);
     fw_put_u16(&q->w, 1);
     fw_put_u8(&q->w, 0);
     fw_put_f32(&q->w, 0);

@@ -26,28 +26,14 @@
 #include "server/gallery.h"
 #include "server/galpg.h"
 #include "tests/check.h"
+#include "tests/tu_data.h"
 #include "tests/tu_pg.h"
 #include "tests/tu_server.h"
 
 #define DIM FW_GALLERY_DIM
+_Static_assert(DIM == TU_DESC_DIM, "tu_desc_for makes gallery descriptors");
 
 /* ---- helpers ---------------------------------------------------------------------------- */
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* A deterministic descriptor for `seed`, components in [-1, 1). */
-static void desc_for(uint64_t seed, float *d)
-{
-    uint64_t s = seed * 7919 + 1;
-    for (int i = 0; i < DIM; i++)
-        d[i] = (float)((double)(splitmix(&s) >> 11) / (double)(1ULL << 53) * 2.0 - 1.0);
-}
 
 static fw_gallery *mem_gallery(void)
 {
@@ -117,9 +103,9 @@ static void t_apply_adds_and_removes(void)
     char err[256], buf[FW_GALLERY_SUBJECT_MAX + 1];
     fw_gallery_info info;
     CHECK(g);
-    desc_for(1, d1);
-    desc_for(2, d2);
-    desc_for(3, d3);
+    tu_desc_for(1, d1);
+    tu_desc_for(2, d2);
+    tu_desc_for(3, d3);
     fw_gallery_change c[] = { add(1, 10, "alice", d1), add(2, 11, "bob", d2),
                               add(3, 12, "alice", d3), rm(4, 11) };
     CHECK_EQ_INT(fw_gallery_apply(g, c, 4, err, sizeof err), 0);
@@ -155,8 +141,8 @@ static void t_apply_idempotent(void)
     char err[256], buf[FW_GALLERY_SUBJECT_MAX + 1];
     fw_gallery_info info;
     CHECK(g);
-    desc_for(1, d1);
-    desc_for(2, d2);
+    tu_desc_for(1, d1);
+    tu_desc_for(2, d2);
     fw_gallery_change a[] = { add(1, 5, "carol", d1) };
     CHECK_EQ_INT(fw_gallery_apply(g, a, 1, err, sizeof err), 0);
     /* The same id again (another subject even): a no-op; an absent id removed: a no-op. */
@@ -186,7 +172,7 @@ static void t_apply_same_call_interplay(void)
     char err[256], buf[FW_GALLERY_SUBJECT_MAX + 1];
     fw_gallery_info info;
     CHECK(g);
-    desc_for(7, d);
+    tu_desc_for(7, d);
     fw_gallery_change a[] = { add(1, 1, "frank", d) };
     CHECK_EQ_INT(fw_gallery_apply(g, a, 1, err, sizeof err), 0);
     fw_gallery_change b[] = { rm(2, 1), add(3, 2, "frank", d), add(4, 3, "gina", d),
@@ -230,7 +216,7 @@ static void t_apply_refuses_bad_changes(void)
     char err[256];
     fw_gallery_info info;
     CHECK(g);
-    desc_for(1, d);
+    tu_desc_for(1, d);
     memcpy(nan_d, d, sizeof d);
     nan_d[17] = NAN;
     fw_gallery_change first[] = { add(5, 1, "ivan", d) };
@@ -282,7 +268,7 @@ static void t_apply_reset_and_full(void)
     fw_gallery_options_default(&o);
     o.max_faces = 3;
     CHECK_EQ_INT(fw_gallery_open(&o, &g, NULL, err, sizeof err), 0);
-    desc_for(1, d);
+    tu_desc_for(1, d);
     fw_gallery_change a[] = { add(1, 1, "k", d), add(2, 2, "l", d) };
     CHECK_EQ_INT(fw_gallery_apply(g, a, 2, err, sizeof err), 0);
     fw_gallery_change b[] = { add(3, 3, "m", d), add(4, 4, "n", d) };
@@ -561,7 +547,7 @@ static int enroll(env *e, node *n, const char *subject, uint64_t seed, done *d)
     char err[192];
     uint32_t retry = 0;
     memset(d, 0, sizeof *d);
-    desc_for(seed, desc);
+    tu_desc_for(seed, desc);
     int st = fw_galpg_enroll(n->p, subject, strlen(subject), subject, strlen(subject), desc,
                              on_done, d, &retry, err, sizeof err);
     if (st != FW_STATUS_OK) {
@@ -671,7 +657,7 @@ static void t_pg_enroll_delete_two_nodes(void)
     uint8_t meta[FW_GALLERY_META_MAX];
     size_t meta_len = 0;
     float got[DIM], want[DIM];
-    desc_for(1, want);
+    tu_desc_for(1, want);
     CHECK_EQ_INT(fw_gallery_get(b.g, id, &s, meta, &meta_len, got), FW_STATUS_OK);
     CHECK_EQ_STR(s.subject, "alice");
     CHECK_EQ_INT(meta_len, 5);
@@ -771,7 +757,7 @@ static void t_pg_two_writers_interleave(void)
     for (int i = 0; i < 2 * INTERLEAVE_N; i++) {
         node *n = i % 2 ? &a : &b;
         snprintf(name, sizeof name, "p%d", i % 37);
-        desc_for(100 + (uint64_t)i, desc);
+        tu_desc_for(100 + (uint64_t)i, desc);
         int st = fw_galpg_enroll(n->p, name, strlen(name), NULL, 0, desc, on_done,
                                  &m->d[m->issued], &retry, err, sizeof err);
         CHECK_MSG(st == FW_STATUS_OK, "enroll %d: %d %s", i, st, err);
@@ -908,7 +894,7 @@ static void t_pg_counter_orders_commits(void)
     if (!began)
         PQfinish(c);
     CHECK(began);
-    desc_for(2, desc);
+    tu_desc_for(2, desc);
     memset(&d, 0, sizeof d);
     int st = fw_galpg_enroll(a.p, "later", 5, NULL, 0, desc, on_done, &d, &retry, err, sizeof err);
     int waited = st == FW_STATUS_OK && wait_until(&e, writer_waits_on_lock, url);
@@ -969,14 +955,14 @@ static void t_pg_database_down_and_back(void)
     CHECK(tu_pg_stop(&pg) == 0);
     conn_state down = { &a, 0 }, b_down = { &b, 0 };
     int noticed = wait_until(&e, connected_is, &down) && wait_until(&e, connected_is, &b_down);
-    desc_for(6, desc);
+    tu_desc_for(6, desc);
     memset(&d, 0, sizeof d);
     int st = fw_galpg_enroll(a.p, "eve", 3, NULL, 0, desc, on_done, &d, &retry, err, sizeof err);
     int st_del = fw_galpg_delete_face(a.p, first, on_done, &d, &retry, err, sizeof err);
     fw_gallery_match m[1];
     int counts[1];
     char serr[128];
-    desc_for(5, desc);
+    tu_desc_for(5, desc);
     int sst = fw_gallery_search(a.g, desc, 1, 1, INFINITY, m, counts, serr, sizeof serr);
     int ready = fw_galpg_ready(a.p, why, sizeof why);
     int restarted = tu_pg_start(&pg) == 0;
@@ -1025,7 +1011,7 @@ static int writer_refused(void *arg)
     uint32_t retry;
     done d;
     float desc[DIM];
-    desc_for(1, desc);
+    tu_desc_for(1, desc);
     return fw_galpg_enroll(n->p, "x", 1, NULL, 0, desc, on_done, &d, &retry, err,
                            sizeof err) == FW_STATUS_UNAVAILABLE &&
            strcmp(err, "database unavailable: database schema version 2 is newer than this "
@@ -1176,7 +1162,7 @@ static int write_goes_through(void *arg)
         return 1;
     p->inflight = 0;
     memset(&p->d, 0, sizeof p->d);
-    desc_for(9, desc);
+    tu_desc_for(9, desc);
     if (fw_galpg_enroll(p->n->p, "probe", 5, NULL, 0, desc, on_done, &p->d, &retry, err,
                         sizeof err) == FW_STATUS_OK)
         p->inflight = 1;
@@ -1204,7 +1190,7 @@ static void t_pg_breaker_opens_on_errors(void)
         failures += st == FW_STATUS_UNAVAILABLE && strncmp(d.msg, want, sizeof want - 1) == 0;
     }
     CHECK_EQ_INT(failures, 10);
-    desc_for(1, desc);
+    tu_desc_for(1, desc);
     int st = fw_galpg_enroll(a.p, "x", 1, NULL, 0, desc, on_done, &d, &retry, err, sizeof err);
     CHECK_EQ_INT(st, FW_STATUS_UNAVAILABLE);
     CHECK_EQ_STR(err, "database writes suspended after repeated failures");
@@ -1319,7 +1305,7 @@ static void t_pg_close_finishes_queued(void)
     CHECK(node_open(&e, &a, url, 8) == 0);
     CHECK(wait_until(&e, is_loaded, &a));
     for (int i = 0; i < N; i++) {
-        desc_for((uint64_t)i, desc);
+        tu_desc_for((uint64_t)i, desc);
         CHECK_EQ_INT(fw_galpg_enroll(a.p, "q", 1, NULL, 0, desc, on_done, &d[i], &retry, err,
                                      sizeof err), FW_STATUS_OK);
     }

@@ -38,6 +38,7 @@
 #include "tests/check.h"
 #include "tests/tu_data.h"
 #include "tests/tu_pg.h"
+#include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
 static tu_server srv; /* large: static storage */
@@ -139,17 +140,13 @@ static uint64_t rd64(const uint8_t *p)
     return ((uint64_t)fw_rd32(p) << 32) | fw_rd32(p + 4);
 }
 
-static void unit_desc(float *d, int i, float v)
+/* An IDENTIFY body: descriptor d, k = 1, no threshold. */
+static void put_identify(fw_writer *w, const float *d)
 {
-    memset(d, 0, 128 * sizeof *d);
-    d[i] = v;
-}
-
-static void put_desc(fw_writer *w, const float *d)
-{
-    fw_put_u8(w, 1);
-    for (int i = 0; i < 128; i++)
-        fw_put_f32(w, d[i]);
+    tu_put_desc(w, d);
+    fw_put_u16(w, 1);
+    fw_put_u8(w, 0);
+    fw_put_f32(w, 0);
 }
 
 /* ENROLL subject with descriptor d; *id on OK. */
@@ -160,7 +157,7 @@ static int enroll(int fd, const char *subject, const float *d, uint64_t *id, res
     fw_writer_init(&w, b, sizeof b);
     fw_put_str(&w, subject, strlen(subject));
     fw_put_bytes(&w, "meta", 4);
-    put_desc(&w, d);
+    tu_put_desc(&w, d);
     if (roundtrip(fd, FW_OP_ENROLL, b, w.len, r) != 0)
         return -1;
     if (r->r.status == FW_STATUS_OK) {
@@ -178,10 +175,7 @@ static int identify(int fd, const float *d, int *found, char *subject, size_t ca
     uint8_t b[1024];
     fw_writer w;
     fw_writer_init(&w, b, sizeof b);
-    put_desc(&w, d);
-    fw_put_u16(&w, 1);
-    fw_put_u8(&w, 0);
-    fw_put_f32(&w, 0);
+    put_identify(&w, d);
     *found = 0;
     if (roundtrip(fd, FW_OP_IDENTIFY, b, w.len, r) != 0)
         return -1;
@@ -213,31 +207,11 @@ static int identify(int fd, const float *d, int *found, char *subject, size_t ca
 /* ENROLL (subject set) or IDENTIFY (k = 1, no threshold) of an eval picture. */
 static int pic_request(int fd, const char *subject, const char *pic, resp *r)
 {
-    size_t jl;
-    uint8_t *jpeg = tu_eval_pic(pic, &jl);
-    if (!jpeg)
+    size_t bl;
+    uint8_t *body = tu_pic_body(subject, pic, 1, &bl);
+    if (!body)
         return -1;
-    size_t cap = jl + 256;
-    uint8_t *body = malloc(cap);
-    if (!body) {
-        free(jpeg);
-        return -1;
-    }
-    fw_writer w;
-    fw_writer_init(&w, body, cap);
-    if (subject) {
-        fw_put_str(&w, subject, strlen(subject));
-        fw_put_bytes(&w, "", 0);
-    }
-    fw_put_u8(&w, 0);
-    fw_put_bytes(&w, jpeg, (uint32_t)jl);
-    if (!subject) {
-        fw_put_u16(&w, 1);
-        fw_put_u8(&w, 0);
-        fw_put_f32(&w, 0);
-    }
-    free(jpeg);
-    int rc = roundtrip(fd, subject ? FW_OP_ENROLL : FW_OP_IDENTIFY, body, w.len, r);
+    int rc = roundtrip(fd, subject ? FW_OP_ENROLL : FW_OP_IDENTIFY, body, bl, r);
     free(body);
     return rc;
 }
@@ -322,14 +296,6 @@ static int info_text(int fd, char *out, size_t cap)
     return 0;
 }
 
-static long long info_value(const char *text, const char *key)
-{
-    char pat[96];
-    snprintf(pat, sizeof pat, "\n%s: ", key);
-    const char *p = strstr(text, pat);
-    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
-}
-
 /* A request that must be refused because the gallery is still loading. */
 static int refused_loading(int fd, uint8_t op, const void *body, size_t len)
 {
@@ -391,16 +357,13 @@ static void t_pg_node_body(void)
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     float a[128], b[128], c[128];
-    unit_desc(a, 0, 0.5f);
-    unit_desc(b, 1, 0.5f);
-    unit_desc(c, 2, 0.5f);
+    tu_unit_desc(a, 0, 0.5f);
+    tu_unit_desc(b, 1, 0.5f);
+    tu_unit_desc(c, 2, 0.5f);
     uint8_t q[1024];
     fw_writer w;
     fw_writer_init(&w, q, sizeof q);
-    put_desc(&w, a);
-    fw_put_u16(&w, 1);
-    fw_put_u8(&w, 0);
-    fw_put_f32(&w, 0);
+    put_identify(&w, a);
     CHECK(refused_loading(fd, FW_OP_IDENTIFY, q, w.len));
     CHECK(refused_loading(fd, FW_OP_GALLERY_INFO, NULL, 0));
     uint8_t lq[4] = { 0, 0, 0, 10 }; /* LIST: empty cursor, limit 10 */
@@ -413,7 +376,7 @@ static void t_pg_node_body(void)
     tu_resp_free(&r.r);
     CHECK(info_text(fd, text, sizeof text) == 0);
     CHECK(strstr(text, "\ngallery_store: postgresql\n") != NULL);
-    CHECK_EQ_INT(info_value(text, "gallery_pg_loaded"), 0);
+    CHECK_EQ_INT(tu_info_value(text, "gallery_pg_loaded"), 0);
     CHECK(strstr(text, "\nhealth: gallery loading\n") != NULL);
 
     /* 2. the database comes up: the node loads it */
@@ -436,12 +399,12 @@ static void t_pg_node_body(void)
     CHECK_EQ_INT(gi[1], 1);
     CHECK(gi[3] >= 1);
     CHECK(info_text(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_value(text, "gallery_pg_loaded"), 1);
-    CHECK_EQ_INT(info_value(text, "gallery_pg_applied_seq"), (long long)gi[3]);
-    CHECK(info_value(text, "gallery_pg_head_seq") >= (long long)gi[3]);
-    CHECK(info_value(text, "gallery_pg_commits") >= 1);
-    CHECK_EQ_INT(info_value(text, "gallery_pg_writer_connected"), 1);
-    CHECK_EQ_INT(info_value(text, "gallery_pg_follower_connected"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "gallery_pg_loaded"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "gallery_pg_applied_seq"), (long long)gi[3]);
+    CHECK(tu_info_value(text, "gallery_pg_head_seq") >= (long long)gi[3]);
+    CHECK(tu_info_value(text, "gallery_pg_commits") >= 1);
+    CHECK_EQ_INT(tu_info_value(text, "gallery_pg_writer_connected"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "gallery_pg_follower_connected"), 1);
     CHECK(strstr(text, "\ngallery_pg_writes_breaker: closed\n") != NULL);
     CHECK(strstr(text, "\nhealth: ok\n") != NULL);
     CHECK(http_get(port, "/metrics", out, sizeof out) == 0);
@@ -505,7 +468,7 @@ static void t_pg_node_body(void)
     tu_resp_free(&r.r);
     CHECK_EQ_INT(before[0], 3);
     CHECK(info_text(fd, text, sizeof text) == 0);
-    CHECK(info_value(text, "gallery_pg_reconnects") >= 1);
+    CHECK(tu_info_value(text, "gallery_pg_reconnects") >= 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 

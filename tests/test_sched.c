@@ -30,6 +30,7 @@
 #include "server/breaker.h"
 #include "server/hist.h"
 #include "tests/check.h"
+#include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
 static tu_server srv; /* large: static storage, one server at a time */
@@ -133,17 +134,6 @@ static int info(int fd, char *buf, size_t cap)
     buf[n] = '\0';
     free(body);
     return 0;
-}
-
-/* The integer value of "key: N" in an INFO body, or -1. */
-static long long info_int(const char *text, const char *key)
-{
-    char pat[128];
-    snprintf(pat, sizeof pat, "\n%s: ", key);
-    const char *p = strstr(text, pat);
-    if (!p)
-        return -1;
-    return strtoll(p + strlen(pat), NULL, 10);
 }
 
 static int info_has(const char *text, const char *line)
@@ -336,8 +326,8 @@ static void t_queue_full_busy_body(void)
     CHECK_EQ_INT(order[3], 3);
     char text[16384];
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_busy"), 1);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_ok"), 4);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_responses_busy"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_responses_ok"), 4);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -359,9 +349,9 @@ static void t_expired_in_queue_never_runs_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     char text[16384];
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_expired_in_queue"), 1);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 1); /* only the blocker ever ran */
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_deadline_exceeded"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_expired_in_queue"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_ran"), 1); /* only the blocker ever ran */
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_responses_deadline_exceeded"), 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -417,16 +407,16 @@ static void t_running_past_deadline_body(void)
     /* the worker is still sleeping: its slot still counts as busy */
     char text[16384];
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "compute_running"), 1);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_timed_out"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "compute_running"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_timed_out"), 1);
     /* so the next job waits for it, and its late result is never sent */
     CHECK(send_sleep(fd, 2, 0, FW_PRIO_NORMAL, 0) == 0);
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.rid, 2);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 2);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_ok"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_ran"), 2);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_responses_ok"), 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -515,7 +505,7 @@ static void t_degraded_mode_body(void)
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     char text[16384];
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "compute_degraded"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "compute_degraded"), 1);
     /* SIGUSR1 toggles it off */
     CHECK(tu_server_kill(&srv, SIGUSR1) == 0);
     CHECK(tu_server_wait_log(&srv, "msg=\"degraded mode off\""));
@@ -523,8 +513,8 @@ static void t_degraded_mode_body(void)
     CHECK(read_resp(fd, &r) == 0);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "compute_degraded"), 0);
-    CHECK_EQ_INT(info_int(text, "compute_degraded_toggles"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "compute_degraded"), 0);
+    CHECK_EQ_INT(tu_info_value(text, "compute_degraded_toggles"), 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -620,7 +610,7 @@ static void t_breaker_cycle_body(void)
     CHECK_EQ_STR(r.msg, "circuit breaker open for test operations");
     CHECK(tu_server_wait_log(&srv, "class=test from=half-open to=open"));
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "breaker_test_opens"), 3);
+    CHECK_EQ_INT(tu_info_value(text, "breaker_test_opens"), 3);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -652,7 +642,7 @@ static void t_breaker_ignores_queueing_timeouts_body(void)
     /* counted, 1 failure in 5 (>= 15%) would have opened it */
     CHECK(info(fd, text, sizeof text) == 0);
     CHECK(info_has(text, "breaker_test_state: closed"));
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_timed_out"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_timed_out"), 1);
     /* once job 5's worker is back (this one queues behind it), the worker is free */
     CHECK(send_sleep(fd, 6, 0, FW_PRIO_NORMAL, 0) == 0);
     CHECK(read_resp(fd, &r) == 0);
@@ -698,8 +688,8 @@ static void t_compute_flags_body(void)
     CHECK(fd >= 0);
     char text[16384];
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_default_deadline_ms"), 100);
-    CHECK_EQ_INT(info_int(text, "op_test_fail_default_deadline_ms"), 5000);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_default_deadline_ms"), 100);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_fail_default_deadline_ms"), 5000);
     resp r;
     CHECK(send_sleep(fd, 1, 1000, FW_PRIO_NORMAL, 0) == 0);
     CHECK(read_resp(fd, &r) == 0);
@@ -731,7 +721,7 @@ static void t_disconnect_with_jobs_body(void)
     /* INFO is answered in order after the frames above were handed to compute */
     char text[16384];
     CHECK(info(a, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "compute_running"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "compute_running"), 1);
     close_reset(a);
 
     int b = tu_connect_server(&srv);
@@ -741,12 +731,12 @@ static void t_disconnect_with_jobs_body(void)
     long long dropped = -1;
     while (mono_ms() < until) {
         CHECK(info(b, text, sizeof text) == 0);
-        dropped = info_int(text, "op_test_sleep_dropped");
+        dropped = tu_info_value(text, "op_test_sleep_dropped");
         if (dropped == 3)
             break;
     }
     CHECK_EQ_INT(dropped, 3);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_orphaned"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_orphaned"), 1);
     /* the server goes on serving */
     resp r;
     CHECK(send_sleep(b, 10, 0, FW_PRIO_NORMAL, 0) == 0);
@@ -754,9 +744,9 @@ static void t_disconnect_with_jobs_body(void)
     CHECK_EQ_INT(r.rid, 10);
     CHECK_EQ_INT(r.status, FW_STATUS_OK);
     CHECK(info(b, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_ran"), 2); /* the orphan and ours */
-    CHECK_EQ_INT(info_int(text, "compute_running"), 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_timed_out"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_ran"), 2); /* the orphan and ours */
+    CHECK_EQ_INT(tu_info_value(text, "compute_running"), 0);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_timed_out"), 1);
     close(b);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -964,8 +954,8 @@ static void t_admission_worst_case_body(void)
     }
     char text[16384];
     CHECK(info(fd, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_expired_in_queue"), 0);
-    CHECK_EQ_INT(info_int(text, "op_test_sleep_responses_busy"), 1);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_expired_in_queue"), 0);
+    CHECK_EQ_INT(tu_info_value(text, "op_test_sleep_responses_busy"), 1);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }

@@ -27,6 +27,7 @@
 
 #include "server/streams.h"
 #include "tests/check.h"
+#include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
 static tu_server srv; /* large: static storage, one server at a time */
@@ -369,14 +370,6 @@ static int info(int fd, uint32_t rid, char *buf, size_t cap)
     return 0;
 }
 
-static long long info_int(const char *text, const char *key)
-{
-    char pat[128];
-    snprintf(pat, sizeof pat, "\n%s: ", key);
-    const char *p = strstr(text, pat);
-    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
-}
-
 static const char *env_or(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
@@ -445,7 +438,7 @@ static void t_overflow_and_newest_first_body(void)
     /* exactly one faces event: nothing else was analysed */
     CHECK_EQ_INT(faces_seqs(id, seqs, 16), 1);
     CHECK(info(fd, 6, text, sizeof text) == 0);
-    CHECK_EQ_INT(info_int(text, "streams_open"), 0);
+    CHECK_EQ_INT(tu_info_value(text, "streams_open"), 0);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
@@ -634,7 +627,7 @@ static void t_close_and_disconnect_free_body(void)
     int64_t polls = 0;
     for (;;) { /* wait for the state "z's job is running" (bounded by the read timeout) */
         CHECK(info(g, (uint32_t)(100 + polls++), text, sizeof text) == 0);
-        if (info_int(text, "op_stream_frame_in_flight") == 1)
+        if (tu_info_value(text, "op_stream_frame_in_flight") == 1)
             break;
         CHECK(polls < 100000);
     }
@@ -643,7 +636,7 @@ static void t_close_and_disconnect_free_body(void)
     CHECK(h >= 0);
     for (;;) {
         CHECK(info(h, (uint32_t)(100 + polls++), text, sizeof text) == 0);
-        if (info_int(text, "op_stream_frame_in_flight") == 0 && info_int(text, "streams_open") == 0)
+        if (tu_info_value(text, "op_stream_frame_in_flight") == 0 && tu_info_value(text, "streams_open") == 0)
             break;
         CHECK(polls < 200000);
     }

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const char *env_or(const char *name, const char *dflt)
 {
@@ -57,4 +58,25 @@ uint8_t *tu_eval_pic(const char *name, size_t *len)
     if (!p)
         fprintf(stderr, "  cannot read %s (set FW_SHARED)\n", path);
     return p;
+}
+
+uint64_t tu_splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void tu_desc_for(uint64_t seed, float *d)
+{
+    uint64_t s = seed * 7919 + 1;
+    for (int i = 0; i < TU_DESC_DIM; i++)
+        d[i] = (float)((double)(tu_splitmix(&s) >> 11) / (double)(1ULL << 53) * 2.0 - 1.0);
+}
+
+void tu_unit_desc(float *d, int i, float v)
+{
+    memset(d, 0, TU_DESC_DIM * sizeof *d);
+    d[i] = v;
 }
