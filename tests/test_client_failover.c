@@ -35,42 +35,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-/* A loopback port nobody listens on: bound a moment ago, then closed. 0 on failure. */
-static int closed_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (s < 0)
-        return 0;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof a;
-    int ok = bind(s, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(s, (struct sockaddr *)&a, &sl) == 0;
-    close(s);
-    return ok ? ntohs(a.sin_port) : 0;
-}
-
-/* A listening loopback socket on a fresh port (*port), with the given backlog; -1 on failure. */
-static int listen_any(int backlog, int *port)
-{
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0)
-        return -1;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof a;
-    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, backlog) != 0 ||
-        getsockname(s, (struct sockaddr *)&a, &sl) != 0) {
-        close(s);
-        return -1;
-    }
-    *port = ntohs(a.sin_port);
-    return s;
-}
-
 static tu_server *server_start(const char *const *args)
 {
     tu_server *s = calloc(1, sizeof *s);
@@ -143,34 +107,16 @@ typedef struct swallow {
     uint8_t body[64];      /* the first bytes of the body */
 } swallow;
 
-/* Read n bytes before the deadline (ms of CLOCK_MONOTONIC); 0 or -1. */
+/* Read n bytes before the deadline (tu_now_ms() time); 0 or -1. */
 static int read_by(int fd, void *p, size_t n, int64_t deadline)
 {
-    uint8_t *b = p;
-    while (n > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t left = deadline - ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
-        struct pollfd pfd = {fd, POLLIN, 0};
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            return -1;
-        ssize_t r = recv(fd, b, n, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        b += r;
-        n -= (size_t)r;
-    }
-    return 0;
+    return tu_recv_exact(fd, p, n, deadline) == (ssize_t)n ? 0 : -1;
 }
 
 static void *swallow_main(void *arg)
 {
     swallow *s = arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t deadline = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + tu_timeout_ms();
+    int64_t deadline = tu_now_ms() + tu_timeout_ms();
     struct pollfd p = {s->lfd, POLLIN, 0};
     int fd = poll(&p, 1, tu_timeout_ms()) == 1 ? accept(s->lfd, NULL, NULL) : -1;
     /* From now on the port refuses: a reconnect must go to the next endpoint. */
@@ -208,7 +154,7 @@ static int swallow_start(swallow *s, int reset)
 {
     memset(s, 0, sizeof *s);
     s->reset = reset;
-    s->lfd = listen_any(4, &s->port);
+    s->lfd = tu_listen_loopback(4, &s->port);
     if (s->lfd < 0)
         return -1;
     if (pthread_create(&s->th, NULL, swallow_main, s) != 0) {
@@ -360,7 +306,7 @@ static void t_caller_memory_holds_endpoints(void)
     tu_server *b = server_start(NULL);
     CHECK(b);
     char e0[32], e1[32];
-    ep_text(e0, sizeof e0, closed_port());
+    ep_text(e0, sizeof e0, tu_closed_port());
     ep_text(e1, sizeof e1, b->port);
     const char *eps[] = {e0, e1};
     fw_client_config cfg;
@@ -401,7 +347,7 @@ static void t_first_refuses_second_answers(void)
     tu_server *b = server_start(NULL);
     CHECK(b);
     char e0[32], e1[32];
-    ep_text(e0, sizeof e0, closed_port());
+    ep_text(e0, sizeof e0, tu_closed_port());
     ep_text(e1, sizeof e1, b->port);
     const char *eps[] = {e0, e1};
     fw_client *c = client_for(eps, 2, 0);
@@ -423,8 +369,8 @@ static void t_first_refuses_second_answers(void)
 static void t_all_down(void)
 {
     char e0[32], e1[32], want[160];
-    int p1 = closed_port();
-    ep_text(e0, sizeof e0, closed_port());
+    int p1 = tu_closed_port();
+    ep_text(e0, sizeof e0, tu_closed_port());
     ep_text(e1, sizeof e1, p1);
     const char *eps[] = {e0, e1};
     fw_client *c = client_for(eps, 2, 1);
@@ -468,7 +414,7 @@ static void t_silent_endpoint_costs_its_share(void)
     tu_server *b = server_start(NULL);
     CHECK(b);
     int hport = 0;
-    int hole = listen_any(0, &hport);
+    int hole = tu_listen_loopback(0, &hport);
     int filler = hole >= 0 ? tu_connect("127.0.0.1", hport) : -1; /* fills the queue */
     char e0[32], e1[32];
     ep_text(e0, sizeof e0, hport);
@@ -923,7 +869,7 @@ static void t_fwcat_endpoints(void)
     CHECK(b);
     static char out[8192];
     char dead_port[16], b_port[16], list[80], e_dead[32], e_b[32], want[200];
-    int dp = closed_port();
+    int dp = tu_closed_port();
     snprintf(dead_port, sizeof dead_port, "%d", dp);
     snprintf(b_port, sizeof b_port, "%d", b->port);
     ep_text(e_dead, sizeof e_dead, dp);

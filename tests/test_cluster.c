@@ -46,6 +46,7 @@
 #include "client/facewire.h"
 #include "tests/check.h"
 #include "tests/tu_haproxy.h"
+#include "tests/tu_http.h"
 #include "tests/tu_pg.h"
 #include "tests/tu_server.h"
 
@@ -255,31 +256,13 @@ static const face *random_face(cluster *cl)
 
 /* ---- nodes --------------------------------------------------------------------------------- */
 
-static int log_port(tu_server *s, const char *needle)
-{
-    int port = 0;
-    pthread_mutex_lock(&s->mu);
-    const char *p = strstr(s->log, needle);
-    if (p)
-        port = atoi(p + strlen(needle));
-    pthread_mutex_unlock(&s->mu);
-    return port;
-}
-
 /* The value of key=... on the first log line containing msg (0 if absent). */
 static long long log_field(tu_server *s, const char *msg, const char *key)
 {
-    long long v = 0;
-    char k[64];
+    char line[1024], k[64];
     snprintf(k, sizeof k, " %s=", key);
-    pthread_mutex_lock(&s->mu);
-    const char *line = strstr(s->log, msg);
-    const char *eol = line ? strchr(line, '\n') : NULL;
-    const char *p = line ? strstr(line, k) : NULL;
-    if (p && (!eol || p < eol))
-        v = strtoll(p + strlen(k), NULL, 10);
-    pthread_mutex_unlock(&s->mu);
-    return v;
+    const char *p = tu_log_line(&s->log, 0, msg, line, sizeof line) ? strstr(line, k) : NULL;
+    return p ? strtoll(p + strlen(k), NULL, 10) : 0;
 }
 
 /* Poll a node's /health until it answers `want`; 1 if it did within the timeout. */
@@ -323,7 +306,7 @@ static int node_start(cluster *cl, int i)
         return -1;
     }
     n->port = n->srv->port;
-    n->mport = log_port(n->srv, mneedle);
+    n->mport = tu_server_metrics_port(n->srv);
     snprintf(n->addr, sizeof n->addr, "127.0.0.1:%d", n->port);
     if (n->mport <= 0 || !wait_health(n, 200, why, sizeof why))
         return -1;
@@ -345,7 +328,7 @@ static int node_reap(node *n, int *status)
     n->c = NULL;
     if (n->srv) {
         st = tu_server_wait(n->srv);
-        ok = st == 0 && strstr(n->srv->log, "msg=\"stopped\"") && !strstr(n->srv->log, "handles open");
+        ok = st == 0 && tu_server_log_has(n->srv, "msg=\"stopped\"") && !tu_server_log_has(n->srv, "handles open");
         free(n->srv);
         n->srv = NULL;
     }
@@ -473,7 +456,7 @@ static void step_kill(cluster *cl)
      * endpoint), and one of the HAProxy clients (leastconn spreads three over three). */
     CHECK_MSG(conns >= 3, "node 2 has %ld connections before the kill, expected >= 3", conns);
 
-    size_t mark = tu_haproxy_log_mark(cl->hx);
+    size_t mark = tu_log_mark(&cl->hx->log);
     int64_t t_kill = now_ms(), t_down = -1, deadline = t_kill + tu_timeout_ms();
     tu_server_kill(cl->n[1].srv, SIGKILL);
     answers = 0;
@@ -481,7 +464,7 @@ static void step_kill(cluster *cl)
     while (t_down < 0 || after_down < 50) {
         CHECK_MSG(identify_round(cl, t_down < 0, &answers, &fresh) == 0,
                   "a call went unanswered %lld ms after the kill", (long long)(now_ms() - t_kill));
-        if (t_down < 0 && tu_haproxy_log_has(cl->hx, mark, "Server facewired/node2 is DOWN"))
+        if (t_down < 0 && tu_log_has(&cl->hx->log, mark, "Server facewired/node2 is DOWN"))
             t_down = now_ms();
         else if (t_down >= 0)
             after_down++;
@@ -505,7 +488,7 @@ static void step_kill(cluster *cl)
 /* c. Restart node 2 on its ports: its load has what was enrolled meanwhile; it follows. */
 static void step_restart(cluster *cl)
 {
-    size_t mark = tu_haproxy_log_mark(cl->hx);
+    size_t mark = tu_log_mark(&cl->hx->log);
     size_t down_from = cl->nfaces - ENROLL_WHILE_DOWN;
     CHECK(node_start(cl, 1) == 0);
     printf("  c. node 2 restarted: loaded %lld faces (seq %lld) in %lld ms\n",
@@ -525,7 +508,7 @@ static void step_restart(cluster *cl)
         CHECK(enroll_new(cl, cl->n[0].c, 0, &f) == FW_OK);
         CHECK(wait_found(cl->n[1].c, f, "node 2") >= 0);
     }
-    CHECK_MSG(tu_haproxy_wait_log(cl->hx, mark, "Server facewired/node2 is UP"), "HAProxy did not take node 2 back");
+    CHECK_MSG(tu_log_wait(&cl->hx->log, mark, "Server facewired/node2 is UP"), "HAProxy did not take node 2 back");
     printf("     HAProxy has node 2 UP again; it finds the %d faces enrolled while it was down and "
            "the 5 enrolled after its load\n", ENROLL_WHILE_DOWN);
 }
@@ -579,7 +562,7 @@ static int64_t enroll_unavailable(cluster *cl, const node *n, int say)
 static void step_pg_down(cluster *cl)
 {
     char why[256];
-    size_t mark = tu_haproxy_log_mark(cl->hx);
+    size_t mark = tu_log_mark(&cl->hx->log);
     CHECK(tu_pg_stop(&cl->pg) == 0);
     int64_t worst = 0;
     for (int i = 0; i < NODES; i++)
@@ -600,7 +583,7 @@ static void step_pg_down(cluster *cl)
     }
     for (int k = 0; k < 20; k++)
         CHECK(identify_round(cl, 1, &answers, &dummy) == 0);
-    CHECK_MSG(!tu_haproxy_log_has(cl->hx, mark, " is DOWN"), "HAProxy took a node out while PostgreSQL was down");
+    CHECK_MSG(!tu_log_has(&cl->hx->log, mark, " is DOWN"), "HAProxy took a node out while PostgreSQL was down");
     printf("  d. PostgreSQL stopped: %d ENROLLs refused UNAVAILABLE (retry_after_ms set), slowest "
            "answer %lld ms; IDENTIFY answered on every node and through HAProxy, /health 200\n",
            3 * NODES, (long long)worst);
@@ -668,7 +651,7 @@ static void step_drain(cluster *cl)
 {
     char why[256];
     long answers = 0, fresh = 0;
-    size_t mark = tu_haproxy_log_mark(cl->hx);
+    size_t mark = tu_log_mark(&cl->hx->log);
     fw_client_close(cl->n[2].c); /* its own connection would only keep the drain waiting */
     cl->n[2].c = NULL;
     int64_t t0 = now_ms(), t_503 = -1, t_down = -1, t_stop = -1;
@@ -679,7 +662,7 @@ static void step_drain(cluster *cl)
                   (long long)(now_ms() - t0));
         if (t_503 < 0 && t_stop < 0 && tu_http_get("127.0.0.1", cl->n[2].mport, "/health", why, sizeof why) == 503)
             t_503 = now_ms();
-        if (t_down < 0 && tu_haproxy_log_has(cl->hx, mark, "Server facewired/node3 is DOWN"))
+        if (t_down < 0 && tu_log_has(&cl->hx->log, mark, "Server facewired/node3 is DOWN"))
             t_down = now_ms();
         if (t_stop < 0 && tu_server_log_has(cl->n[2].srv, "msg=\"stopped\""))
             t_stop = now_ms();
@@ -701,7 +684,7 @@ static void teardown(cluster *cl)
     if (cl->hx) {
         int st = tu_haproxy_stop(cl->hx);
         if (st != 0 || check_failed_)
-            tu_haproxy_dump_log(cl->hx, stderr);
+            tu_log_dump(&cl->hx->log, stderr);
         CHECK_CONT(st == 0);
         free(cl->hx);
     }

@@ -254,19 +254,10 @@ static void t_usage_errors(void)
 
 static void t_connect_refused(void)
 {
-    /* A port that was free a moment ago. */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    CHECK(s >= 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof a;
-    int ok = bind(s, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(s, (struct sockaddr *)&a, &sl) == 0;
-    close(s);
-    CHECK(ok);
+    int p = tu_closed_port(); /* a port that was free a moment ago */
+    CHECK(p > 0);
     char port[16], want[128];
-    snprintf(port, sizeof port, "%u", (unsigned)ntohs(a.sin_port));
+    snprintf(port, sizeof port, "%d", p);
     snprintf(want, sizeof want, "fwcat: connect to 127.0.0.1:%s: Connection refused\n", port);
     run *r = new_run();
     CHECK(r);

@@ -30,6 +30,7 @@
 
 #include "tests/check.h"
 #include "tests/tu_data.h"
+#include "tests/tu_http.h"
 #include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
@@ -1032,12 +1033,7 @@ static void t_metrics_body(void)
     CHECK(new_data_dir() == 0);
     CHECK(start_server("--metrics-listen=127.0.0.1:0") == 0);
     CHECK(tu_server_wait_log(&srv, "msg=\"metrics listening\" addr=127.0.0.1:"));
-    int port = 0;
-    pthread_mutex_lock(&srv.mu);
-    const char *p = strstr(srv.log, "msg=\"metrics listening\" addr=127.0.0.1:");
-    if (p)
-        port = atoi(p + strlen("msg=\"metrics listening\" addr=127.0.0.1:"));
-    pthread_mutex_unlock(&srv.mu);
+    int port = tu_server_metrics_port(&srv);
     CHECK(port > 0);
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
@@ -1048,22 +1044,9 @@ static void t_metrics_body(void)
     CHECK(enroll_desc(fd, "m", "", d, &id, &r) == 0);
     tu_resp_free(&r);
     close(fd);
-    int hf = tu_connect("127.0.0.1", port);
-    CHECK(hf >= 0);
     static const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    CHECK(tu_send_all(hf, get, sizeof get - 1) == 0);
     static char page[1 << 18];
-    size_t n = 0;
-    for (;;) {
-        ssize_t k = read(hf, page + n, sizeof page - 1 - n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0 || n + (size_t)k >= sizeof page - 1)
-            break;
-        n += (size_t)k;
-    }
-    page[n] = '\0';
-    close(hf);
+    CHECK(tu_http_exchange("127.0.0.1", port, get, sizeof get - 1, page, sizeof page) >= 0);
     CHECK_MSG(strstr(page, "\nfacewire_gallery_faces 1\n") && strstr(page, "\nfacewire_gallery_subjects 1\n") &&
               strstr(page, "\nfacewire_gallery_last_seq 1\n") && strstr(page, "\nfacewire_gallery_bytes ") &&
               strstr(page, "\nfacewire_gallery_write_seconds_count 1\n") &&

@@ -17,78 +17,32 @@
  * the first shutdown test is ten minutes, so the test can only pass if the second signal
  * really cuts it short.
  */
-#include <errno.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "tests/check.h"
+#include "tests/tu_http.h"
 #include "tests/tu_server.h"
 
 static tu_server srv; /* large: static storage, one server at a time */
 
 #define NO_MODELS "--models", "/nonexistent/facewire-models"
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* The metrics port from the log line msg="metrics listening" addr=127.0.0.1:PORT. */
-static int metrics_port(void)
-{
-    static const char key[] = "msg=\"metrics listening\" addr=127.0.0.1:";
-    if (!tu_server_wait_log(&srv, "msg=\"metrics listening\""))
-        return -1;
-    int port = -1;
-    pthread_mutex_lock(&srv.mu);
-    const char *p = strstr(srv.log, key);
-    if (p)
-        port = atoi(p + strlen(key));
-    pthread_mutex_unlock(&srv.mu);
-    return port;
-}
-
-/* Send a raw request, read until the server closes; the response into out. */
+/* Send a raw request to the metrics port; the response, read until the server closes, into
+ * out. */
 static int http(int port, const char *req, char *out, size_t cap)
 {
-    int fd = tu_connect("127.0.0.1", port);
-    if (fd < 0)
-        return -1;
-    if (tu_send_all(fd, req, strlen(req)) != 0) {
-        close(fd);
-        return -1;
-    }
-    size_t n = 0;
-    int64_t until = mono_ms() + tu_timeout_ms();
-    while (n + 1 < cap && mono_ms() < until) {
-        ssize_t k = recv(fd, out + n, cap - 1 - n, 0);
-        if (k == 0)
-            break;
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        n += (size_t)k;
-    }
-    out[n] = '\0';
-    close(fd);
-    return 0;
+    return tu_http_exchange("127.0.0.1", port, req, strlen(req), out, cap) < 0 ? -1 : 0;
 }
 
-/* The body of an HTTP response (after the blank line), or "" when there is none. */
-static const char *http_body(const char *resp)
+/* Start the server with args (which have a --metrics-listen): its metrics port, or -1. */
+static int start_with_metrics(const char *const *args)
 {
-    const char *p = strstr(resp, "\r\n\r\n");
-    return p ? p + 4 : "";
+    return tu_server_start(&srv, args) == 0 ? tu_server_metrics_port(&srv) : -1;
 }
 
 static int get_health(int port, char *out, size_t cap)
@@ -155,8 +109,7 @@ static void cleanup(void)
 static void t_health_ok_body(void)
 {
     const char *args[] = { "--workers", "1", "--metrics-listen", "127.0.0.1:0", NULL };
-    CHECK(tu_server_start(&srv, args) == 0);
-    int port = metrics_port();
+    int port = start_with_metrics(args);
     CHECK(port > 0);
     static char out[65536];
 
@@ -164,13 +117,13 @@ static void t_health_ok_body(void)
     CHECK_MSG(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %.120s", out);
     CHECK(strstr(out, "\r\nContent-Type: text/plain; charset=utf-8\r\n") != NULL);
     CHECK(strstr(out, "\r\nContent-Length: 3\r\n") != NULL);
-    CHECK_EQ_STR(http_body(out), "ok\n");
+    CHECK_EQ_STR(tu_http_body(out), "ok\n");
 
     /* HEAD: the same status and headers, no body */
     CHECK(http(port, "HEAD /health HTTP/1.1\r\n\r\n", out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %.120s", out);
     CHECK(strstr(out, "\r\nContent-Length: 3\r\n") != NULL);
-    CHECK_EQ_STR(http_body(out), "");
+    CHECK_EQ_STR(tu_http_body(out), "");
 
     /* a query string does not change the path */
     CHECK(http(port, "GET /health?from=haproxy HTTP/1.0\r\n\r\n", out, sizeof out) == 0);
@@ -192,17 +145,16 @@ static void t_health_ok_body(void)
 static void t_health_models_not_loaded_body(void)
 {
     const char *args[] = { "--workers", "1", "--metrics-listen", "127.0.0.1:0", NO_MODELS, NULL };
-    CHECK(tu_server_start(&srv, args) == 0);
-    int port = metrics_port();
+    int port = start_with_metrics(args);
     CHECK(port > 0);
     static char out[65536];
     CHECK(get_health(port, out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0, "got: %.120s", out);
-    CHECK_EQ_STR(http_body(out), "models not loaded\n");
+    CHECK_EQ_STR(tu_http_body(out), "models not loaded\n");
     CHECK(http(port, "HEAD /health HTTP/1.1\r\n\r\n", out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0, "got: %.120s", out);
     CHECK(strstr(out, "\r\nContent-Length: 18\r\n") != NULL);
-    CHECK_EQ_STR(http_body(out), "");
+    CHECK_EQ_STR(tu_http_body(out), "");
     CHECK(http(port, "GET /metrics HTTP/1.1\r\n\r\n", out, sizeof out) == 0);
     CHECK(strstr(out, "\nfacewire_healthy 0\n") != NULL);
 
@@ -217,8 +169,7 @@ static void t_health_models_not_loaded_body(void)
 static void t_health_bad_requests_body(void)
 {
     const char *args[] = { "--workers", "1", "--metrics-listen", "127.0.0.1:0", NO_MODELS, NULL };
-    CHECK(tu_server_start(&srv, args) == 0);
-    int port = metrics_port();
+    int port = start_with_metrics(args);
     CHECK(port > 0);
     static char out[65536];
     static const char *const not_found[] = {
@@ -230,7 +181,7 @@ static void t_health_bad_requests_body(void)
     for (size_t i = 0; i < sizeof not_found / sizeof not_found[0]; i++) {
         CHECK(http(port, not_found[i], out, sizeof out) == 0);
         CHECK_MSG(strncmp(out, "HTTP/1.1 404 Not Found\r\n", 24) == 0, "%s-> %.120s", not_found[i], out);
-        CHECK_EQ_STR(http_body(out), "not found; try /metrics or /health\n");
+        CHECK_EQ_STR(tu_http_body(out), "not found; try /metrics or /health\n");
     }
     CHECK(http(port, "POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n", out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 405 Method Not Allowed\r\n", 33) == 0, "got: %.120s", out);
@@ -238,7 +189,7 @@ static void t_health_bad_requests_body(void)
     CHECK_MSG(strncmp(out, "HTTP/1.1 400 Bad Request\r\n", 26) == 0, "got: %.120s", out);
     /* still answering after all that */
     CHECK(get_health(port, out, sizeof out) == 0);
-    CHECK_EQ_STR(http_body(out), "models not loaded\n");
+    CHECK_EQ_STR(tu_http_body(out), "models not loaded\n");
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
@@ -250,12 +201,11 @@ static void t_drain_delay_second_signal_body(void)
 {
     const char *args[] = { "--workers", "1", "--metrics-listen", "127.0.0.1:0", "--drain-delay-ms", "600000",
                            NULL };
-    CHECK(tu_server_start(&srv, args) == 0);
-    int port = metrics_port();
+    int port = start_with_metrics(args);
     CHECK(port > 0);
     static char out[65536];
     CHECK(get_health(port, out, sizeof out) == 0);
-    CHECK_EQ_STR(http_body(out), "ok\n");
+    CHECK_EQ_STR(tu_http_body(out), "ok\n");
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     CHECK(ping_ok(fd));
@@ -264,7 +214,7 @@ static void t_drain_delay_second_signal_body(void)
     CHECK(tu_server_wait_log(&srv, "msg=\"draining\" reason=SIGTERM delay_ms=600000"));
     CHECK(get_health(port, out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0, "got: %.120s", out);
-    CHECK_EQ_STR(http_body(out), "draining\n");
+    CHECK_EQ_STR(tu_http_body(out), "draining\n");
     /* the listener is still open and everything is served: a balancer needs the delay to see
      * the 503, and the requests it sends meanwhile must not fail */
     CHECK(ping_ok(fd));

@@ -37,19 +37,13 @@
 
 #include "tests/check.h"
 #include "tests/tu_data.h"
+#include "tests/tu_http.h"
 #include "tests/tu_pg.h"
 #include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
 static tu_server srv; /* large: static storage */
 static tu_pg pg;
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(uint32_t ms)
 {
@@ -60,54 +54,14 @@ static void sleep_ms(uint32_t ms)
 
 /* ---- HTTP (the metrics port) --------------------------------------------------------------- */
 
-static int metrics_port(void)
-{
-    static const char key[] = "msg=\"metrics listening\" addr=127.0.0.1:";
-    if (!tu_server_wait_log(&srv, "msg=\"metrics listening\""))
-        return -1;
-    int port = -1;
-    pthread_mutex_lock(&srv.mu);
-    const char *p = strstr(srv.log, key);
-    if (p)
-        port = atoi(p + strlen(key));
-    pthread_mutex_unlock(&srv.mu);
-    return port;
-}
-
-/* GET path; the whole response into out. */
+/* GET path; the whole response, read until the server closes, into out. */
 static int http_get(int port, const char *path, char *out, size_t cap)
 {
     char req[128];
-    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
-    int fd = tu_connect("127.0.0.1", port);
-    if (fd < 0)
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
+    if (n < 0 || (size_t)n >= sizeof req)
         return -1;
-    if (tu_send_all(fd, req, strlen(req)) != 0) {
-        close(fd);
-        return -1;
-    }
-    size_t n = 0;
-    int64_t until = mono_ms() + tu_timeout_ms();
-    while (n + 1 < cap && mono_ms() < until) {
-        ssize_t k = recv(fd, out + n, cap - 1 - n, 0);
-        if (k == 0)
-            break;
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        n += (size_t)k;
-    }
-    out[n] = '\0';
-    close(fd);
-    return 0;
-}
-
-static const char *http_body(const char *resp)
-{
-    const char *p = strstr(resp, "\r\n\r\n");
-    return p ? p + 4 : "";
+    return tu_http_exchange("127.0.0.1", port, req, (size_t)n, out, cap) < 0 ? -1 : 0;
 }
 
 /* ---- protocol ------------------------------------------------------------------------------ */
@@ -219,8 +173,8 @@ static int pic_request(int fd, const char *subject, const char *pic, resp *r)
 /* Poll IDENTIFY of the picture until its one face's nearest match is face id (under 0.6). */
 static int wait_identify_pic(int fd, const char *pic, uint64_t want_id)
 {
-    int64_t until = mono_ms() + tu_timeout_ms();
-    while (mono_ms() < until) {
+    int64_t until = tu_now_ms() + tu_timeout_ms();
+    while (tu_now_ms() < until) {
         resp r;
         if (pic_request(fd, NULL, pic, &r) != 0 || r.r.status != FW_STATUS_OK) {
             tu_resp_free(&r.r);
@@ -251,8 +205,8 @@ static int wait_identify_pic(int fd, const char *pic, uint64_t want_id)
  * the node's own writes reach its memory through the follower, like everybody else's. */
 static int wait_identify(int fd, const float *d, uint64_t want_id, int want)
 {
-    int64_t until = mono_ms() + tu_timeout_ms();
-    while (mono_ms() < until) {
+    int64_t until = tu_now_ms() + tu_timeout_ms();
+    while (tu_now_ms() < until) {
         resp r;
         char subject[160];
         uint64_t id = 0;
@@ -314,9 +268,9 @@ static int refused_loading(int fd, uint8_t op, const void *body, size_t len)
 /* ENROLL until OK within the deadline, waiting the retry_after_ms of each UNAVAILABLE. */
 static int enroll_until_ok(int fd, const char *subject, const float *d, uint64_t *id, int *refusals)
 {
-    int64_t until = mono_ms() + tu_timeout_ms();
+    int64_t until = tu_now_ms() + tu_timeout_ms();
     *refusals = 0;
-    while (mono_ms() < until) {
+    while (tu_now_ms() < until) {
         resp r;
         if (enroll(fd, subject, d, id, &r) != 0) {
             tu_resp_free(&r.r);
@@ -349,11 +303,11 @@ static void t_pg_node_body(void)
     const char *args[] = { "--workers", "1", "--gallery-url", pg.url, "--metrics-listen", "127.0.0.1:0",
                            "--health-max-lag-ms", "60000", "--models", tu_models_dir(), NULL };
     CHECK(tu_server_start(&srv, args) == 0);
-    int port = metrics_port();
+    int port = tu_server_metrics_port(&srv);
     CHECK(port > 0);
     CHECK(http_get(port, "/health", out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 503 ", 13) == 0, "got: %.200s", out);
-    CHECK_EQ_STR(http_body(out), "gallery loading\n");
+    CHECK_EQ_STR(tu_http_body(out), "gallery loading\n");
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);
     float a[128], b[128], c[128];
@@ -384,7 +338,7 @@ static void t_pg_node_body(void)
     CHECK(tu_server_wait_log(&srv, "msg=\"gallery loaded from postgresql\""));
     CHECK(http_get(port, "/health", out, sizeof out) == 0);
     CHECK_MSG(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0, "got: %.200s", out);
-    CHECK_EQ_STR(http_body(out), "ok\n");
+    CHECK_EQ_STR(tu_http_body(out), "ok\n");
 
     /* 3. writes through PostgreSQL, reads from memory */
     int refusals = 0;

@@ -30,6 +30,7 @@
 #include "server/breaker.h"
 #include "server/hist.h"
 #include "tests/check.h"
+#include "tests/tu_http.h"
 #include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
@@ -797,47 +798,17 @@ static void t_drain_grace_expires_body(void)
 
 /* ---- /metrics ------------------------------------------------------------------------------ */
 
-/* The metrics port from the log line msg="metrics listening" addr=127.0.0.1:PORT. */
-static int metrics_port(void)
-{
-    int port = -1;
-    pthread_mutex_lock(&srv.mu);
-    const char *p = strstr(srv.log, "msg=\"metrics listening\" addr=127.0.0.1:");
-    if (p)
-        port = atoi(p + strlen("msg=\"metrics listening\" addr=127.0.0.1:"));
-    pthread_mutex_unlock(&srv.mu);
-    return port;
-}
-
-/* Send raw bytes, read until the server closes; the response into out. */
+/* Send raw bytes to the metrics port; the response, read until the server closes, into out. */
 static int http(int port, const char *req, size_t len, char *out, size_t cap)
 {
-    int fd = tu_connect("127.0.0.1", port);
-    if (fd < 0 || tu_send_all(fd, req, len) != 0)
-        return -1;
-    size_t n = 0;
-    int64_t until = mono_ms() + tu_timeout_ms();
-    while (n + 1 < cap && mono_ms() < until) {
-        ssize_t k = recv(fd, out + n, cap - 1 - n, 0);
-        if (k == 0)
-            break;
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        n += (size_t)k;
-    }
-    out[n] = '\0';
-    close(fd);
-    return 0;
+    return tu_http_exchange("127.0.0.1", port, req, len, out, cap) < 0 ? -1 : 0;
 }
 
 static void t_metrics_endpoint_body(void)
 {
     CHECK(start("--metrics-listen", "127.0.0.1:0", NULL, NULL, NULL, NULL) == 0);
     CHECK(tu_server_wait_log(&srv, "msg=\"metrics listening\""));
-    int port = metrics_port();
+    int port = tu_server_metrics_port(&srv);
     CHECK(port > 0);
     int fd = tu_connect_server(&srv);
     CHECK(fd >= 0);

@@ -38,7 +38,7 @@ static void with_server(const char *const *args, void (*body)(tu_server *s))
     body(s);
     int status = tu_server_stop(s);
     /* The loop closed with no handle left open (each closed exactly once). */
-    int clean = strstr(s->log, "handles open") == NULL && strstr(s->log, "msg=\"stopped\"") != NULL;
+    int clean = !tu_server_log_has(s, "handles open") && tu_server_log_has(s, "msg=\"stopped\"");
     free(s);
     CHECK_EQ_INT(status, 0);
     CHECK(clean);
@@ -828,7 +828,7 @@ static void t_shutdown_idle_connections(void)
             close(fds[i]);
     }
     int status = tu_server_wait(s);
-    int logged = strstr(s->log, "msg=\"shutting down\" reason=SIGTERM") && strstr(s->log, "msg=\"stopped\"");
+    int logged = tu_server_log_has(s, "msg=\"shutting down\" reason=SIGTERM") && tu_server_log_has(s, "msg=\"stopped\"");
     free(s);
     CHECK(ok);
     CHECK_EQ_INT(status, 0);

@@ -1,15 +1,15 @@
 /*
  * tu_server.c — run facewired as a child process and talk to it over blocking sockets (see
- * tu_server.h). Every wait has the same generous timeout, so a hung server fails a test
- * rather than hanging the suite, and no wait is a sleep.
+ * tu_server.h). The process and its log are tu_proc's; what is facewired's own is here (its
+ * arguments, its data directory, the address lines of its log). Every wait has the same
+ * generous timeout, so a hung server fails a test rather than hanging the suite, and no wait
+ * is a sleep.
  */
 #include "tests/tu_server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <ftw.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -18,25 +18,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define TU_MAX_ARGS 64
-
-int tu_timeout_ms(void)
-{
-    const char *e = getenv("FW_TEST_TIMEOUT_MS");
-    long v = e ? strtol(e, NULL, 10) : 0;
-    return v > 0 && v < 3600000 ? (int)v : 20000;
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 const char *tu_bin_path(const char *name, char *buf, size_t cap)
 {
@@ -45,139 +29,49 @@ const char *tu_bin_path(const char *name, char *buf, size_t cap)
     return buf;
 }
 
-/* ---- the server's stderr ------------------------------------------------------------------- */
+/* ---- the server's log ---------------------------------------------------------------------- */
 
-static void *log_reader(void *arg)
+int tu_server_log_has(tu_server *s, const char *needle) { return tu_log_has(&s->log, 0, needle); }
+
+int tu_server_wait_log(tu_server *s, const char *needle) { return tu_log_wait(&s->log, 0, needle); }
+
+void tu_server_dump_log(tu_server *s, FILE *out) { tu_log_dump(&s->log, out); }
+
+/* The address of the log line with msg (e.g. 'msg="listening" addr=[::1]:7420'), split into
+ * host ("::1", brackets gone) and port. The port, or -1 without such a line. */
+static int log_addr(tu_server *s, const char *msg, char *host, size_t cap)
 {
-    tu_server *s = arg;
-    char buf[4096];
-    int verbose = getenv("FW_TEST_VERBOSE") != NULL;
-    for (;;) {
-        ssize_t n = read(s->log_fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (verbose)
-            fwrite(buf, 1, (size_t)n, stderr);
-        pthread_mutex_lock(&s->mu);
-        size_t room = TU_LOG_CAP - 1 - s->log_len;
-        size_t k = (size_t)n < room ? (size_t)n : room;
-        memcpy(s->log + s->log_len, buf, k);
-        s->log_len += k;
-        s->log[s->log_len] = '\0';
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
+    char line[256];
+    if (!tu_log_line(&s->log, 0, msg, line, sizeof line))
+        return -1;
+    char *a = strstr(line, " addr=");
+    if (!a)
+        return -1;
+    a += 6;
+    a[strcspn(a, " ")] = '\0';
+    char *colon = strrchr(a, ':');
+    if (!colon)
+        return -1;
+    *colon = '\0';
+    if (a[0] == '[') {
+        a++;
+        char *rb = strchr(a, ']');
+        if (rb)
+            *rb = '\0';
     }
-    pthread_mutex_lock(&s->mu);
-    s->log_eof = 1;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
+    snprintf(host, cap, "%s", a);
+    int port = atoi(colon + 1);
+    return port > 0 ? port : -1;
 }
 
-int tu_server_log_has(tu_server *s, const char *needle)
+int tu_server_metrics_port(tu_server *s)
 {
-    pthread_mutex_lock(&s->mu);
-    int found = strstr(s->log, needle) != NULL;
-    pthread_mutex_unlock(&s->mu);
-    return found;
-}
-
-int tu_server_wait_log(tu_server *s, const char *needle)
-{
-    struct timespec dl;
-    int found;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += tu_timeout_ms() / 1000;
-    pthread_mutex_lock(&s->mu);
-    while (!(found = strstr(s->log, needle) != NULL) && !s->log_eof)
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT)
-            break;
-    if (!found)
-        found = strstr(s->log, needle) != NULL;
-    pthread_mutex_unlock(&s->mu);
-    return found;
-}
-
-void tu_server_dump_log(tu_server *s, FILE *out)
-{
-    pthread_mutex_lock(&s->mu);
-    fprintf(out, "---- facewired log (pid %d) ----\n%s---- end of log ----\n", (int)s->pid, s->log);
-    pthread_mutex_unlock(&s->mu);
-}
-
-/* Find 'msg="listening" addr=HOST:PORT' and split it ("[::1]:P" -> "::1", P). */
-static int parse_listening(tu_server *s)
-{
-    int ok = 0;
-    pthread_mutex_lock(&s->mu);
-    const char *line = strstr(s->log, "msg=\"listening\"");
-    const char *a = line ? strstr(line, " addr=") : NULL;
-    if (a) {
-        char addr[96];
-        a += 6;
-        size_t n = strcspn(a, " \n");
-        if (n < sizeof addr) {
-            memcpy(addr, a, n);
-            addr[n] = '\0';
-            char *colon = strrchr(addr, ':');
-            if (colon) {
-                *colon = '\0';
-                char *h = addr;
-                if (h[0] == '[') {
-                    h++;
-                    char *rb = strchr(h, ']');
-                    if (rb)
-                        *rb = '\0';
-                }
-                snprintf(s->host, sizeof s->host, "%s", h);
-                s->port = atoi(colon + 1);
-                ok = s->port > 0;
-            }
-        }
-    }
-    pthread_mutex_unlock(&s->mu);
-    return ok;
+    char host[96];
+    static const char msg[] = "msg=\"metrics listening\"";
+    return tu_server_wait_log(s, msg) ? log_addr(s, msg, host, sizeof host) : -1;
 }
 
 /* ---- the child process --------------------------------------------------------------------- */
-
-/* fork + exec with stdout and stderr on a pipe; argv must be complete before the fork, as
- * the child may only call async-signal-safe functions. */
-static pid_t spawn(const char *path, char *const *argv, int *out_fd)
-{
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(p[0]);
-        close(p[1]);
-        return -1;
-    }
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        execv(path, argv);
-        _exit(127);
-    }
-    close(p[1]);
-    *out_fd = p[0];
-    return pid;
-}
-
-static int decode_status(int st)
-{
-    if (WIFEXITED(st))
-        return WEXITSTATUS(st);
-    if (WIFSIGNALED(st))
-        return 128 + WTERMSIG(st);
-    return -1;
-}
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -208,15 +102,6 @@ int tu_server_start(tu_server *s, const char *const *args)
     int n = 0, has_listen = 0, has_data = 0;
 
     memset(s, 0, sizeof *s);
-    s->log_fd = -1;
-    pthread_mutex_init(&s->mu, NULL);
-    {
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&s->cv, &ca);
-        pthread_condattr_destroy(&ca);
-    }
     tu_bin_path("facewired", path, sizeof path);
     argv[n++] = path;
     for (int i = 0; args && args[i]; i++) {
@@ -248,28 +133,18 @@ int tu_server_start(tu_server *s, const char *const *args)
     }
     argv[n] = NULL;
 
-    s->pid = spawn(path, argv, &s->log_fd);
+    s->pid = tu_log_spawn(&s->log, "facewired", argv, NULL, -1);
     if (s->pid < 0) {
-        fprintf(stderr, "tu_server_start: cannot start %s: %s\n", path, strerror(errno));
         s->pid = 0;
         remove_data_dir(s);
         return -1;
     }
-    if (pthread_create(&s->reader, NULL, log_reader, s) != 0) {
-        fprintf(stderr, "tu_server_start: cannot start the log reader\n");
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-        close(s->log_fd);
-        remove_data_dir(s);
-        return -1;
-    }
-    s->reader_running = 1;
-    if (!tu_server_wait_log(s, "msg=\"listening\"") || !parse_listening(s)) {
+    if (!tu_server_wait_log(s, "msg=\"listening\"") ||
+        (s->port = log_addr(s, "msg=\"listening\"", s->host, sizeof s->host)) <= 0) {
         fprintf(stderr, "tu_server_start: %s did not report a listening address\n", path);
         tu_server_kill(s, SIGKILL);
-        tu_server_wait(s);
-        tu_server_dump_log(s, stderr);
+        if (tu_server_wait(s) == 0) /* else it printed the log already */
+            tu_server_dump_log(s, stderr);
         return -1;
     }
     return 0;
@@ -282,39 +157,13 @@ int tu_server_kill(tu_server *s, int sig)
 
 int tu_server_wait(tu_server *s)
 {
-    int st = 0, killed = 0;
     if (s->pid <= 0)
         return s->status;
-    /* The pipe reaches EOF when the server exits: wait for that, with the timeout. */
-    if (s->reader_running) {
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_sec += tu_timeout_ms() / 1000;
-        pthread_mutex_lock(&s->mu);
-        while (!s->log_eof)
-            if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT)
-                break;
-        int eof = s->log_eof;
-        pthread_mutex_unlock(&s->mu);
-        if (!eof) {
-            fprintf(stderr, "tu_server_wait: server %d did not exit in time; killing it\n", (int)s->pid);
-            kill(s->pid, SIGKILL);
-            killed = 1;
-        }
-        pthread_join(s->reader, NULL);
-        s->reader_running = 0;
-        close(s->log_fd);
-        s->log_fd = -1;
-    }
-    while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
-        ;
+    s->status = tu_log_reap(&s->log, s->pid);
     s->pid = 0;
     remove_data_dir(s);
-    s->status = killed ? -1 : decode_status(st);
     if (s->status != 0)
         tu_server_dump_log(s, stderr);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
     return s->status;
 }
 
@@ -328,44 +177,14 @@ int tu_run(const char *name, const char *const *args, char *out, size_t cap)
 {
     char path[512];
     char *argv[TU_MAX_ARGS + 2];
-    int n = 0, fd, st;
-    size_t len = 0;
+    int n = 0;
 
     tu_bin_path(name, path, sizeof path);
     argv[n++] = path;
     for (int i = 0; args && args[i] && n < TU_MAX_ARGS; i++)
         argv[n++] = (char *)args[i];
     argv[n] = NULL;
-    pid_t pid = spawn(path, argv, &fd);
-    if (pid < 0)
-        return -1;
-    int64_t deadline = now_ms() + tu_timeout_ms();
-    for (;;) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int64_t left = deadline - now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) == 0) {
-            kill(pid, SIGKILL);
-            break;
-        }
-        char tmp[4096];
-        ssize_t r = read(fd, tmp, sizeof tmp);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        size_t k = cap > len + 1 ? cap - len - 1 : 0;
-        if ((size_t)r < k)
-            k = (size_t)r;
-        memcpy(out + len, tmp, k);
-        len += k;
-    }
-    if (cap)
-        out[len < cap ? len : cap - 1] = '\0';
-    close(fd);
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return decode_status(st);
+    return tu_run_argv(argv, NULL, -1, out, cap);
 }
 
 /* ---- sockets ------------------------------------------------------------------------------- */
@@ -424,6 +243,44 @@ int tu_send_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+/* A socket bound to 127.0.0.1 on a port the kernel picked (*port); -1 on failure. */
+static int bind_loopback(int *port)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+int tu_listen_loopback(int backlog, int *port)
+{
+    int fd = bind_loopback(port);
+    if (fd >= 0 && listen(fd, backlog) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int tu_closed_port(void)
+{
+    int port = 0, fd = bind_loopback(&port);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    return port;
+}
+
 fw_header tu_request(uint8_t opcode, uint32_t request_id, uint32_t body_len)
 {
     fw_header h;
@@ -446,14 +303,13 @@ int tu_send_frame(int fd, const fw_header *h, const void *body)
     return body && h->body_len ? tu_send_all(fd, body, h->body_len) : 0;
 }
 
-/* Read exactly n bytes before the deadline: n on success, 0 on EOF before any byte, -1 on
- * timeout or error, -2 on EOF after some bytes. A reset counts as EOF. */
-static ssize_t read_exact(int fd, uint8_t *p, size_t n, int64_t deadline)
+ssize_t tu_recv_exact(int fd, void *buf, size_t n, int64_t deadline)
 {
+    uint8_t *p = buf;
     size_t got = 0;
     while (got < n) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - tu_now_ms();
         if (left <= 0)
             return -1;
         int pr = poll(&pfd, 1, (int)left);
@@ -476,9 +332,9 @@ static ssize_t read_exact(int fd, uint8_t *p, size_t n, int64_t deadline)
 int tu_read_frame(int fd, fw_header *h, uint8_t **body)
 {
     uint8_t hdr[FW_HEADER_LEN];
-    int64_t deadline = now_ms() + tu_timeout_ms();
+    int64_t deadline = tu_now_ms() + tu_timeout_ms();
     *body = NULL;
-    ssize_t r = read_exact(fd, hdr, sizeof hdr, deadline);
+    ssize_t r = tu_recv_exact(fd, hdr, sizeof hdr, deadline);
     if (r <= 0)
         return r == 0 ? 0 : -1;
     fw_header_decode(hdr, h);
@@ -489,7 +345,7 @@ int tu_read_frame(int fd, fw_header *h, uint8_t **body)
     uint8_t *b = malloc(h->body_len);
     if (!b)
         return -1;
-    if (read_exact(fd, b, h->body_len, deadline) != (ssize_t)h->body_len) {
+    if (tu_recv_exact(fd, b, h->body_len, deadline) != (ssize_t)h->body_len) {
         free(b);
         return -1;
     }
@@ -500,7 +356,7 @@ int tu_read_frame(int fd, fw_header *h, uint8_t **body)
 int tu_wait_closed(int fd)
 {
     uint8_t b;
-    ssize_t r = read_exact(fd, &b, 1, now_ms() + tu_timeout_ms());
+    ssize_t r = tu_recv_exact(fd, &b, 1, tu_now_ms() + tu_timeout_ms());
     return r == 0 ? 1 : r == 1 ? 0 : -1;
 }
 

@@ -7,22 +7,20 @@
  * generous timeout ($FW_TEST_TIMEOUT_MS, default 20 s) so a broken server fails the test
  * instead of hanging it; nothing here sleeps to synchronise.
  *
- * The server's stderr (logfmt) is captured by a reader thread: tu_server_start() waits for
- * the msg="listening" line to learn the port, tests may wait for other lines, and the whole
- * log is printed when the server does not exit cleanly (sanitizer reports included).
+ * The server's stderr (logfmt) is captured as a tu_log (tests/tu_proc.h): tu_server_start()
+ * waits for the msg="listening" line to learn the port, tests may wait for other lines, and
+ * the whole log is printed when the server does not exit cleanly (sanitizer reports included).
  */
 #ifndef TU_SERVER_H
 #define TU_SERVER_H
 
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
 
 #include "fw_proto.h"
-
-#define TU_LOG_CAP (256u * 1024u)
+#include "tests/tu_proc.h"
 
 typedef struct tu_server {
     pid_t pid;          /* 0 once reaped */
@@ -30,41 +28,35 @@ typedef struct tu_server {
     int port;
     int status;         /* exit status after tu_server_stop/tu_server_wait: 0-255, 128+signal */
 
-    /* stderr capture, filled by the reader thread; guarded by mu */
-    int log_fd;
-    pthread_t reader;
-    int reader_running;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    char log[TU_LOG_CAP];  /* the first TU_LOG_CAP-1 bytes, NUL-terminated */
-    size_t log_len;
-    int log_eof;           /* the server closed stderr (it exited) */
-
     /* --data made for this server when the arguments have none ("" otherwise): a gallery
      * directory is locked by its server, so servers of tests running at the same time must
      * not share the default ./data. Removed when the server has been reaped. */
     char data_dir[64];
-} tu_server;
 
-/* Milliseconds every blocking helper waits at most. */
-int tu_timeout_ms(void);
+    /* Its stdout and stderr. The tu_server_*log* calls below cover the common uses; tu_log_*
+     * (tu_proc.h) work on it directly, e.g. tu_log_line(&s->log, 0, "msg=\"...\"", ...). */
+    tu_log log;
+} tu_server;
 
 /* "$FW_BIN/name" (FW_BIN defaults to "bin"). */
 const char *tu_bin_path(const char *name, char *buf, size_t cap);
 
 /* Start facewired with the extra arguments (NULL-terminated list, may be NULL). Unless the
  * list has its own --listen, "--listen 127.0.0.1:0" is added; unless it has its own --data (or
- * a --gallery-url, which excludes it),
- * a fresh temporary directory is (see data_dir). Waits until the server logs
- * its bound address. s can be large: give it static or heap storage, not a small stack.
+ * a --gallery-url, which excludes it), a fresh temporary directory is (see data_dir). Waits
+ * until the server logs its bound address. s can be large: give it static or heap storage,
+ * not a small stack.
  * Returns 0, or -1 after printing why (and the server's log). */
 int tu_server_start(tu_server *s, const char *const *args);
 
 /* Wait until the captured log contains needle; 1 if it does, 0 on timeout or server exit. */
 int tu_server_wait_log(tu_server *s, const char *needle);
-/* 1 if the captured log contains needle now. */
+/* 1 if the captured log contains needle now (also after the server was reaped). */
 int tu_server_log_has(tu_server *s, const char *needle);
 void tu_server_dump_log(tu_server *s, FILE *out);
+/* The port of the --metrics-listen listener, from the log line msg="metrics listening"
+ * addr=HOST:PORT (waited for); -1 if the server did not log one. */
+int tu_server_metrics_port(tu_server *s);
 
 /* Send a signal to the server. */
 int tu_server_kill(tu_server *s, int sig);
@@ -87,6 +79,15 @@ int tu_rmtree(const char *dir);
 int tu_connect(const char *host, int port);
 int tu_connect_server(const tu_server *s);
 int tu_send_all(int fd, const void *p, size_t n);
+/* Receive exactly n bytes before `deadline` (tu_now_ms() time). Returns n, 0 on EOF (or a
+ * reset) before the first byte, -2 on EOF after some bytes, -1 on timeout or another error. */
+ssize_t tu_recv_exact(int fd, void *p, size_t n, int64_t deadline);
+/* A socket listening on 127.0.0.1 with the given backlog, on a port the kernel picked
+ * (*port); close-on-exec. -1 on failure. */
+int tu_listen_loopback(int backlog, int *port);
+/* A loopback port nobody listens on (bound a moment ago, then closed), so that a connection
+ * to it is refused at once; 0 on failure. */
+int tu_closed_port(void);
 /* A request header with the given fields and everything else valid. */
 fw_header tu_request(uint8_t opcode, uint32_t request_id, uint32_t body_len);
 /* Send the header as is (any field may be invalid), then body_len bytes of body (or none if
