@@ -20,17 +20,12 @@
 #include "tests/tu_server.h"
 #include "client/facewire.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -67,6 +62,26 @@ static void server_free(tu_server *s)
 }
 
 static void ep_text(char *buf, size_t cap, int port) { snprintf(buf, cap, "127.0.0.1:%d", port); }
+
+/* Up to two endpoints for cfg.endpoints (list), with their text (e[i], also what
+ * fw_client_endpoint says of endpoint i). A test re-points one with eps_set before it opens
+ * the next client. */
+typedef struct two_eps {
+    char e[2][32];
+    const char *list[2];
+} two_eps;
+
+static void eps_set(two_eps *ep, int i, int port)
+{
+    ep_text(ep->e[i], sizeof ep->e[i], port);
+    ep->list[i] = ep->e[i];
+}
+
+static void eps_init(two_eps *ep, int port0, int port1)
+{
+    eps_set(ep, 0, port0);
+    eps_set(ep, 1, port1);
+}
 
 /* A managed client (cfg.endpoints) with generous bounds: the tests are about where requests
  * go, never about time. */
@@ -170,6 +185,16 @@ static void swallow_join(swallow *s)
     if (s->started)
         pthread_join(s->th, NULL);
     s->started = 0;
+}
+
+/* A retrying client for ep whose endpoint 0 is a new swallower s (reset: it closes with RST):
+ * its first request is taken and never answered. NULL if either could not be made. */
+static fw_client *swallowed_client(swallow *s, int reset, two_eps *ep)
+{
+    if (swallow_start(s, reset) != 0)
+        return NULL;
+    eps_set(ep, 0, s->port);
+    return client_for(ep->list, 2, 1);
 }
 
 /* ---- endpoint strings --------------------------------------------------------------------- */
@@ -305,20 +330,18 @@ static void t_caller_memory_holds_endpoints(void)
     /* No allocation with cfg.mem: the endpoint strings live in the caller's block too. */
     tu_server *b = server_start(NULL);
     CHECK(b);
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, tu_closed_port());
-    ep_text(e1, sizeof e1, b->port);
-    const char *eps[] = {e0, e1};
+    two_eps ep;
+    eps_init(&ep, tu_closed_port(), b->port);
     fw_client_config cfg;
     fw_client_config_init(&cfg);
-    cfg.endpoints = eps;
+    cfg.endpoints = ep.list;
     cfg.n_endpoints = 2;
     cfg.rx_buf_size = 1024;
     size_t need = fw_client_footprint(&cfg);
     fw_client_config_init(&cfg);
     cfg.rx_buf_size = 1024;
     size_t need_plain = fw_client_footprint(&cfg);
-    cfg.endpoints = eps;
+    cfg.endpoints = ep.list;
     cfg.n_endpoints = 2;
     static unsigned char block[16384];
     cfg.mem = block + 3;
@@ -337,7 +360,7 @@ static void t_caller_memory_holds_endpoints(void)
     CHECK_EQ_INT(rc_open, FW_OK);
     CHECK(ok);
     CHECK(inside);
-    CHECK_EQ_STR(where, e1);
+    CHECK_EQ_STR(where, ep.e[1]);
 }
 
 /* ---- connecting --------------------------------------------------------------------------- */
@@ -346,11 +369,9 @@ static void t_first_refuses_second_answers(void)
 {
     tu_server *b = server_start(NULL);
     CHECK(b);
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, tu_closed_port());
-    ep_text(e1, sizeof e1, b->port);
-    const char *eps[] = {e0, e1};
-    fw_client *c = client_for(eps, 2, 0);
+    two_eps ep;
+    eps_init(&ep, tu_closed_port(), b->port);
+    fw_client *c = client_for(ep.list, 2, 0);
     char first[32];
     snprintf(first, sizeof first, "%s", c ? fw_client_endpoint(c) : "");
     int rc = c ? fw_client_connect(c) : -100;
@@ -360,20 +381,19 @@ static void t_first_refuses_second_answers(void)
     fw_client_close(c);
     server_free(b);
     CHECK(c);
-    CHECK_EQ_STR(first, e0);
+    CHECK_EQ_STR(first, ep.e[0]);
     CHECK_EQ_INT(rc, FW_OK);
-    CHECK_EQ_STR(where, e1);
+    CHECK_EQ_STR(where, ep.e[1]);
     CHECK(ok);
 }
 
 static void t_all_down(void)
 {
-    char e0[32], e1[32], want[160];
+    char want[160];
+    two_eps ep;
     int p1 = tu_closed_port();
-    ep_text(e0, sizeof e0, tu_closed_port());
-    ep_text(e1, sizeof e1, p1);
-    const char *eps[] = {e0, e1};
-    fw_client *c = client_for(eps, 2, 1);
+    eps_init(&ep, tu_closed_port(), p1);
+    fw_client *c = client_for(ep.list, 2, 1);
     CHECK(c);
     snprintf(want, sizeof want, "all 2 endpoints failed; last: connect to 127.0.0.1:%d: Connection refused", p1);
     int rc = fw_client_connect(c);
@@ -391,11 +411,11 @@ static void t_all_down(void)
     CHECK_EQ_STR(msg, want);
     CHECK_EQ_INT(rc_ping, FW_ERR_CONNECT);
     CHECK_EQ_STR(msg_ping, want);
-    CHECK_EQ_STR(next, e0); /* all failed: the next round starts where this one did */
+    CHECK_EQ_STR(next, ep.e[0]); /* all failed: the next round starts where this one did */
     CHECK_EQ_INT(connected, 0);
 
     /* one endpoint: its own error, as a host/port client has always said it */
-    const char *one[] = {e1};
+    const char *one[] = {ep.e[1]};
     c = client_for(one, 1, 0);
     CHECK(c);
     rc = fw_client_connect(c);
@@ -416,13 +436,11 @@ static void t_silent_endpoint_costs_its_share(void)
     int hport = 0;
     int hole = tu_listen_loopback(0, &hport);
     int filler = hole >= 0 ? tu_connect("127.0.0.1", hport) : -1; /* fills the queue */
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, hport);
-    ep_text(e1, sizeof e1, b->port);
-    const char *eps[] = {e0, e1};
+    two_eps ep;
+    eps_init(&ep, hport, b->port);
     fw_client_config cfg;
     fw_client_config_init(&cfg);
-    cfg.endpoints = eps;
+    cfg.endpoints = ep.list;
     cfg.n_endpoints = 2;
     cfg.connect_timeout_ms = 1000;
     fw_client *c = NULL;
@@ -438,7 +456,7 @@ static void t_silent_endpoint_costs_its_share(void)
     server_free(b);
     CHECK(hole >= 0 && filler >= 0);
     CHECK_EQ_INT(rc, FW_OK);
-    CHECK_EQ_STR(where, e1);
+    CHECK_EQ_STR(where, ep.e[1]);
     CHECK(ok);
 }
 
@@ -448,11 +466,9 @@ static void t_killed_server_retry_goes_on(void)
 {
     tu_server *a = server_start(NULL), *b = server_start(NULL);
     CHECK(a && b);
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, a->port);
-    ep_text(e1, sizeof e1, b->port);
-    const char *eps[] = {e0, e1};
-    fw_client *c = client_for(eps, 2, 1);
+    two_eps ep;
+    eps_init(&ep, a->port, b->port);
+    fw_client *c = client_for(ep.list, 2, 1);
     int rc = c ? fw_client_connect(c) : -100;
     char before[32];
     snprintf(before, sizeof before, "%s", c ? fw_client_endpoint(c) : "");
@@ -467,11 +483,11 @@ static void t_killed_server_retry_goes_on(void)
     server_free(a);
     server_free(b);
     CHECK(c);
-    CHECK_EQ_STR(before, e0);
+    CHECK_EQ_STR(before, ep.e[0]);
     CHECK(ok_before);
     CHECK_EQ_INT(killed, 0);
     CHECK(ok_after);
-    CHECK_EQ_STR(after, e1);
+    CHECK_EQ_STR(after, ep.e[1]);
     CHECK_EQ_STR(msg, ""); /* a success, whatever happened on the way */
 }
 
@@ -480,11 +496,9 @@ static void t_killed_server_no_retry(void)
     /* Without the retry policy the broken call fails; the next one connects to b by itself. */
     tu_server *a = server_start(NULL), *b = server_start(NULL);
     CHECK(a && b);
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, a->port);
-    ep_text(e1, sizeof e1, b->port);
-    const char *eps[] = {e0, e1};
-    fw_client *c = client_for(eps, 2, 0);
+    two_eps ep;
+    eps_init(&ep, a->port, b->port);
+    fw_client *c = client_for(ep.list, 2, 0);
     int ok_before = c && fw_client_connect(c) == FW_OK && ping_is(c, "one");
     int killed = server_kill(a);
     int rc = c ? fw_ping(c, "two", 3, NULL, NULL) : -100;
@@ -501,9 +515,9 @@ static void t_killed_server_no_retry(void)
     CHECK_EQ_INT(killed, 0);
     CHECK_EQ_INT(rc, FW_ERR_CLOSED);
     CHECK_EQ_INT(connected, 0);
-    CHECK_EQ_STR(next, e1);
+    CHECK_EQ_STR(next, ep.e[1]);
     CHECK(ok_after);
-    CHECK_EQ_STR(after, e1);
+    CHECK_EQ_STR(after, ep.e[1]);
 }
 
 static void t_order_sticky_then_round_robin(void)
@@ -512,13 +526,12 @@ static void t_order_sticky_then_round_robin(void)
      * starts at the endpoint in use); when b dies it wraps around to a. */
     tu_server *a = server_start(NULL), *b = server_start(NULL), *a2 = NULL;
     CHECK(a && b);
-    char e0[32], e1[32], listen_a[40];
+    char listen_a[40];
+    two_eps ep;
     int port_a = a->port;
-    ep_text(e0, sizeof e0, a->port);
-    ep_text(e1, sizeof e1, b->port);
+    eps_init(&ep, a->port, b->port);
     snprintf(listen_a, sizeof listen_a, "127.0.0.1:%d", port_a);
-    const char *eps[] = {e0, e1};
-    fw_client *c = client_for(eps, 2, 0);
+    fw_client *c = client_for(ep.list, 2, 0);
     int ok = c && fw_client_connect(c) == FW_OK && ping_is(c, "on a");
     int killed_a = server_kill(a);
     int rc_broken = c ? fw_ping(c, "x", 1, NULL, NULL) : -100;
@@ -542,12 +555,12 @@ static void t_order_sticky_then_round_robin(void)
     CHECK_EQ_INT(rc_broken, FW_ERR_CLOSED);
     CHECK(a2 != NULL);
     CHECK_EQ_INT(rc_re, FW_OK);
-    CHECK_EQ_STR(sticky, e1);
+    CHECK_EQ_STR(sticky, ep.e[1]);
     CHECK(ok_b);
     CHECK_EQ_INT(killed_b, 0);
     CHECK_EQ_INT(rc_broken_b, FW_ERR_CLOSED);
     CHECK(ok_a2);
-    CHECK_EQ_STR(wrapped, e0);
+    CHECK_EQ_STR(wrapped, ep.e[0]);
 }
 
 /* ---- what is sent again ------------------------------------------------------------------- */
@@ -563,26 +576,20 @@ static void t_safe_requests_are_sent_again(void)
     /* The swallower takes the request and closes: the retry policy sends it to b. */
     tu_server *b = server_start(NULL);
     CHECK(b);
-    char e1[32];
-    ep_text(e1, sizeof e1, b->port);
+    two_eps ep;
+    eps_set(&ep, 1, b->port);
     float d[FW_DESCRIPTOR_DIM];
     descriptor(d);
     for (int reset = 0; reset <= 1; reset++) {
         swallow s1, s2;
-        CHECK(swallow_start(&s1, reset) == 0);
-        char e0[32];
-        ep_text(e0, sizeof e0, s1.port);
-        const char *eps[] = {e0, e1};
-        fw_client *c = client_for(eps, 2, 1);
+        fw_client *c = swallowed_client(&s1, reset, &ep);
         int ok_ping = c && ping_is(c, "again");
         swallow_join(&s1);
         char where[32];
         snprintf(where, sizeof where, "%s", c ? fw_client_endpoint(c) : "");
         /* IDENTIFY too; b's gallery is empty, so: OK, one face, no matches */
-        CHECK(swallow_start(&s2, reset) == 0);
         fw_client_close(c);
-        ep_text(e0, sizeof e0, s2.port);
-        c = client_for(eps, 2, 1);
+        c = swallowed_client(&s2, reset, &ep);
         fw_input in = fw_input_descriptor(d);
         fw_identify_face faces[2];
         fw_match matches[4];
@@ -595,7 +602,7 @@ static void t_safe_requests_are_sent_again(void)
         CHECK_EQ_INT(s1.opcode, FW_OP_PING);
         CHECK(s1.body_len == 5 && memcmp(s1.body, "again", 5) == 0);
         CHECK(ok_ping);
-        CHECK_EQ_STR(where, e1);
+        CHECK_EQ_STR(where, ep.e[1]);
         CHECK_EQ_INT(s2.nreq, 1);
         CHECK_EQ_INT(s2.opcode, FW_OP_IDENTIFY);
         CHECK_EQ_INT(rc_id, FW_OK);
@@ -612,17 +619,14 @@ static void t_enroll_delete_stream_not_sent_again(void)
      * call connects to b. */
     tu_server *b = server_start(NULL);
     CHECK(b);
-    char e0[32], e1[32];
-    ep_text(e1, sizeof e1, b->port);
+    two_eps ep;
+    eps_set(&ep, 1, b->port);
     float d[FW_DESCRIPTOR_DIM];
     descriptor(d);
     fw_input in = fw_input_descriptor(d);
 
     swallow s;
-    CHECK(swallow_start(&s, 0) == 0);
-    ep_text(e0, sizeof e0, s.port);
-    const char *eps[] = {e0, e1};
-    fw_client *c = client_for(eps, 2, 1);
+    fw_client *c = swallowed_client(&s, 0, &ep);
     CHECK(c);
     uint64_t id = 0;
     int rc_enroll = fw_enroll(c, "alice", "m", 1, &in, &id);
@@ -643,16 +647,14 @@ static void t_enroll_delete_stream_not_sent_again(void)
     CHECK_EQ_INT(rc_enroll, FW_ERR_CLOSED);
     CHECK_EQ_STR(msg, "connection closed by the server");
     CHECK_EQ_INT(rc_gi, FW_OK);
-    CHECK_EQ_STR(where, e1);
+    CHECK_EQ_STR(where, ep.e[1]);
     CHECK_EQ_INT(gi_after_loss.faces, 0);
     CHECK_EQ_INT(rc_enroll2, FW_OK);
     CHECK_EQ_INT(rc_gi2, FW_OK);
     CHECK_EQ_INT(gi_after_enroll.faces, 1);
 
     /* DELETE (of alice, on b's gallery: repeated it would remove her face) */
-    CHECK(swallow_start(&s, 1) == 0);
-    ep_text(e0, sizeof e0, s.port);
-    c = client_for(eps, 2, 1);
+    c = swallowed_client(&s, 1, &ep);
     CHECK(c);
     uint32_t deleted = 99;
     int rc_del = fw_delete_subject(c, "alice", &deleted);
@@ -667,9 +669,7 @@ static void t_enroll_delete_stream_not_sent_again(void)
     CHECK_EQ_INT(gi_after_loss.faces, 1);
 
     /* STREAM_OPEN: the stream would have been the dead connection's */
-    CHECK(swallow_start(&s, 0) == 0);
-    ep_text(e0, sizeof e0, s.port);
-    c = client_for(eps, 2, 1);
+    c = swallowed_client(&s, 0, &ep);
     CHECK(c);
     fw_stream_config sc;
     memset(&sc, 0, sizeof sc);
@@ -704,13 +704,11 @@ static void t_resend_counts_as_an_attempt(void)
     CHECK(b);
     swallow s;
     CHECK(swallow_start(&s, 0) == 0);
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, s.port);
-    ep_text(e1, sizeof e1, b->port);
-    const char *eps[] = {e0, e1};
+    two_eps ep;
+    eps_init(&ep, s.port, b->port);
     fw_client_config cfg;
     fw_client_config_init(&cfg);
-    cfg.endpoints = eps;
+    cfg.endpoints = ep.list;
     cfg.n_endpoints = 2;
     cfg.retry.enabled = 1;
     cfg.retry.max_attempts = 1;
@@ -729,10 +727,9 @@ static void t_managed_connects_by_itself(void)
 {
     tu_server *b = server_start(NULL);
     CHECK(b);
-    char e0[32];
-    ep_text(e0, sizeof e0, b->port);
-    const char *eps[] = {e0};
-    fw_client *c = client_for(eps, 1, 0);
+    two_eps ep;
+    eps_set(&ep, 0, b->port);
+    fw_client *c = client_for(ep.list, 1, 0);
     CHECK(c);
     /* no fw_client_connect(): fw_recv needs the connection its request went out on */
     fw_response r;
@@ -829,13 +826,11 @@ static void t_secure_handshake_after_failover(void)
     int ak_ok = have_line && write_text(ak, line) == 0;
     const char *args[] = {"--server-key", skey, "--authorized-keys", ak, "--require-secure", NULL};
     tu_server *a = ak_ok ? server_start(args) : NULL, *b = ak_ok ? server_start(args) : NULL;
-    char e0[32], e1[32];
-    ep_text(e0, sizeof e0, a ? a->port : 0);
-    ep_text(e1, sizeof e1, b ? b->port : 0);
-    const char *eps[] = {e0, e1};
+    two_eps ep;
+    eps_init(&ep, a ? a->port : 0, b ? b->port : 0);
     fw_client_config cfg;
     fw_client_config_init(&cfg);
-    cfg.endpoints = eps;
+    cfg.endpoints = ep.list;
     cfg.n_endpoints = 2;
     cfg.timeout_ms = (uint32_t)tu_timeout_ms();
     cfg.retry.enabled = 1;
@@ -858,7 +853,7 @@ static void t_secure_handshake_after_failover(void)
     CHECK(ok_a);
     CHECK_EQ_INT(killed, 0);
     CHECK(ok_b);
-    CHECK_EQ_STR(where, e1);
+    CHECK_EQ_STR(where, ep.e[1]);
 }
 
 /* ---- fwcat -------------------------------------------------------------------------------- */
