@@ -139,9 +139,11 @@ int tu_server_start(tu_server *s, const char *const *args)
         remove_data_dir(s);
         return -1;
     }
-    if (!tu_server_wait_log(s, "msg=\"listening\"") ||
+    /* msg="listening" comes before the signal handlers are installed, msg="started" after
+     * them: a test may signal the server as soon as we return. */
+    if (!tu_server_wait_log(s, "msg=\"started\"") ||
         (s->port = log_addr(s, "msg=\"listening\"", s->host, sizeof s->host)) <= 0) {
-        fprintf(stderr, "tu_server_start: %s did not report a listening address\n", path);
+        fprintf(stderr, "tu_server_start: %s did not start, or did not report a listening address\n", path);
         tu_server_kill(s, SIGKILL);
         if (tu_server_wait(s) == 0) /* else it printed the log already */
             tu_server_dump_log(s, stderr);

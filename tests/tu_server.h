@@ -8,8 +8,9 @@
  * instead of hanging it; nothing here sleeps to synchronise.
  *
  * The server's stderr (logfmt) is captured as a tu_log (tests/tu_proc.h): tu_server_start()
- * waits for the msg="listening" line to learn the port, tests may wait for other lines, and
- * the whole log is printed when the server does not exit cleanly (sanitizer reports included).
+ * waits for the msg="started" line and learns the port from msg="listening", tests may wait
+ * for other lines, and the whole log is printed when the server does not exit cleanly
+ * (sanitizer reports included).
  */
 #ifndef TU_SERVER_H
 #define TU_SERVER_H
@@ -44,8 +45,8 @@ const char *tu_bin_path(const char *name, char *buf, size_t cap);
 /* Start facewired with the extra arguments (NULL-terminated list, may be NULL). Unless the
  * list has its own --listen, "--listen 127.0.0.1:0" is added; unless it has its own --data (or
  * a --gallery-url, which excludes it), a fresh temporary directory is (see data_dir). Waits
- * until the server logs its bound address. s can be large: give it static or heap storage,
- * not a small stack.
+ * until the server logs that it has started (signal handlers in place), and its bound address.
+ * s can be large: give it static or heap storage, not a small stack.
  * Returns 0, or -1 after printing why (and the server's log). */
 int tu_server_start(tu_server *s, const char *const *args);
 
