@@ -18,6 +18,8 @@
  *   follower  loads the whole gallery (binary COPY in one REPEATABLE READ snapshot), then
  *             applies the change table strictly in sequence order, woken by NOTIFY or by the
  *             poll_ms timer (NOTIFY is only a hint), and is the only mutator of the gallery.
+ *             A poll is two prepared statements with one fixed plan each, lookups in the
+ *             primary keys of fw_change and fw_face, whatever the planner's statistics say.
  *
  * Whatever comes from the network or the database is checked before use: every length of a
  * COPY stream and of every result column, the types, the ranges. A row we cannot use is
@@ -61,6 +63,7 @@
 #define PG_COPY_BUF 16384          /* > the largest tuple the load query can produce */
 #define PG_BAD_ROW_LOGS 10         /* bad rows logged one by one; after that only counted */
 #define PG_DESC_BYTES (FW_GALLERY_DIM * 4)
+#define PG_IDARR_BYTES (20 + 12 * PG_CHANGE_PAGE) /* a binary int8[] of a page's face ids */
 #define PG_STR_(x) #x
 #define PG_STR(x) PG_STR_(x)
 
@@ -96,12 +99,32 @@ static const char *const migrations[PG_SCHEMA_VERSION] = {
 static const char SQL_LOAD[] =
     "COPY (SELECT f.id, " SQL_FACE_COLUMNS " FROM fw_face f) TO STDOUT (FORMAT binary)";
 
+/* The follower reads a page of changes in two statements, each a lookup in a primary key
+ * whatever the planner's statistics say (apply_page argues why two snapshots are as good as
+ * one): the change rows by a range of fw_change's key, then the faces of the page's ADDs by
+ * fw_face's key. One statement joining the two tables leaves the join to the planner, and
+ * without statistics (a new database, a bulk import autovacuum has not analysed yet) it
+ * hashes a full scan of fw_face at every poll. */
 static const char SQL_CHANGES[] =
-    "SELECT c.seq, c.kind, c.face_id, f.id IS NOT NULL, " SQL_FACE_COLUMNS ", "
-    "CASE WHEN isfinite(c.at) THEN "
-    "(extract(epoch FROM clock_timestamp() - c.at) * 1e6)::bigint END "
-    "FROM fw_change c LEFT JOIN fw_face f ON c.kind = 1 AND f.id = c.face_id "
-    "WHERE c.seq > $1 ORDER BY c.seq LIMIT " PG_STR(PG_CHANGE_PAGE);
+    "SELECT seq, kind, face_id, CASE WHEN isfinite(at) THEN "
+    "(extract(epoch FROM clock_timestamp() - at) * 1e6)::bigint END "
+    "FROM fw_change WHERE seq > $1 ORDER BY seq LIMIT " PG_STR(PG_CHANGE_PAGE);
+static const char SQL_FACES[] =
+    "SELECT f.id, " SQL_FACE_COLUMNS " FROM fw_face f WHERE f.id = ANY ($1::int8[])";
+/* The follower's session, set before it prepares them. One generic plan per statement and
+ * connection, where PostgreSQL would otherwise re-plan at every execution: with statistics
+ * the plan for the actual seq is always estimated cheaper than the generic one, so the
+ * default plan_cache_mode never settles on the generic plan, and planning cost three times
+ * the execution (135 against 45 us of backend CPU per poll). Sequential and bitmap scans are
+ * ruled out because that one plan must be an index scan in the key's order however small
+ * the tables looked when it was made: statistics taken of an empty table make a sequential
+ * scan and a sort the cheapest plan, and it would stay until the next ANALYZE however far
+ * the tables grow meanwhile. The session runs nothing else but the initial load, which
+ * turns the sequential scan back on for its own transaction. */
+static const char SQL_FOLLOWER_SESSION[] =
+    "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; "
+    "SET enable_bitmapscan = off";
+#define PG_PLAN_CACHE_MODE_VERSION 120000 /* PQserverVersion of the first with plan_cache_mode */
 
 static const char SQL_ENROLL[] =
     "INSERT INTO fw_face (subject, meta, descriptor) VALUES ($1, $2, $3) RETURNING id";
@@ -147,12 +170,20 @@ typedef struct staged {            /* an ADD's data, owned until applied */
     float desc[FW_GALLERY_DIM];
 } staged;
 
+typedef struct face_ref {          /* a row of the faces read for a page, by face id */
+    int64_t id;
+    int row;
+} face_ref;
+
 typedef struct follower {          /* follower thread only */
     pgx x;
     notice_ctx notices;
     staged *stage;                 /* PG_APPLY_BATCH */
     fw_gallery_change *chg;        /* PG_APPLY_BATCH */
     int64_t *age_us;               /* per chg entry; -1: none */
+    int *pick;                     /* PG_CHANGE_PAGE: the rows of a page that are applied */
+    face_ref *faces;               /* PG_CHANGE_PAGE: the page's faces, sorted by id */
+    uint8_t *idarr;                /* PG_IDARR_BYTES: the page's ADD ids as a binary int8[] */
     int n;
     uint64_t applied;
     fw_hist hist;
@@ -278,6 +309,12 @@ static uint64_t get_be(const uint8_t *b, int n)
     for (int i = 0; i < n; i++)
         v = v << 8 | b[i];
     return v;
+}
+
+static void put_be(uint8_t *b, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        b[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
 }
 
 static void desc_to_le(const float *d, uint8_t *out)
@@ -1386,7 +1423,10 @@ static int initial_load(fw_galpg *p)
     f->clen = 0;
     f->header_done = f->trailer_seen = 0;
     f->n = 0;
-    if (pgx_cmd(x, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") != 0)
+    /* The session rules sequential scans out (SQL_FOLLOWER_SESSION); the COPY of every face
+     * is the one query that wants one. */
+    if (pgx_cmd(x, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                   "SET LOCAL enable_seqscan = on") != 0)
         return -1;
     if (!(r = pgx_run(x, "SELECT seq FROM fw_counter WHERE id = 1", 0, NULL, NULL, NULL,
                       PGRES_TUPLES_OK)))
@@ -1473,8 +1513,76 @@ static const uint8_t *col_bytes(const PGresult *r, int row, int col, int *len)
     return (const uint8_t *)PQgetvalue(r, row, col);
 }
 
+static int cmp_face_ref(const void *a, const void *b)
+{
+    int64_t x = ((const face_ref *)a)->id, y = ((const face_ref *)b)->id;
+    return (x > y) - (x < y);
+}
+
+/* The faces of the n ADD ids that pass 1 of apply_page put in f->idarr: fw_faces' result,
+ * and f->faces its rows sorted by id. NULL with x->err when the read failed or the answer is
+ * not one we asked for (more rows than ids, an id unreadable or twice: fw_face's key rules
+ * these out, so the database is not one we can follow). */
+static PGresult *read_faces(follower *f, int n, int *nfaces)
+{
+    pgx *x = &f->x;
+    const char *vals[1] = { (const char *)f->idarr };
+    int lens[1] = { 20 + 12 * n }, fmts[1] = { 1 };
+    /* A binary int8[]: one dimension, no NULLs, element type, length, lower bound 1; then
+     * each element as length 8 and the value (pass 1 of apply_page filled those in). */
+    put_be(f->idarr, 1, 4);
+    put_be(f->idarr + 4, 0, 4);
+    put_be(f->idarr + 8, OID_INT8, 4);
+    put_be(f->idarr + 12, (uint64_t)n, 4);
+    put_be(f->idarr + 16, 1, 4);
+    if (!PQsendQueryPrepared(x->conn, "fw_faces", 1, vals, lens, fmts, 1)) {
+        pgx_fail(x, "send failed");
+        return NULL;
+    }
+    PGresult *r = pgx_collect(x);
+    if (!pgx_ok(x, r, PGRES_TUPLES_OK, "reading faces failed"))
+        goto err;
+    int rows = PQntuples(r);
+    if (PQnfields(r) != 4 || rows > n) {
+        snprintf(x->err, sizeof x->err, "reading faces: %d rows of %d columns for %d ids", rows,
+                 PQnfields(r), n);
+        goto err;
+    }
+    for (int i = 0; i < rows; i++) {
+        f->faces[i].row = i;
+        if (res_int(r, i, 0, &f->faces[i].id) != 0) {
+            snprintf(x->err, sizeof x->err, "reading faces: a bad face id");
+            goto err;
+        }
+    }
+    qsort(f->faces, (size_t)rows, sizeof *f->faces, cmp_face_ref);
+    for (int i = 1; i < rows; i++)
+        if (f->faces[i].id == f->faces[i - 1].id) {
+            snprintf(x->err, sizeof x->err, "reading faces: face %" PRId64 " twice",
+                     f->faces[i].id);
+            goto err;
+        }
+    *nfaces = rows;
+    return r;
+err:
+    PQclear(r);
+    return NULL;
+}
+
 /* Apply one page of changes. Returns the rows read (>= 0) or -1; *gap is set when a change
- * is missing before the rows we have (we stop there), *gap_age_us its successor's age. */
+ * is missing before the rows we have (we stop there), *gap_age_us its successor's age.
+ *
+ * Two statements, so two snapshots (READ COMMITTED): the change rows, then the faces of the
+ * ADDs among them. Reading the faces later changes nothing we apply. A face row is written
+ * once, by the transaction that logs its ADD, and never updated; ids come from a sequence and
+ * are never reused. So a face row found in the second snapshot is exactly what the ADD
+ * added, and an ADD whose row is gone by then lost it to a DELETE that committed in between.
+ * That DELETE could only see the row after the ADD's transaction committed, and takes its
+ * sequence numbers at its end, so its REMOVE has a higher seq than the ADD: applying the
+ * changes in order ends with the face absent, which is what skipping the ADD gives (in
+ * this page or a later one the REMOVE comes, and removing an absent id changes nothing).
+ * The node may lack the face a little before its REMOVE is applied, never keep a face the
+ * database deleted, and ends where every other node ends. */
 static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first_age_us,
                       uint64_t *last_seen)
 {
@@ -1483,9 +1591,10 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
     uint8_t param[8];
     const char *vals[1] = { (const char *)param };
     int lens[1] = { 8 }, fmts[1] = { 1 };
+    PGresult *fr = NULL;
     uint64_t next = f->applied;
-    for (int i = 0; i < 8; i++)
-        param[i] = (uint8_t)(f->applied >> (56 - 8 * i));
+    int npick = 0, nadd = 0, nfaces = 0;
+    put_be(param, f->applied, 8);
     *gap = 0;
     *gap_age_us = *first_age_us = 0;
     if (!PQsendQueryPrepared(x->conn, "fw_changes", 1, vals, lens, fmts, 1)) {
@@ -1493,15 +1602,13 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
         return -1;
     }
     PGresult *r = pgx_collect(x);
-    if (!pgx_ok(x, r, PGRES_TUPLES_OK, "reading changes failed")) {
-        PQclear(r);
-        return -1;
-    }
+    if (!pgx_ok(x, r, PGRES_TUPLES_OK, "reading changes failed"))
+        goto err;
     int rows = PQntuples(r);
-    if (PQnfields(r) != 8) {
-        snprintf(x->err, sizeof x->err, "reading changes: %d columns, expected 8", PQnfields(r));
-        PQclear(r);
-        return -1;
+    if (PQnfields(r) != 4 || rows > PG_CHANGE_PAGE) {
+        snprintf(x->err, sizeof x->err, "reading changes: %d rows of %d columns, expected at "
+                 "most %d of 4", rows, PQnfields(r), PG_CHANGE_PAGE);
+        goto err;
     }
     /* Rows come in seq order: the last one is the newest change known, applied or not. */
     int64_t newest;
@@ -1510,14 +1617,14 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
         *last_seen = (uint64_t)newest;
         atomic_store(&p->a_head, *last_seen);
     }
+    /* Pass 1: the rows we apply (each seq exactly one above the last) and their ADDs' ids. */
     for (int i = 0; i < rows; i++) {
-        int64_t seq, kind, id, present, age;
+        int64_t seq, kind, id, age;
         if (res_int(r, i, 0, &seq) != 0 || seq < 1) {
             snprintf(x->err, sizeof x->err, "reading changes: a bad sequence number");
-            PQclear(r);
-            return -1;
+            goto err;
         }
-        if (res_int(r, i, 7, &age) != 0 || age < 0)
+        if (res_int(r, i, 3, &age) != 0 || age < 0)
             age = 0;
         if (i == 0)
             *first_age_us = age;
@@ -1530,39 +1637,64 @@ static int apply_page(fw_galpg *p, int *gap, int64_t *gap_age_us, int64_t *first
             continue;
         }
         next = (uint64_t)seq;
-        if (res_int(r, i, 1, &kind) != 0 || res_int(r, i, 2, &id) != 0 ||
-            res_int(r, i, 3, &present) != 0) {
+        f->pick[npick++] = i;
+        if (res_int(r, i, 1, &kind) == 0 && res_int(r, i, 2, &id) == 0 &&
+            kind == FW_GALLERY_CHANGE_ADD && id >= 1) {
+            uint8_t *e = f->idarr + 20 + 12 * nadd++; /* read_faces writes the header */
+            put_be(e, 8, 4);
+            put_be(e + 4, (uint64_t)id, 8);
+        }
+    }
+    if (nadd && !(fr = read_faces(f, nadd, &nfaces)))
+        goto err;
+    /* Pass 2: stage and apply them in order. */
+    for (int k = 0; k < npick; k++) {
+        int i = f->pick[k];
+        int64_t seq = 0, kind, id, age;
+        (void)res_int(r, i, 0, &seq); /* pass 1 checked it */
+        if (res_int(r, i, 3, &age) != 0 || age < 0)
+            age = 0;
+        if (res_int(r, i, 1, &kind) != 0 || res_int(r, i, 2, &id) != 0) {
             bad_row(p, (uint64_t)seq, 0, "unreadable change row");
             stage_simple(f, (uint64_t)seq, FW_GALLERY_CHANGE_SKIP, 0, age);
         } else if (kind == FW_GALLERY_CHANGE_REMOVE && id >= 1) {
             stage_simple(f, (uint64_t)seq, FW_GALLERY_CHANGE_REMOVE, id, age);
-        } else if (kind == FW_GALLERY_CHANGE_ADD && id >= 1 && !present) {
-            /* Deleted since: its REMOVE comes later in the table. */
-            stage_simple(f, (uint64_t)seq, FW_GALLERY_CHANGE_SKIP, id, age);
         } else if (kind == FW_GALLERY_CHANGE_ADD && id >= 1) {
-            int sl, ml, dl;
-            const uint8_t *s = col_bytes(r, i, 4, &sl), *m = col_bytes(r, i, 5, &ml),
-                          *d = col_bytes(r, i, 6, &dl);
-            const char *why;
-            if (stage_add(f, (uint64_t)seq, id, s, sl, m, ml, d, dl, &why) == 0) {
-                f->age_us[f->n++] = age;
-            } else {
-                bad_row(p, (uint64_t)seq, id, why);
+            face_ref key = { .id = id, .row = 0 };
+            const face_ref *fa = nfaces ? bsearch(&key, f->faces, (size_t)nfaces,
+                                                  sizeof *f->faces, cmp_face_ref) : NULL;
+            if (!fa) {
+                /* Deleted since: its REMOVE comes later in the table (above). */
                 stage_simple(f, (uint64_t)seq, FW_GALLERY_CHANGE_SKIP, id, age);
+            } else {
+                int sl, ml, dl;
+                const uint8_t *s = col_bytes(fr, fa->row, 1, &sl),
+                              *m = col_bytes(fr, fa->row, 2, &ml),
+                              *d = col_bytes(fr, fa->row, 3, &dl);
+                const char *why;
+                if (stage_add(f, (uint64_t)seq, id, s, sl, m, ml, d, dl, &why) == 0) {
+                    f->age_us[f->n++] = age;
+                } else {
+                    bad_row(p, (uint64_t)seq, id, why);
+                    stage_simple(f, (uint64_t)seq, FW_GALLERY_CHANGE_SKIP, id, age);
+                }
             }
         } else {
             bad_row(p, (uint64_t)seq, id, "unknown kind or face id below 1");
             stage_simple(f, (uint64_t)seq, FW_GALLERY_CHANGE_SKIP, 0, age);
         }
-        if (f->n == PG_APPLY_BATCH && flush_stage(p) != 0) {
-            PQclear(r);
-            return -1;
-        }
+        if (f->n == PG_APPLY_BATCH && flush_stage(p) != 0)
+            goto err;
     }
     PQclear(r);
+    PQclear(fr);
     if (flush_stage(p) != 0)
         return -1;
     return rows;
+err:
+    PQclear(r);
+    PQclear(fr);
+    return -1;
 }
 
 static int follower_sleep(fw_galpg *p, int ms);
@@ -1660,6 +1792,7 @@ static int follower_sleep(fw_galpg *p, int ms)
 static int follower_connect(fw_galpg *p, int *fatal)
 {
     static const Oid t_changes[] = { OID_INT8 };
+    static const Oid t_faces[] = { OID_INT8_ARRAY };
     follower *f = &p->f;
     pgx *x = &f->x;
     int newer;
@@ -1672,8 +1805,17 @@ static int follower_connect(fw_galpg *p, int *fatal)
         }
         return -1;
     }
-    if (pgx_cmd(x, "LISTEN fw_change") != 0 ||
-        pgx_prepare(x, "fw_changes", SQL_CHANGES, 1, t_changes) != 0)
+    int version = PQserverVersion(x->conn);
+    if (version < PG_PLAN_CACHE_MODE_VERSION) {
+        snprintf(x->err, sizeof x->err, "PostgreSQL server version %d is too old: facewired "
+                 "needs 12 or newer", version);
+        set_why(p, 1, "%s", x->err);
+        *fatal = 1;
+        goto err;
+    }
+    if (pgx_cmd(x, SQL_FOLLOWER_SESSION) != 0 || pgx_cmd(x, "LISTEN fw_change") != 0 ||
+        pgx_prepare(x, "fw_changes", SQL_CHANGES, 1, t_changes) != 0 ||
+        pgx_prepare(x, "fw_faces", SQL_FACES, 1, t_faces) != 0)
         goto err;
     if (!(r = pgx_run(x, "SELECT seq FROM fw_counter WHERE id = 1", 0, NULL, NULL, NULL,
                       PGRES_TUPLES_OK)))
@@ -1951,6 +2093,9 @@ static void galpg_free(fw_galpg *p)
     free(p->f.stage);
     free(p->f.chg);
     free(p->f.age_us);
+    free(p->f.pick);
+    free(p->f.faces);
+    free(p->f.idarr);
     free(p->url);
     free(p);
 }
@@ -2016,7 +2161,11 @@ int fw_galpg_open(uv_loop_t *loop, const fw_galpg_options *o, fw_galpg **out, ch
     p->f.stage = malloc(PG_APPLY_BATCH * sizeof *p->f.stage);
     p->f.chg = malloc(PG_APPLY_BATCH * sizeof *p->f.chg);
     p->f.age_us = malloc(PG_APPLY_BATCH * sizeof *p->f.age_us);
-    if (!p->url || !p->w.batch || !p->f.stage || !p->f.chg || !p->f.age_us) {
+    p->f.pick = malloc(PG_CHANGE_PAGE * sizeof *p->f.pick);
+    p->f.faces = malloc(PG_CHANGE_PAGE * sizeof *p->f.faces);
+    p->f.idarr = malloc(PG_IDARR_BYTES);
+    if (!p->url || !p->w.batch || !p->f.stage || !p->f.chg || !p->f.age_us || !p->f.pick ||
+        !p->f.faces || !p->f.idarr) {
         snprintf(err, errlen, "out of memory");
         galpg_free(p);
         return -1;
