@@ -145,6 +145,7 @@ static const char SQL_LOG_CHANGES[] =
 typedef struct pgx {
     PGconn *conn;
     int stopfd;                    /* also ends every wait when readable; -1: never */
+    int stopped;                   /* the last failure was stopfd: a close, not a fault */
     char err[256];                 /* the last failure, one line */
 } pgx;
 
@@ -392,6 +393,13 @@ static void pgx_fail(pgx *x, const char *what)
     snprintf(x->err, sizeof x->err, "%s%s%s", what, detail[0] ? ": " : "", detail);
 }
 
+/* A wait was cut short by stopfd: the caller is closing, which is nobody's fault. */
+static void pgx_stop(pgx *x)
+{
+    x->stopped = 1;
+    snprintf(x->err, sizeof x->err, "stopping");
+}
+
 /* Wait until the socket is ready for events. -1 with x->err when stop was asked, nothing
  * happened for timeout_ms, or the socket is gone. */
 static int pgx_wait(pgx *x, short events, int timeout_ms)
@@ -415,7 +423,7 @@ static int pgx_wait(pgx *x, short events, int timeout_ms)
             return -1;
         }
         if (x->stopfd >= 0 && pf[1].revents) {
-            snprintf(x->err, sizeof x->err, "stopping");
+            pgx_stop(x);
             return -1;
         }
         return 0;
@@ -561,6 +569,7 @@ static int pgx_connect(pgx *x, const char *url, const char *role, notice_ctx *no
     const char *val[] = { role, "1", "10", "5", "3", "30000", url, NULL };
     pgx_close(x);
     x->err[0] = '\0';
+    x->stopped = 0;
     x->conn = PQconnectStartParams(kw, val, 1);
     if (!x->conn) {
         snprintf(x->err, sizeof x->err, "out of memory");
@@ -1158,8 +1167,11 @@ static void *writer_main(void *arg)
                 pthread_mutex_lock(&p->smu);
                 copy_str(p->werr, sizeof p->werr, w->x.err);
                 pthread_mutex_unlock(&p->smu);
-                log_unreachable(p, w->logged, sizeof w->logged, "writer", w->x.err,
-                                newer ? FW_LOG_ERROR : FW_LOG_WARN);
+                /* Cut short by close: not the database's fault, so not worth a warning (the
+                 * writes still queued are answered just below all the same). */
+                if (!w->x.stopped)
+                    log_unreachable(p, w->logged, sizeof w->logged, "writer", w->x.err,
+                                    newer ? FW_LOG_ERROR : FW_LOG_WARN);
                 atomic_store(&p->a_retry_at, mono_ms() + backoff);
                 if (writer_backoff(p, backoff, w->x.err))
                     break;
@@ -1719,7 +1731,7 @@ static int follow(fw_galpg *p, int *progress)
             f->apply_failed = 0;
             atomic_store(&p->a_lag_ms, (uint64_t)first_age / 1000u + (mono_ms() - t_query));
             if (follower_sleep(p, (int)retry)) {
-                snprintf(x->err, sizeof x->err, "stopping");
+                pgx_stop(x);
                 return -1;
             }
             retry = retry * 2 > p->opt.reconnect_max_ms ? p->opt.reconnect_max_ms : retry * 2;
@@ -1761,7 +1773,7 @@ static int follow(fw_galpg *p, int *progress)
             return -1;
         }
         if (pr > 0 && pf[1].revents) {
-            snprintf(x->err, sizeof x->err, "stopping");
+            pgx_stop(x);
             return -1;
         }
         if (pr > 0 && !PQconsumeInput(x->conn)) {
@@ -1852,6 +1864,8 @@ static void *follower_main(void *arg)
     int ever = 0, fatal;
     for (;;) {
         if (follower_connect(p, &fatal) != 0) {
+            if (f->x.stopped)
+                break; /* closed while connecting: nothing to report */
             log_unreachable(p, f->logged, sizeof f->logged, "follower", f->x.err,
                             fatal ? FW_LOG_ERROR : FW_LOG_WARN);
             /* Refused for good: serve what we have until a restart. */
@@ -1874,7 +1888,7 @@ static void *follower_main(void *arg)
             follow(p, &progress);
         atomic_store(&p->a_fconn, 0);
         pgx_close(&f->x);
-        if (strcmp(f->x.err, "stopping") == 0)
+        if (f->x.stopped)
             break;
         if (progress)
             backoff = PG_BACKOFF_MIN_MS;
