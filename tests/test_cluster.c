@@ -48,6 +48,7 @@
 #include "tests/tu_haproxy.h"
 #include "tests/tu_http.h"
 #include "tests/tu_pg.h"
+#include "tests/tu_proc.h"
 #include "tests/tu_server.h"
 
 #define NODES 3
@@ -93,13 +94,6 @@ typedef struct cluster {
 } cluster;
 
 /* ---- small helpers ------------------------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The poll interval of the loops that wait for a condition (not a synchronisation). */
 static void pause_ms(int ms)
@@ -204,12 +198,12 @@ static int finds(fw_client *c, const face *f, const char *who, int say_miss)
 /* Poll until identifying f through c finds it: the milliseconds it took, or -1. */
 static int64_t wait_found(fw_client *c, const face *f, const char *who)
 {
-    int64_t t0 = now_ms(), deadline = t0 + tu_timeout_ms();
+    int64_t t0 = tu_now_ms(), deadline = t0 + tu_timeout_ms();
     for (;;) {
         int r = finds(c, f, who, 0);
         if (r == 1)
-            return now_ms() - t0;
-        if (r < 0 || now_ms() > deadline) {
+            return tu_now_ms() - t0;
+        if (r < 0 || tu_now_ms() > deadline) {
             fprintf(stderr, "  face %llu not found through %s\n", (unsigned long long)f->id, who);
             return -1;
         }
@@ -268,10 +262,10 @@ static long long log_field(tu_server *s, const char *msg, const char *key)
 /* Poll a node's /health until it answers `want`; 1 if it did within the timeout. */
 static int wait_health(const node *n, int want, char *why, size_t cap)
 {
-    int64_t deadline = now_ms() + tu_timeout_ms();
+    int64_t deadline = tu_now_ms() + tu_timeout_ms();
     int code;
     while ((code = tu_http_get("127.0.0.1", n->mport, "/health", why, cap)) != want) {
-        if (now_ms() > deadline) {
+        if (tu_now_ms() > deadline) {
             fprintf(stderr, "  /health of %s: %d \"%s\", waited for %d\n", n->addr, code, why, want);
             return 0;
         }
@@ -457,18 +451,18 @@ static void step_kill(cluster *cl)
     CHECK_MSG(conns >= 3, "node 2 has %ld connections before the kill, expected >= 3", conns);
 
     size_t mark = tu_log_mark(&cl->hx->log);
-    int64_t t_kill = now_ms(), t_down = -1, deadline = t_kill + tu_timeout_ms();
+    int64_t t_kill = tu_now_ms(), t_down = -1, deadline = t_kill + tu_timeout_ms();
     tu_server_kill(cl->n[1].srv, SIGKILL);
     answers = 0;
     /* Until HAProxy has marked node 2 DOWN and some more: every call must be answered. */
     while (t_down < 0 || after_down < 50) {
         CHECK_MSG(identify_round(cl, t_down < 0, &answers, &fresh) == 0,
-                  "a call went unanswered %lld ms after the kill", (long long)(now_ms() - t_kill));
+                  "a call went unanswered %lld ms after the kill", (long long)(tu_now_ms() - t_kill));
         if (t_down < 0 && tu_log_has(&cl->hx->log, mark, "Server facewired/node2 is DOWN"))
-            t_down = now_ms();
+            t_down = tu_now_ms();
         else if (t_down >= 0)
             after_down++;
-        CHECK_MSG(now_ms() < deadline, "HAProxy did not mark node 2 DOWN");
+        CHECK_MSG(tu_now_ms() < deadline, "HAProxy did not mark node 2 DOWN");
     }
     printf("  b. node 2 killed (SIGKILL): HAProxy marked it DOWN after %lld ms; %ld identifies "
            "answered meanwhile and after (%ld on fresh connections through HAProxy), all OK\n",
@@ -534,13 +528,13 @@ static int64_t enroll_unavailable(cluster *cl, const node *n, int say)
     if (fd < 0)
         return -1;
     fw_header h = tu_request(FW_OP_ENROLL, 77, (uint32_t)w.len);
-    int64_t t0 = now_ms();
+    int64_t t0 = tu_now_ms();
     if (tu_send_frame(fd, &h, body) != 0 || tu_read_resp(fd, &r) != 0) {
         fprintf(stderr, "  ENROLL on %s: no answer\n", n->addr);
         close(fd);
         return -1;
     }
-    int64_t t1 = now_ms();
+    int64_t t1 = tu_now_ms();
     fw_reader rd;
     uint16_t mlen;
     fw_reader_init(&rd, r.body, r.len);
@@ -593,7 +587,7 @@ static void step_pg_down(cluster *cl)
 static void step_pg_up(cluster *cl)
 {
     char out[64];
-    int64_t t0 = now_ms(), deadline = t0 + tu_timeout_ms();
+    int64_t t0 = tu_now_ms(), deadline = t0 + tu_timeout_ms();
     int attempts = 0, rc;
     CHECK(tu_pg_start(&cl->pg) == 0);
     /* Poll through node 1 until its writer has reconnected. */
@@ -601,15 +595,15 @@ static void step_pg_up(cluster *cl)
         attempts++;
         CHECK_MSG(rc == FW_STATUS_UNAVAILABLE, "ENROLL after PostgreSQL came back: %s (%s)", fw_strerror(rc),
                   fw_client_errmsg(cl->n[0].c));
-        CHECK_MSG(now_ms() < deadline, "ENROLL still UNAVAILABLE %d ms after PostgreSQL came back", tu_timeout_ms());
+        CHECK_MSG(tu_now_ms() < deadline, "ENROLL still UNAVAILABLE %d ms after PostgreSQL came back", tu_timeout_ms());
         uint32_t ra = fw_client_retry_after(cl->n[0].c);
         pause_ms(ra < 10 ? 10 : ra > 200 ? 200 : (int)ra);
     }
-    int64_t resumed = now_ms() - t0;
+    int64_t resumed = tu_now_ms() - t0;
     /* Every node's writer, and HAProxy's path, take writes again. */
     for (int i = 0; i < NODES; i++)
         for (int k = 0; k < 3; k++) {
-            while ((rc = enroll_new(cl, cl->n[i].c, 1, NULL)) == FW_STATUS_UNAVAILABLE && now_ms() < deadline)
+            while ((rc = enroll_new(cl, cl->n[i].c, 1, NULL)) == FW_STATUS_UNAVAILABLE && tu_now_ms() < deadline)
                 pause_ms(20);
             CHECK_MSG(rc == FW_OK, "node %d: ENROLL after PostgreSQL came back: %s", i + 1, fw_strerror(rc));
         }
@@ -635,7 +629,7 @@ static void step_pg_up(cluster *cl)
     fw_gallery_info gi[NODES];
     for (int i = 0; i < NODES; i++) {
         /* The last write may still be on its way to a node: poll until it has applied it. */
-        while ((rc = fw_gallery(cl->n[i].c, &gi[i])) == FW_OK && gi[i].faces != db && now_ms() < deadline)
+        while ((rc = fw_gallery(cl->n[i].c, &gi[i])) == FW_OK && gi[i].faces != db && tu_now_ms() < deadline)
             pause_ms(5);
         CHECK_EQ_INT(rc, FW_OK);
         CHECK_MSG(gi[i].faces == db, "node %d has %llu faces, the database %llu", i + 1,
@@ -654,19 +648,19 @@ static void step_drain(cluster *cl)
     size_t mark = tu_log_mark(&cl->hx->log);
     fw_client_close(cl->n[2].c); /* its own connection would only keep the drain waiting */
     cl->n[2].c = NULL;
-    int64_t t0 = now_ms(), t_503 = -1, t_down = -1, t_stop = -1;
+    int64_t t0 = tu_now_ms(), t_503 = -1, t_down = -1, t_stop = -1;
     int64_t deadline = t0 + atoi(DRAIN_DELAY_MS) + tu_timeout_ms();
     tu_server_kill(cl->n[2].srv, SIGTERM);
     while (t_stop < 0 || t_down < 0) {
         CHECK_MSG(identify_round(cl, t_down < 0, &answers, &fresh) == 0, "a call went unanswered %lld ms after SIGTERM",
-                  (long long)(now_ms() - t0));
+                  (long long)(tu_now_ms() - t0));
         if (t_503 < 0 && t_stop < 0 && tu_http_get("127.0.0.1", cl->n[2].mport, "/health", why, sizeof why) == 503)
-            t_503 = now_ms();
+            t_503 = tu_now_ms();
         if (t_down < 0 && tu_log_has(&cl->hx->log, mark, "Server facewired/node3 is DOWN"))
-            t_down = now_ms();
+            t_down = tu_now_ms();
         if (t_stop < 0 && tu_server_log_has(cl->n[2].srv, "msg=\"stopped\""))
-            t_stop = now_ms();
-        CHECK_MSG(now_ms() < deadline, "node 3 did not stop, or HAProxy did not mark it DOWN");
+            t_stop = tu_now_ms();
+        CHECK_MSG(tu_now_ms() < deadline, "node 3 did not stop, or HAProxy did not mark it DOWN");
     }
     printf("  f. node 3 got SIGTERM (--drain-delay-ms %s): /health 503 %s, HAProxy marked it DOWN "
            "after %lld ms, it stopped after %lld ms; %ld identifies answered meanwhile (%ld on fresh "
@@ -761,11 +755,11 @@ static int signal_children(int hard, int verbose)
 static int reap_leftovers(const sigset_t *chld)
 {
     int first = -1;
-    int64_t deadline = now_ms() + tu_timeout_ms();
+    int64_t deadline = tu_now_ms() + tu_timeout_ms();
     for (int round = 0;; round++) {
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;
-        int n = signal_children(now_ms() > deadline, round == 0);
+        int n = signal_children(tu_now_ms() > deadline, round == 0);
         if (first < 0)
             first = n;
         if (n == 0)
