@@ -1745,14 +1745,15 @@ static int follow(fw_galpg *p, int *progress)
         clear_why(p);
         if (last_seen < f->applied)
             last_seen = f->applied;
-        atomic_store(&p->a_head, last_seen);
-        /* Every row the query returned was, at that moment, known and not yet applied. */
+        /* Every row the query returned was, at that moment, known and not yet applied. The lag
+         * is stored before the head, so whoever sees the new head sees its lag too. */
         if (gap)
             atomic_store(&p->a_lag_ms, (uint64_t)gap_age / 1000u + (mono_ms() - t_query));
         else if (rows == PG_CHANGE_PAGE)
             atomic_store(&p->a_lag_ms, (uint64_t)first_age / 1000u);
         else
             atomic_store(&p->a_lag_ms, 0);
+        atomic_store(&p->a_head, last_seen);
         if (!gap && rows == PG_CHANGE_PAGE)
             continue; /* more to read now */
         /* Wait for a NOTIFY (or anything on the socket), the poll timer, or stop. */
