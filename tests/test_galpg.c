@@ -828,7 +828,8 @@ static void t_pg_gap_is_never_skipped(void)
              "BEGIN;"
              "INSERT INTO fw_face (subject, meta, descriptor) SELECT subject, meta, descriptor "
              "  FROM fw_face WHERE id = %" PRIu64 ";"
-             "INSERT INTO fw_change (seq, kind, face_id) VALUES (%lld, 1, currval('fw_face_id_seq'));"
+             "INSERT INTO fw_change (seq, kind, face_id, at)"
+             "  VALUES (%lld, 1, currval('fw_face_id_seq'), clock_timestamp() - interval '60 s');"
              "UPDATE fw_counter SET seq = %lld;"
              "NOTIFY fw_change; COMMIT", keep, s + 2, s + 2);
     CHECK(sql(url, q, NULL, 0) == 0);
@@ -839,6 +840,12 @@ static void t_pg_gap_is_never_skipped(void)
     fw_galpg_info_get(a.p, &i);
     CHECK_EQ_INT(i.applied_seq, s);
     CHECK_EQ_INT(fw_gallery_get(a.g, (uint64_t)x, NULL, NULL, NULL, NULL), FW_STATUS_NOT_FOUND);
+    /* Held at the hole behind a change a minute old: not ready (this is what turns /health
+     * 503 "lagging N ms" and takes the node out of the balancer), the lag at least that age. */
+    char why[96];
+    CHECK_EQ_INT(fw_galpg_ready(a.p, why, sizeof why), 0);
+    CHECK(strncmp(why, "lagging ", 8) == 0);
+    CHECK(i.lag_ms >= 60000);
     /* The hole fills (a REMOVE of the face enrolled first): both apply, in order. */
     snprintf(q, sizeof q,
              "BEGIN; DELETE FROM fw_face WHERE id = %" PRIu64 ";"
@@ -850,6 +857,7 @@ static void t_pg_gap_is_never_skipped(void)
     CHECK_EQ_INT(i.applied_seq, s + 2);
     CHECK_EQ_INT(fw_gallery_get(a.g, (uint64_t)x, NULL, NULL, NULL, NULL), FW_STATUS_OK);
     CHECK_EQ_INT(fw_gallery_get(a.g, keep, NULL, NULL, NULL, NULL), FW_STATUS_NOT_FOUND);
+    CHECK_EQ_INT(fw_galpg_ready(a.p, why, sizeof why), 1); /* caught up: in sync again */
     node_close(&e, &a);
     env_close(&e);
 }
