@@ -355,13 +355,19 @@ static float *gemm_weights(const nn_conv *cv)
  * measured the same as whole-map blocks (within the +-3% noise, F(2x2) and F(4x4) alike):
  * there the whole-map buffers nearly fit L2 anyway.
  */
-/* A run of zeros standing in for input cells outside the map (the widest map has 512
- * channels). Read-only. */
-static const float nn_zeros[512];
+/* The most input or output channels a Winograd conv may have (wino_weights refuses more):
+ * it sizes the zero run below and guarantees winograd_conv's blocks a few tiles each. */
+#define WINO_MAX_C 512
+
+/* A run of zeros standing in for input cells outside the map. Read-only. */
+static const float nn_zeros[WINO_MAX_C];
 
 /* Transformed inputs + GEMM results of one block aim at this many floats (640 KB, inside a
  * 1 MB L2 with the block's weights streaming past; 256 KB and 1.3 MB measured the same). */
 #define WINO_BLOCK_FLOATS ((size_t)160 * 1024)
+_Static_assert(WINO_BLOCK_FLOATS <= NN_COL_FLOATS &&
+                   WINO_BLOCK_FLOATS / (36 * 2 * WINO_MAX_C) >= 1,
+               "a Winograd block must fit the col buffer and hold at least one F(4x4) tile");
 
 static const double wino_g2[4][3] = {
     { 1, 0, 0 }, { 0.5, 0.5, 0.5 }, { 0.5, -0.5, 0.5 }, { 0, 0, 1 }
@@ -382,7 +388,7 @@ static float *wino_weights(const nn_conv *cv, int m)
     int a = m + 2;
     const double(*g)[3] = m == 2 ? wino_g2 : wino_g4;
     size_t cin = (size_t)cv->cin, cout = (size_t)cv->cout;
-    if (cv->kh != 3 || cv->kw != 3 || cin > sizeof nn_zeros / sizeof nn_zeros[0])
+    if (cv->kh != 3 || cv->kw != 3 || cin > WINO_MAX_C || cout > WINO_MAX_C)
         return NULL;
     size_t per = nn_packed_floats(cin, cout);
     float *u = calloc((size_t)(a * a) * per, sizeof(float));
@@ -536,11 +542,9 @@ static void winograd_conv(const nn_tensor *in, const nn_conv *cv, const float *u
     size_t aa = (size_t)(a * a), tiles = (size_t)th * (size_t)tw;
     size_t cin = (size_t)cv->cin, cout = (size_t)cv->cout;
     size_t per = nn_packed_floats(cin, cout);
-    /* Tiles per block: as many as fit the cache budget (and the col buffer, which at least
-     * 14 always do: 36 * 14 * (512 + 512) < NN_COL_FLOATS), spread evenly over the blocks. */
+    /* Tiles per block: as many as fit the cache budget (at least one: see the assertion at
+     * WINO_BLOCK_FLOATS), spread evenly over the blocks. */
     size_t nb = WINO_BLOCK_FLOATS / (aa * (cin + cout));
-    if (nb < 1)
-        nb = NN_COL_FLOATS / (aa * (cin + cout));
     if (nb > tiles)
         nb = tiles;
     size_t nblocks = (tiles + nb - 1) / nb;

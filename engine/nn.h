@@ -81,7 +81,7 @@ typedef struct nn_packed {
 } nn_packed;
 
 /* Fills out from conv->w. 0, or -1 when out of memory or a Winograd kind is asked of a conv
- * that is not 3x3 (or has more than 512 input channels). */
+ * that is not 3x3 (or has more than 512 input or output channels). */
 int nn_conv_pack(const nn_conv *conv, enum nn_pack kind, nn_packed *out);
 void nn_packed_free(nn_packed *pk);
 
@@ -93,7 +93,7 @@ void nn_conv2d_packed(const nn_tensor *in, const nn_conv *conv, const nn_packed 
                       int pad_t, int pad_l, enum nn_act act, float *col, nn_tensor *out);
 
 /* Prepares conv (3x3) for the Winograd F(2x2,3x3) path of nn_conv2d: fills conv->wu.
- * 0, or -1 on out of memory (or a conv that is not 3x3). */
+ * 0, or -1 as nn_conv_pack. */
 int nn_conv_winograd_prepare(nn_conv *conv);
 
 /* The same for a separable convolution (3x3 depthwise). col: NN_COL_FLOATS. */
