@@ -5,31 +5,19 @@
  *
  *   bin/bench_streams_frames IN.jpg OUTDIR N [W H]   -> OUTDIR/f000.jpg ... (N <= 1000)
  *
- * libturbojpeg only (it is linked for the engine already); no ImageMagick on the test box.
+ * The engine's own JPEG code (libturbojpeg underneath; no ImageMagick on the test box): the
+ * input goes through fw_read_file and fw_decode_jpeg, which check its size and its header
+ * before allocating, like any picture the server is sent.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <turbojpeg.h>
 
-static unsigned char *read_all(const char *path, unsigned long *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    unsigned char *b = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n > 0 && n < (64L << 20) && fseek(f, 0, SEEK_SET) == 0 && (b = malloc((size_t)n)) != NULL &&
-            fread(b, 1, (size_t)n, f) != (size_t)n) {
-            free(b);
-            b = NULL;
-        }
-        *len = n > 0 ? (unsigned long)n : 0;
-    }
-    fclose(f);
-    return b;
-}
+#include "engine/engine.h"
+#include "engine/image.h"
+
+#define IN_MAX_BYTES ((size_t)64 << 20)
+#define IN_MAX_PIXELS ((uint64_t)100 << 20)
 
 int main(int argc, char **argv)
 {
@@ -42,18 +30,27 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: N must be 1..1000, W and H 16..4096\n", argv[0]);
         return 2;
     }
-    unsigned long len = 0;
-    unsigned char *jpeg = read_all(argv[1], &len), *src = NULL, *dst = NULL, *out = NULL;
-    tjhandle d = tjInitDecompress(), c = tjInitCompress();
-    int rc = 1, w, h, sub, cs;
-    if (!jpeg || !d || !c || tjDecompressHeader3(d, jpeg, len, &w, &h, &sub, &cs) != 0) {
-        fprintf(stderr, "%s: cannot read %s\n", argv[0], argv[1]);
+    char err[256];
+    size_t len = 0;
+    uint8_t *jpeg = fw_read_file(argv[1], IN_MAX_BYTES, &len, NULL, err, sizeof err);
+    uint8_t *dst = NULL, *out = NULL;
+    fw_decoder *d = fw_decoder_new();
+    const fw_decode_limits lim = { IN_MAX_PIXELS, 65535, 0 };
+    fw_image img;
+    int rc = 1;
+    if (!jpeg || !d) {
+        fprintf(stderr, "%s: %s\n", argv[0], jpeg ? "out of memory" : err);
         goto out;
     }
-    src = malloc((size_t)w * (size_t)h * 3);
+    if (fw_decode_jpeg(d, jpeg, len, &lim, &img, NULL, err, sizeof err) != FWE_OK) {
+        fprintf(stderr, "%s: cannot decode %s: %s\n", argv[0], argv[1], err);
+        goto out;
+    }
+    const uint8_t *src = img.px;
+    int w = img.w, h = img.h;
     dst = malloc((size_t)W * (size_t)H * 3);
-    if (!src || !dst || tjDecompress2(d, jpeg, len, src, w, 0, h, TJPF_RGB, 0) != 0) {
-        fprintf(stderr, "%s: cannot decode %s\n", argv[0], argv[1]);
+    if (!dst) {
+        fprintf(stderr, "%s: out of memory\n", argv[0]);
         goto out;
     }
     /* scale to cover W x H (nearest neighbour is enough for load), centre, roll per frame */
@@ -70,11 +67,12 @@ int main(int argc, char **argv)
                 memcpy(dst + ((size_t)y * W + x) * 3, src + ((size_t)sy * w + sx) * 3, 3);
             }
         }
-        unsigned long olen = 0;
-        tjFree(out); /* a buffer passed back in would need its size in olen */
+        size_t olen = 0;
+        free(out);
         out = NULL;
-        if (tjCompress2(c, dst, W, 0, H, TJPF_RGB, &out, &olen, TJSAMP_420, 85, 0) != 0) {
-            fprintf(stderr, "%s: cannot encode\n", argv[0]);
+        const fw_image frame = { dst, W, H };
+        if (fw_jpeg_encode(&frame, 85, &out, &olen, err, sizeof err) != FWE_OK) {
+            fprintf(stderr, "%s: cannot encode: %s\n", argv[0], err);
             goto out;
         }
         char path[4096];
@@ -88,13 +86,9 @@ int main(int argc, char **argv)
     }
     rc = 0;
 out:
-    tjFree(out);
-    free(src);
+    free(out);
     free(dst);
     free(jpeg);
-    if (d)
-        tjDestroy(d);
-    if (c)
-        tjDestroy(c);
+    fw_decoder_free(d);
     return rc;
 }
