@@ -3,7 +3,9 @@
  *
  * The whole of a group's shards is read into memory first (they are a few MB at most, capped
  * below), then walked with an explicit offset that is checked before every read, so a manifest
- * that lies about sizes can only produce an error.
+ * that lies about sizes can only produce an error. The bounded whole-file reader behind that,
+ * fw_read_file (engine.h), lives here and is the engine's only one: the CLI and the benchmarks
+ * read pictures with it too.
  */
 #include "engine/model.h"
 #include "engine/engine.h"
