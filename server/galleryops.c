@@ -874,14 +874,26 @@ void fw_galops_info(fw_galops *gx, fw_sb *b)
     fw_sb_printf(b, "gallery_pg_writes_breaker: %s\n", fw_breaker_state_name((fw_breaker_state)pi.breaker_state));
 }
 
+/* One Prometheus family per row of m, each a single unlabelled value v[i]:
+ * the plain gauges and counters of the gallery and its PostgreSQL store. */
+typedef struct {
+    const char *name, *type, *help;
+} prom_family;
+
+static void prom_families(fw_sb *b, const prom_family *m, const uint64_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        fw_sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m[i].name, m[i].help, m[i].name, m[i].type);
+        fw_sb_printf(b, "%s %llu\n", m[i].name, (unsigned long long)v[i]);
+    }
+}
+
 /* The PostgreSQL store's families (--gallery-url only). */
 static void pg_metrics(fw_galops *gx, fw_sb *b)
 {
     fw_galpg_info pi;
     fw_galpg_info_get(gx->pg, &pi);
-    static const struct {
-        const char *name, *type, *help;
-    } m[] = {
+    static const prom_family m[] = {
         { "facewire_gallery_pg_loaded", "gauge", "1 once the initial load from PostgreSQL finished." },
         { "facewire_gallery_pg_applied_seq", "gauge", "Last change of the change table applied to memory." },
         { "facewire_gallery_pg_head_seq", "gauge", "Last change known to exist in the database." },
@@ -895,10 +907,7 @@ static void pg_metrics(fw_galops *gx, fw_sb *b)
     };
     uint64_t v[] = { (uint64_t)pi.loaded, pi.applied_seq, pi.head_seq, pi.commits, pi.write_errors,
                      pi.reconnects, pi.bad_rows, pi.load_faces, (uint64_t)pi.breaker_state };
-    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
-        fw_sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m[i].name, m[i].help, m[i].name, m[i].type);
-        fw_sb_printf(b, "%s %llu\n", m[i].name, (unsigned long long)v[i]);
-    }
+    prom_families(b, m, v, sizeof m / sizeof m[0]);
     const char *n = "facewire_gallery_pg_connected";
     fw_sb_printf(b, "# HELP %s 1 while the connection is up, by role.\n# TYPE %s gauge\n", n, n);
     fw_sb_printf(b, "%s{role=\"writer\"} %d\n", n, pi.writer_connected);
@@ -923,9 +932,7 @@ void fw_galops_metrics(fw_galops *gx, fw_sb *b)
     if (!gx)
         return;
     fw_gallery_info_get(gx->g, &gi);
-    static const struct {
-        const char *name, *type, *help;
-    } m[] = {
+    static const prom_family m[] = {
         { "facewire_gallery_faces", "gauge", "Faces enrolled." },
         { "facewire_gallery_subjects", "gauge", "Subjects with at least one face." },
         { "facewire_gallery_bytes", "gauge", "Snapshot + log bytes on disk (index memory without --data)." },
@@ -936,10 +943,7 @@ void fw_galops_metrics(fw_galops *gx, fw_sb *b)
     };
     uint64_t v[] = { gi.faces, gi.subjects, gx->disk ? gi.disk_bytes : gi.mem_bytes, gi.last_seq,
                      gi.compactions, gi.write_errors, gx->pending };
-    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
-        fw_sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m[i].name, m[i].help, m[i].name, m[i].type);
-        fw_sb_printf(b, "%s %llu\n", m[i].name, (unsigned long long)v[i]);
-    }
+    prom_families(b, m, v, sizeof m / sizeof m[0]);
     const char *n = "facewire_gallery_write_seconds";
     fw_sb_printf(b, "# HELP %s Time from queueing an enroll or delete to its record being on disk.\n"
                     "# TYPE %s summary\n", n, n);
