@@ -164,19 +164,11 @@ static void pick_engine(const fw_job *j, const fw_face_env *env, const fw_engine
 
 static void analyze_work(fw_job *j, int want)
 {
-    fw_face_slot *fs = j->slot->ctx;
-    const fw_engine *e;
-    fw_engine_ws *ws;
-    char err[160];
-    int n = 0, w = 0, h = 0;
-
-    pick_engine(j, j->env, &e, &ws);
-    fw_engine_err rc = fw_engine_analyze(e, ws, j->args.image.jpeg, j->args.image.len, want,
-                                         fs->faces, fs->max_faces, &n, &w, &h, NULL, err, sizeof err);
-    if (rc != FWE_OK) {
-        job_fail(j, status_of(rc), "", err);
-        return;
-    }
+    const fw_face *faces;
+    int w = 0, h = 0;
+    int n = fw_faceops_analyze(j, j->env, j->args.image.jpeg, j->args.image.len, want, &faces, &w, &h);
+    if (n < 0)
+        return; /* j->out set */
     int desc = (want & FW_WANT_DESCRIPTORS) != 0;
     size_t per = (4 + 1 + 136 + (desc ? 128 : 0)) * 4;
     size_t cap = 10 + (size_t)n * per;
@@ -191,7 +183,7 @@ static void analyze_work(fw_job *j, int want)
     fw_put_u32(&wr, (uint32_t)h);
     fw_put_u16(&wr, (uint16_t)n);
     for (int i = 0; i < n; i++) {
-        const fw_face *f = &fs->faces[i];
+        const fw_face *f = &faces[i];
         for (int k = 0; k < 4; k++)
             fw_put_f32(&wr, f->box[k]);
         fw_put_f32(&wr, f->score);
