@@ -257,6 +257,20 @@ static int parse_long(const char *v, long lo, long hi, long *out)
     return 0;
 }
 
+/* A decimal byte count >= min (a flag's value): 1, or -1 with err set. */
+static int parse_byte_count(const char *v, uint64_t min, uint64_t *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long long b = strtoull(v, &end, 10);
+    if (errno || end == v || *end != '\0' || b < min || v[0] == '-') {
+        snprintf(err, errlen, "expected a byte count >= %llu, not \"%s\"", (unsigned long long)min, v);
+        return -1;
+    }
+    *out = b;
+    return 1;
+}
+
 /* Table-driven integer flags: name, where, range. */
 typedef struct int_flag {
     const char *name;
@@ -381,28 +395,10 @@ int fw_compute_parse_flag(fw_compute_options *o, const char *flag, const char *v
                 o->default_deadline_ms[op] = (uint32_t)x;
         return 1;
     }
-    if (strcmp(flag, "--queue-max-bytes") == 0) {
-        char *end;
-        errno = 0;
-        unsigned long long b = strtoull(value, &end, 10);
-        if (errno || end == value || *end != '\0' || b < 1024 || value[0] == '-') {
-            snprintf(err, errlen, "expected a byte count >= 1024, not \"%s\"", value);
-            return -1;
-        }
-        o->queue_max_bytes = b;
-        return 1;
-    }
-    if (strcmp(flag, "--stream-memory") == 0) {
-        char *end;
-        errno = 0;
-        unsigned long long b = strtoull(value, &end, 10);
-        if (errno || end == value || *end != '\0' || b < 65536 || value[0] == '-') {
-            snprintf(err, errlen, "expected a byte count >= 65536, not \"%s\"", value);
-            return -1;
-        }
-        o->stream_memory = b;
-        return 1;
-    }
+    if (strcmp(flag, "--queue-max-bytes") == 0)
+        return parse_byte_count(value, 1024, &o->queue_max_bytes, err, errlen);
+    if (strcmp(flag, "--stream-memory") == 0)
+        return parse_byte_count(value, 65536, &o->stream_memory, err, errlen);
     if (strcmp(flag, "--gallery-key") == 0) {
         /* Loaded (and its permissions checked) when the gallery opens: the file is read once,
          * and the key lives only as long as the start-up needs it outside the gallery. */
