@@ -1228,7 +1228,10 @@ static int stage_add(follower *f, uint64_t seq, int64_t id, const uint8_t *subj,
         *why = "face id below 1";
         return -1;
     }
-    if (subj_len < 0 || meta_len < 0 || desc_len != PG_DESC_BYTES) {
+    /* The lengths come from the server: the queries' CASEs cap them, but the copies below
+     * go into fixed buffers, so the caps are checked here, before any byte is copied. */
+    if (subj_len < 0 || meta_len < 0 || meta_len > FW_GALLERY_META_MAX ||
+        desc_len != PG_DESC_BYTES) {
         *why = "subject, metadata or descriptor too long or missing";
         return -1;
     }
