@@ -177,6 +177,13 @@ static void put_float(float v)
     fputs(fmt_float(v, b), stdout);
 }
 
+/* A face box as "x<sep>y<sep>w<sep>h": one place for every printer of faces. */
+static void put_box(const fw_box *b, char sep)
+{
+    put_float(b->x), putchar(sep), put_float(b->y), putchar(sep);
+    put_float(b->w), putchar(sep), put_float(b->h);
+}
+
 /* Length of a valid UTF-8 sequence at s (at most n bytes), or 0 if it is not one. */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
@@ -483,8 +490,7 @@ static void print_faces(const fw_face *faces, const fw_image_result *res, int wi
         for (size_t i = 0; i < res->nstored; i++) {
             const fw_face *f = &faces[i];
             fputs(i ? ",{\"box\":[" : "{\"box\":[", stdout);
-            put_float(f->box.x), putchar(','), put_float(f->box.y), putchar(',');
-            put_float(f->box.w), putchar(','), put_float(f->box.h);
+            put_box(&f->box, ',');
             fputs("],\"score\":", stdout);
             put_float(f->score);
             fputs(",\"landmarks\":[", stdout);
@@ -513,8 +519,7 @@ static void print_faces(const fw_face *faces, const fw_image_result *res, int wi
     for (size_t i = 0; i < res->nstored; i++) {
         const fw_face *f = &faces[i];
         printf("face %lu: box ", (unsigned long)i);
-        put_float(f->box.x), putchar(' '), put_float(f->box.y), putchar(' ');
-        put_float(f->box.w), putchar(' '), put_float(f->box.h);
+        put_box(&f->box, ' ');
         fputs(" score ", stdout);
         put_float(f->score);
         putchar('\n');
@@ -746,8 +751,7 @@ static int cmd_identify(fwcat *fc, int argc, char **argv)
         for (size_t i = 0; i < res.nstored; i++) {
             const fw_identify_face *f = &faces[i];
             fputs(i ? ",{\"box\":[" : "{\"box\":[", stdout);
-            put_float(f->box.x), putchar(','), put_float(f->box.y), putchar(',');
-            put_float(f->box.w), putchar(','), put_float(f->box.h);
+            put_box(&f->box, ',');
             fputs("],\"matches\":[", stdout);
             for (size_t j = 0; j < f->nstored; j++) {
                 fputs(j ? ",{\"subject\":" : "{\"subject\":", stdout);
@@ -764,8 +768,7 @@ static int cmd_identify(fwcat *fc, int argc, char **argv)
         for (size_t i = 0; i < res.nstored; i++) {
             const fw_identify_face *f = &faces[i];
             printf("face %lu: box ", (unsigned long)i);
-            put_float(f->box.x), putchar(' '), put_float(f->box.y), putchar(' ');
-            put_float(f->box.w), putchar(' '), put_float(f->box.h);
+            put_box(&f->box, ' ');
             putchar('\n');
             if (f->nmatches == 0)
                 fputs("  no match\n", stdout);
@@ -1080,8 +1083,7 @@ static void print_stream_event(fwcat *fc, const fw_stream_event *ev, const fw_st
             for (size_t i = 0; i < ev->nstored; i++) {
                 const fw_stream_face *f = &faces[i];
                 fputs(i ? ",{\"box\":[" : "{\"box\":[", stdout);
-                put_float(f->box.x), putchar(','), put_float(f->box.y), putchar(',');
-                put_float(f->box.w), putchar(','), put_float(f->box.h);
+                put_box(&f->box, ',');
                 fputs("],\"score\":", stdout);
                 put_float(f->score);
                 if (f->has_match) {
