@@ -56,7 +56,7 @@ ifeq ($(CROSS),)
   NATIVE ?= -march=native
 endif
 
-PKGS        := libuv libsodium openblas libturbojpeg libcjson libpq
+PKGS        := libuv libsodium openblas libturbojpeg libjpeg libcjson libpq
 PKG_CFLAGS  := $(if $(CROSS),,$(shell pkg-config --cflags $(PKGS) 2>/dev/null))
 PKG_LIBS    := $(if $(CROSS),,$(shell pkg-config --libs $(PKGS) 2>/dev/null)) -lhttp_parser -lm -lpthread
 

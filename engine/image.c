@@ -1,16 +1,29 @@
 /*
  * image.c — JPEG decode/encode and the pixel operations of the face engine (see image.h).
  *
- * Decoding goes through libjpeg-turbo's TurboJPEG API because it reports every libjpeg error as
- * a return code (it longjmps internally), so hostile data can never take the process down, and
- * because its 2.1 flags give us the two hardenings we want for free:
- *   TJFLAG_STOPONWARNING  a truncated or corrupt stream is an error, not a half-grey picture
- *   TJFLAG_LIMITSCANS     a progressive file with thousands of tiny scans (a known CPU DoS)
- *                         is refused
- * The header is read first and its dimensions checked against the caller's limits before any
- * pixel buffer is sized. Big pictures are decoded already reduced by 1/2, 1/4 or 1/8 in the
- * IDCT (the reductions libjpeg-turbo has SIMD code for), which is several times cheaper than
- * decoding everything and resizing afterwards.
+ * Decoding runs libjpeg-turbo's libjpeg API scanline by scanline rather than one
+ * tjDecompress2() call, for one reason: pause points (engine/pause.h). A single tjDecompress2
+ * is milliseconds of uninterrupted CPU (2 ms for 853x480, far more for big or progressive
+ * files); reading row groups in a loop, with a progress monitor, lets the decoder call the
+ * caller's hook between bounded pieces: every iMCU row while jpeg_start_decompress reads a
+ * multi-scan (progressive) file's scans in, every output row group after that, and every
+ * FW_PAUSE_PIXELS pixels of the CMYK conversion and the EXIF rotation that follow.
+ * The result is what tjDecompress2(..., TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) gave, pixel
+ * for pixel and error for error (tests/test_engine_image.c checks it against tjDecompress2):
+ *   - the same decode parameters: TurboJPEG's defaults (JDCT_ISLOW, fancy upsampling), RGB
+ *     out (CMYK for CMYK/YCCK files), the scaling factor tjDecompress2 would pick
+ *   - errors never exit: error_exit longjmps back, and so does every warning (emit_message
+ *     with msg_level -1), which is TJFLAG_STOPONWARNING: a truncated or corrupt stream is an
+ *     error, not a half-grey picture
+ *   - the progress monitor refuses a file past 500 scans, which is TJFLAG_LIMITSCANS (a
+ *     progressive file with thousands of tiny scans is a known CPU DoS)
+ *   - a fresh libjpeg object per picture, so no table of an earlier upload is ever used
+ * The header is still read first with tjDecompressHeader3 (it is microseconds), because its
+ * rules decide which files are accepted at all (subsampling and colour space it can name, a
+ * header warning is a failure) and its dimensions are checked against the caller's limits
+ * before any pixel buffer is sized. Big pictures are decoded already reduced by 1/2, 1/4 or
+ * 1/8 in the IDCT (the reductions libjpeg-turbo has SIMD code for), which is several times
+ * cheaper than decoding everything and resizing afterwards. Encoding stays on TurboJPEG.
  *
  * The resampling follows TensorFlow.js's resizeBilinear (align_corners = false,
  * half_pixel_centers = false), because that is what the networks saw in face-api.
@@ -18,13 +31,31 @@
 #include "engine/image.h"
 
 #include <math.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <turbojpeg.h>
 
+#include <jpeglib.h>
+
+/* tjDecompress2's limit for TJFLAG_LIMITSCANS */
+#define FW_JPEG_MAX_SCANS 500
+
+/* libjpeg's error manager, made to return instead of exit: error_exit and every warning
+ * format the message into msg and longjmp to jb (set by decode_rows around each decode). */
+typedef struct fw_jpeg_err {
+    struct jpeg_error_mgr pub;
+    jmp_buf jb;
+    char msg[JMSG_LENGTH_MAX];
+} fw_jpeg_err;
+
 struct fw_decoder {
-    tjhandle tj;
+    tjhandle tj; /* the header check only (tjDecompressHeader3) */
+    struct jpeg_decompress_struct jd; /* live only inside decode_rows (see there) */
+    fw_jpeg_err jerr;
+    struct jpeg_progress_mgr progress;
+    fw_pause pause;
     uint8_t *buf; /* decoded pixels (RGB, or CMYK before conversion) */
     size_t cap;
     uint8_t *rot; /* the oriented copy, only used when EXIF asks for a rotation/mirror */
@@ -37,6 +68,40 @@ static void set_err(char *err, size_t errlen, const char *fmt, const char *arg)
         snprintf(err, errlen, fmt, arg);
 }
 
+static void jpeg_fail(j_common_ptr c)
+{
+    fw_jpeg_err *e = (fw_jpeg_err *)c->err;
+    e->pub.format_message(c, e->msg);
+    longjmp(e->jb, 1);
+}
+
+/* msg_level -1 is a warning ("Premature end of JPEG file", "Corrupt JPEG data: ..."): an
+ * error for us (TJFLAG_STOPONWARNING). Trace messages (level >= 0) are ignored. */
+static void jpeg_message(j_common_ptr c, int msg_level)
+{
+    if (msg_level < 0)
+        jpeg_fail(c);
+}
+
+static void jpeg_quiet(j_common_ptr c)
+{
+    (void)c; /* never print to stderr */
+}
+
+/* Called by libjpeg once per iMCU row while jpeg_start_decompress reads a multi-scan file in,
+ * and at the start of every jpeg_read_scanlines call. */
+static void jpeg_progress(j_common_ptr c)
+{
+    j_decompress_ptr jd = (j_decompress_ptr)c;
+    fw_decoder *d = jd->client_data;
+    if (jd->input_scan_number > FW_JPEG_MAX_SCANS) {
+        snprintf(d->jerr.msg, sizeof d->jerr.msg,
+                 "Progressive JPEG image has more than %d scans", FW_JPEG_MAX_SCANS);
+        longjmp(d->jerr.jb, 1);
+    }
+    fw_pause_point(&d->pause);
+}
+
 fw_decoder *fw_decoder_new(void)
 {
     fw_decoder *d = calloc(1, sizeof(*d));
@@ -47,13 +112,27 @@ fw_decoder *fw_decoder_new(void)
         free(d);
         return NULL;
     }
+    /* jpeg_create_decompress keeps err and client_data; decode_rows sets progress */
+    d->jd.err = jpeg_std_error(&d->jerr.pub);
+    d->jerr.pub.error_exit = jpeg_fail;
+    d->jerr.pub.emit_message = jpeg_message;
+    d->jerr.pub.output_message = jpeg_quiet;
+    d->jd.client_data = d;
+    d->progress.progress_monitor = jpeg_progress;
     return d;
+}
+
+void fw_decoder_set_pause(fw_decoder *d, fw_pause pause)
+{
+    if (d)
+        d->pause = pause;
 }
 
 /* libjpeg-turbo 2.1 leaves a TurboJPEG handle unusable after some failures (a header it
  * rejects, e.g. an unsupported marker, makes every later picture fail too): one hostile JPEG
- * would poison the worker that decoded it for everyone after. So a failed decode throws the
- * handle away; the next call makes a new one (and reports out-of-memory if it cannot). */
+ * would poison the worker that decoded it for everyone after. So a failed header check throws
+ * the handle away; the next call makes a new one (and reports out-of-memory if it cannot).
+ * (The decode itself no longer uses the handle; its libjpeg object lives for one picture.) */
 static void decoder_reset(fw_decoder *d)
 {
     tjDestroy(d->tj);
@@ -165,7 +244,12 @@ int fw_exif_orientation(const uint8_t *p, size_t len)
 
 /* ---- orientation ------------------------------------------------------------------------ */
 
-void fw_image_orient(const fw_image *src, int o, fw_image *dst)
+/* Pixels handled between two pause points by the whole-picture loops of the decode (the
+ * orientation, the CMYK conversion): about 0.05 ms of work. */
+#define FW_PAUSE_PIXELS 32768
+
+/* fw_image_orient, calling fw_pause_point(pause) about every FW_PAUSE_PIXELS pixels. */
+static void orient(const fw_image *src, int o, fw_image *dst, const fw_pause *pause)
 {
     const int W = src->w, H = src->h;
     /* Source coordinates as an affine function of the destination's:
@@ -185,7 +269,10 @@ void fw_image_orient(const fw_image *src, int o, fw_image *dst)
     dst->w = swap ? H : W;
     dst->h = swap ? W : H;
     const ptrdiff_t step = ((ptrdiff_t)ay * W + ax) * 3;
+    const int every = dst->w > 0 && dst->w < FW_PAUSE_PIXELS ? FW_PAUSE_PIXELS / dst->w : 1;
     for (int y = 0; y < dst->h; y++) {
+        if (y && y % every == 0)
+            fw_pause_point(pause);
         const int sx = bx * y + cx, sy = by * y + cy;
         const uint8_t *s = src->px + ((ptrdiff_t)sy * W + sx) * 3;
         uint8_t *d = dst->px + (size_t)y * dst->w * 3;
@@ -197,7 +284,96 @@ void fw_image_orient(const fw_image *src, int o, fw_image *dst)
     }
 }
 
+void fw_image_orient(const fw_image *src, int o, fw_image *dst)
+{
+    orient(src, o, dst, NULL);
+}
+
 /* ---- decode ----------------------------------------------------------------------------- */
+
+/* The scaling factor tjDecompress2 uses for a sw x sh destination: the first of TurboJPEG's
+ * factors (largest first) whose output fits. For {1, denom} that is 1/denom except for tiny
+ * pictures, where a larger factor can give the same size; picking the same one keeps the
+ * pixels identical. */
+static tjscalingfactor tj_scale(int w, int h, int sw, int sh)
+{
+    int n = 0;
+    const tjscalingfactor *f = tjGetScalingFactors(&n);
+    for (int i = 0; f && i < n; i++)
+        if (TJSCALED(w, f[i]) <= sw && TJSCALED(h, f[i]) <= sh)
+            return f[i];
+    return (tjscalingfactor){1, 1}; /* unreachable: 1/denom itself fits */
+}
+
+/* Decode the whole picture (w x h as the header said) into d->buf: sw x sh pixels, RGB, or
+ * CMYK when cmyk. Returns 0, or -1 with d->jerr.msg saying why.
+ *
+ * The decompress object is created here and destroyed before returning, success or not.
+ * Reusing one would carry libjpeg's permanent state from picture to picture: quantisation and
+ * Huffman tables stay defined in the object, so a later file that lacks them would decode with
+ * an earlier upload's tables (or fail differently) depending on what the worker decoded last.
+ * A fresh object per picture is what tjDecompress2 on a fresh handle does, and costs a few
+ * small allocations next to the decode's own pools.
+ *
+ * Nothing that changes after the setjmp is read after a longjmp back to it (the cleanup uses
+ * only d), so no local needs to be volatile. */
+static int decode_rows(fw_decoder *d, const uint8_t *jpeg, size_t len, int w, int h, int sw,
+                       int sh, int cmyk)
+{
+    struct jpeg_decompress_struct *jd = &d->jd;
+    if (setjmp(d->jerr.jb)) {
+        jpeg_destroy_decompress(jd); /* frees every pool; safe after a failed create too */
+        return -1;
+    }
+    jpeg_create_decompress(jd); /* may fail (out of memory) through jpeg_fail */
+    jd->progress = &d->progress;
+    jpeg_mem_src(jd, jpeg, (unsigned long)len);
+    jpeg_read_header(jd, TRUE);
+    if (jd->image_width != (JDIMENSION)w || jd->image_height != (JDIMENSION)h) {
+        snprintf(d->jerr.msg, sizeof d->jerr.msg, "%s", "header changed between two reads");
+        longjmp(d->jerr.jb, 1);
+    }
+    /* tjDecompress2's settings: its pixel format's colour space, its scaling factor, and
+     * libjpeg's defaults (JDCT_ISLOW, fancy upsampling) left alone */
+    jd->out_color_space = cmyk ? JCS_CMYK : JCS_EXT_RGB;
+    const tjscalingfactor f = tj_scale(w, h, sw, sh);
+    jd->scale_num = (unsigned)f.num;
+    jd->scale_denom = (unsigned)f.denom;
+    jpeg_start_decompress(jd); /* a multi-scan file is read in here, iMCU row by row */
+    const int comps = cmyk ? 4 : 3;
+    if (jd->output_width != (JDIMENSION)sw || jd->output_height != (JDIMENSION)sh ||
+        jd->output_components != comps) {
+        /* never expected; it would overrun d->buf, so it is checked */
+        snprintf(d->jerr.msg, sizeof d->jerr.msg, "unexpected output %ux%ux%d",
+                 (unsigned)jd->output_width, (unsigned)jd->output_height, jd->output_components);
+        longjmp(d->jerr.jb, 1);
+    }
+    const size_t stride = (size_t)sw * (size_t)comps;
+    /* Each jpeg_read_scanlines call returns at most one row group (max_v_samp_factor rows, at
+     * most 4; the iMCU row behind it is decoded when its first row group is asked for) and
+     * calls the progress monitor first, so there is a pause point at least that often. */
+    enum { ROWS = 16 };
+    while (jd->output_scanline < jd->output_height) {
+        JSAMPROW rows[ROWS];
+        const JDIMENSION at = jd->output_scanline;
+        JDIMENSION n = jd->output_height - at;
+        if (n > ROWS)
+            n = ROWS;
+        for (JDIMENSION k = 0; k < n; k++)
+            rows[k] = d->buf + (size_t)(at + k) * stride;
+        if (jpeg_read_scanlines(jd, rows, n) == 0) {
+            /* only a suspending source returns no rows; the memory source never does */
+            snprintf(d->jerr.msg, sizeof d->jerr.msg, "%s", "decoder made no progress");
+            longjmp(d->jerr.jb, 1);
+        }
+    }
+    /* Reads to EOI (trailing damage still warns, so fails) and frees the image's pools: for a
+     * big progressive file that free (its coefficient buffer, ~9 MB at 2000x1428) is the
+     * longest stretch left without a pause, about 1 ms, as it was inside tjDecompress2. */
+    jpeg_finish_decompress(jd);
+    jpeg_destroy_decompress(jd);
+    return 0;
+}
 
 fw_engine_err fw_decode_jpeg(fw_decoder *d, const uint8_t *jpeg, size_t len,
                              const fw_decode_limits *lim, fw_image *out, fw_decode_info *info,
@@ -255,16 +431,13 @@ fw_engine_err fw_decode_jpeg(fw_decoder *d, const uint8_t *jpeg, size_t len,
     tjscalingfactor sf = {1, denom};
     const int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
     const int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
-    const int pf = cmyk ? TJPF_CMYK : TJPF_RGB;
     const size_t npx = (size_t)sw * (size_t)sh;
     if (reserve(&d->buf, &d->cap, npx * (cmyk ? 4 : 3)) != 0) {
         set_err(err, errlen, "%s", "out of memory for the decoded picture");
         return FWE_NOMEM;
     }
-    if (tjDecompress2(d->tj, jpeg, (unsigned long)len, d->buf, sw, 0, sh, pf,
-                      TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0) {
-        set_err(err, errlen, "corrupt JPEG: %s", tjGetErrorStr2(d->tj));
-        decoder_reset(d);
+    if (decode_rows(d, jpeg, len, w, h, sw, sh, cmyk) != 0) {
+        set_err(err, errlen, "corrupt JPEG: %s", d->jerr.msg);
         return FWE_BAD_IMAGE;
     }
     if (cmyk) {
@@ -272,11 +445,16 @@ fw_engine_err fw_decode_jpeg(fw_decoder *d, const uint8_t *jpeg, size_t len,
          * each channel times K gives RGB. In place: the write index (3i) never passes the
          * read index (4i). */
         uint8_t *p = d->buf;
-        for (size_t i = 0; i < npx; i++) {
-            const unsigned c = p[4 * i], m = p[4 * i + 1], y = p[4 * i + 2], k = p[4 * i + 3];
-            p[3 * i] = (uint8_t)((c * k + 127) / 255);
-            p[3 * i + 1] = (uint8_t)((m * k + 127) / 255);
-            p[3 * i + 2] = (uint8_t)((y * k + 127) / 255);
+        for (size_t i0 = 0; i0 < npx; i0 += FW_PAUSE_PIXELS) {
+            if (i0)
+                fw_pause_point(&d->pause);
+            const size_t i1 = npx - i0 < FW_PAUSE_PIXELS ? npx : i0 + FW_PAUSE_PIXELS;
+            for (size_t i = i0; i < i1; i++) {
+                const unsigned c = p[4 * i], m = p[4 * i + 1], y = p[4 * i + 2], k = p[4 * i + 3];
+                p[3 * i] = (uint8_t)((c * k + 127) / 255);
+                p[3 * i + 1] = (uint8_t)((m * k + 127) / 255);
+                p[3 * i + 2] = (uint8_t)((y * k + 127) / 255);
+            }
         }
     }
     fw_image dec = {d->buf, sw, sh};
@@ -287,7 +465,7 @@ fw_engine_err fw_decode_jpeg(fw_decoder *d, const uint8_t *jpeg, size_t len,
             return FWE_NOMEM;
         }
         fw_image r = {d->rot, 0, 0};
-        fw_image_orient(&dec, o, &r);
+        orient(&dec, o, &r, &d->pause);
         *out = r;
     } else {
         *out = dec;
@@ -369,7 +547,8 @@ void fw_resize_bilinear(const fw_image *src, fw_image *dst)
 /* Source pixels summed vertically at a time (a strip of output columns); bounds the stack. */
 #define AREA_STRIP 2048
 
-void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size)
+void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size,
+                    const fw_pause *pause)
 {
     if (side <= size || size > FW_AREA_MAX_SIZE) {
         fw_sample_square(src, 0, 0, side, 0, 0, src->w, src->h, dst, size);
@@ -437,6 +616,8 @@ void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size)
                 }
             }
         }
+        if ((i + 1) % 8 == 0) /* 8 rows: ~0.1 ms for a 853x480 picture into 416 */
+            fw_pause_point(pause);
     }
 }
 

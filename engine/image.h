@@ -2,9 +2,10 @@
  * image.h — the pixel side of the face engine: JPEG in and out, and the few geometric
  * operations the pipeline needs, all on packed 8-bit RGB (HWC, stride = 3 * width).
  *
- *   fw_decoder           a reusable JPEG decoder (libjpeg-turbo's TurboJPEG API) with its own
- *                        growable pixel buffers, so a thread that keeps one decodes without
- *                        allocating once the buffers have reached their working size
+ *   fw_decoder           a reusable JPEG decoder (libjpeg-turbo) with its own growable pixel
+ *                        buffers, so a thread that keeps one decodes without allocating once
+ *                        the buffers have reached their working size; it calls an optional
+ *                        pause hook between bounded pieces of the decode (engine/pause.h)
  *   fw_exif_orientation  the EXIF orientation tag (1..8), parsed from hostile bytes
  *   fw_image_orient      apply an orientation (rotate / mirror) into another buffer
  *   fw_sample_square     the resampling primitive behind the networks' inputs: a square window
@@ -29,6 +30,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "engine/pause.h"
 
 typedef struct fw_image {
     uint8_t *px; /* w * h * 3 bytes, RGB, row-major */
@@ -54,6 +56,12 @@ typedef struct fw_decoder fw_decoder;
 /* NULL on out of memory. */
 fw_decoder *fw_decoder_new(void);
 void fw_decoder_free(fw_decoder *d);
+
+/* The hook later decodes call between bounded pieces of work (every iMCU row while a
+ * progressive file's scans are read in, every output row group after that, every few tens of
+ * thousands of pixels of the CMYK conversion and EXIF rotation); {NULL, NULL}, the default,
+ * means none. Copied; pause.arg must stay valid while the decoder is used. */
+void fw_decoder_set_pause(fw_decoder *d, fw_pause pause);
 
 /* Decode a JPEG to RGB with EXIF orientation applied. The header is checked against lim before
  * any pixel memory is touched. out->px points into the decoder (valid until the next call).
@@ -85,9 +93,12 @@ void fw_resize_bilinear(const fw_image *src, fw_image *dst);
  * and bottom) reduced to size x size by area averaging: each output pixel is the mean of the
  * side/size x side/size source area it covers. For side <= size, or size above
  * FW_AREA_MAX_SIZE, it falls back to fw_sample_square (enlarging needs no low-pass).
- * No allocation: the scratch lives on the stack (about 50 KB). */
+ * No allocation: the scratch lives on the stack (about 50 KB). The area path calls
+ * fw_pause_point(pause) after every 8 output rows (pause may be NULL); the output does not
+ * depend on it. */
 #define FW_AREA_MAX_SIZE 1024
-void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size);
+void fw_area_square(const fw_image *src, int side, uint8_t *dst, int size,
+                    const fw_pause *pause);
 
 /* Copy the w x h rectangle at (x, y) — which may reach outside src — into dst (w * h * 3 bytes);
  * what lies outside the picture is black. */

@@ -5,15 +5,20 @@
  * Every test JPEG is made here with libjpeg-turbo's compressor (tjCompress2), and EXIF blocks
  * are spliced in by hand, so no binary fixtures are needed and each case says what it is.
  */
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <turbojpeg.h>
 
+#include <jpeglib.h>
+
 #include "engine/align.h"
 #include "engine/image.h"
 #include "tests/check.h"
+#include "tests/tu_data.h"
 
 static const fw_decode_limits LIM = {40000000ull, 20000, 0};
 
@@ -662,7 +667,7 @@ static void t_area_square(void)
         for (int x = 0; x < 8; x++)
             memset(s + (y * 8 + x) * 3, (x + y) % 2 ? 200 : 0, 3);
     fw_image src = {s, 8, 4};
-    fw_area_square(&src, 8, d, 4);
+    fw_area_square(&src, 8, d, 4, NULL);
     for (int y = 0; y < 4; y++)
         for (int x = 0; x < 4; x++)
             CHECK_EQ_INT(d[(y * 4 + x) * 3 + 1], y < 2 ? 100 : 0);
@@ -670,12 +675,12 @@ static void t_area_square(void)
     uint8_t c[7 * 7 * 3], o[3 * 3 * 3];
     memset(c, 90, sizeof(c));
     fw_image cs = {c, 7, 7};
-    fw_area_square(&cs, 7, o, 3);
+    fw_area_square(&cs, 7, o, 3, NULL);
     for (size_t i = 0; i < sizeof(o); i++)
         CHECK_EQ_INT(o[i], 90);
     /* enlarging falls back to bilinear sampling */
     uint8_t big[16 * 16 * 3];
-    fw_area_square(&cs, 7, big, 16);
+    fw_area_square(&cs, 7, big, 16, NULL);
     CHECK_EQ_INT(big[0], 90);
 }
 
@@ -692,7 +697,7 @@ static void t_area_square_vs_integral(void)
         px[i] = (uint8_t)(seed >> 20);
     }
     fw_image src = {px, w, h};
-    fw_area_square(&src, w, d, size);
+    fw_area_square(&src, w, d, size, NULL);
     const double f = (double)w / size;
     int worst = 0;
     for (int i = 0; i < size; i += 7)
@@ -888,6 +893,638 @@ static void t_draw_and_encode(void)
     CHECK(black_back);
 }
 
+/* ---- the libjpeg decode against tjDecompress2 --------------------------------------------- */
+
+/* fw_decode_jpeg as it was when it decoded with one tjDecompress2 call (TJFLAG_STOPONWARNING |
+ * TJFLAG_LIMITSCANS), kept here as the oracle the scanline decoder must match: same return
+ * code, same message, and when it succeeds the same pixels, size and info. A fresh TurboJPEG
+ * handle per call, so no handle state leaks between pictures. */
+typedef struct tj_ref {
+    fw_engine_err rc;
+    char err[256];
+    uint8_t *px; /* malloc'ed, w * h * 3, oriented; NULL unless rc == FWE_OK */
+    int w, h;
+    fw_decode_info info;
+} tj_ref;
+
+static void tj_ref_decode(const uint8_t *jpeg, size_t len, const fw_decode_limits *lim, tj_ref *r)
+{
+    memset(r, 0, sizeof *r);
+    r->rc = FWE_BAD_IMAGE;
+    if (len == 0) {
+        snprintf(r->err, sizeof r->err, "empty input");
+        return;
+    }
+    if (len < 4 || jpeg[0] != 0xFF || jpeg[1] != 0xD8) {
+        snprintf(r->err, sizeof r->err, "not a JPEG (no SOI marker)");
+        return;
+    }
+    tjhandle tj = tjInitDecompress();
+    uint8_t *buf = NULL;
+    int w = 0, h = 0, ss = 0, cs = 0;
+    if (!tj) {
+        r->rc = FWE_NOMEM;
+        return;
+    }
+    if (tjDecompressHeader3(tj, jpeg, (unsigned long)len, &w, &h, &ss, &cs) != 0) {
+        snprintf(r->err, sizeof r->err, "bad JPEG header: %s", tjGetErrorStr2(tj));
+        goto out;
+    }
+    if (w <= 0 || h <= 0) {
+        snprintf(r->err, sizeof r->err, "bad JPEG header: zero dimension");
+        goto out;
+    }
+    if ((lim->max_dimension > 0 && (w > lim->max_dimension || h > lim->max_dimension)) ||
+        (uint64_t)w * (uint64_t)h > lim->max_pixels) {
+        snprintf(r->err, sizeof r->err, "picture is %dx%d, above the limit (%d per side, %llu pixels)",
+                 w, h, lim->max_dimension, (unsigned long long)lim->max_pixels);
+        r->rc = FWE_TOO_LARGE;
+        goto out;
+    }
+    int denom = 1;
+    if (lim->min_long_side > 0) {
+        const int longest = w > h ? w : h;
+        for (int dd = 8; dd >= 2; dd /= 2)
+            if ((longest + dd - 1) / dd >= lim->min_long_side) {
+                denom = dd;
+                break;
+            }
+    }
+    tjscalingfactor sf = {1, denom};
+    const int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
+    const int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+    const size_t npx = (size_t)sw * sh;
+    buf = malloc(npx * 4);
+    if (!buf) {
+        r->rc = FWE_NOMEM;
+        goto out;
+    }
+    if (tjDecompress2(tj, jpeg, (unsigned long)len, buf, sw, 0, sh, cmyk ? TJPF_CMYK : TJPF_RGB,
+                      TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0) {
+        snprintf(r->err, sizeof r->err, "corrupt JPEG: %s", tjGetErrorStr2(tj));
+        goto out;
+    }
+    if (cmyk)
+        for (size_t i = 0; i < npx; i++) {
+            const unsigned c = buf[4 * i], m = buf[4 * i + 1], y = buf[4 * i + 2], k = buf[4 * i + 3];
+            buf[3 * i] = (uint8_t)((c * k + 127) / 255);
+            buf[3 * i + 1] = (uint8_t)((m * k + 127) / 255);
+            buf[3 * i + 2] = (uint8_t)((y * k + 127) / 255);
+        }
+    const int o = fw_exif_orientation(jpeg, len);
+    r->px = malloc(npx * 3);
+    if (!r->px) {
+        r->rc = FWE_NOMEM;
+        goto out;
+    }
+    fw_image dec = {buf, sw, sh}, rot = {r->px, 0, 0};
+    fw_image_orient(&dec, o, &rot);
+    r->w = rot.w;
+    r->h = rot.h;
+    r->info.width = o >= 5 ? h : w;
+    r->info.height = o >= 5 ? w : h;
+    r->info.orientation = o;
+    r->info.scale_denom = denom;
+    r->info.colorspace = cs;
+    r->rc = FWE_OK;
+out:
+    free(buf);
+    tjDestroy(tj);
+}
+
+/* 1 when d decodes jpeg exactly as the oracle does (code, message; pixels, size and info when
+ * OK); otherwise prints the first difference, labelled with what, and returns 0. */
+static int same_as_tj(fw_decoder *d, const uint8_t *jpeg, size_t len, const fw_decode_limits *lim,
+                      const char *what, tj_ref *keep)
+{
+    tj_ref r;
+    tj_ref_decode(jpeg, len, lim, &r);
+    fw_image im = {NULL, 0, 0};
+    fw_decode_info info;
+    memset(&info, 0x5A, sizeof info);
+    char err[256] = "";
+    const fw_engine_err rc = fw_decode_jpeg(d, jpeg, len, lim, &im, &info, err, sizeof err);
+    int ok = 1;
+    if (rc != r.rc || strcmp(err, r.err) != 0) {
+        fprintf(stderr, "  %s (%zu bytes): got %d \"%s\", tjDecompress2 %d \"%s\"\n", what, len,
+                (int)rc, err, (int)r.rc, r.err);
+        ok = 0;
+    } else if (rc == FWE_OK) {
+        if (im.w != r.w || im.h != r.h || memcmp(&info, &r.info, sizeof info) != 0) {
+            fprintf(stderr, "  %s: got %dx%d (%dx%d o%d 1/%d cs%d), tjDecompress2 %dx%d (%dx%d o%d 1/%d cs%d)\n",
+                    what, im.w, im.h, info.width, info.height, info.orientation, info.scale_denom,
+                    info.colorspace, r.w, r.h, r.info.width, r.info.height, r.info.orientation,
+                    r.info.scale_denom, r.info.colorspace);
+            ok = 0;
+        } else if (memcmp(im.px, r.px, (size_t)r.w * r.h * 3) != 0) {
+            fprintf(stderr, "  %s: pixels differ from tjDecompress2's\n", what);
+            ok = 0;
+        }
+    }
+    if (keep && ok)
+        *keep = r;
+    else
+        free(r.px);
+    return ok;
+}
+
+/* The picture's size as stored, its largest vertical sampling factor (from the SOF) and its
+ * number of scans (SOS markers: 0xFF in entropy-coded data is always stuffed, so every
+ * 0xFF 0xDA is a marker). 0 when there is no SOF0/1/2. */
+static int jpeg_layout(const uint8_t *p, size_t len, int *w, int *h, int *maxv, int *scans)
+{
+    int found = 0;
+    *scans = 0;
+    for (size_t i = 2; i + 9 < len;) {
+        if (p[i] != 0xFF) {
+            i++;
+            continue;
+        }
+        const uint8_t m = p[i + 1];
+        if (m == 0xDA)
+            (*scans)++;
+        if (!found && (m == 0xC0 || m == 0xC1 || m == 0xC2)) {
+            *h = p[i + 5] << 8 | p[i + 6];
+            *w = p[i + 7] << 8 | p[i + 8];
+            const int nc = p[i + 9];
+            *maxv = 1;
+            for (int c = 0; c < nc && i + 11 + 3 * (size_t)c < len; c++) {
+                const int v = p[i + 11 + 3 * c] & 15;
+                *maxv = v > *maxv ? v : *maxv;
+            }
+            found = 1;
+        }
+        i += 2;
+    }
+    return found;
+}
+
+typedef struct pause_count {
+    long calls;
+} pause_count;
+
+static void count_pause(void *arg) { ((pause_count *)arg)->calls++; }
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The limits that make fw_decode_jpeg pick 1/denom for a picture whose long side is longest. */
+static fw_decode_limits lim_for(int longest, int denom)
+{
+    fw_decode_limits l = LIM;
+    l.min_long_side = denom == 1 ? 0 : (longest + denom - 1) / denom;
+    return l;
+}
+
+/* Every shared eval picture, at 1/1, 1/2, 1/4 and 1/8: byte-identical to tjDecompress2 (pixels,
+ * size, info), with and without a pause hook, and the hook is called. */
+static void t_decode_same_as_tj_eval(void)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/eval", tu_shared_dir());
+    DIR *dp = opendir(dir);
+    CHECK_MSG(dp, "cannot open %s (set FW_SHARED)", dir);
+    char *names[256];
+    int n = 0;
+    for (struct dirent *e; (e = readdir(dp)) && n < 256;) {
+        const size_t l = strlen(e->d_name);
+        if (l > 4 && strcmp(e->d_name + l - 4, ".jpg") == 0)
+            names[n++] = strdup(e->d_name);
+    }
+    closedir(dp);
+    qsort(names, (size_t)n, sizeof names[0], cmp_str);
+    fw_decoder *plain = fw_decoder_new(), *hooked = fw_decoder_new();
+    pause_count pc = {0};
+    if (hooked)
+        fw_decoder_set_pause(hooked, (fw_pause){count_pause, &pc});
+    int compared = 0, bad = 0, no_pause = 0, denoms_seen = 0;
+    for (int k = 0; plain && hooked && k < n; k++) {
+        char path[1400];
+        snprintf(path, sizeof path, "%s/%s", dir, names[k]);
+        size_t len = 0;
+        uint8_t *jpg = tu_read_file(path, &len);
+        int w = 0, h = 0, maxv = 0, scans = 0;
+        if (!jpg || !jpeg_layout(jpg, len, &w, &h, &maxv, &scans)) {
+            fprintf(stderr, "  %s: unreadable\n", path);
+            bad++;
+            free(jpg);
+            continue;
+        }
+        for (int denom = 1; denom <= 8; denom *= 2) {
+            const fw_decode_limits l = lim_for(w > h ? w : h, denom);
+            char what[1500];
+            snprintf(what, sizeof what, "%s at 1/%d", names[k], denom);
+            tj_ref r;
+            memset(&r, 0, sizeof r);
+            bad += !same_as_tj(plain, jpg, len, &l, what, &r);
+            pc.calls = 0;
+            bad += !same_as_tj(hooked, jpg, len, &l, what, NULL);
+            no_pause += pc.calls == 0;
+            denoms_seen |= r.rc == FWE_OK && r.info.scale_denom == denom ? denom : 0;
+            bad += r.rc != FWE_OK;
+            free(r.px);
+            compared++;
+        }
+        free(jpg);
+    }
+    for (int k = 0; k < n; k++)
+        free(names[k]);
+    fw_decoder_free(plain);
+    fw_decoder_free(hooked);
+    CHECK_MSG(n >= 20, "only %d pictures in %s", n, dir);
+    CHECK_EQ_INT(compared, 4 * n);
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(no_pause, 0);
+    CHECK_EQ_INT(denoms_seen, 1 | 2 | 4 | 8);
+}
+
+/* A noisy gradient: enough detail that a different IDCT or upsampling would show. */
+static uint8_t *noisy(int w, int h, int comps, uint32_t seed)
+{
+    uint8_t *p = malloc((size_t)w * h * comps);
+    if (!p)
+        return NULL;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int c = 0; c < comps; c++) {
+                seed = seed * 1103515245u + 12345u;
+                p[((size_t)y * w + x) * comps + c] =
+                    (uint8_t)((x * 255 / (w > 1 ? w - 1 : 1) * (c + 1) + y * 3 + (int)(seed >> 27)) & 255);
+            }
+    return p;
+}
+
+/* Made-up pictures covering what the eval set may not: every subsampling TurboJPEG names,
+ * baseline and progressive, grayscale, CMYK (stored as YCCK), odd and tiny sizes (where
+ * tjDecompress2 may pick a scaling factor other than 1/denom for the same output size),
+ * every EXIF orientation, and many min_long_side values. */
+static void t_decode_same_as_tj_synthetic(void)
+{
+    static const int subsamps[] = {TJSAMP_444, TJSAMP_422, TJSAMP_420, TJSAMP_GRAY, TJSAMP_440,
+                                   TJSAMP_411};
+    static const int sizes[][2] = {{1, 1}, {3, 2}, {7, 5}, {37, 23}, {23, 37}, {130, 97}};
+    fw_decoder *d = fw_decoder_new();
+    CHECK(d);
+    int bad = 0, cases = 0, made = 0;
+    char what[160];
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int w = sizes[si][0], h = sizes[si][1], longest = w > h ? w : h;
+        for (int kind = 0; kind < 14; kind++) {
+            /* 0..11: 6 subsamplings x baseline/progressive; 12, 13: CMYK baseline/progressive */
+            const int cmyk = kind >= 12, prog = kind % 2;
+            const int ss = cmyk ? TJSAMP_420 : subsamps[kind / 2];
+            uint8_t *px = noisy(w, h, cmyk ? 4 : 3, (uint32_t)(kind * 31 + si));
+            size_t len = 0;
+            uint8_t *jpg = px ? make_jpeg(px, w, h, cmyk ? TJPF_CMYK : TJPF_RGB, ss,
+                                          prog ? TJFLAG_PROGRESSIVE : 0, 90, &len) : NULL;
+            free(px);
+            if (!jpg)
+                continue;
+            made++;
+            for (int mls = 0; mls <= longest + 1; mls += mls < 20 ? 1 : 1 + longest / 16) {
+                fw_decode_limits l = LIM;
+                l.min_long_side = mls;
+                snprintf(what, sizeof what, "%dx%d kind %d min_long_side %d", w, h, kind, mls);
+                bad += !same_as_tj(d, jpg, len, &l, what, NULL);
+                cases++;
+            }
+            for (int o = 1; o <= 8 && w > 1; o++) {
+                size_t elen = 0;
+                uint8_t *e = with_exif(jpg, len, o, o % 2, &elen);
+                for (int denom = 1; e && denom <= 8; denom *= 2) {
+                    const fw_decode_limits l = lim_for(longest, denom);
+                    snprintf(what, sizeof what, "%dx%d kind %d orientation %d 1/%d", w, h, kind, o, denom);
+                    bad += !same_as_tj(d, e, elen, &l, what, NULL);
+                    cases++;
+                }
+                free(e);
+            }
+            free(jpg);
+        }
+    }
+    fw_decoder_free(d);
+    CHECK_EQ_INT(made, 6 * 14);
+    CHECK(cases > 3000);
+    CHECK_EQ_INT(bad, 0);
+}
+
+/* A progressive grayscale 16 x 16 JPEG with exactly nscans scans (64..631), written with
+ * libjpeg's compressor and a scan script: the DC scan, then for each AC coefficient k a first
+ * scan at point transform a_k followed by a_k refinement scans (a_k <= 9). malloc'ed. */
+static uint8_t *many_scans_jpeg(int nscans, size_t *len)
+{
+    if (nscans < 64 || nscans > 1 + 63 * 10)
+        return NULL;
+    jpeg_scan_info *s = calloc((size_t)nscans, sizeof *s);
+    if (!s)
+        return NULL;
+    int n = 0, extra = nscans - 64;
+    s[n++] = (jpeg_scan_info){1, {0}, 0, 0, 0, 0};
+    for (int k = 1; k < 64; k++) {
+        const int a = extra > 9 ? 9 : extra;
+        extra -= a;
+        s[n++] = (jpeg_scan_info){1, {0}, k, k, 0, a};
+        for (int al = a - 1; al >= 0; al--)
+            s[n++] = (jpeg_scan_info){1, {0}, k, k, al + 1, al};
+    }
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr jerr;
+    c.err = jpeg_std_error(&jerr); /* the script is valid by construction */
+    jpeg_create_compress(&c);
+    unsigned char *out = NULL;
+    unsigned long outlen = 0;
+    jpeg_mem_dest(&c, &out, &outlen);
+    c.image_width = 16;
+    c.image_height = 16;
+    c.input_components = 1;
+    c.in_color_space = JCS_GRAYSCALE;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, 100, TRUE); /* small quantisers: every coefficient has bits to refine */
+    c.scan_info = s;
+    c.num_scans = n;
+    jpeg_start_compress(&c, TRUE);
+    uint8_t row[16];
+    while (c.next_scanline < c.image_height) {
+        for (int x = 0; x < 16; x++)
+            row[x] = (uint8_t)((x * 37 + (int)c.next_scanline * 91) * 7);
+        JSAMPROW r = row;
+        jpeg_write_scanlines(&c, &r, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    free(s);
+    uint8_t *copy = malloc(outlen);
+    if (copy) {
+        memcpy(copy, out, outlen);
+        *len = outlen;
+    }
+    free(out);
+    return copy;
+}
+
+/* The pause hook: called at least once per 16 decoded rows of a baseline picture, and for a
+ * progressive one also at least once per iMCU row of every scan (while jpeg_start_decompress
+ * reads the scans in, which is where a progressive decode spends its time). */
+static void t_decode_pause_points(void)
+{
+    pause_count pc = {0};
+    fw_decoder *d = fw_decoder_new();
+    CHECK(d);
+    fw_decoder_set_pause(d, (fw_pause){count_pause, &pc});
+    struct {
+        const char *name; /* eval picture, or NULL for the made-up ones */
+        int prog;
+    } cases[] = {{"barack_obama_3.jpg", 0}, {"group_obama_biden.jpg", 1}, {NULL, 0}, {NULL, 1}};
+    int checked = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t len = 0;
+        uint8_t *jpg;
+        if (cases[c].name) {
+            jpg = tu_eval_pic(cases[c].name, &len);
+        } else {
+            uint8_t *px = noisy(320, 240, 3, 5);
+            jpg = px ? make_jpeg(px, 320, 240, TJPF_RGB, TJSAMP_420,
+                                 cases[c].prog ? TJFLAG_PROGRESSIVE : 0, 85, &len) : NULL;
+            free(px);
+        }
+        CHECK_MSG(jpg, "case %zu: no picture", c);
+        int w = 0, h = 0, maxv = 1, scans = 0;
+        jpeg_layout(jpg, len, &w, &h, &maxv, &scans);
+        const long imcu_rows = (h + 8 * maxv - 1) / (8 * maxv);
+        for (int denom = 1; denom <= 8; denom *= 2) {
+            const fw_decode_limits l = lim_for(w > h ? w : h, denom);
+            fw_image im;
+            fw_decode_info info;
+            char err[256] = "";
+            pc.calls = 0;
+            const fw_engine_err rc = fw_decode_jpeg(d, jpg, len, &l, &im, &info, err, sizeof err);
+            CHECK_MSG(rc == FWE_OK, "case %zu: %s", c, err);
+            const int rows = info.orientation >= 5 ? im.w : im.h; /* as decoded */
+            const long want = rows / 16 + (cases[c].prog ? scans * imcu_rows : 0);
+            CHECK_MSG(pc.calls >= want, "case %zu at 1/%d: %ld pause calls, want >= %ld (%d rows, %d scans)",
+                      c, denom, pc.calls, want, rows, scans);
+            CHECK(!cases[c].prog || scans > 1);
+            checked++;
+        }
+        free(jpg);
+    }
+    /* CMYK and rotated: the conversion and the rotation after the decode pause too, and the
+     * result is tjDecompress2's */
+    {
+        uint8_t *px = noisy(640, 480, 4, 12);
+        size_t clen = 0, elen = 0;
+        uint8_t *cj = px ? make_jpeg(px, 640, 480, TJPF_CMYK, TJSAMP_420, 0, 90, &clen) : NULL;
+        uint8_t *ej = cj ? with_exif(cj, clen, 6, 1, &elen) : NULL;
+        free(px);
+        free(cj);
+        CHECK(ej);
+        pc.calls = 0;
+        const int same = same_as_tj(d, ej, elen, &LIM, "CMYK rotated, with pauses", NULL);
+        const long calls = pc.calls;
+        free(ej);
+        CHECK(same);
+        /* rows / 16 while decoding, then 640 x 480 / 32768 for each of the two loops */
+        CHECK_MSG(calls >= 480 / 16 + 2 * (640 * 480 / 32768), "%ld pause calls", calls);
+    }
+    /* 500 tiny scans: still a picture, and still a pause in every one of them */
+    size_t len = 0;
+    uint8_t *jpg = many_scans_jpeg(500, &len);
+    CHECK(jpg);
+    fw_image im;
+    char err[256] = "";
+    pc.calls = 0;
+    const fw_engine_err rc = fw_decode_jpeg(d, jpg, len, &LIM, &im, NULL, err, sizeof err);
+    free(jpg);
+    fw_decoder_free(d);
+    CHECK_MSG(rc == FWE_OK, "%s", err);
+    CHECK_MSG(pc.calls >= 500 * 2, "%ld pause calls for 500 scans of 2 iMCU rows", pc.calls);
+    CHECK_EQ_INT(checked, 16);
+}
+
+/* Hostile and broken input fails exactly as it did with tjDecompress2 (same code and message),
+ * and the decoder that failed decodes the next good picture identically: every prefix of a
+ * baseline and a progressive file, random damage to both, the t_decode_corrupt cases, headers
+ * TurboJPEG refuses, and TJFLAG_LIMITSCANS (500 scans pass, 501 do not). */
+static void t_decode_errors_same_as_tj(void)
+{
+    fw_decoder *d = fw_decoder_new();
+    CHECK(d);
+    uint8_t *px = noisy(48, 32, 3, 9);
+    CHECK(px);
+    size_t blen = 0, plen = 0;
+    uint8_t *base = make_jpeg(px, 48, 32, TJPF_RGB, TJSAMP_420, 0, 90, &blen);
+    uint8_t *prog = make_jpeg(px, 48, 32, TJPF_RGB, TJSAMP_420, TJFLAG_PROGRESSIVE, 90, &plen);
+    free(px);
+    CHECK(base && prog);
+    int bad = 0, refused = 0, premature = 0;
+    char what[96];
+    const fw_decode_limits half = lim_for(48, 2);
+    for (int which = 0; which < 2; which++) {
+        const uint8_t *jpg = which ? prog : base;
+        const size_t len = which ? plen : blen;
+        for (size_t n = 0; n < len; n++) {
+            snprintf(what, sizeof what, "%s prefix", which ? "progressive" : "baseline");
+            bad += !same_as_tj(d, jpg, n, n % 2 ? &half : &LIM, what, NULL);
+            snprintf(what, sizeof what, "%s after a prefix", which ? "progressive" : "baseline");
+            bad += !same_as_tj(d, jpg, len, &LIM, what, NULL);
+            fw_image im;
+            char err[256] = "";
+            refused += fw_decode_jpeg(d, jpg, n, &LIM, &im, NULL, err, sizeof err) == FWE_BAD_IMAGE;
+            premature += strcmp(err, "corrupt JPEG: Premature end of JPEG file") == 0;
+        }
+        uint8_t *m = malloc(len);
+        CHECK(m);
+        uint32_t seed = 4242 + (uint32_t)which;
+        for (int round = 0; round < 1500; round++) {
+            memcpy(m, jpg, len);
+            for (int k = 0; k < 1 + round % 4; k++) {
+                seed = seed * 1103515245u + 12345u;
+                const size_t at = 2 + (seed >> 8) % (len - 2);
+                seed = seed * 1103515245u + 12345u;
+                m[at] = (uint8_t)(seed >> 16);
+            }
+            snprintf(what, sizeof what, "%s mutation %d", which ? "progressive" : "baseline", round);
+            bad += !same_as_tj(d, m, len, round % 2 ? &half : &LIM, what, NULL);
+        }
+        free(m);
+    }
+    /* t_decode_corrupt's damage, on the baseline file */
+    size_t sof = 0, sos = 0;
+    for (size_t i = 2; i + 1 < blen; i++) {
+        if (base[i] == 0xFF && base[i + 1] == 0xC0 && !sof) sof = i;
+        if (base[i] == 0xFF && base[i + 1] == 0xDA) { sos = i; break; }
+    }
+    CHECK(sof && sos);
+    uint8_t *c = malloc(blen);
+    CHECK(c);
+    memcpy(c, base, blen);
+    c[sof + 4] = 7;
+    bad += !same_as_tj(d, c, blen, &LIM, "7-bit samples", NULL);
+    memcpy(c, base, blen);
+    c[sos + (blen - sos) / 2] = 0xFF;
+    c[sos + (blen - sos) / 2 + 1] = 0xC4;
+    bad += !same_as_tj(d, c, blen, &LIM, "marker inside the scan", NULL);
+    memcpy(c, base, blen);
+    c[sof + 2] = 0xFF;
+    c[sof + 3] = 0xF0;
+    bad += !same_as_tj(d, c, blen, &LIM, "segment past the end", NULL);
+    free(c);
+    static const uint8_t bad_marker[] = {0xFF, 0xD8, 0xFF, 0xF9, 0x00, 0x04, 0x00, 0x00, 0xFF, 0xD9};
+    static const uint8_t soi_only[] = {0xFF, 0xD8, 0xFF, 0xD9};
+    bad += !same_as_tj(d, bad_marker, sizeof bad_marker, &LIM, "unsupported marker", NULL);
+    bad += !same_as_tj(d, soi_only, sizeof soi_only, &LIM, "SOI and EOI", NULL);
+    uint8_t hh[256];
+    size_t hn = huge_header(hh, 60000, 60000);
+    bad += !same_as_tj(d, hh, hn, &LIM, "60000x60000", NULL);
+    hn = huge_header(hh, 100, 11);
+    bad += !same_as_tj(d, hh, hn, &LIM, "100x11 header without data", NULL);
+    bad += !same_as_tj(d, base, blen, &LIM, "baseline after all that", NULL);
+    /* TJFLAG_LIMITSCANS */
+    size_t l500 = 0, l501 = 0;
+    uint8_t *s500 = many_scans_jpeg(500, &l500), *s501 = many_scans_jpeg(501, &l501);
+    CHECK(s500 && s501);
+    bad += !same_as_tj(d, s500, l500, &LIM, "500 scans", NULL);
+    bad += !same_as_tj(d, s501, l501, &LIM, "501 scans", NULL);
+    fw_image im;
+    char e500[256] = "", e501[256] = "", ehdr[256] = "";
+    const fw_engine_err r500 = fw_decode_jpeg(d, s500, l500, &LIM, &im, NULL, e500, sizeof e500);
+    const fw_engine_err r501 = fw_decode_jpeg(d, s501, l501, &LIM, &im, NULL, e501, sizeof e501);
+    const fw_engine_err rhdr = fw_decode_jpeg(d, bad_marker, sizeof bad_marker, &LIM, &im, NULL, ehdr, sizeof ehdr);
+    const fw_engine_err rok = fw_decode_jpeg(d, s500, l500, &LIM, &im, NULL, e500, sizeof e500);
+    free(s500);
+    free(s501);
+    free(base);
+    free(prog);
+    fw_decoder_free(d);
+    CHECK_EQ_INT(bad, 0);
+    CHECK(refused >= 2 * 60);
+    CHECK(premature > 10);
+    CHECK_EQ_INT(r500, FWE_OK);
+    CHECK_EQ_INT(r501, FWE_BAD_IMAGE);
+    CHECK_EQ_STR(e501, "corrupt JPEG: Progressive JPEG image has more than 500 scans");
+    CHECK_EQ_INT(rhdr, FWE_BAD_IMAGE);
+    CHECK_MSG(strncmp(ehdr, "bad JPEG header: ", 17) == 0, "%s", ehdr);
+    CHECK_EQ_INT(rok, FWE_OK);
+}
+
+/* Nothing carries over from one picture to the next: libjpeg keeps quantisation and Huffman
+ * tables in a decompress object that is reused, so a file without tables (here: its DQT cut
+ * out) would decode with the previous upload's. It must fail as it does on a fresh decoder. */
+static void t_decode_no_tables_from_before(void)
+{
+    uint8_t *px = noisy(32, 16, 3, 3);
+    CHECK(px);
+    size_t len = 0;
+    uint8_t *jpg = make_jpeg(px, 32, 16, TJPF_RGB, TJSAMP_420, 0, 90, &len);
+    free(px);
+    CHECK(jpg);
+    uint8_t *cut = malloc(len);
+    CHECK(cut);
+    size_t n = 0, i = 2;
+    memcpy(cut, jpg, 2);
+    n = 2;
+    while (i + 4 <= len && jpg[i] == 0xFF && jpg[i + 1] != 0xDA) {
+        const size_t seg = 2 + ((size_t)jpg[i + 2] << 8 | jpg[i + 3]);
+        if (jpg[i + 1] != 0xDB) {
+            memcpy(cut + n, jpg + i, seg);
+            n += seg;
+        }
+        i += seg;
+    }
+    CHECK(i < len && n < i);
+    memcpy(cut + n, jpg + i, len - i);
+    n += len - i;
+    fw_decoder *d = fw_decoder_new();
+    CHECK(d);
+    fw_image im;
+    char e1[256] = "", e2[256] = "";
+    const fw_engine_err fresh = fw_decode_jpeg(d, cut, n, &LIM, &im, NULL, e1, sizeof e1);
+    const fw_engine_err good = fw_decode_jpeg(d, jpg, len, &LIM, &im, NULL, e2, sizeof e2);
+    const fw_engine_err after = fw_decode_jpeg(d, cut, n, &LIM, &im, NULL, e2, sizeof e2);
+    const int same = same_as_tj(d, cut, n, &LIM, "without DQT", NULL);
+    fw_decoder_free(d);
+    free(cut);
+    free(jpg);
+    CHECK_EQ_INT(fresh, FWE_BAD_IMAGE);
+    CHECK_EQ_STR(e1, "corrupt JPEG: Quantization table 0x00 was not defined");
+    CHECK_EQ_INT(good, FWE_OK);
+    CHECK_EQ_INT(after, FWE_BAD_IMAGE);
+    CHECK_EQ_STR(e2, e1);
+    CHECK(same);
+}
+
+/* The pause hook does not change fw_area_square's output and comes every 8 output rows. */
+static void t_area_square_pauses(void)
+{
+    const int w = 853, h = 480, size = 416;
+    uint8_t *px = noisy(w, h, 3, 77);
+    uint8_t *a = malloc((size_t)size * size * 3), *b = malloc((size_t)size * size * 3);
+    CHECK(px && a && b);
+    fw_image src = {px, w, h};
+    pause_count pc = {0};
+    const fw_pause p = {count_pause, &pc}, none = {NULL, NULL};
+    fw_area_square(&src, w, a, size, NULL);
+    fw_area_square(&src, w, b, size, &p);
+    const int same = memcmp(a, b, (size_t)size * size * 3) == 0;
+    const long calls = pc.calls;
+    memset(b, 0, (size_t)size * size * 3);
+    fw_area_square(&src, w, b, size, &none);
+    const int same2 = memcmp(a, b, (size_t)size * size * 3) == 0;
+    /* 100 rows: 12 pauses */
+    pc.calls = 0;
+    fw_area_square(&src, w, a, 100, &p);
+    const long calls100 = pc.calls;
+    free(px);
+    free(a);
+    free(b);
+    CHECK(same);
+    CHECK(same2);
+    CHECK_MSG(calls >= size / 8 - 1 && calls <= size / 8 + 1, "%ld pauses for %d rows", calls, size);
+    CHECK_MSG(calls100 >= 100 / 8 - 1 && calls100 <= 100 / 8 + 1, "%ld pauses for 100 rows", calls100);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_decode_roundtrip),
     CHECK_TEST(t_decode_empty_and_garbage),
@@ -911,6 +1548,12 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_align_similarity),
     CHECK_TEST(t_align_box_rect),
     CHECK_TEST(t_draw_and_encode),
+    CHECK_TEST(t_decode_same_as_tj_eval),
+    CHECK_TEST(t_decode_same_as_tj_synthetic),
+    CHECK_TEST(t_decode_pause_points),
+    CHECK_TEST(t_decode_errors_same_as_tj),
+    CHECK_TEST(t_decode_no_tables_from_before),
+    CHECK_TEST(t_area_square_pauses),
 };
 
 int main(int argc, char **argv)
