@@ -58,7 +58,14 @@ struct fw_engine_ws {
     fw_det_box *boxes;  /* 2 * opts.max_faces: the direct and the mirrored detections */
     uint8_t lm_chip[FW_LANDMARK_SIZE * FW_LANDMARK_SIZE * 3];
     uint8_t rec_chip[FW_RECOG_SIZE * FW_RECOG_SIZE * 3];
+    fw_pause pause; /* fw_engine_ws_set_pause(); also handed to nets */
 };
+
+/* A pause point between the stages (engine/pause.h); the networks have their own. */
+static void stage_pause(const fw_engine_ws *ws)
+{
+    fw_pause_point(&ws->pause);
+}
 
 const char *fw_engine_strerror(fw_engine_err e)
 {
@@ -181,6 +188,15 @@ fw_engine_ws *fw_engine_ws_new(const fw_engine *e)
         return NULL;
     }
     return ws;
+}
+
+void fw_engine_ws_set_pause(fw_engine_ws *ws, void (*fn)(void *arg), void *arg)
+{
+    if (!ws)
+        return;
+    ws->pause = (fw_pause){ fn, arg };
+    fw_nets_ws_set_pause(ws->nets, ws->pause);
+    fw_decoder_set_pause(ws->dec, ws->pause);
 }
 
 void fw_engine_ws_free(fw_engine_ws *ws)
@@ -322,13 +338,15 @@ fw_engine_err fw_engine_analyze(const fw_engine *e, fw_engine_ws *ws,
         *height = info.height;
     const double t1 = now_ms();
     tm.decode_ms = t1 - t0;
+    stage_pause(ws);
 
     int cap = max_faces < o->max_faces ? max_faces : o->max_faces;
     int n = 0;
     if (cap > 0) {
         /* 2. detect: pad right/bottom to a square, resize to S */
         const int side = img.w > img.h ? img.w : img.h;
-        fw_area_square(&img, side, ws->det_in, S);
+        fw_area_square(&img, side, ws->det_in, S, &ws->pause);
+        stage_pause(ws);
         n = detect(e, ws, cap);
         if (n < 0) {
             set_err(err, errlen, "detector failed");
@@ -360,6 +378,7 @@ fw_engine_err fw_engine_analyze(const fw_engine *e, fw_engine_ws *ws,
             fw_square_chip(&img, floor_int(bx), floor_int(by), floor_int(bw), floor_int(bh), 0,
                            ws->lm_chip, FW_LANDMARK_SIZE, &ox, &oy, &sd);
             float rel[136], lm[136];
+            stage_pause(ws);
             if (fw_landmark68_run(e->nets, ws->nets, ws->lm_chip, rel) != 0) {
                 set_err(err, errlen, "landmark net failed");
                 return FWE_INTERNAL;
@@ -376,8 +395,12 @@ fw_engine_err fw_engine_analyze(const fw_engine *e, fw_engine_ws *ws,
                 continue;
 
             /* 4. aligned chip, descriptor */
-            if (fw_align_chip(&img, lm, o->align, ws->rec_chip) != FWE_OK ||
-                fw_recog_run(e->nets, ws->nets, ws->rec_chip, f->descriptor) != 0) {
+            int ok = fw_align_chip(&img, lm, o->align, ws->rec_chip) == FWE_OK;
+            if (ok) {
+                stage_pause(ws);
+                ok = fw_recog_run(e->nets, ws->nets, ws->rec_chip, f->descriptor) == 0;
+            }
+            if (!ok) {
                 set_err(err, errlen, "recognition net failed");
                 return FWE_INTERNAL;
             }

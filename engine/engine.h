@@ -66,6 +66,14 @@ const fw_engine_options *fw_engine_get_options(const fw_engine *e);
 fw_engine_ws *fw_engine_ws_new(const fw_engine *e);
 void fw_engine_ws_free(fw_engine_ws *ws);
 
+/* Pause points: fw_engine_analyze() calls fn(arg), from the thread running it, between
+ * bounded pieces of its work: after the decode and the resize, between the bands and layers
+ * of the networks (about 0.5 ms apart at most on the figures' machine, docs/performance.md).
+ * A caller that shares CPUs with latency-sensitive threads can give its CPU away there (the
+ * server's workers call sched_yield() at most every --worker-yield-us); fn must not use ws,
+ * and the results do not depend on it. fn NULL (the default) turns them off. */
+void fw_engine_ws_set_pause(fw_engine_ws *ws, void (*fn)(void *arg), void *arg);
+
 typedef struct fw_face {
     float box[4];          /* x, y, w, h in picture pixels (after EXIF orientation) */
     float score;           /* detector score */

@@ -107,13 +107,17 @@ int fw_landmark68_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, f
             nn_conv2d(&x, &blk->first, 2, pad, pad, NN_ACT_RELU, col, &in);
         else
             nn_sepconv2d(&x, &blk->conv[0], 2, pad, pad, NN_ACT_RELU, col, &in);
+        nets_pause(ws);
         nn_sepconv2d(&in, &blk->conv[1], 1, 1, 1, NN_ACT_NONE, col, &s);
+        nets_pause(ws);
         nn_add(s.d, in.d, n);                   /* s = out1 + out2 */
         nn_relu_to(s.d, in.d, n);
         nn_sepconv2d(&in, &blk->conv[2], 1, 1, 1, NN_ACT_NONE, col, &t);
+        nets_pause(ws);
         nn_add(s.d, t.d, n);                    /* s += out3 */
         nn_relu_to(s.d, in.d, n);
         nn_sepconv2d(&in, &blk->conv[3], 1, 1, 1, NN_ACT_NONE, col, &t);
+        nets_pause(ws);
         nn_add(s.d, t.d, n);                    /* s += out4 */
         x.h = x.w = oh;
         x.c = c;

@@ -181,6 +181,12 @@ fw_nets_ws *fw_nets_ws_new(const fw_nets *nets, int max_det_size)
     return ws;
 }
 
+void fw_nets_ws_set_pause(fw_nets_ws *ws, fw_pause pause)
+{
+    if (ws)
+        ws->pause = pause;
+}
+
 void fw_nets_ws_free(fw_nets_ws *ws)
 {
     if (!ws)

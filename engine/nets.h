@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/pause.h"
+
 typedef struct fw_nets fw_nets;       /* immutable after load; thread-safe to share */
 typedef struct fw_nets_ws fw_nets_ws; /* per-thread scratch; never shared between threads */
 
@@ -43,6 +45,11 @@ void fw_nets_free(fw_nets *nets);
  * 8.6 MB for max_det_size 416, 37 MB for 1024 (at least the 4.1 MB the recognition net needs). */
 fw_nets_ws *fw_nets_ws_new(const fw_nets *nets, int max_det_size);
 void fw_nets_ws_free(fw_nets_ws *ws);
+
+/* Pause points (engine/pause.h): the forward passes call pause between a band of detector
+ * rows or a layer and the next. Set once per workspace; fn NULL turns them off. */
+
+void fw_nets_ws_set_pause(fw_nets_ws *ws, fw_pause pause);
 
 /* Tiny face detector. rgb: size*size*3 bytes HWC (already padded to a square and resized).
  * grid: (size/32)^2 * 25 floats, the raw output before sigmoid/exp, laid out as

@@ -62,7 +62,14 @@ struct fw_nets_ws {
     float *buf;           /* cap floats, 64-byte aligned, owned */
     size_t cap;
     int max_det_size;
+    fw_pause pause;       /* fw_nets_ws_set_pause(); fn NULL when unset */
 };
+
+/* A pause point of the forward passes (nets.h, fw_pause). */
+static inline void nets_pause(const fw_nets_ws *ws)
+{
+    fw_pause_point(&ws->pause);
+}
 
 /* Workspace regions start on 64-byte boundaries: counts are rounded up to 16 floats. */
 #define NETS_ROUND(n) (((size_t)(n) + 15) & ~(size_t)15)

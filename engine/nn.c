@@ -536,7 +536,7 @@ static inline __attribute__((always_inline)) void wino_out_tile(const float *q, 
 
 /* The convolution through F(m x m, 3x3) with u = wino_weights(cv, m); col: NN_COL_FLOATS. */
 static void winograd_conv(const nn_tensor *in, const nn_conv *cv, const float *u, int m,
-                          enum nn_act act, float *col, nn_tensor *out)
+                          enum nn_act act, float *col, const fw_pause *pause, nn_tensor *out)
 {
     int a = m + 2, th = (in->h + m - 1) / m, tw = (in->w + m - 1) / m;
     size_t aa = (size_t)(a * a), tiles = (size_t)th * (size_t)tw;
@@ -545,6 +545,10 @@ static void winograd_conv(const nn_tensor *in, const nn_conv *cv, const float *u
     /* Tiles per block: as many as fit the cache budget (at least one: see the assertion at
      * WINO_BLOCK_FLOATS), spread evenly over the blocks. */
     size_t nb = WINO_BLOCK_FLOATS / (aa * (cin + cout));
+    if (pause && nb > NN_PAUSE_MACS / (aa * cin * cout))
+        nb = NN_PAUSE_MACS / (aa * cin * cout);
+    if (nb < 1)
+        nb = 1;
     if (nb > tiles)
         nb = tiles;
     size_t nblocks = (tiles + nb - 1) / nb;
@@ -569,13 +573,14 @@ static void winograd_conv(const nn_tensor *in, const nn_conv *cv, const float *u
             else
                 wino_out_tile(mm + t * cout, n * cout, cv->b, act, 4, ty, tx, out);
         }
+        fw_pause_point(pause);
     }
 }
 
 void nn_conv2d(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t, int pad_l,
                enum nn_act act, float *col, nn_tensor *out)
 {
-    nn_conv2d_packed(in, cv, NULL, stride, pad_t, pad_l, act, col, out);
+    nn_conv2d_packed(in, cv, NULL, stride, pad_t, pad_l, act, col, NULL, out);
 }
 
 int nn_conv_pack(const nn_conv *cv, enum nn_pack kind, nn_packed *out)
@@ -592,7 +597,8 @@ void nn_packed_free(nn_packed *pk)
 }
 
 void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const nn_packed *pk, int stride,
-                      int pad_t, int pad_l, enum nn_act act, float *col, nn_tensor *out)
+                      int pad_t, int pad_l, enum nn_act act, float *col, const fw_pause *pause,
+                      nn_tensor *out)
 {
     size_t npix = (size_t)out->h * (size_t)out->w;
     size_t k = (size_t)cv->kh * (size_t)cv->kw * (size_t)cv->cin;
@@ -601,11 +607,11 @@ void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const nn_packed *p
     if (cv->kh == 3 && cv->kw == 3 && stride == 1 && pad_t == 1 && pad_l == 1 &&
         out->h == in->h && out->w == in->w) {
         if (pk && pk->kind != NN_PACK_GEMM) {
-            winograd_conv(in, cv, pk->w, pk->kind == NN_PACK_WINO4 ? 4 : 2, act, col, out);
+            winograd_conv(in, cv, pk->w, pk->kind == NN_PACK_WINO4 ? 4 : 2, act, col, pause, out);
             return;
         }
         if (cv->wu) {
-            winograd_conv(in, cv, cv->wu, 2, act, col, out);
+            winograd_conv(in, cv, cv->wu, 2, act, col, pause, out);
             return;
         }
     }
@@ -637,6 +643,10 @@ void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const nn_packed *p
         return;
     }
     size_t blk = NN_COL_FLOATS / k; /* >= 227: k is at most 3*3*256 in these nets */
+    if (pause && blk > NN_PAUSE_MACS / (k * (size_t)cv->cout))
+        blk = NN_PAUSE_MACS / (k * (size_t)cv->cout);
+    if (blk < 1)
+        blk = 1;
     for (size_t p0 = 0; p0 < npix; p0 += blk) {
         size_t p1 = p0 + blk < npix ? p0 + blk : npix;
         im2col_block(in, cv, stride, pad_t, pad_l, out->w, p0, p1, col);
@@ -644,11 +654,12 @@ void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const nn_packed *p
         if (wp) {
             gemm_packed(p1 - p0, (size_t)cv->cout, k, col, k, wp, cv->b, act, y,
                         (size_t)cv->cout);
-            continue;
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(p1 - p0), cv->cout,
+                        (int)k, 1.0f, col, (int)k, cv->w, cv->cout, 0.0f, y, cv->cout);
+            bias_act(y, p1 - p0, cv->cout, cv->b, act);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(p1 - p0), cv->cout,
-                    (int)k, 1.0f, col, (int)k, cv->w, cv->cout, 0.0f, y, cv->cout);
-        bias_act(y, p1 - p0, cv->cout, cv->b, act);
+        fw_pause_point(pause);
     }
 }
 

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/pause.h"
+
 typedef struct nn_tensor {
     float *d; /* h*w*c floats, not owned */
     int h, w, c;
@@ -88,9 +90,13 @@ void nn_packed_free(nn_packed *pk);
 /* nn_conv2d with conv's weights as nn_conv_pack(conv, ...) prepared them (pk may be NULL).
  * A Winograd kind takes effect for 3x3 stride-1 pad-1 same-size calls, NN_PACK_GEMM for the
  * im2col and 1x1 GEMMs, which then apply bias and activation as they store; every other call
- * runs as nn_conv2d would. */
+ * runs as nn_conv2d would. With a pause (engine/pause.h; NULL for none), the im2col and
+ * Winograd paths work in blocks of at most about NN_PAUSE_MACS multiply-adds and call it
+ * after each; the output is the same either way. */
+#define NN_PAUSE_MACS ((size_t)1 << 21)
 void nn_conv2d_packed(const nn_tensor *in, const nn_conv *conv, const nn_packed *pk, int stride,
-                      int pad_t, int pad_l, enum nn_act act, float *col, nn_tensor *out);
+                      int pad_t, int pad_l, enum nn_act act, float *col, const fw_pause *pause,
+                      nn_tensor *out);
 
 /* Prepares conv (3x3) for the Winograd F(2x2,3x3) path of nn_conv2d: fills conv->wu.
  * 0, or -1 as nn_conv_pack. */

@@ -183,10 +183,12 @@ static void down_sum(const nn_tensor *x, const nn_tensor *conv, nn_tensor *out)
 }
 
 /* All convs here pad alike on every side. */
-static void conv(const nn_tensor *in, const recog_conv *rc, int stride, int pad,
-                 enum nn_act act, float *col, nn_tensor *out)
+/* One conv of the net, with pause points (nets.h) inside and after it. */
+static void conv(const fw_nets_ws *ws, const nn_tensor *in, const recog_conv *rc, int stride,
+                 int pad, enum nn_act act, float *col, nn_tensor *out)
 {
-    nn_conv2d_packed(in, &rc->conv, &rc->pk, stride, pad, pad, act, col, out);
+    nn_conv2d_packed(in, &rc->conv, &rc->pk, stride, pad, pad, act, col, &ws->pause, out);
+    nets_pause(ws);
 }
 
 int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float out[128])
@@ -201,7 +203,7 @@ int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float 
     nn_tensor in = { buf[1], FW_RECOG_SIZE, FW_RECOG_SIZE, 3 };
     nn_normalize(rgb, in.h, in.w, rec_mean, in.d);
     nn_tensor c0 = { buf[0], 72, 72, 32 };
-    conv(&in, &net->conv32_down, 2, 0, NN_ACT_RELU, col, &c0);
+    conv(ws, &in, &net->conv32_down, 2, 0, NN_ACT_RELU, col, &c0);
     nn_tensor x = { buf[1], 35, 35, 32 };
     nn_maxpool(&c0, 3, 2, 0, 0, &x);
 
@@ -213,8 +215,8 @@ int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float 
         int cout = b->conv1.conv.cout;
         if (!b->down) {
             nn_tensor t1 = { p, x.h, x.w, cout }, t2 = { q, x.h, x.w, cout };
-            conv(&x, &b->conv1, 1, 1, NN_ACT_RELU, col, &t1);
-            conv(&t1, &b->conv2, 1, 1, NN_ACT_NONE, col, &t2);
+            conv(ws, &x, &b->conv1, 1, 1, NN_ACT_RELU, col, &t1);
+            conv(ws, &t1, &b->conv2, 1, 1, NN_ACT_NONE, col, &t2);
             size_t n = (size_t)x.h * (size_t)x.w * (size_t)cout;
             nn_add(t2.d, x.d, n);
             nn_relu(t2.d, n);
@@ -223,8 +225,8 @@ int fw_recog_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, float 
         } else {
             int oh = (x.h - 3) / 2 + 1, ph = (x.h - 2) / 2 + 1;
             nn_tensor t1 = { p, oh, oh, cout }, t2 = { q, oh, oh, cout };
-            conv(&x, &b->conv1, 2, 0, NN_ACT_RELU, col, &t1);
-            conv(&t1, &b->conv2, 1, 1, NN_ACT_NONE, col, &t2);
+            conv(ws, &x, &b->conv1, 2, 0, NN_ACT_RELU, col, &t1);
+            conv(ws, &t1, &b->conv2, 1, 1, NN_ACT_NONE, col, &t2);
             nn_tensor sum = { p, ph, ph, cout };
             down_sum(&x, &t2, &sum);
             x = sum;

@@ -59,13 +59,32 @@ void tinydet_free(tinydet_net *net)
 
 /* The largest activations of this net are the outputs of conv0..conv4 before their 2x2/2 max
  * pools. Those run a band of rows at a time, so only the pooled maps are ever stored whole;
- * a band is as many row pairs as fit DET_BAND_FLOATS (1 MB: stays in L2). */
+ * a band is as many row pairs as fit DET_BAND_FLOATS (1 MB: stays in L2).
+ * Each band also ends with a pause point (nets.h), so a band is kept short too: at most
+ * DET_BAND_PIXELS outputs (conv0's direct kernel, ~0.3 ms) and DET_BAND_MACS multiply-adds
+ * (the separable convs on BLAS, ~0.2 ms). Whole, a band of conv0 at 416 was 3 ms and one of
+ * conv4 1.5 ms; the smaller GEMMs cost no measurable time. */
 #define DET_BAND_FLOATS ((size_t)1 << 18)
+#define DET_BAND_PIXELS 2048
+#define DET_BAND_MACS ((size_t)3 << 20)
 
-static int band_pairs(int w, int c)
+/* Row pairs per band of a w-wide conv with c outputs of macs multiply-adds each. */
+static int band_pairs(int w, int c, size_t macs)
 {
     size_t r = DET_BAND_FLOATS / ((size_t)2 * (size_t)w * (size_t)c);
-    return r < 1 ? 1 : (int)r; /* >= 8 here: w <= 1022 at c = 16, w <= 511 at c = 32 */
+    size_t p = DET_BAND_PIXELS / ((size_t)2 * (size_t)w);
+    size_t m = DET_BAND_MACS / ((size_t)2 * (size_t)w * macs);
+    if (p < r)
+        r = p;
+    if (m < r)
+        r = m;
+    return r < 1 ? 1 : (int)r;
+}
+
+/* Multiply-adds per output pixel of a separable conv (depthwise 3x3, then pointwise). */
+static size_t sep_macs(const nn_sepconv *sc)
+{
+    return (size_t)sc->cin * (9 + (size_t)sc->cout);
 }
 
 /* Largest map of the ping-pong pair, from the same arithmetic as fw_tinydet_run(). */
@@ -93,10 +112,10 @@ size_t tinydet_ws_floats(int size)
 /* out = maxpool2x2/2(leaky(sepconv(in))), "same" padding on both, one band of rows at a time
  * through band. A band's conv rows [r0, r1) need input rows r0-1 .. r1: the view below starts
  * there, padded above only at the top edge and below only where it ends at the map's edge. */
-static void sepconv_pool(const nn_tensor *in, const nn_sepconv *sc, float *col, float *band,
-                         nn_tensor *out)
+static void sepconv_pool(const fw_nets_ws *ws, const nn_tensor *in, const nn_sepconv *sc,
+                         float *col, float *band, nn_tensor *out)
 {
-    int pairs = band_pairs(in->w, sc->cout);
+    int pairs = band_pairs(in->w, sc->cout, sep_macs(sc));
     size_t row = (size_t)in->w * (size_t)in->c;
     for (int y = 0; y < out->h; y += pairs) {
         int n = out->h - y < pairs ? out->h - y : pairs;
@@ -107,6 +126,26 @@ static void sepconv_pool(const nn_tensor *in, const nn_sepconv *sc, float *col, 
         nn_sepconv2d(&src, sc, 1, r0 == 0 ? 1 : 0, 1, NN_ACT_LEAKY, col, &conv);
         nn_tensor dst = { out->d + (size_t)y * (size_t)out->w * (size_t)out->c, n, out->w, out->c };
         nn_maxpool(&conv, 2, 2, 0, 0, &dst);
+        nets_pause(ws);
+    }
+}
+
+/* out = leaky(sepconv(in)), stride 1, "same" padding, a few rows at a time with a pause point
+ * after each (conv5: 13 rows of 256 -> 512 at 416, 1.2 ms whole). Rows [r0, r1) need input
+ * rows r0-1 .. r1, padded above only at the top edge, as in sepconv_pool(). */
+static void sepconv_rows(const fw_nets_ws *ws, const nn_tensor *in, const nn_sepconv *sc,
+                         float *col, nn_tensor *out)
+{
+    size_t per = (size_t)in->w * sep_macs(sc), rows = DET_BAND_MACS / (per ? per : 1);
+    int step = rows < 1 ? 1 : rows > (size_t)out->h ? out->h : (int)rows;
+    size_t row = (size_t)in->w * (size_t)in->c;
+    for (int r0 = 0; r0 < out->h; r0 += step) {
+        int r1 = r0 + step < out->h ? r0 + step : out->h;
+        int v0 = r0 > 0 ? r0 - 1 : 0, v1 = r1 + 1 < in->h ? r1 + 1 : in->h;
+        nn_tensor src = { in->d + (size_t)v0 * row, v1 - v0, in->w, in->c };
+        nn_tensor dst = { out->d + (size_t)r0 * (size_t)out->w * (size_t)out->c, r1 - r0, out->w, out->c };
+        nn_sepconv2d(&src, sc, 1, r0 == 0 ? 1 : 0, 1, NN_ACT_LEAKY, col, &dst);
+        nets_pause(ws);
     }
 }
 
@@ -137,7 +176,7 @@ int fw_tinydet_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, int 
 
     /* conv0 + leaky + 2x2/2 max pool, band by band. S-2 is even (S is a multiple of 32), so
      * this pool needs no padding. */
-    int c0 = size - 2, p0 = c0 / 2, pairs = band_pairs(c0, 16);
+    int c0 = size - 2, p0 = c0 / 2, pairs = band_pairs(c0, 16, 27 * 16);
     nn_tensor cur = { b, p0, p0, 16 };
     for (int y = 0; y < p0; y += pairs) {
         int n = p0 - y < pairs ? p0 - y : pairs;
@@ -146,6 +185,7 @@ int fw_tinydet_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, int 
         nn_conv2d(&src, &net->conv0, 1, 0, 0, NN_ACT_LEAKY, col, &conv);
         nn_tensor dst = { cur.d + (size_t)y * (size_t)p0 * 16, n, p0, 16 };
         nn_maxpool(&conv, 2, 2, 0, 0, &dst);
+        nets_pause(ws);
     }
 
     /* conv1..conv4 with their pools, ping-ponging between a and b. */
@@ -153,13 +193,13 @@ int fw_tinydet_run(const fw_nets *nets, fw_nets_ws *ws, const uint8_t *rgb, int 
     for (int i = 0; i < 4; i++) {
         int oh = (cur.h + 1) / 2;
         nn_tensor pool = { other, oh, oh, net->conv[i].cout };
-        sepconv_pool(&cur, &net->conv[i], col, band, &pool);
+        sepconv_pool(ws, &cur, &net->conv[i], col, band, &pool);
         other = cur.d;
         cur = pool;
     }
     /* conv5 (S/32 square, 512 channels) and its stride-1 pool, which pads bottom/right. */
     nn_tensor c5 = { other, cur.h, cur.w, 512 };
-    nn_sepconv2d(&cur, &net->conv[4], 1, 1, 1, NN_ACT_LEAKY, col, &c5);
+    sepconv_rows(ws, &cur, &net->conv[4], col, &c5);
     int pad, ph = nn_same_pad(c5.h, 2, 1, &pad);
     nn_tensor p5 = { cur.d, ph, ph, 512 };
     nn_maxpool(&c5, 2, 1, pad, pad, &p5);

@@ -321,6 +321,66 @@ static void t_threads_share_nets(void)
     CHECK(ok);
 }
 
+/* ---- pause points --------------------------------------------------------------------------- */
+
+struct pause_count {
+    int calls;
+};
+
+static void count_pause(void *arg)
+{
+    ((struct pause_count *)arg)->calls++;
+}
+
+/* Each net calls the workspace's pause hook many times per pass (the detector once per band
+ * of rows, the others inside and after every conv), with the caller's arg, and computes
+ * exactly what it computes without one; a hook set back to NULL is not called. */
+static void t_pause_points(void)
+{
+    fw_nets *nets = load_nets();
+    fw_nets_ws *plain = nets ? fw_nets_ws_new(nets, 416) : NULL;
+    fw_nets_ws *paused = nets ? fw_nets_ws_new(nets, 416) : NULL;
+    uint8_t *rec = golden_file("recognition/chip00.rgb", 150 * 150 * 3);
+    uint8_t *lm = golden_file("landmark68/chip00.rgb", 112 * 112 * 3);
+    uint8_t *det = golden_file("tiny_detector/sample1.rgb", 416 * 416 * 3);
+    static float d0[128], d1[128], m0[136], m1[136], g0[13 * 13 * 25], g1[13 * 13 * 25];
+    struct pause_count pc = { 0 };
+    CHECK(nets && plain && paused && rec && lm && det);
+    fw_nets_ws_set_pause(paused, (fw_pause){ count_pause, &pc });
+
+    CHECK_EQ_INT(fw_recog_run(nets, plain, rec, d0), 0);
+    CHECK_EQ_INT(fw_recog_run(nets, paused, rec, d1), 0);
+    int rec_calls = pc.calls;
+    CHECK(memcmp(d0, d1, sizeof d0) == 0);
+    CHECK_EQ_INT(fw_landmark68_run(nets, plain, lm, m0), 0);
+    CHECK_EQ_INT(fw_landmark68_run(nets, paused, lm, m1), 0);
+    int lm_calls = pc.calls - rec_calls;
+    CHECK(memcmp(m0, m1, sizeof m0) == 0);
+    CHECK_EQ_INT(fw_tinydet_run(nets, plain, det, 416, g0), 0);
+    CHECK_EQ_INT(fw_tinydet_run(nets, paused, det, 416, g1), 0);
+    int det_calls = pc.calls - rec_calls - lm_calls;
+    CHECK(memcmp(g0, g1, sizeof g0) == 0);
+    printf("  pause points per pass: recognition %d, landmarks %d, detector at 416 %d\n",
+           rec_calls, lm_calls, det_calls);
+    /* at least one per conv of the recognition net (33) and of the landmark net (16); the
+     * detector's conv0 alone is 104 bands of 2 pooled rows */
+    CHECK_MSG(rec_calls > 33, "recognition: %d", rec_calls);
+    CHECK_MSG(lm_calls >= 16, "landmarks: %d", lm_calls);
+    CHECK_MSG(det_calls > 104, "detector: %d", det_calls);
+
+    fw_nets_ws_set_pause(paused, (fw_pause){ NULL, &pc });
+    int before = pc.calls;
+    CHECK_EQ_INT(fw_recog_run(nets, paused, rec, d1), 0);
+    CHECK_EQ_INT(pc.calls, before);
+    CHECK(memcmp(d0, d1, sizeof d0) == 0);
+    free(rec);
+    free(lm);
+    free(det);
+    fw_nets_ws_free(plain);
+    fw_nets_ws_free(paused);
+    fw_nets_free(nets);
+}
+
 /* ---- API edges ---------------------------------------------------------------------------- */
 
 static void t_detector_sizes(void)
@@ -821,6 +881,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_detector_golden),     CHECK_TEST(t_detector_sizes),
     CHECK_TEST(t_detector_all_sizes),  CHECK_TEST(t_threads_share_nets),
     CHECK_TEST(t_decode_nms),          CHECK_TEST(t_nn_conv_paths),
+    CHECK_TEST(t_pause_points),
     CHECK_TEST(t_nn_sepconv),          CHECK_TEST(t_nn_maxpool_same),
     CHECK_TEST(t_load_ok_copy),
     CHECK_TEST(t_load_missing_file),   CHECK_TEST(t_load_missing_dir),
