@@ -32,6 +32,8 @@
 # Usage: perf/bench_overload.sh          (after `make`; about a minute with the defaults)
 #   KINDS="sleep embed"     workloads to run
 #   WORKERS=2               --workers of every server
+#   SERVER_ARGS=""          more facewired flags for every server, e.g. "--worker-yield-us 0"
+#                           to see the BUSY tail without the workers' CPU hand-backs
 #   SLEEP_MS=20             TEST_SLEEP duration
 #   FW_SHARED=../shared     where eval/ is; IMAGE=$FW_SHARED/eval/barack_obama_3.jpg
 #   LOAD_X=3                offered load, in multiples of the measured capacity
@@ -53,6 +55,7 @@ top=$(pwd)
 
 KINDS=${KINDS:-sleep embed}
 WORKERS=${WORKERS:-2}
+SERVER_ARGS=${SERVER_ARGS:-}
 SLEEP_MS=${SLEEP_MS:-20}
 FW_SHARED=${FW_SHARED:-../shared}
 IMAGE=${IMAGE:-$FW_SHARED/eval/barack_obama_3.jpg}
@@ -102,7 +105,7 @@ start_server() {
     local log=$tmp/facewired-$name.log
     mkdir -p "$tmp/data-$name"
     OPENBLAS_NUM_THREADS=1 "${run[@]}" "$FACEWIRED" --listen 127.0.0.1:0 --data "$tmp/data-$name" \
-        --models "$top/models" --enable-test-ops --workers "$WORKERS" "$@" >"$log" 2>&1 &
+        --models "$top/models" --enable-test-ops --workers "$WORKERS" $SERVER_ARGS "$@" >"$log" 2>&1 &
     fw_pid=$!
     wait_for 30 grep -q 'msg="listening"' "$log" || { cat "$log" >&2; die "facewired did not start"; }
     grep -q 'msg="models loaded"' "$log" || { cat "$log" >&2; die "facewired did not load the models"; }

@@ -242,6 +242,7 @@ void fw_compute_options_default(fw_compute_options *o)
     o->verify_threshold = FW_VERIFY_DEFAULT_THRESHOLD;
     o->detector_size = 416;
     o->degraded_detector_size = 320;
+    o->worker_yield_us = FW_WORKER_YIELD_US_DEFAULT;
     o->stream_memory = FW_STREAM_MEMORY_DEFAULT;
     o->health_max_lag_ms = 5000;
 }
@@ -295,6 +296,7 @@ static const int_flag int_flags[] = {
     { "--degraded-detector-size", offsetof(fw_compute_options, degraded_detector_size), 0, 0, 4096 },
     { "--gallery-max-faces", offsetof(fw_compute_options, gallery_max_faces), 1, 1, 100000000 },
     { "--health-max-lag-ms", offsetof(fw_compute_options, health_max_lag_ms), 1, 1, 86400000 },
+    { "--worker-yield-us", offsetof(fw_compute_options, worker_yield_us), 1, 0, 1000000 },
 };
 
 static int parse_deadline_pair(fw_compute_options *o, const char *v, char *err, size_t errlen)
@@ -463,6 +465,9 @@ void fw_compute_usage(FILE *out)
         "  --degraded-detector-size N  detector input in degraded mode (default 320, 0 = same)\n"
         "  --degraded                start in degraded mode (SIGUSR1 toggles it)\n"
         "  --verify-threshold T      VERIFY's default distance threshold (default 0.6)\n"
+        "  --worker-yield-us US      a face job offers its CPU to other runnable threads (the\n"
+        "                            event loop above all) at most this often, at the engine's\n"
+        "                            pause points; 0 = never (default 200; docs/performance.md)\n"
         "  --metrics-listen HOST:PORT  Prometheus text on GET /metrics; GET /health answers 200\n"
         "                            \"ok\" when this node should take traffic, else 503 and why\n"
         "                            (starting, models not loaded, gallery loading, lagging N ms,\n"
@@ -592,6 +597,7 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     cp->log = o->log;
     cp->workers = o->workers < 1 ? 1 : o->workers > FW_MAX_WORKERS ? FW_MAX_WORKERS : o->workers;
     cp->face_env.verify_threshold = o->verify_threshold > 0 ? o->verify_threshold : FW_VERIFY_DEFAULT_THRESHOLD;
+    cp->face_env.worker_yield_us = o->worker_yield_us;
     if (uv_mutex_init(&cp->gate.mu) != 0) {
         snprintf(err, errlen, "cannot make a mutex");
         free(cp);
@@ -905,6 +911,7 @@ static void render_info(fw_compute *cp, fw_sb *b)
         fw_sb_printf(b, "op_%s_timed_out: %llu\n", n, (unsigned long long)st->timed_out);
         fw_sb_printf(b, "op_%s_dropped: %llu\n", n, (unsigned long long)st->dropped);
         fw_sb_printf(b, "op_%s_orphaned: %llu\n", n, (unsigned long long)st->orphaned);
+        fw_sb_printf(b, "op_%s_yields: %llu\n", n, (unsigned long long)st->yields);
         fw_sb_printf(b, "op_%s_queue_wait_ms: p50=%.3f p99=%.3f\n", n,
                      ms_of(fw_hist_quantile(&st->wait_us, 0.5)), ms_of(fw_hist_quantile(&st->wait_us, 0.99)));
         fw_sb_printf(b, "op_%s_run_ms: p50=%.3f p99=%.3f\n", n,
@@ -996,6 +1003,9 @@ static void metrics_render(void *arg, fw_sb *b)
                     offsetof(fw_op_stats, dropped));
     prom_op_counter(cp, b, "facewire_orphaned_total", "Running jobs whose connection closed.",
                     offsetof(fw_op_stats, orphaned));
+    prom_op_counter(cp, b, "facewire_worker_yields_total",
+                    "Times a running job offered its CPU back (--worker-yield-us).",
+                    offsetof(fw_op_stats, yields));
 
     PROM_HEAD(b, "facewire_responses_total", "counter", "Compute responses sent, by op and status.");
     for (int i = 0; i < NOPS; i++) {

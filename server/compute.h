@@ -66,6 +66,8 @@ typedef struct fw_compute_options {
     int detector_size;           /* --detector-size */
     int degraded_detector_size;  /* --degraded-detector-size, 0 = same detector when degraded */
     int start_degraded;          /* --degraded: start in degraded mode */
+    uint32_t worker_yield_us;    /* --worker-yield-us: a face job hands its CPU back at the
+                                    engine's pause points this often; 0 = never */
     const struct fw_log *log;    /* where compute logs; NULL = stderr at info level. Not owned;
                                     must outlive the fw_compute. */
     /* added for the gallery ops (server/galleryops.h) */

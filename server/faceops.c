@@ -8,9 +8,11 @@
 #include "server/faceops.h"
 
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- parsing (loop thread) ----------------------------------------------------------------- */
 
@@ -144,6 +146,55 @@ static uint16_t status_of(fw_engine_err e)
     }
 }
 
+/* ---- handing the CPU back (pool thread) ---------------------------------------------------- */
+
+/*
+ * A face job is 50-100 ms of CPU on a worker, and there are as many workers as cores, so
+ * under load every core runs one. When the event loop's thread wakes (a request to answer
+ * BUSY, a result to send), Linux's scheduler (EEVDF) lets the running worker finish its
+ * protected slice first, and only notices at the next scheduler tick: up to 4 ms with the
+ * common HZ=250, far above the 1 ms we promise for an answer that needs no compute. Nice
+ * levels do not shorten that wait (the slice is protected whatever the weight), and
+ * SCHED_IDLE workers made it worse: the loop then waits on libuv's queue mutex held by a
+ * worker that no longer gets the CPU. So the workers give the CPU back themselves: the engine
+ * calls this between bounded pieces of work (engine/pause.h: ~0.3 ms apart), and every
+ * worker_yield_us it calls sched_yield(), which lets anything runnable on this core run
+ * first and returns at once when nothing is. The cost is a clock read per pause point and a
+ * ~1.5 us syscall per yield (<1% at 200 us); what it buys is in docs/performance.md.
+ */
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void on_engine_pause(void *arg)
+{
+    fw_face_yield *y = arg;
+    uint64_t now = monotonic_ns();
+    if (now - y->last_ns < y->every_ns)
+        return;
+    sched_yield();
+    y->last_ns = monotonic_ns(); /* a full interval of work after we have the CPU again */
+    y->count++;
+}
+
+static void set_pause(fw_face_slot *fs, fw_engine_ws *ws)
+{
+    if (ws && fs->yield.every_ns)
+        fw_engine_ws_set_pause(ws, on_engine_pause, &fs->yield);
+}
+
+/* After an engine call: the job's share of the slot's hand-backs. */
+static void take_yields(fw_job *j, fw_face_slot *fs)
+{
+    j->out.yields += fs->yield.count;
+    fs->yield.count = 0;
+}
+
+/* ---- engine calls (pool thread) ----------------------------------------------------------- */
+
 /* The engine and workspace this job uses: the small detector in degraded mode. The small
  * engine's workspace is made on the first degraded job a slot runs (here, on the worker: the
  * slot belongs to this job until it returns), so a server that never degrades never pays for
@@ -151,8 +202,10 @@ static uint16_t status_of(fw_engine_err e)
 static void pick_engine(const fw_job *j, const fw_face_env *env, const fw_engine **e, fw_engine_ws **ws)
 {
     fw_face_slot *fs = j->slot->ctx;
-    if (j->degraded && env->engine_small && !fs->ws_small)
+    if (j->degraded && env->engine_small && !fs->ws_small) {
         fs->ws_small = fw_engine_ws_new(env->engine_small);
+        set_pause(fs, fs->ws_small);
+    }
     if (j->degraded && env->engine_small && fs->ws_small) {
         *e = env->engine_small;
         *ws = fs->ws_small;
@@ -219,6 +272,7 @@ int fw_faceops_analyze(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, u
     pick_engine(j, env, &e, &ws);
     fw_engine_err rc = fw_engine_analyze(e, ws, jpeg, len, want, fs->faces, fs->max_faces,
                                          &n, width, height, NULL, err, sizeof err);
+    take_yields(j, fs);
     if (rc != FWE_OK) {
         job_fail(j, status_of(rc), "", err);
         return -1;
@@ -250,6 +304,7 @@ static int input_descriptor(fw_job *j, const fw_input *in, char which, float *ou
     /* max_faces = 1: faces come best score first, and only the best one is described */
     fw_engine_err rc = fw_engine_analyze(e, ws, in->jpeg, in->len, FW_WANT_DESCRIPTORS,
                                          fs->faces, 1, &n, NULL, NULL, NULL, err, sizeof err);
+    take_yields(j, fs);
     if (rc != FWE_OK) {
         job_fail(j, status_of(rc), prefix, err);
         return -1;
@@ -299,6 +354,9 @@ fw_face_slot *fw_face_slot_new(const fw_face_env *env)
     fs->ws = fw_engine_ws_new(env->engine);
     if (!fs->faces || !fs->ws)
         goto err;
+    fs->yield.every_ns = (uint64_t)env->worker_yield_us * 1000u;
+    fs->yield.last_ns = monotonic_ns();
+    set_pause(fs, fs->ws);
     return fs; /* ws_small: on first use, see pick_engine() */
 err:
     fw_face_slot_free(fs);

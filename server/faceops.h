@@ -18,13 +18,26 @@
 
 #define FW_VERIFY_DEFAULT_THRESHOLD 0.6f
 
+/* How often a face job offers its CPU back, by default (--worker-yield-us; faceops.c says
+ * why). */
+#define FW_WORKER_YIELD_US_DEFAULT 200
+
 /* Shared by every face job; owned by compute. engine is NULL when the models did not load;
  * engine_small (degraded mode's smaller detector input) may be NULL too. */
 typedef struct fw_face_env {
     const fw_engine *engine;
     const fw_engine *engine_small;
     float verify_threshold;
+    uint32_t worker_yield_us;  /* --worker-yield-us; 0 = never */
 } fw_face_env;
+
+/* The engine's pause points on one slot (engine/pause.h): touched only by the worker that
+ * holds the slot. */
+typedef struct fw_face_yield {
+    uint64_t every_ns;  /* worker_yield_us in ns; 0 = never */
+    uint64_t last_ns;   /* CLOCK_MONOTONIC of the last hand-back (or of the slot's making) */
+    uint32_t count;     /* hand-backs not yet added to a job's fw_job_out.yields */
+} fw_face_yield;
 
 /* Per worker slot: workspaces for both engines and the faces buffer. Owned by compute; used
  * by the one job that holds the slot. */
@@ -33,6 +46,7 @@ typedef struct fw_face_slot {
     fw_engine_ws *ws_small;  /* made by the first degraded job on this slot; may stay NULL */
     fw_face *faces;  /* max_faces entries */
     int max_faces;
+    fw_face_yield yield;  /* the pause hook's state; both workspaces point at it */
 } fw_face_slot;
 
 /* NULL on out of memory; env->engine must be set. */

@@ -408,6 +408,7 @@ static void after_work_cb(uv_work_t *w, int status)
     else
         st->run_ewma_us -= (st->run_ewma_us - ran_us) / 8;
     fw_hist_record(&st->run_us, ran_us);
+    st->yields += j->out.yields;
     heap_remove(s, j);
 
     /* The deadline timer only fires when the loop gets to it; a loop that was busy may see the

@@ -71,6 +71,7 @@ typedef struct fw_job_out {
     uint8_t *body;     /* OK: malloc'd response body (the job owns it), may be NULL */
     size_t len;
     char msg[192];     /* status != OK: the error message */
+    uint32_t yields;   /* times the job offered its CPU back (faceops.c, --worker-yield-us) */
 } fw_job_out;
 
 /* One worker slot. ctx is the caller's per-slot context (see fw_sched_init). */
@@ -185,6 +186,7 @@ typedef struct fw_op_stats {
     uint64_t timed_out;                    /* answered at the deadline while running */
     uint64_t dropped;                      /* waiting when the connection closed */
     uint64_t orphaned;                     /* running when the connection closed */
+    uint64_t yields;                       /* fw_job_out.yields of the jobs that returned */
     uint32_t waiting[FW_PRIO_COUNT];
     uint32_t running;
     fw_hist wait_us;                       /* queue wait of the jobs that started */

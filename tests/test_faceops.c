@@ -4,7 +4,8 @@
  * ../shared): response layouts byte for byte, same person -> same=1 and different -> 0, JPEG
  * and descriptor inputs giving the same distance, bad JPEGs -> BAD_IMAGE with the server
  * going on, pictures without a face, every malformed body with its exact message, pipelined
- * requests over two workers, degraded mode, and descriptor-only VERIFY without models.
+ * requests over two workers, degraded mode, the workers' CPU hand-backs (--worker-yield-us)
+ * changing nothing in the answers, and descriptor-only VERIFY without models.
  */
 // run-under: tsan
 #include <errno.h>
@@ -19,6 +20,7 @@
 
 #include "tests/check.h"
 #include "tests/tu_data.h"
+#include "tests/tu_req.h"
 #include "tests/tu_server.h"
 
 static tu_server srv;
@@ -586,6 +588,62 @@ static void t_degraded_detector_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* The INFO counter of op `op` (e.g. "op_embed_yields") over a connection of its own. */
+static long long info_counter(const char *key)
+{
+    int fd = tu_connect_server(&srv);
+    if (fd < 0)
+        return -1;
+    resp r;
+    long long v = -1;
+    if (roundtrip(fd, FW_OP_INFO, NULL, 0, &r) == 0 && r.status == FW_STATUS_OK) {
+        char *text = malloc(r.len + 1);
+        if (text) {
+            memcpy(text, r.body, r.len);
+            text[r.len] = '\0';
+            v = tu_info_value(text, key);
+            free(text);
+        }
+    }
+    tu_resp_free(&r);
+    close(fd);
+    return v;
+}
+
+/* --worker-yield-us: by default an EMBED hands its CPU back at the engine's pause points
+ * (counted in INFO), with 0 it never does, and the faces are bit-identical either way. */
+static void t_worker_yields_body(void)
+{
+    static faces with, without;
+    resp r;
+    CHECK(start_with(NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(analyze(fd, FW_OP_EMBED, "barack_obama_3.jpg", &with, &r) == 0);
+    tu_resp_free(&r);
+    close(fd);
+    long long y = info_counter("op_embed_yields");
+    CHECK_MSG(y > 0, "op_embed_yields %lld after an EMBED at the default 200 us", y);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+
+    const char *args[] = { "--workers", "2", "--models", tu_models_dir(), "--worker-yield-us", "0", NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(analyze(fd, FW_OP_EMBED, "barack_obama_3.jpg", &without, &r) == 0);
+    tu_resp_free(&r);
+    close(fd);
+    CHECK_EQ_INT(info_counter("op_embed_yields"), 0);
+    CHECK_EQ_INT(info_counter("op_embed_ran"), 1);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+
+    CHECK_EQ_INT(with.n, 1);
+    CHECK_EQ_INT(without.n, with.n);
+    CHECK(memcmp(with.box, without.box, sizeof with.box) == 0);
+    CHECK(memcmp(with.lm, without.lm, sizeof with.lm) == 0);
+    CHECK(memcmp(with.desc, without.desc, sizeof with.desc) == 0);
+}
+
 /* Without models: JPEG inputs are UNAVAILABLE, but VERIFY of two descriptors still works. */
 static void t_no_models_body(void)
 {
@@ -684,6 +742,7 @@ T(t_bad_images)
 T(t_malformed_bodies)
 T(t_pipelined_embeds)
 T(t_degraded_detector)
+T(t_worker_yields)
 T(t_no_models)
 T(t_random_bodies)
 
@@ -696,6 +755,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_malformed_bodies),
     CHECK_TEST(t_pipelined_embeds),
     CHECK_TEST(t_degraded_detector),
+    CHECK_TEST(t_worker_yields),
     CHECK_TEST(t_no_models),
     CHECK_TEST(t_random_bodies),
 };

@@ -674,6 +674,8 @@ static void t_compute_flags_body(void)
         { { "--deadline-ms", "NOPE=5", NULL }, "--deadline-ms: \"NOPE=5\" is not OP=MS" },
         { { "--deadline-ms", "embed", NULL }, "--deadline-ms: \"embed\" is not OP=MS" },
         { { "--verify-threshold", "-1", NULL }, "--verify-threshold: expected a positive number" },
+        { { "--worker-yield-us", "-5", NULL }, "--worker-yield-us: expected an integer in 0..1000000, not \"-5\"" },
+        { { "--worker-yield-us", "2000000", NULL }, "--worker-yield-us: expected an integer in 0..1000000, not \"2000000\"" },
         { { "--metrics-listen", "localhost", NULL }, "--metrics-listen: localhost is not HOST:PORT" },
         { { "--workers", NULL }, "--workers needs a value" },
         { { "--detector-size", "400", NULL }, "--detector-size: the detector input must be a multiple of 32, not 400" },
