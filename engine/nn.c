@@ -105,110 +105,12 @@ static void im2col_block(const nn_tensor *in, const nn_conv *cv, int stride, int
     }
 }
 
-/* Output value with bias already in v. */
-static inline float act_apply(float v, enum nn_act act)
-{
-    if (v > 0.0f || act == NN_ACT_NONE)
-        return v;
-    return act == NN_ACT_RELU ? 0.0f : 0.1f * v;
-}
-
-/* 16 floats as one value: GCC/Clang vector extension, lowered to whatever the target has
- * (one AVX-512 register, two AVX2 ones, ...). Loads/stores go through memcpy, so no alignment
- * is assumed. */
-typedef float v16f __attribute__((vector_size(64)));
-
-/* Without AVX-512, GCC and Clang warn that passing v16f by value has a different ABI than
- * with it; it only ever crosses static functions of this file, so no ABI is exposed. */
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-static inline __attribute__((always_inline)) v16f v16_load(const float *p)
-{
-    v16f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void v16_store_act(float *p, v16f v, enum nn_act act)
-{
-    float tmp[16];
-    memcpy(tmp, &v, sizeof tmp);
-    for (int o = 0; o < 16; o++)
-        p[o] = act_apply(tmp[o], act);
-}
-
-#define C16_PIX 8 /* pixels per step: independent accumulators hide the FMA latency */
-
-/* Direct 3x3 convolution, 3 input channels, 16 outputs (the detector's first layer): as a
- * GEMM its K is 27 and N 16, far too thin for BLAS, while here each output pixel is 27
- * broadcast-multiply-adds into one 16-float accumulator, 8 pixels at a time. Windows that
- * cross the border take the scalar path. */
-static void conv3x3_c3_c16(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t,
-                           int pad_l, enum nn_act act, nn_tensor *out)
-{
-    int off[27];
-    v16f w[27], bias = v16_load(cv->b);
-    for (int ky = 0, t = 0; ky < 3; ky++)
-        for (int kx = 0; kx < 3; kx++)
-            for (int ci = 0; ci < 3; ci++, t++)
-                off[t] = (ky * in->w + kx) * 3 + ci;
-    for (int t = 0; t < 27; t++)
-        w[t] = v16_load(cv->w + t * 16);
-    /* Output columns [x_lo, x_hi) have their whole window inside the image horizontally. */
-    int x_lo = (pad_l + stride - 1) / stride, x_hi = (in->w - 3 + pad_l) / stride + 1;
-    if (x_hi > out->w)
-        x_hi = out->w;
-    for (int oy = 0; oy < out->h; oy++) {
-        int iy0 = oy * stride - pad_t;
-        int row_inside = iy0 >= 0 && iy0 + 3 <= in->h;
-        float *drow = out->d + (size_t)oy * (size_t)out->w * 16;
-        int ox = 0;
-        while (ox < out->w) {
-            if (row_inside && ox >= x_lo && ox + C16_PIX <= x_hi) {
-                const float *src = in->d + ((size_t)iy0 * (size_t)in->w +
-                                            (size_t)(ox * stride - pad_l)) * 3;
-                size_t step = (size_t)stride * 3;
-                v16f acc[C16_PIX];
-                for (int p = 0; p < C16_PIX; p++)
-                    acc[p] = bias;
-                for (int t = 0; t < 27; t++)
-                    for (int p = 0; p < C16_PIX; p++)
-                        acc[p] += src[(size_t)p * step + (size_t)off[t]] * w[t];
-                for (int p = 0; p < C16_PIX; p++)
-                    v16_store_act(drow + (size_t)(ox + p) * 16, acc[p], act);
-                ox += C16_PIX;
-                continue;
-            }
-            int ix0 = ox * stride - pad_l;
-            v16f acc = bias;
-            for (int t = 0; t < 27; t++) {
-                int iy = iy0 + t / 9, ix = ix0 + (t / 3) % 3;
-                if (iy >= 0 && iy < in->h && ix >= 0 && ix < in->w)
-                    acc += in->d[((size_t)iy * (size_t)in->w + (size_t)ix) * 3 + (size_t)(t % 3)] * w[t];
-            }
-            v16_store_act(drow + (size_t)ox * 16, acc, act);
-            ox++;
-        }
-    }
-}
-
-/*
- * Our own GEMM for weights packed once at load (nn_conv_pack, nn_conv_winograd_prepare).
- * cblas_sgemm repacks its B operand (the weights) on every call: profiled on the recognition
- * net, OpenBLAS spent ~20% of the forward pass in that copy (sgemm_itcopy), because the
- * networks' GEMMs are thin (K 32..2304, M often under 400) and each call sees its weights once.
- * Here the weights already sit in the order the micro-kernel reads them: panels of NN_NR
- * columns, each K rows of NN_NR contiguous floats (the last panel zero-padded), so the kernel
- * streams a panel linearly while it broadcasts NN_MR rows of A straight from the activations.
- * The kernel and the Winograd transforms below work on vf, a vector of the target's own
- * width (a generic vector wider than the target's registers compiles to slow piecewise code:
- * measured 30x slower with v16f on AVX2). An NN_MR x 32 tile is then 16 accumulators with
- * AVX-512, 12 with AVX2, 8 with SSE/NEON: enough to hide the FMA latency without spilling out
- * of 32, 16 and 16 registers. Each output is one sequential sum over k, the order a naive
- * loop uses.
- */
+/* vf: a vector of the target's own width (16 floats with AVX-512, 8 with AVX/AVX2, 4 with
+ * SSE/NEON), as a GCC/Clang vector extension. Every vector kernel here is written on it: a
+ * generic vector wider than the target's registers compiles to slow piecewise code (a 16-float
+ * one ran the detector's first layer ~10x slower on AVX2 than this, and the GEMM 30x). Loads
+ * go through memcpy, so no alignment is assumed. NN_NR / NN_MR: the GEMM's panel width and
+ * tile height (below). */
 #define NN_NR 32
 #if defined(__AVX512F__)
 #define NN_VW 16
@@ -232,6 +134,109 @@ static inline __attribute__((always_inline)) vf vf_load(const float *p)
     return v;
 }
 
+static inline __attribute__((always_inline)) vf vf_act(vf v, enum nn_act act)
+{
+    if (act == NN_ACT_NONE)
+        return v;
+    vi pos = v > (vf){ 0 };
+    vf alt = act == NN_ACT_RELU ? (vf){ 0 } : v * 0.1f;
+    return (vf)((pos & (vi)v) | (~pos & (vi)alt));
+}
+
+static inline __attribute__((always_inline)) void vf_store(float *p, vf v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* 16 outputs are C16_NV vectors; C16_PIX pixels per step keep 8 vector accumulators (16 with
+ * SSE) in registers on every target, to hide the FMA latency. */
+#define C16_NV (16 / NN_VW)
+#define C16_PIX (C16_NV >= 4 ? 2 : 8 / C16_NV)
+
+/* Direct 3x3 convolution, 3 input channels, 16 outputs (the detector's first layer): as a
+ * GEMM its K is 27 and N 16, far too thin for BLAS, while here each output pixel is 27
+ * broadcast-multiply-adds into C16_NV accumulators, C16_PIX pixels at a time; the weights come
+ * from L1 with each step. Windows that cross the border take the one-pixel path, which skips
+ * the taps outside. Each output is bias + the 27 taps in order, as a naive loop sums. */
+static void conv3x3_c3_c16(const nn_tensor *in, const nn_conv *cv, int stride, int pad_t,
+                           int pad_l, enum nn_act act, nn_tensor *out)
+{
+    int off[27];
+    vf bias[C16_NV];
+    for (int v = 0; v < C16_NV; v++)
+        bias[v] = vf_load(cv->b + v * NN_VW);
+    for (int ky = 0, t = 0; ky < 3; ky++)
+        for (int kx = 0; kx < 3; kx++)
+            for (int ci = 0; ci < 3; ci++, t++)
+                off[t] = (ky * in->w + kx) * 3 + ci;
+    /* Output columns [x_lo, x_hi) have their whole window inside the image horizontally. */
+    int x_lo = (pad_l + stride - 1) / stride, x_hi = (in->w - 3 + pad_l) / stride + 1;
+    if (x_hi > out->w)
+        x_hi = out->w;
+    for (int oy = 0; oy < out->h; oy++) {
+        int iy0 = oy * stride - pad_t;
+        int row_inside = iy0 >= 0 && iy0 + 3 <= in->h;
+        float *drow = out->d + (size_t)oy * (size_t)out->w * 16;
+        int ox = 0;
+        while (ox < out->w) {
+            if (row_inside && ox >= x_lo && ox + C16_PIX <= x_hi) {
+                const float *src = in->d + ((size_t)iy0 * (size_t)in->w +
+                                            (size_t)(ox * stride - pad_l)) * 3;
+                size_t step = (size_t)stride * 3;
+                vf acc[C16_PIX][C16_NV];
+                for (int p = 0; p < C16_PIX; p++)
+                    for (int v = 0; v < C16_NV; v++)
+                        acc[p][v] = bias[v];
+                for (int t = 0; t < 27; t++) {
+                    vf w[C16_NV];
+                    for (int v = 0; v < C16_NV; v++)
+                        w[v] = vf_load(cv->w + t * 16 + v * NN_VW);
+                    for (int p = 0; p < C16_PIX; p++) {
+                        float x = src[(size_t)p * step + (size_t)off[t]];
+                        for (int v = 0; v < C16_NV; v++)
+                            acc[p][v] += x * w[v];
+                    }
+                }
+                for (int p = 0; p < C16_PIX; p++)
+                    for (int v = 0; v < C16_NV; v++)
+                        vf_store(drow + (size_t)(ox + p) * 16 + (size_t)(v * NN_VW), vf_act(acc[p][v], act));
+                ox += C16_PIX;
+                continue;
+            }
+            int ix0 = ox * stride - pad_l;
+            vf acc[C16_NV];
+            for (int v = 0; v < C16_NV; v++)
+                acc[v] = bias[v];
+            for (int t = 0; t < 27; t++) {
+                int iy = iy0 + t / 9, ix = ix0 + (t / 3) % 3;
+                if (iy < 0 || iy >= in->h || ix < 0 || ix >= in->w)
+                    continue;
+                float x = in->d[((size_t)iy * (size_t)in->w + (size_t)ix) * 3 + (size_t)(t % 3)];
+                for (int v = 0; v < C16_NV; v++)
+                    acc[v] += x * vf_load(cv->w + t * 16 + v * NN_VW);
+            }
+            for (int v = 0; v < C16_NV; v++)
+                vf_store(drow + (size_t)ox * 16 + (size_t)(v * NN_VW), vf_act(acc[v], act));
+            ox++;
+        }
+    }
+}
+
+/*
+ * Our own GEMM for weights packed once at load (nn_conv_pack, nn_conv_winograd_prepare).
+ * cblas_sgemm repacks its B operand (the weights) on every call: profiled on the recognition
+ * net, OpenBLAS spent ~20% of the forward pass in that copy (sgemm_itcopy), because the
+ * networks' GEMMs are thin (K 32..2304, M often under 400) and each call sees its weights once.
+ * Here the weights already sit in the order the micro-kernel reads them: panels of NN_NR
+ * columns, each K rows of NN_NR contiguous floats (the last panel zero-padded), so the kernel
+ * streams a panel linearly while it broadcasts NN_MR rows of A straight from the activations.
+ * The kernel and the Winograd transforms below work on vf, a vector of the target's own
+ * width (a generic vector wider than the target's registers compiles to slow piecewise code:
+ * measured 30x slower with v16f on AVX2). An NN_MR x 32 tile is then 16 accumulators with
+ * AVX-512, 12 with AVX2, 8 with SSE/NEON: enough to hide the FMA latency without spilling out
+ * of 32, 16 and 16 registers. Each output is one sequential sum over k, the order a naive
+ * loop uses.
+ */
 size_t nn_packed_floats(size_t k, size_t n)
 {
     return k * ((n + NN_NR - 1) / NN_NR * NN_NR);
@@ -241,15 +246,6 @@ size_t nn_packed_floats(size_t k, size_t n)
 static inline size_t packed_index(size_t k, size_t kk, size_t j)
 {
     return (j / NN_NR) * k * NN_NR + kk * NN_NR + j % NN_NR;
-}
-
-static inline __attribute__((always_inline)) vf vf_act(vf v, enum nn_act act)
-{
-    if (act == NN_ACT_NONE)
-        return v;
-    vi pos = v > (vf){ 0 };
-    vf alt = act == NN_ACT_RELU ? (vf){ 0 } : v * 0.1f;
-    return (vf)((pos & (vi)v) | (~pos & (vi)alt));
 }
 
 /* c[0..mr) x [0..nv) = act(init + a[0..mr) x panel), mr a compile-time constant after
@@ -664,8 +660,8 @@ void nn_conv2d_packed(const nn_tensor *in, const nn_conv *cv, const nn_packed *p
 }
 
 /* Depthwise 3x3 for output pixels [p0, p1) into dst (one cin-vector per pixel). Windows wholly
- * inside the map (nearly all of them) take a branch-free path working on 16 channels at a
- * time when the channel count allows; the rest skip the taps that fall outside. */
+ * inside the map (nearly all of them) take a branch-free path working on a vector of channels
+ * at a time when the channel count allows; the rest skip the taps that fall outside. */
 static void depthwise_block(const nn_tensor *in, const float *restrict dw, int stride, int pad_t,
                             int pad_l, int ow, size_t p0, size_t p1, float *restrict dst)
 {
@@ -675,15 +671,15 @@ static void depthwise_block(const nn_tensor *in, const float *restrict dw, int s
         int oy = (int)(p / (size_t)ow), ox = (int)(p % (size_t)ow);
         int iy0 = oy * stride - pad_t, ix0 = ox * stride - pad_l;
         float *restrict acc = dst + (p - p0) * (size_t)c;
-        if (c % 16 == 0 && iy0 >= 0 && iy0 + 3 <= in->h && ix0 >= 0 && ix0 + 3 <= in->w) {
+        if (c % NN_VW == 0 && iy0 >= 0 && iy0 + 3 <= in->h && ix0 >= 0 && ix0 + 3 <= in->w) {
             const float *src = in->d + (size_t)iy0 * rowc + (size_t)ix0 * (size_t)c;
-            for (int cb = 0; cb < c; cb += 16) {
-                v16f a = (v16f){ 0 };
+            for (int cb = 0; cb < c; cb += NN_VW) {
+                vf a = (vf){ 0 };
                 for (int ky = 0; ky < 3; ky++)
                     for (int kx = 0; kx < 3; kx++)
-                        a += v16_load(src + (size_t)ky * rowc + (size_t)(kx * c + cb)) *
-                             v16_load(dw + (size_t)((ky * 3 + kx) * c + cb));
-                memcpy(acc + cb, &a, sizeof a);
+                        a += vf_load(src + (size_t)ky * rowc + (size_t)(kx * c + cb)) *
+                             vf_load(dw + (size_t)((ky * 3 + kx) * c + cb));
+                vf_store(acc + cb, a);
             }
             continue;
         }
