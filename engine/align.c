@@ -151,7 +151,7 @@ void fw_align_box_rect(const float lm[136], int img_w, int img_h, int rect[4])
 }
 
 fw_engine_err fw_align_chip(const fw_image *img, const float lm[136], fw_align_mode mode,
-                            uint8_t *dst)
+                            uint8_t *dst, const fw_pause *pause)
 {
     if (mode == FW_ALIGN_SIMILARITY) {
         double m[6];
@@ -162,7 +162,7 @@ fw_engine_err fw_align_chip(const fw_image *img, const float lm[136], fw_align_m
          * On the eval set (mirror pass on every picture): margin 0.168 without it, 0.1730
          * with ceil(k) samples, 0.1736 with ceil(k / 2) at a quarter of the sampling cost. */
         const int n = k > 2.0 ? (int)ceil(k / 2) : 1;
-        fw_warp_affine(img, m, dst, FW_CHIP_SIZE, FW_CHIP_SIZE, n);
+        fw_warp_affine(img, m, dst, FW_CHIP_SIZE, FW_CHIP_SIZE, n, pause);
         return FWE_OK;
     }
     if (mode == FW_ALIGN_BOX) {

@@ -43,8 +43,9 @@ double fw_align_similarity(const float lm[136], int size, double padding, double
  * outside it). */
 void fw_align_box_rect(const float lm[136], int img_w, int img_h, int rect[4]);
 
-/* The FW_CHIP_SIZE x FW_CHIP_SIZE recognition chip. Returns FWE_OK or FWE_ARG (unknown mode). */
+/* The FW_CHIP_SIZE x FW_CHIP_SIZE recognition chip. Returns FWE_OK or FWE_ARG (unknown mode).
+ * pause (may be NULL): pause points inside the warp (engine/pause.h). */
 fw_engine_err fw_align_chip(const fw_image *img, const float lm[136], fw_align_mode mode,
-                            uint8_t *dst);
+                            uint8_t *dst, const fw_pause *pause);
 
 #endif

@@ -395,7 +395,7 @@ fw_engine_err fw_engine_analyze(const fw_engine *e, fw_engine_ws *ws,
                 continue;
 
             /* 4. aligned chip, descriptor */
-            int ok = fw_align_chip(&img, lm, o->align, ws->rec_chip) == FWE_OK;
+            int ok = fw_align_chip(&img, lm, o->align, ws->rec_chip, &ws->pause) == FWE_OK;
             if (ok) {
                 stage_pause(ws);
                 ok = fw_recog_run(e->nets, ws->nets, ws->rec_chip, f->descriptor) == 0;

@@ -660,7 +660,8 @@ static void sample_add(const fw_image *src, double x, double y, float acc[3])
     }
 }
 
-void fw_warp_affine(const fw_image *src, const double m[6], uint8_t *dst, int dw, int dh, int n)
+void fw_warp_affine(const fw_image *src, const double m[6], uint8_t *dst, int dw, int dh, int n,
+                    const fw_pause *pause)
 {
     if (n < 1)
         n = 1;
@@ -699,6 +700,8 @@ void fw_warp_affine(const fw_image *src, const double m[6], uint8_t *dst, int dw
                 d[c] = (uint8_t)(val <= 0.f ? 0 : val >= 255.f ? 255 : lrintf(val));
             }
         }
+        if (v % 16 == 15)
+            fw_pause_point(pause);
     }
 }
 

@@ -743,16 +743,16 @@ static void t_warp_affine(void)
         s[3 * i] = s[3 * i + 1] = s[3 * i + 2] = (uint8_t)(i * 3);
     fw_image src = {s, 8, 8};
     const double id[6] = {1, 0, 0, 0, 1, 0};
-    fw_warp_affine(&src, id, d, 8, 8, 1);
+    fw_warp_affine(&src, id, d, 8, 8, 1, NULL);
     CHECK(memcmp(s, d, sizeof(s)) == 0);
     /* shift by one pixel right: dst(u) = src(u + 1), last column half black, half outside */
     const double sh[6] = {1, 0, 1, 0, 1, 0};
-    fw_warp_affine(&src, sh, d, 8, 8, 1);
+    fw_warp_affine(&src, sh, d, 8, 8, 1, NULL);
     CHECK_EQ_INT(d[(2 * 8 + 3) * 3], s[(2 * 8 + 4) * 3]);
     CHECK_EQ_INT(d[(2 * 8 + 7) * 3], 0);
     /* a quarter turn: dst(u, v) = src(v, 7 - u) */
     const double rot[6] = {0, 1, 0, -1, 0, 7};
-    fw_warp_affine(&src, rot, d, 8, 8, 1);
+    fw_warp_affine(&src, rot, d, 8, 8, 1, NULL);
     CHECK_EQ_INT(d[(1 * 8 + 2) * 3], s[((7 - 2) * 8 + 1) * 3]);
     /* supersampling a constant region keeps it constant; a 2x reduction averages 2x2 */
     uint8_t c[16 * 16 * 3], o[4 * 4 * 3];
@@ -761,7 +761,7 @@ static void t_warp_affine(void)
             memset(c + (y * 16 + x) * 3, (x + y) % 2 ? 200 : 0, 3);
     fw_image cb = {c, 16, 16};
     const double half[6] = {2, 0, 0.5, 0, 2, 0.5};
-    fw_warp_affine(&cb, half, o, 4, 4, 2);
+    fw_warp_affine(&cb, half, o, 4, 4, 2, NULL);
     CHECK_NEAR(o[(1 * 4 + 1) * 3], 100, 1);
 }
 
@@ -855,9 +855,9 @@ static void t_align_box_rect(void)
     uint8_t px[80 * 60 * 3], chip[FW_CHIP_SIZE * FW_CHIP_SIZE * 3];
     memset(px, 9, sizeof(px));
     fw_image im = {px, 80, 60};
-    CHECK_EQ_INT(fw_align_chip(&im, lm, FW_ALIGN_BOX, chip), FWE_OK);
-    CHECK_EQ_INT(fw_align_chip(&im, lm, FW_ALIGN_SIMILARITY, chip), FWE_OK);
-    CHECK_EQ_INT(fw_align_chip(&im, lm, (fw_align_mode)7, chip), FWE_ARG);
+    CHECK_EQ_INT(fw_align_chip(&im, lm, FW_ALIGN_BOX, chip, NULL), FWE_OK);
+    CHECK_EQ_INT(fw_align_chip(&im, lm, FW_ALIGN_SIMILARITY, chip, NULL), FWE_OK);
+    CHECK_EQ_INT(fw_align_chip(&im, lm, (fw_align_mode)7, chip, NULL), FWE_ARG);
 }
 
 static void t_draw_and_encode(void)
@@ -1525,6 +1525,27 @@ static void t_area_square_pauses(void)
     CHECK_MSG(calls100 >= 100 / 8 - 1 && calls100 <= 100 / 8 + 1, "%ld pauses for 100 rows", calls100);
 }
 
+/* The warp pauses after every 16 rows of the chip, and its output does not depend on it. */
+static void t_warp_affine_pauses(void)
+{
+    const int w = 640, h = 480, n = 150;
+    uint8_t *px = noisy(w, h, 3, 91);
+    uint8_t *a = malloc((size_t)n * n * 3), *b = malloc((size_t)n * n * 3);
+    CHECK(px && a && b);
+    fw_image src = {px, w, h};
+    const double m[6] = {2.1, 0.4, 100.5, -0.4, 2.1, 60.25}; /* rotated 2x reduction */
+    pause_count pc = {0};
+    const fw_pause p = {count_pause, &pc};
+    fw_warp_affine(&src, m, a, n, n, 2, NULL);
+    fw_warp_affine(&src, m, b, n, n, 2, &p);
+    const int same = memcmp(a, b, (size_t)n * n * 3) == 0;
+    free(px);
+    free(a);
+    free(b);
+    CHECK(same);
+    CHECK_EQ_INT(pc.calls, n / 16);
+}
+
 static const struct check_test tests[] = {
     CHECK_TEST(t_decode_roundtrip),
     CHECK_TEST(t_decode_empty_and_garbage),
@@ -1554,6 +1575,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_decode_errors_same_as_tj),
     CHECK_TEST(t_decode_no_tables_from_before),
     CHECK_TEST(t_area_square_pauses),
+    CHECK_TEST(t_warp_affine_pauses),
 };
 
 int main(int argc, char **argv)
