@@ -192,6 +192,7 @@ typedef struct fw_op_stats {
     fw_hist wait_us;                       /* queue wait of the jobs that started */
     fw_hist run_us;                        /* worker time of the jobs that finished */
     uint64_t run_ewma_us;                  /* moving average of the same (admission estimates) */
+    uint64_t run_dev_us;                   /* moving mean deviation from it (admission margin) */
 } fw_op_stats;
 
 typedef struct fw_class_info {
