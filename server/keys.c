@@ -440,21 +440,109 @@ err:
     return -1;
 }
 
-int fw_security_reload(fw_security *sec, size_t *n_bad, char *err, size_t errcap)
+/* Nothing allocated, nothing parsed yet: what begin resets r to, and abandon/finish leave. */
+static void reload_reset(fw_keys_reload *r)
 {
-    if (n_bad)
-        *n_bad = 0;
-    if (!sec || !sec->enabled || !sec->authorized_path) {
+    r->path = NULL;
+    r->keys.pk = NULL;
+    r->keys.n = 0;
+    r->n_bad = 0;
+    r->rc = -1;
+    r->err[0] = '\0';
+}
+
+int fw_security_reload_begin(fw_security *sec, fw_keys_reload *r, char *err, size_t errcap)
+{
+    if (!sec || !r || !sec->enabled || !sec->authorized_path) {
         if (err && errcap)
             snprintf(err, errcap, "no --authorized-keys to reload");
         return -1;
     }
-    fw_authorized_keys fresh;
-    if (fw_keys_load_authorized(sec->authorized_path, &fresh, n_bad, err, errcap) != 0)
+    if (sec->reload) {
+        sec->reload_again = 1;
+        return 1;
+    }
+    reload_reset(r);
+    r->path = strdup(sec->authorized_path);
+    if (!r->path) {
+        set_err(err, errcap, sec->authorized_path, "out of memory");
         return -1;
-    fw_keys_free_authorized(&sec->keys);
-    sec->keys = fresh;
+    }
+    snprintf(r->err, sizeof r->err, "%s: not read", r->path);
+    sec->reload = r;
     return 0;
+}
+
+void fw_keys_reload_run(fw_keys_reload *r)
+{
+    r->rc = fw_keys_load_authorized(r->path, &r->keys, &r->n_bad, r->err, sizeof r->err);
+}
+
+/* r is done with: free what it still holds and take it off sec. */
+static void reload_end(fw_security *sec, fw_keys_reload *r)
+{
+    fw_keys_free_authorized(&r->keys);
+    free(r->path);
+    reload_reset(r);
+    if (sec && sec->reload == r)
+        sec->reload = NULL;
+}
+
+int fw_security_reload_finish(fw_security *sec, fw_keys_reload *r, size_t *n_bad, char *err,
+                              size_t errcap, int *again)
+{
+    if (n_bad)
+        *n_bad = 0;
+    if (again)
+        *again = 0;
+    if (!sec || !r || sec->reload != r) {
+        if (err && errcap)
+            snprintf(err, errcap, "no reload in flight");
+        return -1;
+    }
+    if (again)
+        *again = sec->reload_again;
+    sec->reload_again = 0;
+    if (err && errcap)
+        snprintf(err, errcap, "%s", r->err);
+    int rc = r->rc;
+    if (rc == 0) {
+        if (n_bad)
+            *n_bad = r->n_bad;
+        fw_keys_free_authorized(&sec->keys); /* the old list: here, on the loop thread */
+        sec->keys = r->keys;
+        r->keys.pk = NULL;
+        r->keys.n = 0;
+    }
+    reload_end(sec, r);
+    return rc == 0 ? 0 : -1;
+}
+
+void fw_security_reload_abandon(fw_security *sec, fw_keys_reload *r)
+{
+    if (!r)
+        return;
+    if (sec && sec->reload == r)
+        sec->reload_again = 0;
+    reload_end(sec, r);
+}
+
+int fw_security_reload(fw_security *sec, size_t *n_bad, char *err, size_t errcap)
+{
+    fw_keys_reload r;
+    if (n_bad)
+        *n_bad = 0;
+    int rc = fw_security_reload_begin(sec, &r, err, errcap);
+    if (rc == 1) {
+        if (err && errcap)
+            snprintf(err, errcap, "a reload is already in flight");
+        return -1;
+    }
+    if (rc != 0)
+        return -1;
+    fw_keys_reload_run(&r);
+    /* reload_again is only ever set while an asynchronous reload is in flight: none here */
+    return fw_security_reload_finish(sec, &r, n_bad, err, errcap, NULL);
 }
 
 int fw_security_revoked(const fw_security *sec, const fw_secure_session *s)
@@ -467,6 +555,9 @@ void fw_security_close(fw_security *sec)
 {
     if (!sec)
         return;
+    /* A reload still in flight belongs to its caller (and its worker): only forget it. */
+    sec->reload = NULL;
+    sec->reload_again = 0;
     fw_keys_free_authorized(&sec->keys);
     sodium_memzero(&sec->id, sizeof sec->id);
     sec->enabled = 0;

@@ -84,14 +84,42 @@ void fw_keys_key_check(const uint8_t key[FW_SECURE_SYMKEY_LEN], const uint8_t *f
 
 /* ---- policy for the connection layer ------------------------------------------------------ */
 
-/* The server's security state. Owned by the server (loop thread); `keys` is replaced by
- * fw_security_reload(), so nothing may keep a pointer into it across a reload. */
+/* One reload of the authorized-keys file, in three steps so that the read and the parse (up to
+ * FW_KEYS_AUTH_MAX_BYTES, possibly on a slow or hung filesystem) run off the loop thread:
+ *
+ *   fw_security_reload_begin()   loop thread: take a copy of the path; marks a reload in flight
+ *   fw_keys_reload_run()         any thread (the libuv pool): open, read, parse into r->keys;
+ *                                touches r only, never the fw_security
+ *   fw_security_reload_finish()  loop thread: swap r->keys in and free the old list there, or
+ *   fw_security_reload_abandon() loop thread: drop the result (the server is stopping)
+ *
+ * The caller provides the storage (it embeds r next to its uv_work_t) and must keep it alive
+ * from begin to finish/abandon. Between begin and run the loop thread owns r; during run the
+ * worker does; after run (libuv's after-work callback) the loop thread again. Everything in r
+ * is owned by r until finish moves keys into the fw_security. */
+typedef struct fw_keys_reload {
+    char *path;              /* owned copy of authorized_path: argv is not the worker's business */
+    fw_authorized_keys keys; /* the new list, built entirely by fw_keys_reload_run */
+    size_t n_bad;            /* bad lines skipped; err describes the first */
+    int rc;                  /* of fw_keys_load_authorized; -1 until run */
+    char err[512];
+} fw_keys_reload;
+
+/* The server's security state. Owned by the server and used on the loop thread only (a
+ * reload's worker sees its fw_keys_reload, never this). `keys` is replaced by
+ * fw_security_reload_finish() / fw_security_reload(), so nothing may keep a pointer into it
+ * across a reload; the old list is freed there, on the loop thread, after the swap. */
 typedef struct fw_security {
     int enabled;                   /* a server key is loaded: HELLO / AUTH are served */
     int require_secure;            /* --require-secure */
     fw_secure_identity id;         /* the server's identity */
     fw_authorized_keys keys;       /* owned; sorted */
     const char *authorized_path;   /* not owned (argv); NULL = nobody is authorized */
+    /* SIGHUP reloads. At most one is in flight: a SIGHUP during it only sets reload_again, and
+     * one more reload runs after it, so the file as it was after the last SIGHUP wins. */
+    fw_keys_reload *reload;        /* the reload between begin and finish/abandon, or NULL;
+                                      not owned (the caller's storage) */
+    int reload_again;              /* a SIGHUP arrived while `reload` was in flight */
 } fw_security;
 
 /* Load the server key (NULL: secure sessions off) and the authorized keys. A bad line in the
@@ -100,10 +128,34 @@ typedef struct fw_security {
 int fw_security_open(fw_security *sec, const char *server_key, const char *authorized_path,
                      int require_secure, char *err, size_t errcap);
 
-/* SIGHUP: re-read the authorized-keys file. Bad lines are skipped (*n_bad, err describes the
- * first): a typo must never keep a revoked key alive. If the file cannot be read at all the
- * old list stays and -1 is returned with err. */
+/* SIGHUP, synchronously (begin + run + finish on the calling thread; the server uses the
+ * steps below instead): re-read the authorized-keys file. Bad lines are skipped (*n_bad, err
+ * describes the first): a typo must never keep a revoked key alive. If the file cannot be
+ * read at all the old list stays and -1 is returned with err. -1 also while an asynchronous
+ * reload is in flight (reload_again is then set, as for a SIGHUP). */
 int fw_security_reload(fw_security *sec, size_t *n_bad, char *err, size_t errcap);
+
+/* Start a reload into r (storage owned by the caller, contents reset here). 0: r is ready for
+ * fw_keys_reload_run and sec->reload == r. 1: a reload is already in flight; reload_again is
+ * set and r is untouched (do not run it). -1 with err: nothing to reload (no
+ * --authorized-keys) or out of memory; r holds nothing to free. */
+int fw_security_reload_begin(fw_security *sec, fw_keys_reload *r, char *err, size_t errcap);
+
+/* Read and parse r->path into r->keys / r->n_bad / r->err, setting r->rc. Thread-safe: it
+ * touches nothing but r (and the file). */
+void fw_keys_reload_run(fw_keys_reload *r);
+
+/* End the reload r (== sec->reload): if it read the file, its keys replace the old list,
+ * which is freed here, and 0 is returned (*n_bad and err as fw_security_reload says);
+ * otherwise the old list stays and -1 is returned with err. r is left holding nothing.
+ * *again (may be NULL) gets whether a SIGHUP came meanwhile: the caller starts one more
+ * reload then. */
+int fw_security_reload_finish(fw_security *sec, fw_keys_reload *r, size_t *n_bad, char *err,
+                              size_t errcap, int *again);
+
+/* End the reload r (== sec->reload) without applying it, and forget a pending reload_again:
+ * for a server that is stopping. r is left holding nothing. */
+void fw_security_reload_abandon(fw_security *sec, fw_keys_reload *r);
 
 /* After a reload: must this established session be closed (its key is no longer listed)? */
 int fw_security_revoked(const fw_security *sec, const fw_secure_session *s);

@@ -19,7 +19,8 @@
  *      the rest SHUTTING_DOWN and calls on_drained;
  *   3. every connection stops reading, flushes, and closes; a connection whose client does not
  *      read is closed anyway at force_close_at;
- *   4. when the last connection is gone, our handles close, compute stops, uv_run returns.
+ *   4. when the last connection is gone, our handles close, compute stops, uv_run returns
+ *      (once a SIGHUP reload still reading the file has ended: see on_sighup).
  */
 #include "server/server.h"
 
@@ -533,6 +534,8 @@ static void close_listeners(fw_server *s)
 
 /* ---- loop handles -------------------------------------------------------------------------- */
 
+static void reload_cancel(fw_server *s); /* SIGHUP, below */
+
 static void close_handles(fw_server *s)
 {
     uv_handle_t *hs[] = {(uv_handle_t *)&s->sweep, (uv_handle_t *)&s->drain_delay,
@@ -552,6 +555,7 @@ static void server_finish(fw_server *s)
     s->finished = 1;
     close_listeners(s);
     close_handles(s);
+    reload_cancel(s);
     if (s->compute) {
         fw_compute_stop(s->compute);
         s->compute = NULL;
@@ -620,34 +624,118 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* SIGHUP: re-read the authorized keys and close the sessions of keys no longer listed. Other
- * connections are not touched. */
+ * connections are not touched.
+ *
+ * The file (up to 16 MiB, maybe on a slow or hung filesystem) is read and parsed on the libuv
+ * pool, never on the loop: every connection would wait for it. The pool has free threads for
+ * this whatever compute is doing (compute.c sizes it workers + FW_THREADPOOL_RESERVE and never
+ * runs more than `workers` jobs). The worker builds a new list in its own fw_keys_reload and
+ * touches no server state; the swap, the closing of revoked sessions and the freeing of the
+ * old list happen here in the after-work callback, on the loop thread. One reload at a time:
+ * a SIGHUP during one is remembered (keys.h reload_again) and one more runs after it, so the
+ * file as of the last SIGHUP wins. A reload in flight at shutdown is waited for: it is an
+ * active request, so uv_run does not return before its callback, which then only frees. */
+typedef struct sighup_reload {
+    uv_work_t work;     /* work.data = this */
+    fw_server *srv;
+    fw_keys_reload job; /* the worker's only data; s->security.reload points here */
+} sighup_reload;
+
+static void reload_start(fw_server *s);
+
+static void reload_work(uv_work_t *w)
+{
+    sighup_reload *rl = w->data;
+    fw_keys_reload_run(&rl->job);
+}
+
+static void reload_done(uv_work_t *w, int status)
+{
+    sighup_reload *rl = w->data;
+    fw_server *s = rl->srv;
+    char err[512];
+    size_t n_bad = 0;
+    int again = 0;
+
+    if (status != 0 || s->finished) {
+        /* cancelled by server_finish, or it finished while the file was being read: every
+         * connection is gone, nothing to apply */
+        fw_security_reload_abandon(&s->security, &rl->job);
+        free(rl);
+        fw_log_debug(&s->log, "authorized keys reload dropped", "reason=shutdown");
+        return;
+    }
+    int rc = fw_security_reload_finish(&s->security, &rl->job, &n_bad, err, sizeof err, &again);
+    free(rl);
+    if (rc != 0) {
+        fw_log_error(&s->log, "cannot reload authorized keys, keeping the old list", "error=\"%s\"", err);
+    } else {
+        if (n_bad)
+            fw_log_warn(&s->log, "bad lines in authorized keys skipped", "bad_lines=%zu first=\"%s\"", n_bad, err);
+        uint32_t closed = 0;
+        for (fw_link *l = s->by_activity.next, *next; l != &s->by_activity; l = next) {
+            next = l->next; /* fw_conn_close unlinks l */
+            fw_conn *c = fw_container_of(l, fw_conn, by_activity);
+            if (fw_security_revoked(&s->security, &c->sec)) {
+                fw_conn_close(c, "key revoked");
+                closed++;
+            }
+        }
+        fw_log_info(&s->log, "authorized keys reloaded", "keys=%zu sessions_closed=%u",
+                    s->security.keys.n, closed);
+    }
+    if (again)
+        reload_start(s);
+}
+
+static void reload_start(fw_server *s)
+{
+    char err[512];
+    sighup_reload *rl = calloc(1, sizeof *rl);
+    if (!rl) {
+        fw_log_error(&s->log, "cannot reload authorized keys, keeping the old list", "error=\"out of memory\"");
+        return;
+    }
+    int rc = fw_security_reload_begin(&s->security, &rl->job, err, sizeof err);
+    if (rc != 0) {
+        free(rl);
+        if (rc == 1)
+            fw_log_debug(&s->log, "authorized keys reload in progress, another one follows", NULL);
+        else
+            fw_log_error(&s->log, "cannot reload authorized keys, keeping the old list", "error=\"%s\"", err);
+        return;
+    }
+    rl->srv = s;
+    rl->work.data = rl;
+    int r = uv_queue_work(s->loop, &rl->work, reload_work, reload_done);
+    if (r != 0) {
+        fw_security_reload_abandon(&s->security, &rl->job);
+        free(rl);
+        fw_log_error(&s->log, "cannot reload authorized keys, keeping the old list", "error=\"%s\"",
+                     uv_strerror(r));
+    }
+}
+
+/* At shutdown: a reload not yet picked up by a pool thread need not be waited for. One being
+ * read is (see above); uv_cancel fails then and its callback drops the result. */
+static void reload_cancel(fw_server *s)
+{
+    if (s->security.reload) {
+        sighup_reload *rl = fw_container_of(s->security.reload, sighup_reload, job);
+        uv_cancel((uv_req_t *)&rl->work);
+    }
+    s->security.reload_again = 0;
+}
+
 static void on_sighup(uv_signal_t *h, int signum)
 {
     fw_server *s = h->data;
-    char err[512];
-    size_t n_bad = 0;
     (void)signum;
     if (!s->security.enabled) {
         fw_log_info(&s->log, "SIGHUP ignored", "reason=\"no --authorized-keys\"");
         return;
     }
-    if (fw_security_reload(&s->security, &n_bad, err, sizeof err) != 0) {
-        fw_log_error(&s->log, "cannot reload authorized keys, keeping the old list", "error=\"%s\"", err);
-        return;
-    }
-    if (n_bad)
-        fw_log_warn(&s->log, "bad lines in authorized keys skipped", "bad_lines=%zu first=\"%s\"", n_bad, err);
-    uint32_t closed = 0;
-    for (fw_link *l = s->by_activity.next, *next; l != &s->by_activity; l = next) {
-        next = l->next; /* fw_conn_close unlinks l */
-        fw_conn *c = fw_container_of(l, fw_conn, by_activity);
-        if (fw_security_revoked(&s->security, &c->sec)) {
-            fw_conn_close(c, "key revoked");
-            closed++;
-        }
-    }
-    fw_log_info(&s->log, "authorized keys reloaded", "keys=%zu sessions_closed=%u",
-                s->security.keys.n, closed);
+    reload_start(s);
 }
 
 static void on_drained(void *arg)

@@ -1140,6 +1140,76 @@ static void t_security_connection_flow(void)
     fw_security_close(&sec);
 }
 
+/* The reload in steps, as the server drives it from SIGHUP (read and parse on a pool thread):
+ * one in flight at a time, a second request is remembered, abandoning applies nothing. */
+static void t_security_reload_steps(void)
+{
+    fw_security sec;
+    char err[1024], skey[330], ak[330], line[200], want[1024];
+    fw_secure_identity server, device, other;
+    fw_secure_identity_generate(&other, NULL);
+    CHECK_EQ_INT(policy_files(skey, ak, sizeof skey, &server, &device, NULL), 0);
+    CHECK_EQ_INT(fw_security_open(&sec, skey, ak, 1, err, sizeof err), 0);
+    CHECK(sec.reload == NULL);
+
+    fw_keys_reload r1, r2, r3;
+    memset(&r2, 0x5a, sizeof r2);
+    CHECK_EQ_INT(fw_security_reload_begin(&sec, &r1, err, sizeof err), 0);
+    CHECK(sec.reload == &r1);
+    CHECK_EQ_STR(r1.path, ak);
+    /* a second one while r1 is in flight: remembered, r2 untouched */
+    CHECK_EQ_INT(fw_security_reload_begin(&sec, &r2, err, sizeof err), 1);
+    CHECK_EQ_INT(sec.reload_again, 1);
+    CHECK_EQ_INT(((unsigned char *)&r2)[0], 0x5a);
+    /* nor does the synchronous reload run beside it */
+    size_t n_bad = 9;
+    CHECK_EQ_INT(fw_security_reload(&sec, &n_bad, err, sizeof err), -1);
+    CHECK_EQ_STR(err, "a reload is already in flight");
+    CHECK(sec.reload == &r1);
+
+    /* the worker's step reads the file as it is then; until finish, the old list serves */
+    fw_secure_format_key_line(FW_SECURE_PUB_TAG, other.pk, "other", line, sizeof line);
+    CHECK_EQ_INT(write_file(ak, line, 0644), 0);
+    fw_keys_reload_run(&r1);
+    CHECK_EQ_INT(r1.rc, 0);
+    CHECK_EQ_INT(r1.keys.n, 1);
+    CHECK(fw_authorized_keys_contains(&sec.keys, device.pk));
+    int again = 0;
+    CHECK_EQ_INT(fw_security_reload_finish(&sec, &r1, &n_bad, err, sizeof err, &again), 0);
+    CHECK_EQ_INT(n_bad, 0);
+    CHECK_EQ_INT(again, 1); /* the caller starts one more */
+    CHECK_EQ_INT(sec.reload_again, 0);
+    CHECK(sec.reload == NULL);
+    CHECK(r1.path == NULL && r1.keys.pk == NULL);
+    CHECK(!fw_authorized_keys_contains(&sec.keys, device.pk));
+    CHECK(fw_authorized_keys_contains(&sec.keys, other.pk));
+
+    /* an unreadable file: the old list stays, the error names the file */
+    CHECK_EQ_INT(fw_security_reload_begin(&sec, &r1, err, sizeof err), 0);
+    CHECK_EQ_INT(unlink(ak), 0);
+    fw_keys_reload_run(&r1);
+    CHECK_EQ_INT(fw_security_reload_finish(&sec, &r1, &n_bad, err, sizeof err, &again), -1);
+    snprintf(want, sizeof want, "%s: No such file or directory", ak);
+    CHECK_EQ_STR(err, want);
+    CHECK_EQ_INT(again, 0);
+    CHECK(fw_authorized_keys_contains(&sec.keys, other.pk));
+
+    /* abandoned (the server is stopping): nothing applied, nothing remembered */
+    CHECK_EQ_INT(write_file(ak, "# nobody\n", 0644), 0);
+    CHECK_EQ_INT(fw_security_reload_begin(&sec, &r3, err, sizeof err), 0);
+    CHECK_EQ_INT(fw_security_reload_begin(&sec, &r2, err, sizeof err), 1);
+    fw_keys_reload_run(&r3);
+    fw_security_reload_abandon(&sec, &r3);
+    CHECK(sec.reload == NULL);
+    CHECK_EQ_INT(sec.reload_again, 0);
+    CHECK(r3.path == NULL && r3.keys.pk == NULL);
+    CHECK(fw_authorized_keys_contains(&sec.keys, other.pk));
+    /* and finishing what is not in flight is refused */
+    CHECK_EQ_INT(fw_security_reload_finish(&sec, &r3, &n_bad, err, sizeof err, &again), -1);
+    CHECK_EQ_STR(err, "no reload in flight");
+    fw_security_close(&sec);
+}
+
 static void t_security_handshake_refusals(void)
 {
     fw_security sec;
@@ -1595,6 +1665,182 @@ static void t_e2e_sighup_revokes(void)
     CHECK(refused);
 }
 
+/* Write path as an operator should (a temporary file renamed over it, so a reload never sees
+ * half of it): pad_bytes of '#' comment lines first, so that the keys are at the end of a
+ * large file, then one line per identity. */
+static int write_keys_file(const char *path, size_t pad_bytes, const fw_secure_identity *ids,
+                           int n)
+{
+    char tmp[420], line[200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    static const char pad[] = "# padding: a large file must not stall the event loop ........\n";
+    int ok = 1;
+    for (size_t done = 0; ok && done < pad_bytes; done += sizeof pad - 1)
+        ok = fwrite(pad, 1, sizeof pad - 1, f) == sizeof pad - 1;
+    for (int i = 0; ok && i < n; i++) {
+        fw_secure_format_key_line(FW_SECURE_PUB_TAG, ids[i].pk, "dev", line, sizeof line);
+        ok = fputs(line, f) >= 0;
+    }
+    ok = fclose(f) == 0 && ok;
+    ok = ok && rename(tmp, path) == 0;
+    if (!ok)
+        unlink(tmp);
+    return ok ? 0 : -1;
+}
+
+#define FW_TEST_BIG_PAD (8u * 1024u * 1024u) /* half of FW_KEYS_AUTH_MAX_BYTES */
+
+/* SIGHUP with an 8 MiB authorized-keys file: it is read and parsed off the event loop, so an
+ * established session keeps being answered meanwhile; when it is done, the removed key's
+ * session is closed and the added key is let in. (Whether the PINGs were answered before
+ * the reload finished is printed, not asserted: that is timing.) */
+static void t_e2e_sighup_large_file(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 1), 0);
+    fw_secure_identity keep[2];
+    keep[0] = e.dev[1];
+    fw_secure_identity_generate(&keep[1], NULL); /* the new device */
+    int fa = tu_connect_server(e.srv), fb = tu_connect_server(e.srv);
+    fw_secure_session sa, sb;
+    int up = fa >= 0 && fb >= 0 && e2e_handshake(fa, &sa, &e.dev[0], e.server.pk) == 0 &&
+             e2e_handshake(fb, &sb, &e.dev[1], e.server.pk) == 0;
+    int written = up && write_keys_file(e.ak, FW_TEST_BIG_PAD, keep, 2) == 0;
+    size_t mark = tu_log_mark(&e.srv->log);
+    int signalled = written && tu_server_kill(e.srv, SIGHUP) == 0;
+    int pings = 0, early = 0;
+    for (uint32_t i = 0; signalled && i < 5; i++) {
+        if (!e2e_sealed_ping(fb, &sb, 20 + i, "during the reload"))
+            break;
+        pings++;
+        if (i == 0)
+            early = !tu_log_has(&e.srv->log, mark, "msg=\"authorized keys reloaded\"");
+    }
+    int reloaded = pings == 5 && tu_log_wait(&e.srv->log, mark, "msg=\"authorized keys reloaded\"");
+    int logged = tu_log_has(&e.srv->log, mark, "keys=2 sessions_closed=1");
+    int a_closed = reloaded && tu_wait_closed(fa) == 1;
+    int b_alive = reloaded && e2e_sealed_ping(fb, &sb, 30, "still trusted");
+    int fc = tu_connect_server(e.srv), fd = tu_connect_server(e.srv);
+    fw_secure_session sc, sd;
+    int admitted = fc >= 0 && e2e_handshake(fc, &sc, &keep[1], e.server.pk) == 0 &&
+                   e2e_sealed_ping(fc, &sc, 31, "new device");
+    int refused = fd >= 0 && e2e_handshake(fd, &sd, &e.dev[0], e.server.pk) == FW_SEC_E_REJECTED;
+    int fds[4] = {fa, fb, fc, fd};
+    for (int i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    CHECK_EQ_INT(e2e_stop(&e), 0);
+    CHECK(up);
+    CHECK(written);
+    CHECK(signalled);
+    CHECK_MSG(pings == 5, "only %d of 5 PINGs answered after the SIGHUP", pings);
+    CHECK(reloaded);
+    CHECK(logged);
+    CHECK_MSG(a_closed, "revoked session still open");
+    CHECK_MSG(b_alive, "other session disturbed");
+    CHECK_MSG(admitted, "the added key was not let in");
+    CHECK_MSG(refused, "the removed key was let in again");
+    printf("  (first PING answered %s the reload finished)\n", early ? "before" : "after");
+}
+
+/* Several SIGHUPs in a row, each after a rewrite of the file: at most one reload runs at a
+ * time and one more follows a SIGHUP that came during it, so the file as of the last SIGHUP
+ * is what is in force at the end, however many reloads that took. The last file is the only
+ * one with three keys: its "keys=3" line says the last reload read it. */
+static void t_e2e_sighup_burst(void)
+{
+    e2e e;
+    memset(&e, 0, sizeof e);
+    CHECK_EQ_INT(e2e_start(&e, 1), 0);
+    fw_secure_identity d2, d3;
+    fw_secure_identity_generate(&d2, NULL);
+    fw_secure_identity_generate(&d3, NULL);
+    int fa = tu_connect_server(e.srv);
+    fw_secure_session sa;
+    int up = fa >= 0 && e2e_handshake(fa, &sa, &e.dev[0], e.server.pk) == 0;
+    size_t mark = tu_log_mark(&e.srv->log);
+    /* dev0 stays through the first two files and is removed by the last; d3 comes last */
+    const fw_secure_identity f1[1] = {e.dev[0]};
+    const fw_secure_identity f2[2] = {e.dev[0], d2};
+    const fw_secure_identity f3[3] = {e.dev[1], d2, d3};
+    const size_t pad = 2u * 1024u * 1024u;
+    int sent = up && write_keys_file(e.ak, pad, f1, 1) == 0 && tu_server_kill(e.srv, SIGHUP) == 0 &&
+               write_keys_file(e.ak, pad, f2, 2) == 0 && tu_server_kill(e.srv, SIGHUP) == 0 &&
+               tu_server_kill(e.srv, SIGHUP) == 0 &&
+               write_keys_file(e.ak, pad, f3, 3) == 0 && tu_server_kill(e.srv, SIGHUP) == 0;
+    int reloaded = sent && tu_log_wait(&e.srv->log, mark, "keys=3 sessions_closed=");
+    int a_closed = reloaded && tu_wait_closed(fa) == 1;
+    int fc = tu_connect_server(e.srv), fd = tu_connect_server(e.srv);
+    fw_secure_session sc, sd;
+    int added = fc >= 0 && e2e_handshake(fc, &sc, &d3, e.server.pk) == 0 &&
+                e2e_sealed_ping(fc, &sc, 40, "added last");
+    int removed = fd >= 0 && e2e_handshake(fd, &sd, &e.dev[0], e.server.pk) == FW_SEC_E_REJECTED;
+    int errors = tu_log_has(&e.srv->log, mark, "cannot reload authorized keys");
+    if (fa >= 0)
+        close(fa);
+    if (fc >= 0)
+        close(fc);
+    if (fd >= 0)
+        close(fd);
+    int status = tu_server_stop(e.srv);
+    /* how many reloads the 4 SIGHUPs made (informational: it depends on how the signals met
+     * the reads); the log is complete and no longer written once the server is reaped */
+    int n_reloads = 0;
+    for (const char *at = e.srv->log.buf + mark;
+         (at = strstr(at, "msg=\"authorized keys reloaded\"")) != NULL; at++)
+        n_reloads++;
+    free(e.srv);
+    e.srv = NULL;
+    CHECK_EQ_INT(status, 0);
+    CHECK(up);
+    CHECK(sent);
+    CHECK_MSG(reloaded, "the last file was never loaded");
+    CHECK_MSG(a_closed, "the session of the key removed last is still open");
+    CHECK_MSG(added, "the key added last was not let in");
+    CHECK_MSG(removed, "the key removed last was let in");
+    CHECK_MSG(!errors, "a reload failed (the files are renamed into place)");
+    CHECK(n_reloads >= 1 && n_reloads <= 4);
+    printf("  (%d reloads for 4 SIGHUPs)\n", n_reloads);
+}
+
+/* SIGHUP and SIGTERM back to back, a large file being read: the shutdown waits for the
+ * reload or cancels it, frees it, and exits 0 (a sanitizer report would make it non-zero).
+ * A few rounds, with a connection open, so that the reload meets the shutdown at different
+ * points. */
+static void t_e2e_sighup_then_sigterm(void)
+{
+    for (int round = 0; round < 3; round++) {
+        int status = -2;
+        e2e e;
+        memset(&e, 0, sizeof e);
+        CHECK_EQ_INT(e2e_start(&e, 1), 0);
+        const fw_secure_identity keep[1] = {e.dev[1]};
+        int fa = tu_connect_server(e.srv);
+        fw_secure_session sa;
+        int ok = fa >= 0 && e2e_handshake(fa, &sa, &e.dev[0], e.server.pk) == 0 &&
+                 write_keys_file(e.ak, FW_TEST_BIG_PAD, keep, 1) == 0 &&
+                 tu_server_kill(e.srv, SIGHUP) == 0 && tu_server_kill(e.srv, SIGTERM) == 0;
+        if (round == 2 && fa >= 0) {
+            close(fa); /* no connection left: the shutdown finishes soonest */
+            fa = -1;
+        }
+        if (ok)
+            status = tu_server_wait(e.srv);
+        else
+            tu_server_stop(e.srv);
+        if (fa >= 0)
+            close(fa);
+        int stopped = tu_server_log_has(e.srv, "msg=\"stopped\"");
+        free(e.srv);
+        CHECK_MSG(status == 0, "round %d: exit status %d", round, status);
+        CHECK_MSG(stopped, "round %d: no clean stop", round);
+    }
+}
+
 /* libfacewire through fwcat: --key / --server-pub, a wrong pin, an unknown device. */
 static void t_e2e_fwcat(void)
 {
@@ -1753,6 +1999,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_symmetric_key_file),
     CHECK_TEST(t_security_open_errors),
     CHECK_TEST(t_security_connection_flow),
+    CHECK_TEST(t_security_reload_steps),
     CHECK_TEST(t_security_handshake_refusals),
     CHECK_TEST(t_loopback_rule),
     CHECK_TEST(t_record_seal_open),
@@ -1761,6 +2008,9 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_e2e_tamper_closes),
     CHECK_TEST(t_e2e_bad_handshakes),
     CHECK_TEST(t_e2e_sighup_revokes),
+    CHECK_TEST(t_e2e_sighup_large_file),
+    CHECK_TEST(t_e2e_sighup_burst),
+    CHECK_TEST(t_e2e_sighup_then_sigterm),
     CHECK_TEST(t_e2e_fwcat),
     CHECK_TEST(t_e2e_stream_sealed),
     CHECK_TEST(t_e2e_command_line),
