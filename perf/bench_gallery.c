@@ -240,12 +240,12 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < single; i++) {
         double s = now_ms();
-        if (fw_gallery_search(g, q + (size_t)i * DIM, 1, K, INFINITY, m, cnt, err, sizeof err))
+        if (fw_gallery_search(g, q + (size_t)i * DIM, 1, K, INFINITY, m, cnt, NULL, err, sizeof err))
             return 1;
         lat[i] = now_ms() - s;
     }
     uint64_t our_top0[K];
-    fw_gallery_search(g, q, 1, K, INFINITY, m, cnt, err, sizeof err);
+    fw_gallery_search(g, q, 1, K, INFINITY, m, cnt, NULL, err, sizeof err);
     for (int j = 0; j < K; j++)
         our_top0[j] = m[j].face_id;
     qsort(lat, (size_t)single, sizeof *lat, cmp_double);
@@ -253,7 +253,7 @@ int main(int argc, char **argv)
 
     t0 = now_ms();
     for (int b = 0; b < nbatch; b++)
-        if (fw_gallery_search(g, q + (size_t)b * batch * DIM, batch, K, INFINITY, m, cnt, err,
+        if (fw_gallery_search(g, q + (size_t)b * batch * DIM, batch, K, INFINITY, m, cnt, NULL, err,
                               sizeof err))
             return 1;
     double qps = batch * nbatch / ((now_ms() - t0) / 1000.0);

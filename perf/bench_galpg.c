@@ -539,7 +539,7 @@ static void top10(fw_gallery *g, load_res *r)
     int cnt = 0;
     char err[128];
     row(SEED + 1, 0, q);
-    if (fw_gallery_search(g, q, 1, K, INFINITY, m, &cnt, err, sizeof err) == FW_STATUS_OK)
+    if (fw_gallery_search(g, q, 1, K, INFINITY, m, &cnt, NULL, err, sizeof err) == FW_STATUS_OK)
         for (int j = 0; j < cnt && j < K; j++)
             r->top[j] = m[j].face_id;
 }

@@ -157,10 +157,11 @@ static uint16_t status_of(fw_engine_err e)
  * levels do not shorten that wait (the slice is protected whatever the weight), and
  * SCHED_IDLE workers made it worse: the loop then waits on libuv's queue mutex held by a
  * worker that no longer gets the CPU. So the workers give the CPU back themselves: the engine
- * calls this between bounded pieces of work (engine/pause.h: ~0.3 ms apart), and every
- * worker_yield_us it calls sched_yield(), which lets anything runnable on this core run
- * first and returns at once when nothing is. The cost is a clock read per pause point and a
- * ~1.5 us syscall per yield (<1% at 200 us); what it buys is in docs/performance.md.
+ * (and the gallery search, through fw_faceops_pause) calls this between bounded pieces of
+ * work (engine/pause.h: ~0.3 ms apart), and every worker_yield_us it calls sched_yield(),
+ * which lets anything runnable on this core run first and returns at once when nothing is.
+ * The cost is a clock read per pause point and a ~1.5 us syscall per yield (<1% at 200 us);
+ * what it buys is in docs/performance.md.
  */
 static uint64_t monotonic_ns(void)
 {
@@ -191,6 +192,24 @@ static void take_yields(fw_job *j, fw_face_slot *fs)
 {
     j->out.yields += fs->yield.count;
     fs->yield.count = 0;
+}
+
+fw_pause fw_faceops_pause(fw_job *j)
+{
+    fw_face_slot *fs = j->slot ? j->slot->ctx : NULL;
+    fw_pause p = { NULL, NULL };
+    if (fs && fs->yield.every_ns) {
+        p.fn = on_engine_pause;
+        p.arg = &fs->yield;
+    }
+    return p;
+}
+
+void fw_faceops_take_yields(fw_job *j)
+{
+    fw_face_slot *fs = j->slot ? j->slot->ctx : NULL;
+    if (fs)
+        take_yields(j, fs);
 }
 
 /* ---- engine calls (pool thread) ----------------------------------------------------------- */

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "engine/engine.h"
+#include "engine/pause.h"
 #include "server/sched.h"
 
 #define FW_VERIFY_DEFAULT_THRESHOLD 0.6f
@@ -81,6 +82,14 @@ int fw_faceops_describe(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, 
  * picture's size (width/height may be NULL). Used by the camera streams (streams.c). */
 int fw_faceops_analyze(fw_job *j, const fw_face_env *env, const uint8_t *jpeg, uint32_t len, int want,
                        const fw_face **faces, int *width, int *height);
+
+/* Pool thread, for other long computations in a face job (the gallery search): the job
+ * slot's pause hook, the one the engine calls (faceops.c says why), to pass to them; {NULL,
+ * NULL} (no pauses) when the job has no fw_face_slot (a server whose models did not load) or
+ * --worker-yield-us is 0. Valid while the job runs. After the call, fw_faceops_take_yields
+ * adds the slot's hand-backs to j->out.yields. */
+fw_pause fw_faceops_pause(fw_job *j);
+void fw_faceops_take_yields(fw_job *j);
 
 /* Pool thread. */
 void fw_faceops_detect_work(fw_job *j);

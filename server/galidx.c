@@ -8,7 +8,9 @@
  * rows so far; a candidate is compared once against the heap's worst (or the threshold) and
  * almost always rejected there, so selection costs about one compare per row, no sort of n.
  * The square root is taken only for the k survivors. Blocking keeps the dot-product scratch
- * (nq x block floats) in cache and independent of the gallery size.
+ * (nq x block floats) in cache and independent of the gallery size, and bounds the work
+ * between two pause points (engine/pause.h): the caller's hook runs after every block, so a
+ * worker can hand its CPU back during a search over a million faces (docs/scheduling.md).
  */
 #include <cblas.h>
 #include <float.h>
@@ -699,15 +701,27 @@ static void heap_push(hent *h, int n, hent e) /* n = size before */
     }
 }
 
-int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_distance,
-                  fw_gallery_match *out, int *counts)
+/* Rows per block. A block is also the work between two pause points, so it is sized in time,
+ * ~0.2-0.3 ms, not only for the cache: one query (sgemv) streams the matrix from memory,
+ * ~0.4 ns per multiply-add here (1 M faces in ~50 ms), so at most 4096 rows (512 K MACs,
+ * 2 MiB of descriptors); several queries (sgemm) reuse each row from cache, ~15 G MACs/s, so
+ * at most ~2 M MACs per block (16384 dot products: 64 KiB of scratch), and at least 16 rows,
+ * which with 1024 queries is still a 1024 x 16 x 128 sgemm. Smaller blocks would cost BLAS
+ * call and packing overhead; larger ones hold the CPU past the pause interval. */
+uint32_t galidx_search_block(int nq)
 {
-    /* Rows per block: the nq x block dot products stay around 256 KiB (L2). */
-    uint32_t block = (uint32_t)(65536 / nq);
-    if (block < 256)
-        block = 256;
-    if (block > 16384)
-        block = 16384;
+    uint32_t block = (uint32_t)(16384 / (nq > 0 ? nq : 1));
+    if (block > 4096)
+        block = 4096;
+    if (block < 16)
+        block = 16;
+    return block;
+}
+
+int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_distance,
+                  fw_gallery_match *out, int *counts, const fw_pause *pause)
+{
+    uint32_t block = galidx_search_block(nq);
     float thr2 = INFINITY;
     if (!isinf(max_distance))
         thr2 = max_distance * max_distance;
@@ -764,6 +778,8 @@ int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_dis
             bound[i] = bd;
             hn[i] = cnt;
         }
+        /* Under the read lock: the hook must not touch the gallery (it yields the CPU). */
+        fw_pause_point(pause);
     }
 
     for (int i = 0; i < nq; i++) {

@@ -91,9 +91,12 @@ void *galidx_meta_new(const void *data, size_t len, int *oom);
 void galidx_meta_free(void *meta);
 
 /* ---- readers: read lock ------------------------------------------------------------------ */
-/* See fw_gallery_search (arguments already validated). 0, or -1 on out of memory. */
+/* See fw_gallery_search (arguments already validated; pause as there). 0, or -1 on out of
+ * memory. */
 int galidx_search(const galidx *ix, const float *q, int nq, int k, float max_distance,
-                  fw_gallery_match *out, int *counts);
+                  fw_gallery_match *out, int *counts, const fw_pause *pause);
+/* Rows galidx_search scores per block (one pause point each) for nq queries. */
+uint32_t galidx_search_block(int nq);
 /* See fw_gallery_list. Returns the number written; next/next_len as documented there. */
 int galidx_list(const galidx *ix, const char *cursor, size_t cursor_len, int limit,
                 fw_gallery_subject *out, char *next, size_t *next_len);

@@ -1057,7 +1057,8 @@ int fw_gallery_apply_reset(fw_gallery *g, uint64_t seq, char *err, size_t errlen
 /* ---- readers ---------------------------------------------------------------------------- */
 
 int fw_gallery_search(fw_gallery *g, const float *queries, int nq, int k, float max_distance,
-                      fw_gallery_match *out, int *counts, char *err, size_t errlen)
+                      fw_gallery_match *out, int *counts, const fw_pause *pause, char *err,
+                      size_t errlen)
 {
     if (k < 1 || k > FW_GALLERY_K_MAX) {
         snprintf(err, errlen, "k must be 1-%d", FW_GALLERY_K_MAX);
@@ -1078,7 +1079,7 @@ int fw_gallery_search(fw_gallery *g, const float *queries, int nq, int k, float 
             return FW_STATUS_BAD_REQUEST;
         }
     pthread_rwlock_rdlock(&g->lock);
-    int rc = galidx_search(g->ix, queries, nq, k, max_distance, out, counts);
+    int rc = galidx_search(g->ix, queries, nq, k, max_distance, out, counts, pause);
     pthread_rwlock_unlock(&g->lock);
     if (rc != 0) {
         snprintf(err, errlen, "out of memory");

@@ -34,6 +34,8 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "engine/pause.h"
+
 #define FW_GALLERY_DIM 128          /* floats per descriptor */
 #define FW_GALLERY_SUBJECT_MAX 128  /* bytes of UTF-8, at least 1, no NUL */
 #define FW_GALLERY_META_MAX 1024    /* bytes of opaque metadata per face */
@@ -129,11 +131,15 @@ typedef struct fw_gallery_match {
 /* Top-k nearest faces for each of nq queries (queries: nq * FW_GALLERY_DIM floats, row-major).
  * Only matches with distance < max_distance are returned (INFINITY: no threshold). out has
  * room for nq * k matches: query i's are out[i*k .. i*k + counts[i] - 1], nearest first (ties
- * by face id). Any thread; takes the read lock. Returns FW_STATUS_OK, or BAD_REQUEST (k not in
- * 1..100, nq not in 1..1024, non-finite or out-of-range query, negative/NaN threshold) or
- * INTERNAL (out of memory) with err set. */
+ * by face id). Any thread; takes the read lock. pause (NULL: none) is called between blocks
+ * of rows (~0.3 ms of work apart; engine/pause.h) on the calling thread, with the read lock
+ * held: its hook may give the CPU away but must not call into the gallery. Results never
+ * depend on it. Returns FW_STATUS_OK, or BAD_REQUEST (k not in 1..100, nq not in 1..1024,
+ * non-finite or out-of-range query, negative/NaN threshold) or INTERNAL (out of memory) with
+ * err set. */
 int fw_gallery_search(fw_gallery *g, const float *queries, int nq, int k, float max_distance,
-                      fw_gallery_match *out, int *counts, char *err, size_t errlen);
+                      fw_gallery_match *out, int *counts, const fw_pause *pause, char *err,
+                      size_t errlen);
 
 typedef struct fw_gallery_subject {
     uint32_t faces;

@@ -332,8 +332,11 @@ void fw_galops_identify_work(fw_job *j)
         goto out;
     }
     if (nq > 0) {
+        /* over a large gallery this is tens of ms: hand the CPU back like the engine does */
+        fw_pause pause = fw_faceops_pause(j);
         int rc = fw_gallery_search(env->gallery, queries, nq, k, j->args.identify.max_distance, m, counts,
-                                   err, sizeof err);
+                                   &pause, err, sizeof err);
+        fw_faceops_take_yields(j);
         if (rc != FW_STATUS_OK) {
             job_fail(j, (uint16_t)rc, err);
             goto out;

@@ -427,8 +427,10 @@ void fw_streams_work(fw_job *j)
             goto oom;
         for (int i = 0; i < nk; i++)
             memcpy(queries + (size_t)i * FW_GALLERY_DIM, faces[keep[i]].descriptor, sizeof faces[0].descriptor);
+        fw_pause pause = fw_faceops_pause(j); /* as IDENTIFY: yield during a long search */
         int rc = fw_gallery_search(env->gallery, queries, nk, 1, j->args.stream.max_distance, m, counts,
-                                   err, sizeof err);
+                                   &pause, err, sizeof err);
+        fw_faceops_take_yields(j);
         if (rc != FW_STATUS_OK) {
             work_fail(j, (uint16_t)rc, err);
             goto out;

@@ -180,7 +180,7 @@ static int del_subject(tg *t, const char *s, uint64_t *count, char *msg)
 static int search1(tg *t, const float *q, int k, float thr, fw_gallery_match *out, int *count)
 {
     char err[256];
-    return fw_gallery_search(t->g, q, 1, k, thr, out, count, err, sizeof err);
+    return fw_gallery_search(t->g, q, 1, k, thr, out, count, NULL, err, sizeof err);
 }
 
 static fw_gallery_options durable(const char *dir)
@@ -305,24 +305,24 @@ static void t_bad_input(void)
     d[5] = NAN;
     CHECK_EQ_INT(enroll(&t, "x", NULL, d, NULL, msg), FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "descriptor must be 128 finite floats within +-10000");
-    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 1, INFINITY, m, &cnt, msg, sizeof msg),
+    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 1, INFINITY, m, &cnt, NULL, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "descriptor 0 must be 128 finite floats within +-10000");
     d[5] = 2e4f;
     CHECK_EQ_INT(enroll(&t, "x", NULL, d, NULL, msg), FW_STATUS_BAD_REQUEST);
     tu_desc_for(1, d);
-    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 0, INFINITY, m, &cnt, msg, sizeof msg),
+    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 0, INFINITY, m, &cnt, NULL, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "k must be 1-100");
-    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 101, INFINITY, m, &cnt, msg, sizeof msg),
+    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 101, INFINITY, m, &cnt, NULL, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
-    CHECK_EQ_INT(fw_gallery_search(t.g, d, 0, 1, INFINITY, m, &cnt, msg, sizeof msg),
+    CHECK_EQ_INT(fw_gallery_search(t.g, d, 0, 1, INFINITY, m, &cnt, NULL, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "1-1024 queries per search");
-    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 1, -1.0f, m, &cnt, msg, sizeof msg),
+    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 1, -1.0f, m, &cnt, NULL, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
     CHECK_EQ_STR(msg, "threshold must be a non-negative number");
-    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 1, NAN, m, &cnt, msg, sizeof msg),
+    CHECK_EQ_INT(fw_gallery_search(t.g, d, 1, 1, NAN, m, &cnt, NULL, msg, sizeof msg),
                  FW_STATUS_BAD_REQUEST);
     CHECK_EQ_INT(del_subject(&t, "\xFF", NULL, msg), FW_STATUS_BAD_REQUEST);
     tg_close(&t);
@@ -365,7 +365,7 @@ static int check_against_brute(tg *t, const float *gal, const uint64_t *ids, con
     ref *r = calloc((size_t)n, sizeof *r);
     char err[256];
     int bad = 0;
-    if (fw_gallery_search(t->g, q, nq, k, INFINITY, m, cnt, err, sizeof err) != FW_STATUS_OK)
+    if (fw_gallery_search(t->g, q, nq, k, INFINITY, m, cnt, NULL, err, sizeof err) != FW_STATUS_OK)
         bad = 1;
     for (int i = 0; i < nq && !bad; i++) {
         int live = 0;
@@ -494,13 +494,122 @@ static void t_index_doubling(void)
     int cnt;
     for (int i = 0; i < N; i += 97) {
         int gone = i == 0 || i % 7 == 3;
-        CHECK_EQ_INT(galidx_search(ix, gal + (size_t)i * DIM, 1, 5, INFINITY, m, &cnt), 0);
+        CHECK_EQ_INT(galidx_search(ix, gal + (size_t)i * DIM, 1, 5, INFINITY, m, &cnt, NULL), 0);
         CHECK_EQ_INT(cnt, 5);
         CHECK(gone ? m[0].face_id != (uint64_t)i + 1
                    : (m[0].face_id == (uint64_t)i + 1 && m[0].distance == 0.0f));
     }
     galidx_free(ix);
     free(gal);
+}
+
+/* Pause points (engine/pause.h): the search calls the hook after every block of rows, so at
+ * least rows / block times, and the results are the same as without one, for one query
+ * (sgemv) and for several (sgemm, smaller blocks). Also through fw_gallery_search. */
+typedef struct pause_count {
+    int calls;
+} pause_count;
+
+static void count_pause(void *arg)
+{
+    ((pause_count *)arg)->calls++;
+}
+
+static int same_matches(const fw_gallery_match *a, const int *ca, const fw_gallery_match *b,
+                        const int *cb, int nq, int k)
+{
+    for (int i = 0; i < nq; i++) {
+        if (ca[i] != cb[i])
+            return 0;
+        for (int r = 0; r < ca[i]; r++) {
+            const fw_gallery_match *x = &a[i * k + r], *y = &b[i * k + r];
+            if (x->face_id != y->face_id || x->distance != y->distance ||
+                x->subject_len != y->subject_len || strcmp(x->subject, y->subject) != 0)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static void t_search_pauses(void)
+{
+    enum { N = 9 * 4096 + 100, NQ = 8, K = 10 };
+    unsigned char key[16] = { 7 };
+    galidx *ix = galidx_new(key, N);
+    float *gal = malloc((size_t)N * DIM * sizeof(float));
+    float q[NQ * DIM];
+    static fw_gallery_match with[NQ * K], without[NQ * K];
+    int cw[NQ], cwo[NQ];
+    CHECK(ix && gal);
+    for (int i = 0; i < N; i++) {
+        galidx_grow gr;
+        char s[16];
+        snprintf(s, sizeof s, "p%d", i % 31);
+        tu_desc_for(90000 + (uint64_t)i, gal + (size_t)i * DIM);
+        CHECK(galidx_grow_prepare(ix, (uint64_t)galidx_faces(ix) + 1,
+                                  (uint64_t)galidx_subjects(ix) + 1, &gr) == 0);
+        galidx_grow_commit(ix, &gr);
+        galidx_grow_release(&gr);
+        galidx_subj *sj = galidx_find_subject(ix, s, strlen(s));
+        if (!sj)
+            sj = galidx_subj_new(ix, s, strlen(s));
+        CHECK(sj && galidx_subj_reserve(sj, 1) == 0);
+        galidx_apply_enroll(ix, (uint64_t)i + 1, sj, NULL, gal + (size_t)i * DIM);
+    }
+    for (int i = 0; i < NQ; i++) /* half of them are faces of the gallery */
+        if (i % 2)
+            memcpy(q + i * DIM, gal + (size_t)(i * 4099) * DIM, DIM * sizeof(float));
+        else
+            tu_desc_for(123 + (uint64_t)i, q + i * DIM);
+
+    int nqs[2] = { 1, NQ };
+    for (int t = 0; t < 2; t++) {
+        int nq = nqs[t];
+        uint32_t block = galidx_search_block(nq);
+        CHECK_MSG(N / block >= 9, "only %u blocks of %u rows", (unsigned)(N / block), (unsigned)block);
+        pause_count pc = { 0 };
+        fw_pause p = { count_pause, &pc };
+        memset(with, 0, sizeof with);
+        memset(without, 0, sizeof without);
+        CHECK_EQ_INT(galidx_search(ix, q, nq, K, INFINITY, with, cw, &p), 0);
+        CHECK_MSG(pc.calls >= (int)(N / block), "nq %d: %d pauses for %d rows in blocks of %u",
+                  nq, pc.calls, N, (unsigned)block);
+        CHECK_EQ_INT(galidx_search(ix, q, nq, K, INFINITY, without, cwo, NULL), 0);
+        CHECK(same_matches(with, cw, without, cwo, nq, K));
+        CHECK_EQ_INT(cw[0], K);
+        if (nq > 1) {
+            CHECK_EQ_INT(with[1 * K].face_id, 1 * 4099 + 1); /* a gallery face finds itself */
+            CHECK(with[1 * K].distance == 0.0f);
+        }
+        /* a threshold too: fewer matches, still the same either way */
+        pc.calls = 0;
+        CHECK_EQ_INT(galidx_search(ix, q, nq, K, 1.0f, with, cw, &p), 0);
+        CHECK(pc.calls >= (int)(N / block));
+        CHECK_EQ_INT(galidx_search(ix, q, nq, K, 1.0f, without, cwo, NULL), 0);
+        CHECK(same_matches(with, cw, without, cwo, nq, K));
+    }
+    galidx_free(ix);
+    free(gal);
+
+    /* the public search passes it through (a few faces: one block, one pause) */
+    tg tg1;
+    fw_gallery_options o;
+    fw_gallery_options_default(&o);
+    CHECK(tg_open(&tg1, &o) == 0);
+    float d[DIM];
+    for (int i = 0; i < 3; i++) {
+        tu_desc_for(777 + (uint64_t)i, d);
+        CHECK_EQ_INT(enroll(&tg1, "pp", NULL, d, NULL, NULL), FW_STATUS_OK);
+    }
+    pause_count pc = { 0 };
+    fw_pause p = { count_pause, &pc };
+    char err[256];
+    CHECK_EQ_INT(fw_gallery_search(tg1.g, d, 1, 2, INFINITY, with, cw, &p, err, sizeof err),
+                 FW_STATUS_OK);
+    CHECK_EQ_INT(pc.calls, 1);
+    CHECK_EQ_INT(cw[0], 2);
+    CHECK(with[0].face_id == 3 && with[0].distance == 0.0f);
+    tg_close(&tg1);
 }
 
 static void t_k_beyond_count(void)
@@ -1734,7 +1843,7 @@ static void *searcher(void *arg)
             a[i] = (int)(tu_splitmix(&s) % ANCHORS);
             tu_desc_for((uint64_t)a[i], q + i * DIM);
         }
-        if (fw_gallery_search(r->g, q, nq, 8, INFINITY, m, cnt, err, sizeof err) != 0) {
+        if (fw_gallery_search(r->g, q, nq, 8, INFINITY, m, cnt, NULL, err, sizeof err) != 0) {
             atomic_fetch_add(&r->failures, 1);
             continue;
         }
@@ -2093,6 +2202,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_topk_vs_bruteforce),
     CHECK_TEST(t_index_doubling),
     CHECK_TEST(t_k_beyond_count),
+    CHECK_TEST(t_search_pauses),
     CHECK_TEST(t_threshold),
     CHECK_TEST(t_threshold_large_norms),
     CHECK_TEST(t_list_paging),

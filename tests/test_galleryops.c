@@ -985,6 +985,83 @@ static void t_timed_out_enroll_not_written_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
+/* IDENTIFY hands its worker's CPU back during the gallery search (the slot's pause hook, as
+ * the engine's; docs/scheduling.md): over a gallery of several search blocks
+ * (galidx_search_block: 4096 rows for one query), INFO op_identify_yields is > 0 at the default
+ * --worker-yield-us and 0 with --worker-yield-us 0, and the answer is byte for byte the same. */
+static void t_identify_yields_body(void)
+{
+    enum { N = 3 * 4096 + 1000, WINDOW = 200 };
+    CHECK(new_data_dir() == 0);
+    CHECK(start_server(NULL) == 0);
+    int fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    buf *b = buf_new(), *q = buf_new();
+    CHECK(b && q);
+    float d[128], probe[128];
+    int ok = 0;
+    for (int base = 0; base < N; base += WINDOW) {
+        int cnt = N - base < WINDOW ? N - base : WINDOW, sent = 0;
+        for (int i = 0; i < cnt; i++) {
+            char s[16];
+            snprintf(s, sizeof s, "y%d", (base + i) % 97);
+            tu_desc_for(4242 + (uint64_t)(base + i), d);
+            if (base + i == N / 2)
+                memcpy(probe, d, sizeof d);
+            fw_writer_init(&b->w, b->b, sizeof b->b);
+            fw_put_str(&b->w, s, strlen(s));
+            fw_put_bytes(&b->w, "", 0);
+            tu_put_desc(&b->w, d);
+            sent += send_req(fd, FW_OP_ENROLL, 100000 + (uint32_t)(base + i), b->b, b->w.len) == 0;
+        }
+        CHECK_EQ_INT(sent, cnt);
+        for (int i = 0; i < cnt; i++) {
+            resp r;
+            CHECK(tu_read_resp(fd, &r) == 0);
+            ok += r.status == FW_STATUS_OK;
+            tu_resp_free(&r);
+        }
+    }
+    CHECK_EQ_INT(ok, N);
+    tu_put_desc(&q->w, probe);
+    fw_put_u16(&q->w, 5);
+    fw_put_u8(&q->w, 0);
+    fw_put_f32(&q->w, 0);
+    resp with, without;
+    CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &with) == 0);
+    CHECK_MSG(with.status == FW_STATUS_OK, "IDENTIFY: %u %s", with.status, with.msg);
+    static ident id;
+    CHECK(parse_ident(&with, &id) == 0);
+    CHECK_EQ_INT(id.n, 1);
+    CHECK_EQ_INT(id.nm[0], 5);
+    CHECK_EQ_INT(id.id[0][0], N / 2 + 1); /* ids from 1, in enroll order */
+    CHECK(id.dist[0][0] == 0.0f);
+    long long y = info_value(fd, "op_identify_yields");
+    CHECK_MSG(y > 0, "op_identify_yields %lld after an IDENTIFY over %d faces at the default", y, N);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+
+    /* the same gallery, never yielding */
+    const char *args[] = { "--workers", "2", "--models", tu_models_dir(), "--data", data_dir,
+                           "--worker-yield-us", "0", NULL };
+    CHECK(tu_server_start(&srv, args) == 0);
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &without) == 0);
+    CHECK_MSG(without.status == FW_STATUS_OK, "IDENTIFY: %u %s", without.status, without.msg);
+    CHECK_EQ_INT(info_value(fd, "op_identify_yields"), 0);
+    CHECK_EQ_INT(info_value(fd, "op_identify_ran"), 1);
+    CHECK_EQ_INT(without.len, with.len);
+    CHECK(memcmp(without.body, with.body, with.len) == 0);
+    CHECK(ping_ok(fd));
+    tu_resp_free(&with);
+    tu_resp_free(&without);
+    close(fd);
+    free(b);
+    free(q);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+}
+
 /* Without models: descriptor inputs work, JPEG inputs are UNAVAILABLE with the reason. */
 static void t_without_models_body(void)
 {
@@ -1249,6 +1326,7 @@ T(t_shutdown_waits_for_writes)
 T(t_startup_refusals)
 T(t_timed_out_enroll_not_written)
 T(t_without_models)
+T(t_identify_yields)
 T(t_metrics)
 T(t_gallery_key)
 
@@ -1263,6 +1341,7 @@ static const struct check_test tests[] = {
     CHECK_TEST(t_startup_refusals),
     CHECK_TEST(t_timed_out_enroll_not_written),
     CHECK_TEST(t_without_models),
+    CHECK_TEST(t_identify_yields),
     CHECK_TEST(t_metrics),
     CHECK_TEST(t_disk_full),
     CHECK_TEST(t_gallery_key),

@@ -127,7 +127,7 @@ static void t_apply_adds_and_removes(void)
     /* The search sees applied faces like enrolled ones. */
     fw_gallery_match m[1];
     int counts[1];
-    CHECK_EQ_INT(fw_gallery_search(g, d3, 1, 1, INFINITY, m, counts, err, sizeof err),
+    CHECK_EQ_INT(fw_gallery_search(g, d3, 1, 1, INFINITY, m, counts, NULL, err, sizeof err),
                  FW_STATUS_OK);
     CHECK_EQ_INT(counts[0], 1);
     CHECK_EQ_INT(m[0].face_id, 12);
@@ -971,7 +971,7 @@ static void t_pg_database_down_and_back(void)
     int counts[1];
     char serr[128];
     tu_desc_for(5, desc);
-    int sst = fw_gallery_search(a.g, desc, 1, 1, INFINITY, m, counts, serr, sizeof serr);
+    int sst = fw_gallery_search(a.g, desc, 1, 1, INFINITY, m, counts, NULL, serr, sizeof serr);
     int ready = fw_galpg_ready(a.p, why, sizeof why);
     int restarted = tu_pg_start(&pg) == 0;
     CHECK(restarted);
