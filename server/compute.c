@@ -564,6 +564,10 @@ fail:
     fw_engine_close(cp->engine);
     cp->engine = cp->engine_small = NULL;
     cp->face_env.engine = cp->face_env.engine_small = NULL;
+    /* Pause state alone, so a model-less node's gallery searches still hand the CPU back (a
+     * slot that cannot be made just leaves that worker's searches without pauses). */
+    for (int i = 0; i < cp->workers; i++)
+        cp->slot_ctx[i] = fw_face_slot_new(&cp->face_env);
     char q[240];
     fw_log_error(cp->log, "models not loaded: face operations will answer UNAVAILABLE", "reason=%s",
                  fw_log_quote(q, sizeof q, cp->engine_err));
@@ -653,7 +657,7 @@ int fw_compute_start(uv_loop_t *loop, const fw_compute_options *o, fw_compute **
     sc.breaker.probes = o->breaker_probes;
     sc.log = cp->log;
     if (fw_sched_init(&cp->sched, loop, &sc, ops, NOPS, class_names, NCLASSES,
-                      cp->engine ? cp->slot_ctx : NULL, err, errlen) != 0) {
+                      cp->slot_ctx, err, errlen) != 0) {
         free_compute(cp);
         return -1;
     }

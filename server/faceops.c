@@ -368,13 +368,15 @@ fw_face_slot *fw_face_slot_new(const fw_face_env *env)
     fw_face_slot *fs = calloc(1, sizeof *fs);
     if (!fs)
         return NULL;
+    fs->yield.every_ns = (uint64_t)env->worker_yield_us * 1000u;
+    fs->yield.last_ns = monotonic_ns();
+    if (!env->engine)
+        return fs; /* no models: the pause state alone, for the gallery search's pause points */
     fs->max_faces = fw_engine_get_options(env->engine)->max_faces;
     fs->faces = calloc((size_t)fs->max_faces, sizeof *fs->faces);
     fs->ws = fw_engine_ws_new(env->engine);
     if (!fs->faces || !fs->ws)
         goto err;
-    fs->yield.every_ns = (uint64_t)env->worker_yield_us * 1000u;
-    fs->yield.last_ns = monotonic_ns();
     set_pause(fs, fs->ws);
     return fs; /* ws_small: on first use, see pick_engine() */
 err:

@@ -50,7 +50,8 @@ typedef struct fw_face_slot {
     fw_face_yield yield;  /* the pause hook's state; both workspaces point at it */
 } fw_face_slot;
 
-/* NULL on out of memory; env->engine must be set. */
+/* NULL on out of memory. Without env->engine (no models) the slot holds only its pause state
+ * (ws, ws_small and faces NULL): the gallery ops a model-less node serves still yield. */
 fw_face_slot *fw_face_slot_new(const fw_face_env *env);
 void fw_face_slot_free(fw_face_slot *fs);
 

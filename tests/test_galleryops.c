@@ -1054,6 +1054,22 @@ static void t_identify_yields_body(void)
     CHECK_EQ_INT(without.len, with.len);
     CHECK(memcmp(without.body, with.body, with.len) == 0);
     CHECK(ping_ok(fd));
+    tu_resp_free(&without);
+    close(fd);
+    CHECK_EQ_INT(tu_server_stop(&srv), 0);
+
+    /* a node without models (descriptors only, as the scale-out nodes may run) yields too */
+    const char *bare[] = { "--workers", "2", "--models", "/nonexistent/facewire-models", "--data",
+                           data_dir, NULL };
+    CHECK(tu_server_start(&srv, bare) == 0);
+    fd = tu_connect_server(&srv);
+    CHECK(fd >= 0);
+    CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &without) == 0);
+    CHECK_MSG(without.status == FW_STATUS_OK, "IDENTIFY: %u %s", without.status, without.msg);
+    y = info_value(fd, "op_identify_yields");
+    CHECK_MSG(y > 0, "op_identify_yields %lld without models", y);
+    CHECK_EQ_INT(without.len, with.len);
+    CHECK(memcmp(without.body, with.body, with.len) == 0);
     tu_resp_free(&with);
     tu_resp_free(&without);
     close(fd);
