@@ -588,25 +588,13 @@ static void t_degraded_detector_body(void)
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
 }
 
-/* The INFO counter of op `op` (e.g. "op_embed_yields") over a connection of its own. */
+/* INFO's value for key over a connection of its own. */
 static long long info_counter(const char *key)
 {
     int fd = tu_connect_server(&srv);
-    if (fd < 0)
-        return -1;
-    resp r;
-    long long v = -1;
-    if (roundtrip(fd, FW_OP_INFO, NULL, 0, &r) == 0 && r.status == FW_STATUS_OK) {
-        char *text = malloc(r.len + 1);
-        if (text) {
-            memcpy(text, r.body, r.len);
-            text[r.len] = '\0';
-            v = tu_info_value(text, key);
-            free(text);
-        }
-    }
-    tu_resp_free(&r);
-    close(fd);
+    long long v = fd >= 0 ? tu_info_get(fd, key) : -1;
+    if (fd >= 0)
+        close(fd);
     return v;
 }
 

@@ -203,27 +203,6 @@ static int parse_ident(const resp *r, ident *o)
     return fw_reader_done(&rd) ? 0 : -1;
 }
 
-/* INFO's value for key, or -1. */
-static long long info_value(int fd, const char *key)
-{
-    resp r;
-    long long v = -1;
-    if (roundtrip(fd, FW_OP_INFO, NULL, 0, &r) == 0 && r.status == FW_STATUS_OK) {
-        char *text = malloc(r.len + 1);
-        if (text) {
-            memcpy(text, r.body, r.len);
-            text[r.len] = '\0';
-            char pat[96];
-            snprintf(pat, sizeof pat, "\n%s: ", key);
-            char *p = strstr(text, pat);
-            if (p)
-                v = strtoll(p + strlen(pat), NULL, 10);
-            free(text);
-        }
-    }
-    tu_resp_free(&r);
-    return v;
-}
 
 /* ---- tests --------------------------------------------------------------------------------- */
 
@@ -292,11 +271,11 @@ static void t_descriptor_roundtrip_body(void)
     CHECK_EQ_INT(gi[1], 2);
     CHECK(gi[2] > 0);
     CHECK_EQ_INT(gi[3], 2);
-    CHECK_EQ_INT(info_value(fd, "gallery_faces"), 2);
-    CHECK_EQ_INT(info_value(fd, "gallery_subjects"), 2);
-    CHECK_EQ_INT(info_value(fd, "gallery_bytes"), (long long)gi[2]);
-    CHECK_EQ_INT(info_value(fd, "gallery_last_seq"), 2);
-    CHECK_EQ_INT(info_value(fd, "op_enroll_responses_ok"), 2);
+    CHECK_EQ_INT(tu_info_get(fd, "gallery_faces"), 2);
+    CHECK_EQ_INT(tu_info_get(fd, "gallery_subjects"), 2);
+    CHECK_EQ_INT(tu_info_get(fd, "gallery_bytes"), (long long)gi[2]);
+    CHECK_EQ_INT(tu_info_get(fd, "gallery_last_seq"), 2);
+    CHECK_EQ_INT(tu_info_get(fd, "op_enroll_responses_ok"), 2);
 
     /* DELETE by face, again (NOT_FOUND with its message), by subject */
     uint8_t del[16];
@@ -863,8 +842,8 @@ static void t_shutdown_waits_for_writes_body(void)
     CHECK(ok);
     /* INFO is answered on the loop after the ENROLL before it was handed to compute (the
      * embedding takes far longer than an INFO, so its answer comes first) */
-    CHECK(info_value(a, "connections") == 2);
-    CHECK(info_value(b, "connections") == 2);
+    CHECK(tu_info_get(a, "connections") == 2);
+    CHECK(tu_info_get(b, "connections") == 2);
     struct linger lg = { 1, 0 };
     CHECK(setsockopt(b, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
     close(b); /* a reset: the server drops the answer, not the write */
@@ -1036,7 +1015,7 @@ static void t_identify_yields_body(void)
     CHECK_EQ_INT(id.nm[0], 5);
     CHECK_EQ_INT(id.id[0][0], N / 2 + 1); /* ids from 1, in enroll order */
     CHECK(id.dist[0][0] == 0.0f);
-    long long y = info_value(fd, "op_identify_yields");
+    long long y = tu_info_get(fd, "op_identify_yields");
     CHECK_MSG(y > 0, "op_identify_yields %lld after an IDENTIFY over %d faces at the default", y, N);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
@@ -1049,8 +1028,8 @@ static void t_identify_yields_body(void)
     CHECK(fd >= 0);
     CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &without) == 0);
     CHECK_MSG(without.status == FW_STATUS_OK, "IDENTIFY: %u %s", without.status, without.msg);
-    CHECK_EQ_INT(info_value(fd, "op_identify_yields"), 0);
-    CHECK_EQ_INT(info_value(fd, "op_identify_ran"), 1);
+    CHECK_EQ_INT(tu_info_get(fd, "op_identify_yields"), 0);
+    CHECK_EQ_INT(tu_info_get(fd, "op_identify_ran"), 1);
     CHECK_EQ_INT(without.len, with.len);
     CHECK(memcmp(without.body, with.body, with.len) == 0);
     CHECK(ping_ok(fd));
@@ -1066,7 +1045,7 @@ static void t_identify_yields_body(void)
     CHECK(fd >= 0);
     CHECK(roundtrip(fd, FW_OP_IDENTIFY, q->b, q->w.len, &without) == 0);
     CHECK_MSG(without.status == FW_STATUS_OK, "IDENTIFY: %u %s", without.status, without.msg);
-    y = info_value(fd, "op_identify_yields");
+    y = tu_info_get(fd, "op_identify_yields");
     CHECK_MSG(y > 0, "op_identify_yields %lld without models", y);
     CHECK_EQ_INT(without.len, with.len);
     CHECK(memcmp(without.body, with.body, with.len) == 0);
@@ -1209,7 +1188,7 @@ static void disk_full_body(void)
     uint64_t gi[4];
     CHECK(gallery_info(fd, gi) == 0);
     CHECK_EQ_INT(gi[0], acked);
-    CHECK_EQ_INT(info_value(fd, "gallery_write_errors"), internal);
+    CHECK_EQ_INT(tu_info_get(fd, "gallery_write_errors"), internal);
     close(fd);
     CHECK_EQ_INT(tu_server_stop(&srv), 0);
     CHECK(start_server(NULL) == 0);

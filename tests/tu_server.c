@@ -6,6 +6,7 @@
  * is a sleep.
  */
 #include "tests/tu_server.h"
+#include "tests/tu_req.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -387,6 +388,24 @@ int tu_raise_nofile(unsigned long want)
         return -1;
     rl.rlim_cur = want;
     return setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+long long tu_info_get(int fd, const char *key)
+{
+    fw_header h = tu_request(FW_OP_INFO, 0x7FFF0001u, 0);
+    tu_resp r;
+    long long v = -1;
+    if (tu_send_frame(fd, &h, NULL) != 0 || tu_read_resp(fd, &r) != 0)
+        return -1;
+    char *text = r.status == FW_STATUS_OK ? malloc((size_t)r.len + 1) : NULL;
+    if (text) {
+        memcpy(text, r.body, r.len);
+        text[r.len] = '\0';
+        v = tu_info_value(text, key);
+        free(text);
+    }
+    tu_resp_free(&r);
+    return v;
 }
 
 int tu_read_resp(int fd, tu_resp *r)

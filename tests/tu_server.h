@@ -117,6 +117,9 @@ typedef struct tu_resp {
 /* 0, or -1 when no whole frame could be read (closed, timed out, malformed). */
 int tu_read_resp(int fd, tu_resp *r);
 void tu_resp_free(tu_resp *r);
+/* INFO on fd (nothing else may be in flight on it): the integer of its "key: N" line, or -1
+ * when there is no such line or the request failed. */
+long long tu_info_get(int fd, const char *key);
 /* Raise RLIMIT_NOFILE's soft limit to at least want; -1 if the hard limit is lower. */
 int tu_raise_nofile(unsigned long want);
 
