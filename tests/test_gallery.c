@@ -459,6 +459,30 @@ static void t_topk_vs_bruteforce(void)
     free(alive);
 }
 
+/* Enroll n faces straight into the index: descriptor i is tu_desc_for(seed + i) (kept in
+ * gal[i]), subject "<prefix><i % nsubj>", metadata "m" when with_meta, ids 1..n. */
+static void fill_index(galidx *ix, float *gal, int n, uint64_t seed, const char *prefix,
+                       int nsubj, int with_meta)
+{
+    for (int i = 0; i < n; i++) {
+        galidx_grow gr;
+        char s[16];
+        int oom;
+        snprintf(s, sizeof s, "%s%d", prefix, i % nsubj);
+        tu_desc_for(seed + (uint64_t)i, gal + (size_t)i * DIM);
+        CHECK(galidx_grow_prepare(ix, (uint64_t)galidx_faces(ix) + 1,
+                                  (uint64_t)galidx_subjects(ix) + 1, &gr) == 0);
+        galidx_grow_commit(ix, &gr);
+        galidx_grow_release(&gr);
+        galidx_subj *sj = galidx_find_subject(ix, s, strlen(s));
+        if (!sj)
+            sj = galidx_subj_new(ix, s, strlen(s));
+        CHECK(sj && galidx_subj_reserve(sj, 1) == 0);
+        galidx_apply_enroll(ix, (uint64_t)i + 1, sj, with_meta ? galidx_meta_new("m", 1, &oom) : NULL,
+                            gal + (size_t)i * DIM);
+    }
+}
+
 /* The index on its own with no address-space reservation (max_faces 0): the per-row arrays
  * grow by doubling and copying, which is what a box with strict overcommit gets. */
 static void t_index_doubling(void)
@@ -468,23 +492,7 @@ static void t_index_doubling(void)
     galidx *ix = galidx_new(key, 0);
     float *gal = malloc((size_t)N * DIM * sizeof(float));
     CHECK(ix && gal);
-    for (int i = 0; i < N; i++) {
-        galidx_grow gr;
-        char s[16];
-        int oom;
-        snprintf(s, sizeof s, "s%d", i % 7);
-        tu_desc_for(5000 + (uint64_t)i, gal + (size_t)i * DIM);
-        CHECK(galidx_grow_prepare(ix, (uint64_t)galidx_faces(ix) + 1,
-                                  (uint64_t)galidx_subjects(ix) + 1, &gr) == 0);
-        galidx_grow_commit(ix, &gr);
-        galidx_grow_release(&gr);
-        galidx_subj *sj = galidx_find_subject(ix, s, strlen(s));
-        if (!sj)
-            sj = galidx_subj_new(ix, s, strlen(s));
-        CHECK(sj && galidx_subj_reserve(sj, 1) == 0);
-        galidx_apply_enroll(ix, (uint64_t)i + 1, sj, galidx_meta_new("m", 1, &oom),
-                            gal + (size_t)i * DIM);
-    }
+    fill_index(ix, gal, N, 5000, "s", 7, 1);
     CHECK_EQ_INT(galidx_faces(ix), N);
     CHECK_EQ_INT(galidx_subjects(ix), 7);
     CHECK_EQ_INT(galidx_apply_delete_subject(ix, "s3", 2), N / 7);
@@ -541,21 +549,7 @@ static void t_search_pauses(void)
     static fw_gallery_match with[NQ * K], without[NQ * K];
     int cw[NQ], cwo[NQ];
     CHECK(ix && gal);
-    for (int i = 0; i < N; i++) {
-        galidx_grow gr;
-        char s[16];
-        snprintf(s, sizeof s, "p%d", i % 31);
-        tu_desc_for(90000 + (uint64_t)i, gal + (size_t)i * DIM);
-        CHECK(galidx_grow_prepare(ix, (uint64_t)galidx_faces(ix) + 1,
-                                  (uint64_t)galidx_subjects(ix) + 1, &gr) == 0);
-        galidx_grow_commit(ix, &gr);
-        galidx_grow_release(&gr);
-        galidx_subj *sj = galidx_find_subject(ix, s, strlen(s));
-        if (!sj)
-            sj = galidx_subj_new(ix, s, strlen(s));
-        CHECK(sj && galidx_subj_reserve(sj, 1) == 0);
-        galidx_apply_enroll(ix, (uint64_t)i + 1, sj, NULL, gal + (size_t)i * DIM);
-    }
+    fill_index(ix, gal, N, 90000, "p", 31, 0);
     for (int i = 0; i < NQ; i++) /* half of them are faces of the gallery */
         if (i % 2)
             memcpy(q + i * DIM, gal + (size_t)(i * 4099) * DIM, DIM * sizeof(float));
