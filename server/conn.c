@@ -50,8 +50,19 @@
 typedef struct fw_write_req {
     uv_write_t req;
     uint8_t *buf; /* owned: the detached c->out; the bytes in flight start at some offset */
+    size_t cap;   /* buf's size (out_release) */
     size_t len;   /* bytes in flight */
 } fw_write_req;
+
+/* An output buffer whose bytes are all written: into the server's pool when it is a plain
+ * FW_OUT_BUF_SIZE one and the pool has room, else freed. */
+static void out_release(fw_server *s, uint8_t *buf, size_t cap)
+{
+    if (buf && cap == FW_OUT_BUF_SIZE && s->out_pool_n < FW_OUT_POOL_MAX)
+        s->out_pool[s->out_pool_n++] = buf;
+    else
+        free(buf);
+}
 
 static void conn_update(fw_conn *c);
 static void conn_flush(fw_conn *c);
@@ -124,8 +135,12 @@ static uint8_t *conn_reply_begin(fw_conn *c, const fw_header *req, uint16_t stat
     if (len > UINT32_MAX - FW_SECURE_TAG_LEN || need > UINT32_MAX - c->out_len)
         goto err;
     need += c->out_len;
+    if (c->out_cap == 0 && need <= FW_OUT_BUF_SIZE && c->srv->out_pool_n > 0) {
+        c->out = c->srv->out_pool[--c->srv->out_pool_n];
+        c->out_cap = FW_OUT_BUF_SIZE;
+    }
     if (need > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : 512;
+        size_t cap = c->out_cap ? c->out_cap : FW_OUT_BUF_SIZE;
         while (cap < need)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
         uint8_t *p = realloc(c->out, cap);
@@ -554,7 +569,7 @@ static void on_conn_write(uv_write_t *req, int status)
     size_t len = w->len;
 
     c->out_inflight -= len;
-    free(w->buf);
+    out_release(c->srv, w->buf, w->cap);
     free(w);
     if (c->closing)
         return; /* UV_ECANCELED from uv_close */
@@ -655,8 +670,9 @@ static void conn_flush(fw_conn *c)
         }
     }
     if (done == c->out_len) {
-        /* Free rather than keep: an idle connection should hold no output memory. */
-        free(c->out);
+        /* Give it back rather than keep it: an idle connection holds no output memory, and
+         * the next response (on any connection) takes it from the pool without a malloc. */
+        out_release(s, c->out, c->out_cap);
         c->out = NULL;
         c->out_len = c->out_cap = 0;
         return;
@@ -667,6 +683,7 @@ static void conn_flush(fw_conn *c)
         return;
     }
     w->buf = c->out;
+    w->cap = c->out_cap;
     w->len = c->out_len - done;
     uv_buf_t b = uv_buf_init((char *)c->out + done, (unsigned)w->len);
     c->out = NULL;

@@ -939,4 +939,6 @@ void fw_server_free(fw_server *s)
     s->listeners = NULL;
     free(s->read_buf);
     s->read_buf = NULL;
+    while (s->out_pool_n > 0)
+        free(s->out_pool[--s->out_pool_n]);
 }

@@ -80,6 +80,11 @@ typedef struct fw_listener {
     char addr[64]; /* the bound address, "127.0.0.1:7420" or "[::1]:7420" */
 } fw_listener;
 
+/* A connection's output buffer starts at FW_OUT_BUF_SIZE (a PING, a BUSY, a one-face EMBED
+ * answer fit); the server keeps up to FW_OUT_POOL_MAX of them for reuse (256 KiB). */
+#define FW_OUT_BUF_SIZE 4096
+#define FW_OUT_POOL_MAX 64
+
 typedef struct fw_server {
     uv_loop_t *loop;
     fw_server_config cfg;
@@ -108,6 +113,11 @@ typedef struct fw_server {
     uint64_t next_conn_id;
 
     uint8_t *read_buf; /* FW_READ_BUF_SIZE bytes, owned; shared by every connection's reads */
+    /* Output buffers of FW_OUT_BUF_SIZE bytes given back by connections whose responses were
+     * written, for the next response to take instead of a malloc/free per request (conn.c);
+     * at most FW_OUT_POOL_MAX, owned, freed by fw_server_free. An idle connection holds none. */
+    uint8_t *out_pool[FW_OUT_POOL_MAX];
+    int out_pool_n;
 
     /* Counters reported by INFO. */
     uint64_t started_ms; /* uv_now at start */
