@@ -109,42 +109,46 @@ size_t tinydet_ws_floats(int size)
            NETS_ROUND(DET_BAND_FLOATS);
 }
 
+/* conv = leaky(sepconv(in)) for conv rows [r0, r0 + conv->h), stride 1, "same" padding. They
+ * need input rows r0-1 .. r0 + conv->h: the view starts there, padded above only at the top
+ * edge and below only where it ends at the map's edge. */
+static void sepconv_band(const nn_tensor *in, const nn_sepconv *sc, float *col, int r0,
+                         nn_tensor *conv)
+{
+    int r1 = r0 + conv->h;
+    int v0 = r0 > 0 ? r0 - 1 : 0, v1 = r1 + 1 < in->h ? r1 + 1 : in->h;
+    nn_tensor src = { in->d + (size_t)v0 * (size_t)in->w * (size_t)in->c, v1 - v0, in->w, in->c };
+    nn_sepconv2d(&src, sc, 1, r0 == 0 ? 1 : 0, 1, NN_ACT_LEAKY, col, conv);
+}
+
 /* out = maxpool2x2/2(leaky(sepconv(in))), "same" padding on both, one band of rows at a time
- * through band. A band's conv rows [r0, r1) need input rows r0-1 .. r1: the view below starts
- * there, padded above only at the top edge and below only where it ends at the map's edge. */
+ * through band (sepconv_band), with a pause point after each. */
 static void sepconv_pool(const fw_nets_ws *ws, const nn_tensor *in, const nn_sepconv *sc,
                          float *col, float *band, nn_tensor *out)
 {
     int pairs = band_pairs(in->w, sc->cout, sep_macs(sc));
-    size_t row = (size_t)in->w * (size_t)in->c;
     for (int y = 0; y < out->h; y += pairs) {
         int n = out->h - y < pairs ? out->h - y : pairs;
         int r0 = 2 * y, r1 = 2 * (y + n) < in->h ? 2 * (y + n) : in->h;
-        int v0 = r0 > 0 ? r0 - 1 : 0, v1 = r1 + 1 < in->h ? r1 + 1 : in->h;
-        nn_tensor src = { in->d + (size_t)v0 * row, v1 - v0, in->w, in->c };
         nn_tensor conv = { band, r1 - r0, in->w, sc->cout };
-        nn_sepconv2d(&src, sc, 1, r0 == 0 ? 1 : 0, 1, NN_ACT_LEAKY, col, &conv);
+        sepconv_band(in, sc, col, r0, &conv);
         nn_tensor dst = { out->d + (size_t)y * (size_t)out->w * (size_t)out->c, n, out->w, out->c };
         nn_maxpool(&conv, 2, 2, 0, 0, &dst);
         nets_pause(ws);
     }
 }
 
-/* out = leaky(sepconv(in)), stride 1, "same" padding, a few rows at a time with a pause point
- * after each (conv5: 13 rows of 256 -> 512 at 416, 1.2 ms whole). Rows [r0, r1) need input
- * rows r0-1 .. r1, padded above only at the top edge, as in sepconv_pool(). */
+/* out = leaky(sepconv(in)), stride 1, "same" padding, a few rows at a time (sepconv_band) with
+ * a pause point after each (conv5: 13 rows of 256 -> 512 at 416, 1.2 ms whole). */
 static void sepconv_rows(const fw_nets_ws *ws, const nn_tensor *in, const nn_sepconv *sc,
                          float *col, nn_tensor *out)
 {
     size_t per = (size_t)in->w * sep_macs(sc), rows = DET_BAND_MACS / (per ? per : 1);
     int step = rows < 1 ? 1 : rows > (size_t)out->h ? out->h : (int)rows;
-    size_t row = (size_t)in->w * (size_t)in->c;
     for (int r0 = 0; r0 < out->h; r0 += step) {
         int r1 = r0 + step < out->h ? r0 + step : out->h;
-        int v0 = r0 > 0 ? r0 - 1 : 0, v1 = r1 + 1 < in->h ? r1 + 1 : in->h;
-        nn_tensor src = { in->d + (size_t)v0 * row, v1 - v0, in->w, in->c };
         nn_tensor dst = { out->d + (size_t)r0 * (size_t)out->w * (size_t)out->c, r1 - r0, out->w, out->c };
-        nn_sepconv2d(&src, sc, 1, r0 == 0 ? 1 : 0, 1, NN_ACT_LEAKY, col, &dst);
+        sepconv_band(in, sc, col, r0, &dst);
         nets_pause(ws);
     }
 }
