@@ -181,10 +181,22 @@ static void on_engine_pause(void *arg)
     y->count++;
 }
 
+/* The slot's pause hook: none when the slot never yields (--worker-yield-us 0). */
+static fw_pause slot_pause(fw_face_slot *fs)
+{
+    fw_pause p = { NULL, NULL };
+    if (fs && fs->yield.every_ns) {
+        p.fn = on_engine_pause;
+        p.arg = &fs->yield;
+    }
+    return p;
+}
+
 static void set_pause(fw_face_slot *fs, fw_engine_ws *ws)
 {
-    if (ws && fs->yield.every_ns)
-        fw_engine_ws_set_pause(ws, on_engine_pause, &fs->yield);
+    fw_pause p = slot_pause(fs);
+    if (ws && p.fn)
+        fw_engine_ws_set_pause(ws, p.fn, p.arg);
 }
 
 /* After an engine call: the job's share of the slot's hand-backs. */
@@ -196,13 +208,7 @@ static void take_yields(fw_job *j, fw_face_slot *fs)
 
 fw_pause fw_faceops_pause(fw_job *j)
 {
-    fw_face_slot *fs = j->slot ? j->slot->ctx : NULL;
-    fw_pause p = { NULL, NULL };
-    if (fs && fs->yield.every_ns) {
-        p.fn = on_engine_pause;
-        p.arg = &fs->yield;
-    }
-    return p;
+    return slot_pause(j->slot ? j->slot->ctx : NULL);
 }
 
 void fw_faceops_take_yields(fw_job *j)
