@@ -352,11 +352,16 @@ static uint64_t recent_run_ms(const fw_sched *s, int op_index, uint64_t none)
  * jobs admitted missed their deadline about half the time (perf/bench_overload.sh, TEST_SLEEP
  * 20 ms at 3x capacity with 200 ms deadlines: 22 of ~535 admitted answered DEADLINE_EXCEEDED;
  * with the worst case 0, goodput unchanged). It costs one queued job per two workers. */
-static uint64_t completion_estimate_ms(const fw_sched *s, int prio, uint64_t per_job)
+/* Runs of the op a new job of priority prio waits for and makes, as described above. */
+static uint64_t rounds_until_done(const fw_sched *s, int prio)
 {
     uint64_t w = (uint64_t)s->cfg.workers;
-    uint64_t rounds = (jobs_ahead(s, prio) + w) / w;
-    return rounds * per_job + (s->nfree == 0 ? per_job : 0);
+    return (jobs_ahead(s, prio) + w) / w + (s->nfree == 0 ? 1 : 0);
+}
+
+static uint64_t completion_estimate_ms(const fw_sched *s, int prio, uint64_t per_job)
+{
+    return rounds_until_done(s, prio) * per_job;
 }
 
 /* What admission adds to that estimate for the run times' spread: two mean deviations per
@@ -369,8 +374,7 @@ static uint64_t completion_estimate_ms(const fw_sched *s, int prio, uint64_t per
 static uint64_t admission_margin_ms(const fw_sched *s, int prio, int op_index)
 {
     const fw_op_stats *st = &s->stats[op_index];
-    uint64_t w = (uint64_t)s->cfg.workers;
-    double rounds = (double)((jobs_ahead(s, prio) + w) / w + (s->nfree == 0 ? 1 : 0));
+    double rounds = (double)rounds_until_done(s, prio);
     return (uint64_t)(2.0 * (double)st->run_dev_us * sqrt(rounds) / 1000.0 + 0.5);
 }
 
