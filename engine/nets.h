@@ -48,7 +48,6 @@ void fw_nets_ws_free(fw_nets_ws *ws);
 
 /* Pause points (engine/pause.h): the forward passes call pause between a band of detector
  * rows or a layer and the next. Set once per workspace; fn NULL turns them off. */
-
 void fw_nets_ws_set_pause(fw_nets_ws *ws, fw_pause pause);
 
 /* Tiny face detector. rgb: size*size*3 bytes HWC (already padded to a square and resized).

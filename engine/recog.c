@@ -182,8 +182,8 @@ static void down_sum(const nn_tensor *x, const nn_tensor *conv, nn_tensor *out)
     }
 }
 
-/* All convs here pad alike on every side. */
-/* One conv of the net, with pause points (nets.h) inside and after it. */
+/* One conv of the net (all of them pad alike on every side), with pause points (nets.h)
+ * inside and after it. */
 static void conv(const fw_nets_ws *ws, const nn_tensor *in, const recog_conv *rc, int stride,
                  int pad, enum nn_act act, float *col, nn_tensor *out)
 {
