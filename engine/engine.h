@@ -68,7 +68,7 @@ void fw_engine_ws_free(fw_engine_ws *ws);
 
 /* Pause points: fw_engine_analyze() calls fn(arg), from the thread running it, between
  * bounded pieces of its work: after the decode and the resize, between the bands and layers
- * of the networks (about 0.5 ms apart at most on the figures' machine, docs/performance.md).
+ * of the networks and the chip warp (~0.4 ms apart at most for the eval pictures; docs/engine.md).
  * A caller that shares CPUs with latency-sensitive threads can give its CPU away there (the
  * server's workers call sched_yield() at most every --worker-yield-us); fn must not use ws,
  * and the results do not depend on it. fn NULL (the default) turns them off. */
